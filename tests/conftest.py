@@ -1,0 +1,24 @@
+"""
+Test-suite wide settings.
+
+In CI (the CI environment variable set) a skipped test is a failure: a run
+that silently skips hides what it did not check.
+"""
+
+import os
+
+import pytest
+
+
+def _inCI() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and _inCI() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which must run every test: {reason}"

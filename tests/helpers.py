@@ -1,0 +1,71 @@
+"""
+Shared helpers for the integration tests: real sockets on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+
+
+def freePort() -> int:
+    """
+    A TCP port on 127.0.0.1 that nothing listens on now.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@inlineCallbacks
+def waitUntil(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition"):
+    """
+    Poll C{condition} on the reactor until it is true, or fail after C{timeout}.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}: {condition()}")
+        yield deferLater(reactor, 0.01, lambda: None)
+
+
+class LineClient(Protocol):
+    """
+    A test client that records the complete lines it receives.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.lines: list[bytes] = []
+        self.closed: Deferred[None] = Deferred()
+        self.connected = False
+
+    def connectionMade(self) -> None:
+        self.connected = True
+
+    def dataReceived(self, data: bytes) -> None:
+        data = self.buffer + data
+        *complete, self.buffer = data.split(b"\n")
+        self.lines.extend(complete)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.connected = False
+        self.closed.callback(None)
+
+    def send(self, *lines: bytes) -> None:
+        self.transport.write(b"".join(line + b"\n" for line in lines))
+
+
+def connectClient(port: int, host: str = "127.0.0.1") -> Deferred[LineClient]:
+    """
+    Connect a L{LineClient} to a port on the loopback interface.
+    """
+    endpoint = TCP4ClientEndpoint(reactor, host, port)
+    return endpoint.connect(Factory.forProtocol(LineClient))

@@ -1,0 +1,158 @@
+"""
+Integration over real loopback sockets, composed as a user would compose it:
+a BackplaneService with factories on server endpoints, no twistd.
+"""
+
+import random
+import re
+
+import pytest
+import pytest_twisted
+from twisted.internet import endpoints, reactor
+from twisted.internet.defer import gatherResults
+
+from backplane import BackplaneService, PublishToFactory, SubscribeToFactory
+from backplane.protocols import Limits
+from tests.helpers import connectClient, waitUntil
+
+
+@pytest.fixture
+def service():
+    service = BackplaneService()
+    service.create("DATA")
+    service.startService()
+    yield service
+    pytest_twisted.blockon(service.stopService())
+
+
+@pytest_twisted.inlineCallbacks
+def listen(factory):
+    endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1:backlog=1024")
+    port = yield endpoint.listen(factory)
+    return port
+
+
+LINE = re.compile(rb"^P(\d) (\d{4}) [a-z]+$")
+
+
+@pytest_twisted.inlineCallbacks
+def test_manySubscribersTwoPublishers(service):
+    """
+    500 subscribers on one port, 1,000 lines from each of two publishers
+    written in random-sized pieces: every subscriber gets every line, whole,
+    in each publisher's order.
+    """
+    subscribers, lines = 500, 1000
+    subPort = yield listen(SubscribeToFactory(service, "DATA"))
+    pubPort = yield listen(PublishToFactory(service, "DATA"))
+    try:
+        clients = yield gatherResults(
+            [connectClient(subPort.getHost().port) for _ in range(subscribers)]
+        )
+        data = service.get("DATA")
+        yield waitUntil(lambda: len(data) == subscribers, what="subscribers attached")
+
+        publishers = yield gatherResults([connectClient(pubPort.getHost().port)
+                                          for _ in range(2)])
+        rng = random.Random(7)
+        streams = []
+        for pid in range(2):
+            stream = b"".join(
+                b"P%d %04d %s\n" % (pid, seq, b"abcdefghij"[: rng.randint(1, 10)])
+                for seq in range(lines)
+            )
+            streams.append(stream)
+        # Interleave the two publishers' writes in pieces of random size, cut
+        # anywhere (mid-line included).
+        offsets = [0, 0]
+        while offsets[0] < len(streams[0]) or offsets[1] < len(streams[1]):
+            pid = rng.randrange(2)
+            size = rng.randint(1, 3000)
+            piece = streams[pid][offsets[pid] : offsets[pid] + size]
+            offsets[pid] += len(piece)
+            if piece:
+                publishers[pid].transport.write(piece)
+
+        total = 2 * lines
+        yield waitUntil(lambda: all(len(c.lines) >= total for c in clients), timeout=60,
+                        what="every line at every subscriber")
+        for client in clients:
+            assert len(client.lines) == total
+            assert client.buffer == b""
+            seen = {b"0": [], b"1": []}
+            for line in client.lines:
+                match = LINE.match(line)
+                assert match, f"merged or split line: {line!r}"
+                seen[match.group(1)].append(int(match.group(2)))
+            assert seen[b"0"] == list(range(lines))
+            assert seen[b"1"] == list(range(lines))
+        assert data.stats.messages_in == total
+        assert data.stats.deliveries == total * subscribers
+        for client in clients + publishers:
+            client.transport.loseConnection()
+    finally:
+        yield subPort.stopListening()
+        yield pubPort.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_chatNoEcho(service):
+    """
+    On a port that publishes to and subscribes to one backplane, each client
+    hears everybody but itself.
+    """
+    port = yield listen(PublishToFactory(service, "DATA", subscribe_to="DATA"))
+    try:
+        alice = yield connectClient(port.getHost().port)
+        bob = yield connectClient(port.getHost().port)
+        data = service.get("DATA")
+        yield waitUntil(lambda: len(data) == 2)
+        alice.send(b"from alice")
+        bob.send(b"from bob")
+        yield waitUntil(lambda: alice.lines and bob.lines)
+        yield waitUntil(lambda: data.stats.messages_in == 2)
+        assert alice.lines == [b"from bob"]
+        assert bob.lines == [b"from alice"]
+        alice.transport.loseConnection()
+        bob.transport.loseConnection()
+    finally:
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_overlongLineDisconnectsOnlyThatClient(service):
+    port = yield listen(PublishToFactory(service, "DATA", limits=Limits(max_line_length=100)))
+    subPort = yield listen(SubscribeToFactory(service, "DATA"))
+    try:
+        watcher = yield connectClient(subPort.getHost().port)
+        good = yield connectClient(port.getHost().port)
+        bad = yield connectClient(port.getHost().port)
+        yield waitUntil(lambda: len(service.get("DATA")) == 1)
+        bad.send(b"fine", b"x" * 101, b"never")
+        yield bad.closed
+        good.send(b"still flowing")
+        yield waitUntil(lambda: len(watcher.lines) == 2)
+        assert watcher.lines == [b"fine", b"still flowing"]
+        assert good.connected
+        good.transport.loseConnection()
+        watcher.transport.loseConnection()
+    finally:
+        yield port.stopListening()
+        yield subPort.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_maxClientsOverTCP(service):
+    port = yield listen(SubscribeToFactory(service, "DATA", limits=Limits(max_clients=1)))
+    try:
+        first = yield connectClient(port.getHost().port)
+        data = service.get("DATA")
+        yield waitUntil(lambda: len(data) == 1)
+        second = yield connectClient(port.getHost().port)
+        yield second.closed
+        data.publish(b"only the first")
+        yield waitUntil(lambda: first.lines == [b"only the first"])
+        assert first.connected
+        first.transport.loseConnection()
+    finally:
+        yield port.stopListening()

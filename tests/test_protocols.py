@@ -1,0 +1,380 @@
+"""
+The line protocols over StringTransport: framing in chunks of every size,
+echo exclusion, discarding, half lines, and the per-client limits.
+"""
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from backplane import (
+    BackplaneService,
+    PublishTo,
+    PublishToFactory,
+    SubscribeTo,
+    SubscribeToFactory,
+)
+from backplane.protocols import BackplaneFactory, Limits, firstOverlong
+from backplane.testing import Recorder, connect, disconnect, sentLines
+
+
+def expectedMessages(stream: bytes) -> list[bytes]:
+    """
+    The contract, spelled out slowly: the complete lines of a stream, each
+    without its delimiter and with one trailing carriage return removed.
+    """
+    lines = stream.split(b"\n")[:-1]
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def feed(protocol, stream: bytes, size: int) -> None:
+    for i in range(0, len(stream), size):
+        protocol.dataReceived(stream[i : i + size])
+
+
+class Publisher:
+    """
+    A PublishTo protocol connected to a StringTransport, with a recorder on
+    its backplane.
+    """
+
+    def __init__(self, limits=None):
+        limits = limits or Limits()
+        self.service = BackplaneService()
+        self.backplane = self.service.create("IN")
+        self.recorder = Recorder.on(self.backplane)
+        self.protocol, self.transport = connect(
+            PublishToFactory(self.service, "IN", limits=limits)
+        )
+
+
+STREAM = (
+    b"first\r\n"
+    b"\n"
+    b"\r\n"
+    b"  spaces kept  \n"
+    b"tab\there\r\n"
+    b"cr\rinside\n"
+    b"two crs\r\r\n"
+    b"\x00\xff binary \x80\n"
+    + b"x" * 300 + b"\n"
+    b"last"  # a half line: never published
+)
+
+
+class FramingTests(SynchronousTestCase):
+    def test_chunksOfEverySize(self):
+        """
+        However the stream is cut into reads, the same messages come out.
+        """
+        expected = expectedMessages(STREAM)
+        self.assertEqual(expected[:3], [b"first", b"", b""])
+        self.assertEqual(expected[6], b"two crs\r")
+        for size in range(1, len(STREAM) + 1):
+            publisher = Publisher()
+            feed(publisher.protocol, STREAM, size)
+            self.assertEqual(publisher.recorder.messages, expected, f"chunk size {size}")
+
+    def test_subscribersGetLinesWithNewline(self):
+        service = BackplaneService()
+        service.create("IN")
+        _subscriber, out = connect(SubscribeToFactory(service, "IN"))
+        for size in (1, 2, 7, len(STREAM)):
+            out.clear()
+            publisher, _ = connect(PublishToFactory(service, "IN"))
+            feed(publisher, STREAM, size)
+            self.assertEqual(out.value(), b"".join(m + b"\n" for m in expectedMessages(STREAM)))
+
+    def test_oneWritePerChunk(self):
+        """
+        The complete lines of one read reach a subscriber in one write.
+        """
+        service = BackplaneService()
+        service.create("IN")
+        _subscriber, out = connect(SubscribeToFactory(service, "IN"))
+        writes = []
+        out.write = writes.append
+        publisher, _ = connect(PublishToFactory(service, "IN"))
+        publisher.dataReceived(b"a\nb\nc\nhal")
+        publisher.dataReceived(b"f\nd\n")
+        self.assertEqual(writes, [b"a\nb\nc\n", b"half\nd\n"])
+
+    def test_halfLineAtDisconnectNotPublished(self):
+        publisher = Publisher()
+        publisher.protocol.dataReceived(b"whole\nhalf a li")
+        disconnect(publisher.protocol, publisher.transport)
+        self.assertEqual(publisher.recorder.messages, [b"whole"])
+        self.assertEqual(publisher.backplane.stats.publishers, 0)
+
+    def test_silentClient(self):
+        publisher = Publisher()
+        self.assertEqual(publisher.backplane.stats.publishers, 1)
+        disconnect(publisher.protocol, publisher.transport)
+        self.assertEqual(publisher.recorder.messages, [])
+        self.assertEqual(publisher.backplane.stats.publishers, 0)
+
+    def test_dataAfterDisconnectIgnored(self):
+        publisher = Publisher()
+        disconnect(publisher.protocol, publisher.transport)
+        publisher.protocol.dataReceived(b"late\n")
+        self.assertEqual(publisher.recorder.messages, [])
+
+    @given(
+        stream=st.binary(max_size=2000),
+        cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=40),
+    )
+    @settings(max_examples=300, deadline=None)
+    def test_anyChunkingSameMessages(self, stream, cuts):
+        """
+        Property: any chunking of any byte stream yields the contract's
+        messages (and a subscriber receives exactly those lines).
+        """
+        service = BackplaneService()
+        backplane = service.create("IN")
+        recorder = Recorder.on(backplane)
+        _, out = connect(SubscribeToFactory(service, "IN"))
+        publisher, _ = connect(PublishToFactory(service, "IN"))
+        bounds = sorted({0, len(stream), *(c for c in cuts if c <= len(stream))})
+        for start, end in itertools.pairwise(bounds):
+            publisher.dataReceived(stream[start:end])
+        expected = expectedMessages(stream)
+        self.assertEqual(recorder.messages, expected)
+        self.assertEqual(sentLines(out), expected)
+        self.assertEqual(backplane.stats.messages_in, len(expected))
+
+
+class DirectionTests(SynchronousTestCase):
+    def setUp(self):
+        self.service = BackplaneService()
+        self.news = self.service.create("NEWS")
+        self.chat = self.service.create("CHAT")
+
+    def test_subscribeOnlyDiscardsInput(self):
+        recorder = Recorder.on(self.news)
+        protocol, transport = connect(SubscribeToFactory(self.service, "NEWS"))
+        protocol.dataReceived(b"ignored\nalso ignored\n")
+        self.assertEqual(recorder.messages, [])
+        self.assertEqual(self.news.stats.messages_in, 0)
+        self.news.publish(b"still subscribed")
+        self.assertEqual(transport.value(), b"still subscribed\n")
+
+    def test_publishOnlyReceivesNothing(self):
+        _protocol, transport = connect(PublishToFactory(self.service, "NEWS"))
+        self.news.publish(b"x")
+        self.assertEqual(transport.value(), b"")
+
+    def test_noEchoOnSameBackplane(self):
+        factory = PublishToFactory(self.service, "CHAT", subscribe_to="CHAT")
+        alice, aliceOut = connect(factory, ("127.0.0.1", 1))
+        bob, bobOut = connect(factory, ("127.0.0.1", 2))
+        alice.dataReceived(b"hi from alice\n")
+        bob.dataReceived(b"hi from bob\n")
+        self.assertEqual(aliceOut.value(), b"hi from bob\n")
+        self.assertEqual(bobOut.value(), b"hi from alice\n")
+
+    def test_publishToOneSubscribeToAnother(self):
+        factory = SubscribeToFactory(self.service, "NEWS", publish_to="CHAT")
+        protocol, transport = connect(factory)
+        chat = Recorder.on(self.chat)
+        protocol.dataReceived(b"to chat\n")
+        self.news.publish(b"news")
+        self.assertEqual(chat.messages, [b"to chat"])
+        self.assertEqual(transport.value(), b"news\n", "a different backplane echoes")
+
+    def test_protocolClasses(self):
+        publisher, _ = connect(PublishToFactory(self.service, "NEWS"))
+        subscriber, _ = connect(SubscribeToFactory(self.service, "NEWS"))
+        self.assertIsInstance(publisher, PublishTo)
+        self.assertIsInstance(subscriber, SubscribeTo)
+
+    def test_protocolsWithoutFactory(self):
+        """
+        The protocols can be used on their own, with any transport.
+        """
+        recorder = Recorder.on(self.news)
+        publisher = PublishTo(self.news)
+        publisher.makeConnection(StringTransport())
+        subscriber = SubscribeTo(self.news)
+        out = StringTransport()
+        subscriber.makeConnection(out)
+        publisher.dataReceived(b"x\n")
+        self.assertEqual(recorder.messages, [b"x"])
+        self.assertEqual(out.value(), b"x\n")
+        subscriber.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(self.news), 1)
+
+    def test_unsubscribedOnDisconnect(self):
+        protocol, transport = connect(SubscribeToFactory(self.service, "NEWS"))
+        self.assertEqual(len(self.news), 1)
+        disconnect(protocol, transport)
+        self.assertEqual(len(self.news), 0)
+        self.news.publish(b"after")
+        self.assertEqual(transport.value(), b"")
+
+    def test_factoryNeedsADirection(self):
+        self.assertRaises(ValueError, BackplaneFactory, self.service)
+
+    def test_factoryUnknownBackplane(self):
+        error = self.assertRaises(KeyError, SubscribeToFactory, self.service, "NOPE")
+        self.assertIn("'NOPE'", str(error))
+        self.assertIn("'CHAT', 'NEWS'", str(error))
+
+
+class LineLengthTests(SynchronousTestCase):
+    def test_overlongLineNeverPublished(self):
+        publisher = Publisher(Limits(max_line_length=10))
+        publisher.protocol.dataReceived(b"ok\n" + b"y" * 11 + b"\nafter\n")
+        self.assertEqual(publisher.recorder.messages, [b"ok"])
+        self.assertTrue(publisher.transport.disconnecting)
+        publisher.protocol.dataReceived(b"more\n")
+        self.assertEqual(publisher.recorder.messages, [b"ok"])
+
+    def test_exactlyTheLimit(self):
+        publisher = Publisher(Limits(max_line_length=10))
+        publisher.protocol.dataReceived(b"y" * 10 + b"\n")
+        self.assertEqual(publisher.recorder.messages, [b"y" * 10])
+        self.assertFalse(publisher.transport.disconnecting)
+
+    def test_overlongHalfLine(self):
+        """
+        A line that grows past the limit before its newline arrives is
+        refused at once, without waiting (or buffering) for the rest.
+        """
+        publisher = Publisher(Limits(max_line_length=10))
+        for _ in range(11):
+            publisher.protocol.dataReceived(b"z")
+        self.assertTrue(publisher.transport.disconnecting)
+        self.assertEqual(publisher.protocol._buffer, b"")
+        publisher.protocol.dataReceived(b"\n")
+        self.assertEqual(publisher.recorder.messages, [])
+
+    def test_overlongInLongChunk(self):
+        limit = 100
+        lines = [b"%d" % i * 5 for i in range(200)]
+        bad = 150
+        lines[bad] = b"b" * (limit + 1)
+        publisher = Publisher(Limits(max_line_length=limit))
+        publisher.protocol.dataReceived(b"\n".join(lines) + b"\n")
+        self.assertEqual(publisher.recorder.messages, lines[:bad])
+        self.assertTrue(publisher.transport.disconnecting)
+
+    def test_carriageReturnCounts(self):
+        publisher = Publisher(Limits(max_line_length=3))
+        publisher.protocol.dataReceived(b"abc\r\n")
+        self.assertTrue(publisher.transport.disconnecting)
+        self.assertEqual(publisher.recorder.messages, [])
+
+    @given(
+        lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")),
+                       max_size=60),
+        limit=st.integers(min_value=1, max_value=50),
+    )
+    @settings(max_examples=300, deadline=None)
+    def test_firstOverlong(self, lines, limit):
+        data = b"".join(line + b"\n" for line in lines)
+        expected, offset = -1, 0
+        for line in lines:
+            if len(line) > limit:
+                expected = offset
+                break
+            offset += len(line) + 1
+        self.assertEqual(firstOverlong(data, limit), expected)
+
+
+class SlowSubscriberTests(SynchronousTestCase):
+    """
+    The transport tells the protocol (its push producer) when its buffer is
+    full; from then on the subscriber may fall max_pending bytes behind.
+    """
+
+    def setUp(self):
+        self.service = BackplaneService()
+        self.news = self.service.create("NEWS")
+
+    def subscriber(self, **limits):
+        return connect(SubscribeToFactory(self.service, "NEWS", limits=Limits(**limits)))
+
+    def test_registeredAsStreamingProducer(self):
+        protocol, transport = self.subscriber()
+        self.assertIs(transport.producer, protocol)
+        self.assertTrue(transport.streaming)
+
+    def test_disconnectPastMaxPending(self):
+        slow, slowOut = self.subscriber(max_pending=10)
+        _quick, quickOut = self.subscriber(max_pending=10)
+        slow.pauseProducing()
+        self.news.publish_lines(b"12345\n")
+        self.news.publish_lines(b"123\n")
+        self.assertFalse(slowOut.disconnecting, "10 bytes behind is allowed")
+        self.news.publish_lines(b"x\n")
+        self.assertTrue(slowOut.disconnected, "aborted, not waiting to flush")
+        self.assertEqual(self.news.stats.slow_disconnects, 1)
+        self.assertEqual(len(self.news), 1)
+        self.news.publish_lines(b"y\n")
+        self.assertEqual(quickOut.value(), b"12345\n123\nx\ny\n")
+        self.assertEqual(slowOut.value(), b"12345\n123\n")
+
+    def test_resumeResetsBacklog(self):
+        protocol, transport = self.subscriber(max_pending=10)
+        protocol.pauseProducing()
+        self.news.publish_lines(b"123456789\n")
+        protocol.resumeProducing()
+        protocol.pauseProducing()
+        self.news.publish_lines(b"123456789\n")
+        self.assertFalse(transport.disconnecting)
+
+    def test_dropWholeChunksAndCount(self):
+        protocol, transport = self.subscriber(max_pending=10, slow="drop")
+        _other, otherOut = self.subscriber(max_pending=10, slow="drop")
+        protocol.pauseProducing()
+        self.news.publish_lines(b"1234\n")
+        self.news.publish_lines(b"a\nb\nc\n")  # 6 more: 11 > 10, dropped whole
+        self.news.publish_lines(b"5\n")  # fits
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(transport.value(), b"1234\n5\n")
+        self.assertEqual(protocol.dropped, 3)
+        self.assertEqual(self.news.stats.dropped, 3)
+        protocol.resumeProducing()
+        self.news.publish_lines(b"caught up\n")
+        self.assertEqual(transport.value(), b"1234\n5\ncaught up\n")
+        self.assertEqual(otherOut.value(), b"1234\na\nb\nc\n5\ncaught up\n")
+
+    def test_publisherNotSlowed(self):
+        """
+        A stalled subscriber is not a reason to stop reading a publisher.
+        """
+        service = self.service
+        slow, _ = self.subscriber(max_pending=0, slow="drop")
+        slow.pauseProducing()
+        publisher, publisherTransport = connect(PublishToFactory(service, "NEWS"))
+        publisher.dataReceived(b"x\n" * 1000)
+        self.assertEqual(publisherTransport.producerState, "producing")
+        self.assertEqual(self.news.stats.dropped, 1000)
+
+
+class MaxClientsTests(SynchronousTestCase):
+    def test_extraConnectionRefused(self):
+        service = BackplaneService()
+        news = service.create("NEWS")
+        factory = SubscribeToFactory(service, "NEWS", limits=Limits(max_clients=2))
+        first = connect(factory, ("127.0.0.1", 1))
+        connect(factory, ("127.0.0.1", 2))
+        self.assertIsNone(factory.buildProtocol(None))
+        self.assertEqual(factory.refused, 1)
+        news.publish(b"x")
+        self.assertEqual(first[1].value(), b"x\n", "existing clients unaffected")
+        disconnect(*first)
+        self.assertEqual(factory.clients, 1)
+        connect(factory, ("127.0.0.1", 3))
+        self.assertEqual(factory.clients, 2)
+
+    def test_limitsValidated(self):
+        self.assertRaises(ValueError, Limits, max_line_length=0)
+        self.assertRaises(ValueError, Limits, max_pending=-1)
+        self.assertRaises(ValueError, Limits, slow="block")
+        self.assertRaises(ValueError, Limits, max_clients=-1)
