@@ -12,11 +12,12 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=find_packages(exclude=["tests*", "bench*"]),
+    packages=find_packages(exclude=["tests*", "bench*"]) + ["twisted.plugins"],
     package_data={"backplane": ["py.typed"]},
     install_requires=[
         "Twisted>=23.8.0",
         "zope.interface>=5.0",
+        "tomli>=1.1.0; python_version < '3.11'",
     ],
     extras_require={
         "test": [
@@ -28,6 +29,5 @@ setup(
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: MIT License",
     ],
 )

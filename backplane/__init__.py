@@ -3,6 +3,7 @@ backplane: distribute lines of data from many sources to many destinations
 through named backplanes, the Twisted form of Kamaelia's Backplane.
 """
 
+from backplane.config import ConfigError, load_config
 from backplane.protocols import (
     PublishTo,
     PublishToFactory,
@@ -10,12 +11,16 @@ from backplane.protocols import (
     SubscribeToFactory,
 )
 from backplane.service import Backplane, BackplaneService
+from backplane.sources import TimeSource
 
 __all__ = [
     "Backplane",
     "BackplaneService",
+    "ConfigError",
     "PublishTo",
     "PublishToFactory",
     "SubscribeTo",
     "SubscribeToFactory",
+    "TimeSource",
+    "load_config",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -149,7 +150,7 @@ class BackplaneProtocol(Protocol):
             self.publishTo.stats.publishers -= 1
             self.publishTo = None
         if isinstance(self.factory, BackplaneFactory):
-            self.factory.clientGone()
+            self.factory.clientGone(self)
 
     # Publishing: lines in.
 
@@ -270,6 +271,7 @@ class BackplaneFactory(Factory):
 
     log = Logger()
     protocol = BackplaneProtocol
+    noisy = False
 
     def __init__(self, service: BackplaneService, *, publish_to: str | None = None,
                  subscribe_to: str | None = None, limits: Limits = Limits()) -> None:
@@ -283,12 +285,13 @@ class BackplaneFactory(Factory):
         self.publishTo = None if publish_to is None else service.get(publish_to)
         self.subscribeTo = None if subscribe_to is None else service.get(subscribe_to)
         self.limits = limits
-        self.clients = 0
+        self.protocols: set[BackplaneProtocol] = set()
         self.refused = 0
+        self._emptied: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: IAddress | None) -> BackplaneProtocol | None:
         maxClients = self.limits.max_clients
-        if maxClients is not None and self.clients >= maxClients:
+        if maxClients is not None and len(self.protocols) >= maxClients:
             self.refused += 1
             self.log.warn(
                 "Refusing {peer}: max_clients ({limit}) reached",
@@ -297,8 +300,15 @@ class BackplaneFactory(Factory):
             return None
         protocol = self.makeProtocol()
         protocol.factory = self
-        self.clients += 1
+        self.protocols.add(protocol)
         return protocol
+
+    @property
+    def clients(self) -> int:
+        """
+        The number of clients connected now.
+        """
+        return len(self.protocols)
 
     def makeProtocol(self) -> BackplaneProtocol:
         """
@@ -306,11 +316,36 @@ class BackplaneFactory(Factory):
         """
         return BackplaneProtocol(self.publishTo, self.subscribeTo, self.limits)
 
-    def clientGone(self) -> None:
+    def clientGone(self, protocol: BackplaneProtocol) -> None:
         """
         A client built by this factory has disconnected.
         """
-        self.clients -= 1
+        self.protocols.discard(protocol)
+        if not self.protocols:
+            emptied, self._emptied = self._emptied, []
+            for d in emptied:
+                d.callback(None)
+
+    def disconnectAll(self) -> Deferred[None]:
+        """
+        Close every client's connection, after sending what is pending.
+
+        @return: a L{Deferred} that fires once every client is gone.
+        """
+        if not self.protocols:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._emptied.append(d)
+        for protocol in list(self.protocols):
+            protocol.transport.loseConnection()
+        return d
+
+    def abortAll(self) -> None:
+        """
+        Drop every client's connection at once, pending output and all.
+        """
+        for protocol in list(self.protocols):
+            protocol.transport.abortConnection()
 
 
 class PublishToFactory(BackplaneFactory):

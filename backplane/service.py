@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -333,9 +333,29 @@ class BackplaneService(MultiService):
     yields its child services, as for any L{MultiService}.
     """
 
+    log = Logger()
+
     def __init__(self) -> None:
         super().__init__()
         self._backplanes: dict[str, Backplane] = {}
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop the child services one after the other, the last added first.
+
+        Unlike L{MultiService}, which stops its children all at once, this
+        lets the inputs (ports, relays, clocks, added last) stop before the
+        outputs (file sinks, added first) flush and close.
+        """
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stopChildren())
+
+    async def _stopChildren(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                self.log.failure("Error stopping {service}", service=child)
 
     def create(self, name: str, *, retain: int = 0) -> Backplane:
         """

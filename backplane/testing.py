@@ -19,10 +19,12 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from backplane.service import Backplane, Subscription
+from backplane.sources import TimeSource
 
 
 class Recorder:
@@ -143,3 +145,17 @@ def disconnect(protocol: IProtocol, transport: StringTransport) -> None:
     transport.disconnecting = True
     protocol.connectionLost(Failure(ConnectionDone()))
 
+
+
+def timeSource(backplane: Backplane, interval: float = 1.0,
+               start: float = 0.0) -> tuple[TimeSource, Clock]:
+    """
+    A started L{TimeSource} driven by a L{Clock} set to C{start} (seconds
+    since the epoch): C{clock.advance(interval)} makes it publish the next
+    time, and nothing happens unless the test advances the clock.
+    """
+    clock = Clock()
+    clock.advance(start)
+    source = TimeSource(backplane, interval, clock=clock)
+    source.startService()
+    return source, clock

@@ -4,9 +4,12 @@ Shared helpers for the integration tests: real sockets on 127.0.0.1.
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -69,3 +72,13 @@ def connectClient(port: int, host: str = "127.0.0.1") -> Deferred[LineClient]:
     """
     endpoint = TCP4ClientEndpoint(reactor, host, port)
     return endpoint.connect(Factory.forProtocol(LineClient))
+
+
+def tempDir(case) -> Path:
+    """
+    A new empty folder, removed when the test C{case} ends.  (trial's
+    C{mktemp} would put it under the working directory when run by pytest.)
+    """
+    folder = Path(tempfile.mkdtemp(prefix="backplane-test-"))
+    case.addCleanup(shutil.rmtree, folder, True)
+    return folder

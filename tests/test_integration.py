@@ -10,6 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import endpoints, reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.error import ConnectionRefusedError
 
 from backplane import BackplaneService, PublishToFactory, SubscribeToFactory
 from backplane.protocols import Limits
@@ -156,3 +157,56 @@ def test_maxClientsOverTCP(service):
         first.transport.loseConnection()
     finally:
         yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_listenServiceStopClosesClients():
+    """
+    Stopping the service stops accepting and closes every client, after
+    sending what was pending for it.
+    """
+    from backplane.ports import ListenService
+
+    service = BackplaneService()
+    data = service.create("DATA")
+    endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+    factory = SubscribeToFactory(service, "DATA")
+    port = ListenService(endpoint, factory, description="tcp:0", where="listen[1]")
+    port.setServiceParent(service)
+    service.startService()
+    number = port.port.getHost().port
+    clients = yield gatherResults([connectClient(number) for _ in range(3)])
+    yield waitUntil(lambda: len(data) == 3)
+    data.publish_many([b"last words"] * 1000)
+    yield service.stopService()
+    for client in clients:
+        yield client.closed
+        assert client.lines == [b"last words"] * 1000
+    assert factory.clients == 0
+    with pytest.raises(ConnectionRefusedError):
+        yield connectClient(number)
+
+
+@pytest_twisted.inlineCallbacks
+def test_listenServicePortInUse():
+    from backplane.config import ConfigError
+    from backplane.ports import ListenService
+
+    service = BackplaneService()
+    service.create("DATA")
+    first = ListenService(endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1"),
+                          SubscribeToFactory(service, "DATA"), description="first")
+    first.startService()
+    taken = first.port.getHost().port
+    try:
+        second = ListenService(
+            endpoints.serverFromString(reactor, f"tcp:{taken}:interface=127.0.0.1"),
+            SubscribeToFactory(service, "DATA"), description=f"tcp:{taken}",
+            where="listen[2]", path="x.toml")
+        with pytest.raises(ConfigError) as error:
+            second.startService()
+        assert str(error.value) == (
+            f"x.toml: listen[2].endpoint: cannot listen on 'tcp:{taken}': Address already in use"
+        )
+    finally:
+        yield first.stopService()

@@ -402,3 +402,54 @@ class RecorderTests(SynchronousTestCase):
         self.assertNoResult(result)
         recorder.release()
         self.successResultOf(result)
+
+
+class StopOrderTests(SynchronousTestCase):
+    def test_childrenStopOneAfterAnotherLastFirst(self):
+        """
+        The last child added stops first, and the next only once it has
+        finished: ports (added last) close before sinks (added first) flush.
+        """
+        events = []
+        waits = {}
+
+        class Child(MultiService):
+            def __init__(self, name):
+                super().__init__()
+                self.setName(name)
+
+            def stopService(self):
+                events.append(self.name)
+                waits[self.name] = Deferred()
+                return waits[self.name]
+
+        service = BackplaneService()
+        for name in ["sink", "port"]:
+            Child(name).setServiceParent(service)
+        service.startService()
+        stopped = service.stopService()
+        self.assertEqual(events, ["port"])
+        waits["port"].callback(None)
+        self.assertEqual(events, ["port", "sink"])
+        self.assertNoResult(stopped)
+        waits["sink"].callback(None)
+        self.successResultOf(stopped)
+
+    def test_failingChildLoggedOthersStop(self):
+        events = []
+
+        class Broken(MultiService):
+            def stopService(self):
+                raise RuntimeError("stop bug")
+
+        class Fine(MultiService):
+            def stopService(self):
+                events.append("fine")
+
+        service = BackplaneService()
+        Fine().setServiceParent(service)
+        Broken().setServiceParent(service)
+        service.startService()
+        self.successResultOf(service.stopService())
+        self.assertEqual(events, ["fine"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

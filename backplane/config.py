@@ -1,0 +1,383 @@
+"""
+The configuration file: parsed and validated in one place, into plain typed
+objects, before any service is built.
+
+L{read_config} reads a TOML file into a L{Config}; L{load_config} also builds
+the L{BackplaneService} it describes.  Every user mistake is a L{ConfigError}
+naming the file, the entry (e.g. C{listen[2]}, the second C{[[listen]]}) and
+the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found,no-redef]
+
+from twisted.internet import endpoints
+from twisted.internet.testing import MemoryReactor
+
+from backplane.protocols import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_PENDING, Limits
+
+if typing.TYPE_CHECKING:
+    from backplane.service import BackplaneService
+
+
+class ConfigError(Exception):
+    """
+    The configuration is wrong: the one error type for every user mistake in
+    a config file.  Its message names the file, the entry and the key.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, where: str | None = None) -> None:
+        self.path = path
+        self.where = where
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return ": ".join(part for part in (self.path, self.where, self.message) if part)
+
+
+def _option(default: Any = dataclasses.MISSING, *, doc: str = "", minimum: float | None = None,
+            above: float | None = None) -> Any:
+    """
+    A config key: its default, and the bounds its value must respect.
+    """
+    return field(default=default, metadata={"doc": doc, "minimum": minimum, "above": above})
+
+
+@dataclass(frozen=True)
+class BackplaneEntry:
+    """
+    C{[backplane.NAME]}: declares a backplane.
+    """
+
+    name: str = field(metadata={"internal": True})
+    retain: int = _option(0, minimum=0, doc="replay the last N messages to each new subscriber")
+
+
+@dataclass(frozen=True)
+class ListenEntry:
+    """
+    C{[[listen]]}: a server port whose clients publish and/or subscribe.
+    """
+
+    endpoint: str = _option(doc="a Twisted server endpoint description")
+    publish_to: str | None = _option(None, doc="each client's lines are published here")
+    subscribe_to: str | None = _option(None, doc="each client receives every line of this")
+    max_line_length: int = _option(DEFAULT_MAX_LINE_LENGTH, minimum=1)
+    max_pending: int = _option(DEFAULT_MAX_PENDING, minimum=0)
+    slow: Literal["disconnect", "drop"] = _option("disconnect")
+    max_clients: int | None = _option(None, minimum=0)
+    backlog: int = _option(511, minimum=1, doc="the listen queue of a tcp, ssl or unix port")
+
+    @property
+    def limits(self) -> Limits:
+        """
+        What one client of this port may do.
+        """
+        return Limits(
+            max_line_length=self.max_line_length,
+            max_pending=self.max_pending,
+            slow=self.slow,
+            max_clients=self.max_clients,
+        )
+
+    @property
+    def description(self) -> str:
+        """
+        The endpoint description, with the default C{backlog} added where the
+        endpoint takes one and the user did not set it.
+        """
+        kind = self.endpoint.split(":", 1)[0].lower()
+        if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in self.endpoint:
+            return f"{self.endpoint}:backlog={self.backlog}"
+        return self.endpoint
+
+
+@dataclass(frozen=True)
+class ConnectEntry:
+    """
+    C{[[connect]]}: a relay to an upstream server, reconnecting with backoff.
+    """
+
+    endpoint: str = _option(doc="a Twisted client endpoint description")
+    publish_to: str | None = _option(None, doc="lines from upstream are published here")
+    subscribe_to: str | None = _option(None, doc="lines of this are sent upstream")
+    initial_delay: float = _option(1.0, above=0.0)
+    max_delay: float = _option(60.0, above=0.0)
+    buffer: int = _option(10000, minimum=0)
+    idle_timeout: float | None = _option(None, above=0.0)
+    max_line_length: int = _option(DEFAULT_MAX_LINE_LENGTH, minimum=1)
+
+
+@dataclass(frozen=True)
+class ClockEntry:
+    """
+    C{[[clock]]}: a L{TimeSource}.
+    """
+
+    publish_to: str = _option(doc="the backplane the time is published to")
+    interval: float = _option(1.0, above=0.0)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """
+    C{[[file]]}: a L{FileSink}, appending a backplane's lines to a file.
+    """
+
+    subscribe_to: str = _option(doc="the backplane whose lines are written")
+    path: str = _option(doc="the file, relative to the config file's folder")
+    flush_interval: float = _option(1.0, above=0.0)
+    fsync: bool = _option(False)
+    rotate_bytes: int = _option(0, minimum=0)
+    max_files: int = _option(10, minimum=1)
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    A whole, validated configuration.
+    """
+
+    path: str
+    backplanes: dict[str, BackplaneEntry]
+    listen: list[ListenEntry] = field(default_factory=list)
+    connect: list[ConnectEntry] = field(default_factory=list)
+    clock: list[ClockEntry] = field(default_factory=list)
+    file: list[FileEntry] = field(default_factory=list)
+
+
+# The arrays of tables of a config file, and the type of their entries.
+_TABLES: dict[str, type] = {
+    "listen": ListenEntry,
+    "connect": ConnectEntry,
+    "clock": ClockEntry,
+    "file": FileEntry,
+}
+_TOP_LEVEL = ["backplane", *_TABLES]
+
+DEFAULT_CONFIG = """\
+# The embedded default: the time, once a second, to every client of port 1500.
+[backplane.TIME]
+
+[[clock]]
+publish_to = "TIME"
+interval = 1.0
+
+[[listen]]
+endpoint = "tcp:1500:interface=127.0.0.1"
+subscribe_to = "TIME"
+"""
+
+
+def read_config(path: str | Path) -> Config:
+    """
+    Read and validate a config file.
+
+    @raise ConfigError: the file is missing or unreadable, is not valid TOML,
+        or describes something invalid.
+    """
+    name = str(path)
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("no such file", path=name) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read it: {e.strerror}", path=name) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}", path=name) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not valid TOML: the file is not UTF-8", path=name) from None
+    return parse_config(document, path=name, folder=Path(path).resolve().parent)
+
+
+def parse_config(document: Mapping[str, Any], *, path: str = "<config>",
+                 folder: Path | None = None) -> Config:
+    """
+    Validate a parsed TOML document.
+
+    @param folder: what relative paths are relative to (the config file's
+        folder; the working directory if L{None}).
+    @raise ConfigError: it describes something invalid.
+    """
+    return _Parser(path, folder or Path.cwd()).parse(document)
+
+
+def default_config() -> Config:
+    """
+    The embedded default: backplane C{TIME}, a clock publishing
+    C{time.asctime()} each second, served on C{tcp:1500:interface=127.0.0.1}.
+    """
+    return parse_config(tomllib.loads(DEFAULT_CONFIG), path="<embedded default>")
+
+
+def load_config(path: str | Path, reactor: Any = None) -> BackplaneService:
+    """
+    Parse a config file into a service: read and validate it (L{read_config}),
+    then build the L{BackplaneService} it describes, ready to start.
+
+    @raise ConfigError: anything wrong with the file.
+    """
+    from backplane.build import build_service
+
+    return build_service(read_config(path), reactor=reactor)
+
+
+class _Parser:
+    def __init__(self, path: str, folder: Path) -> None:
+        self.path = path
+        self.folder = folder
+
+    def error(self, where: str | None, message: str) -> ConfigError:
+        return ConfigError(message, path=self.path, where=where)
+
+    def parse(self, document: Mapping[str, Any]) -> Config:
+        for key in document:
+            if key not in _TOP_LEVEL:
+                raise self.error(None, f"unknown table [{key}]{_suggest(key, _TOP_LEVEL)}")
+        backplanes = self.backplanes(document.get("backplane", {}))
+        tables: dict[str, list[Any]] = {}
+        for table, entryType in _TABLES.items():
+            entries = document.get(table, [])
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise self.error(table, f"must be written [[{table}]] (an array of tables)")
+            tables[table] = [
+                self.entry(entryType, entry, f"{table}[{i}]")
+                for i, entry in enumerate(entries, 1)
+            ]
+        tables["file"] = [dataclasses.replace(e, path=str(self.folder / e.path))
+                          for e in tables["file"]]
+        config = Config(path=self.path, backplanes=backplanes, **tables)
+        self.references(config)
+        return config
+
+    def backplanes(self, table: Any) -> dict[str, BackplaneEntry]:
+        if not isinstance(table, dict):
+            raise self.error("backplane", "must be written [backplane.NAME] (one table a name)")
+        result = {}
+        for name, options in table.items():
+            where = f"backplane.{name}"
+            if not isinstance(options, dict):
+                raise self.error(where, "must be a table: write [backplane.NAME]")
+            if not name:
+                raise self.error(where, "a backplane needs a name")
+            result[name] = self.entry(BackplaneEntry, {**options}, where, name=name)
+        return result
+
+    def entry(self, entryType: Any, raw: Mapping[str, Any], where: str, **given: Any) -> Any:
+        fields = {f.name: f for f in dataclasses.fields(entryType)
+                  if not f.metadata.get("internal")}
+        hints = typing.get_type_hints(entryType)
+        for key in raw:
+            if key not in fields:
+                raise self.error(where, f"unknown key {key!r}{_suggest(key, list(fields))}")
+        values = dict(given)
+        for name, spec in fields.items():
+            if name in raw:
+                values[name] = self.value(raw[name], hints[name], spec, f"{where}.{name}")
+            elif spec.default is dataclasses.MISSING:
+                raise self.error(where, f"missing key {name!r}")
+        return entryType(**values)
+
+    def value(self, value: Any, hint: Any, spec: dataclasses.Field[Any], where: str) -> Any:
+        allowed = _alternatives(hint)
+        if value is None and type(None) in allowed:  # pragma: no cover - TOML has no null
+            return None
+        for kind in allowed:
+            if typing.get_origin(kind) is Literal:
+                choices = typing.get_args(kind)
+                if value in choices:
+                    return value
+                raise self.error(where, f"must be one of {', '.join(map(repr, choices))}, "
+                                        f"not {value!r}")
+            if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                return self.bounded(float(value), spec, where)
+            if kind is int and isinstance(value, int) and not isinstance(value, bool):
+                return self.bounded(value, spec, where)
+            if kind in (str, bool) and isinstance(value, kind):
+                if kind is str and not value:
+                    raise self.error(where, "must not be empty")
+                return value
+        expected = " or ".join(_describe(k) for k in allowed if k is not type(None))
+        raise self.error(where, f"must be {expected}, not {_describe(type(value))} {value!r}")
+
+    def bounded(self, value: float, spec: dataclasses.Field[Any], where: str) -> Any:
+        minimum, above = spec.metadata.get("minimum"), spec.metadata.get("above")
+        if minimum is not None and value < minimum:
+            raise self.error(where, f"must be {minimum} or more, not {value}")
+        if above is not None and not value > above:
+            raise self.error(where, f"must be more than {above}, not {value}")
+        return value
+
+    def references(self, config: Config) -> None:
+        declared = config.backplanes
+        for table in _TABLES:
+            for i, entry in enumerate(getattr(config, table), 1):
+                where = f"{table}[{i}]"
+                for key in ("publish_to", "subscribe_to"):
+                    name = getattr(entry, key, None)
+                    if name is not None and name not in declared:
+                        known = ", ".join(sorted(declared)) or "none"
+                        raise self.error(
+                            f"{where}.{key}",
+                            f"backplane {name!r} is not declared: add [backplane.{name}] "
+                            f"(declared: {known})",
+                        )
+                if table in ("listen", "connect") and not (entry.publish_to or entry.subscribe_to):
+                    raise self.error(where, "needs publish_to, subscribe_to, or both")
+        for i, entry in enumerate(config.listen, 1):
+            self.endpoint(entry.endpoint, endpoints.serverFromString, f"listen[{i}].endpoint",
+                          parsed=entry.description)
+        for i, entry in enumerate(config.connect, 1):
+            self.endpoint(entry.endpoint, endpoints.clientFromString, f"connect[{i}].endpoint")
+            if entry.max_delay < entry.initial_delay:
+                raise self.error(f"connect[{i}].max_delay",
+                                 f"must be at least initial_delay ({entry.initial_delay})")
+
+    def endpoint(self, description: str, parse: Any, where: str,
+                 parsed: str | None = None) -> None:
+        # Parsing builds the endpoint (reading any certificate it names)
+        # without listening or connecting; a memory reactor keeps it so, and
+        # leaves the choice of the real reactor to twistd.
+        try:
+            parse(MemoryReactor(), parsed or description)
+        except Exception as e:
+            reason = str(e) or type(e).__name__
+            unexpected = re.search(r"unexpected keyword argument '(\w+)'", reason)
+            if unexpected:
+                reason = f"unknown parameter {unexpected.group(1)!r}"
+            raise self.error(where, f"cannot use endpoint {description!r}: {reason}") from None
+
+
+def _alternatives(hint: Any) -> tuple[Any, ...]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _describe(kind: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "an array", dict: "a table"}.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (expected one of: {', '.join(choices)})"

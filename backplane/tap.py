@@ -1,0 +1,87 @@
+"""
+The twistd plugin's options and service: C{twistd backplane [--config FILE] [--check]}.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from backplane.build import build_service
+from backplane.config import Config, ConfigError, default_config, read_config
+
+
+class Options(usage.Options):
+    """
+    Command-line options of C{twistd backplane}.
+    """
+
+    synopsis = "[--config FILE] [--check]"
+    longdesc = (
+        "Distribute lines of data from many sources to many destinations through named "
+        "backplanes. Without --config, runs the embedded default: backplane TIME, a clock "
+        "publishing time.asctime() each second, served to every client of "
+        "tcp:1500:interface=127.0.0.1 (try: nc localhost 1500). The config file format is "
+        "described in docs/configuration.md."
+    )
+    optParameters = [
+        ["config", "c", None,
+         "The TOML config file describing backplanes, ports, clocks, relays and files "
+         "(default: the embedded default)."],
+    ]
+    optFlags = [
+        ["check", None, "Validate the config and exit: 0 and 'OK' if it is good, "
+                        "1 and the error if not."],
+    ]
+
+    config: Config
+
+    def postOptions(self) -> None:
+        try:
+            self.config = read_config(self["config"]) if self["config"] else default_config()
+        except ConfigError as e:
+            _exit(f"backplane: {e}", 1)
+        if self["check"]:
+            _exit(f"{self.config.path}: OK", 0)
+
+
+def _exit(message: str, status: int) -> None:
+    (sys.stdout if status == 0 else sys.stderr).write(message + "\n")
+    raise SystemExit(status)
+
+
+class _Twistd(MultiService):
+    """
+    The service twistd runs: it turns a start-up error of the user's making
+    (a port already in use) into one clear line and a non-zero exit, where
+    twistd would print a traceback.
+    """
+
+    log = Logger()
+
+    def __init__(self, nodaemon: bool) -> None:
+        super().__init__()
+        self.nodaemon = nodaemon
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ConfigError as e:
+            self.log.critical("{error}", error=str(e))
+            if self.nodaemon:
+                _exit(f"backplane: {e}", 1)
+            raise
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the whole service from the parsed options.
+    """
+    twistd: Any = getattr(options, "parent", None)
+    root = _Twistd(nodaemon=bool(twistd is None or twistd.get("nodaemon")))
+    build_service(options.config).setServiceParent(root)
+    return root
