@@ -130,6 +130,7 @@ class BackplaneProtocol(Protocol):
         # written since, which is what max_pending bounds.
         self._paused = False
         self._backlog = 0
+        self._missed = 0  # messages dropped since the subscriber fell behind
         self._closing = False
 
     def connectionMade(self) -> None:
@@ -211,6 +212,13 @@ class BackplaneProtocol(Protocol):
         backplane = self.subscribeTo
         assert backplane is not None
         if self.limits.slow == "drop":
+            if not self._missed:
+                self.log.warn(
+                    "Subscriber {peer} of backplane {name} is more than max_pending "
+                    "({limit} bytes) behind: it misses messages until it catches up",
+                    peer=self.peer, name=backplane.name, limit=self.limits.max_pending,
+                )
+            self._missed += count
             self.dropped += count
             backplane.stats.dropped += count
             return
@@ -231,12 +239,22 @@ class BackplaneProtocol(Protocol):
     # IPushProducer: the transport tells us when its buffer is full.
 
     def pauseProducing(self) -> None:
-        self._paused = True
-        self._backlog = 0
+        # The transport calls this on every write while its buffer is full:
+        # only the first call starts counting the backlog.
+        if not self._paused:
+            self._paused = True
+            self._backlog = 0
 
     def resumeProducing(self) -> None:
         self._paused = False
         self._backlog = 0
+        if self._missed:
+            self.log.info(
+                "Subscriber {peer} of backplane {name} caught up, having missed {missed} "
+                "messages", peer=self.peer, name=self.subscribeTo.name if self.subscribeTo
+                else "?", missed=self._missed,
+            )
+            self._missed = 0
 
     def stopProducing(self) -> None:
         pass

@@ -4,6 +4,7 @@ The twistd plugin's options and service: C{twistd backplane [--config FILE] [--c
 
 from __future__ import annotations
 
+import resource
 import sys
 from typing import Any
 
@@ -77,11 +78,51 @@ class _Twistd(MultiService):
             raise
 
 
+log = Logger()
+
+# Descriptors the process needs besides its clients: listening ports, files,
+# relays, the log, Python's own.
+FD_MARGIN = 64
+
+
+def raiseFileLimit(config: Config) -> int:
+    """
+    Raise the soft limit on open files (RLIMIT_NOFILE) to the hard limit, so
+    that every client a port may accept can have a descriptor, and warn when
+    the ports' C{max_clients} still cannot all fit.
+
+    Running out anyway is not fatal: the port logs it, refuses the new
+    connection and keeps serving the clients it has.
+
+    @return: the soft limit now.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as e:
+            log.warn("Could not raise the open files limit from {soft} to {target}: {error}",
+                     soft=soft, target=target, error=e)
+    limits = [entry.max_clients for entry in config.listen]
+    if all(limit is not None for limit in limits):
+        needed = sum(limit for limit in limits if limit is not None) + FD_MARGIN
+        if needed > soft:
+            log.warn(
+                "The open files limit ({soft}) is lower than the ports' max_clients allow "
+                "({needed} with a margin of {margin}); raise it (ulimit -n, or LimitNOFILE= "
+                "in a systemd unit)", soft=soft, needed=needed, margin=FD_MARGIN,
+            )
+    return soft
+
+
 def makeService(options: Options) -> IService:
     """
     Build the whole service from the parsed options.
     """
     twistd: Any = getattr(options, "parent", None)
     root = _Twistd(nodaemon=bool(twistd is None or twistd.get("nodaemon")))
+    raiseFileLimit(options.config)
     build_service(options.config).setServiceParent(root)
     return root

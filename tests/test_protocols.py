@@ -309,6 +309,7 @@ class SlowSubscriberTests(SynchronousTestCase):
         _quick, quickOut = self.subscriber(max_pending=10)
         slow.pauseProducing()
         self.news.publish_lines(b"12345\n")
+        slow.pauseProducing()  # as a transport does on each write while full
         self.news.publish_lines(b"123\n")
         self.assertFalse(slowOut.disconnecting, "10 bytes behind is allowed")
         self.news.publish_lines(b"x\n")
@@ -378,3 +379,31 @@ class MaxClientsTests(SynchronousTestCase):
         self.assertRaises(ValueError, Limits, max_pending=-1)
         self.assertRaises(ValueError, Limits, slow="block")
         self.assertRaises(ValueError, Limits, max_clients=-1)
+
+
+class LineLengthPropertyTests(SynchronousTestCase):
+    @given(
+        stream=st.binary(max_size=600),
+        cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=30),
+        limit=st.integers(min_value=1, max_value=40),
+    )
+    @settings(max_examples=500, deadline=None)
+    def test_anyChunkingAnyLimit(self, stream, cuts, limit):
+        """
+        Property: whatever the bytes, the chunking and the limit, the lines
+        before the first overlong one are published, nothing of it or after
+        it is, and the client is disconnected exactly when there is one.
+        """
+        publisher = Publisher(Limits(max_line_length=limit))
+        bounds = sorted({0, len(stream), *(c for c in cuts if c <= len(stream))})
+        for start, end in itertools.pairwise(bounds):
+            publisher.protocol.dataReceived(stream[start:end])
+        *complete, tail = stream.split(b"\n")
+        overlong = [i for i, line in enumerate(complete) if len(line) > limit]
+        if overlong:
+            kept, cut = complete[: overlong[0]], True
+        else:
+            kept, cut = complete, len(tail) > limit
+        self.assertEqual(publisher.recorder.messages, expectedMessages(
+            b"".join(line + b"\n" for line in kept)))
+        self.assertEqual(publisher.transport.disconnecting, cut)

@@ -224,3 +224,27 @@ subscribe_to = "A"
     assert f"listen[2].endpoint: cannot listen on 'tcp:{port}:interface=127.0.0.1'" in output
     assert "in use" in output
     assert "Traceback" not in output
+
+
+def test_raiseFileLimit(monkeypatch):
+    import resource
+
+    from backplane.config import parse_config
+
+    calls = []
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 4096))
+    monkeypatch.setattr(resource, "setrlimit", lambda which, limits: calls.append(limits))
+    config = parse_config({"backplane": {"A": {}}, "listen": [
+        {"endpoint": "tcp:0", "subscribe_to": "A", "max_clients": 5000}]})
+    events = []
+    from twisted.logger import globalLogPublisher
+
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert tap.raiseFileLimit(config) == 4096
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert calls == [(4096, 4096)]
+    warnings = [e for e in events if "open files limit" in e.get("log_format", "")]
+    assert len(warnings) == 1
+    assert warnings[0]["needed"] == 5000 + tap.FD_MARGIN

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,12 +42,15 @@ class Twistd:
     def command(self) -> list[str]:
         return [*TWISTD, "-n", "--pidfile=", "backplane", *self.args]
 
-    def start(self) -> Twistd:
+    def start(self, preexec_fn: Callable[[], None] | None = None) -> Twistd:
+        """
+        Start the process; C{preexec_fn} runs in it before twistd does.
+        """
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.output, "wb") as out:
             self.process = subprocess.Popen(
                 self.command(), cwd=self.folder, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=env,
+                stdin=subprocess.DEVNULL, env=env, preexec_fn=preexec_fn,
             )
         return self
 
