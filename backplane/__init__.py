@@ -9,6 +9,7 @@ from backplane.protocols import (
     SubscribeTo,
     SubscribeToFactory,
 )
+from backplane.relay import RelayFactory
 from backplane.service import Backplane, BackplaneService
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "BackplaneService",
     "PublishTo",
     "PublishToFactory",
+    "RelayFactory",
     "SubscribeTo",
     "SubscribeToFactory",
 ]
