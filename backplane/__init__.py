@@ -11,10 +11,12 @@ from backplane.protocols import (
 )
 from backplane.relay import RelayFactory
 from backplane.service import Backplane, BackplaneService
+from backplane.sinks import FileSink
 
 __all__ = [
     "Backplane",
     "BackplaneService",
+    "FileSink",
     "PublishTo",
     "PublishToFactory",
     "RelayFactory",
