@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from backplane import BackplaneService, RelayFactory
 from backplane.protocols import BackplaneFactory
-from backplane.relay import RelayService, retryPolicy
+from backplane.relay import RelayService, describeEndpoint, retryPolicy
 from backplane.testing import Recorder
 from tests.helpers import freePort, waitUntil
 
@@ -133,6 +133,24 @@ class RetryPolicyTests(SynchronousTestCase):
         self.assertRaises(ValueError, retryPolicy, 0, 10)
         self.assertRaises(ValueError, retryPolicy, 5, 1)
         self.assertRaises(ValueError, retryPolicy, 1, 10, jitter=1.0)
+
+
+class DescribeEndpointTests(SynchronousTestCase):
+    def test_logNamesForCommonEndpoints(self):
+        fake = MemoryReactorClock()
+        for description, name in [
+            ("tcp:host=example.org:port=1600", "example.org:1600"),
+            ("tcp:127.0.0.1:1600", "127.0.0.1:1600"),
+            ("unix:path=/run/up.sock", "unix:/run/up.sock"),
+        ]:
+            endpoint = endpoints.clientFromString(fake, description)
+            self.assertEqual(describeEndpoint(endpoint), name)
+        self.assertEqual(describeEndpoint(FakeEndpoint()), "FakeEndpoint")
+
+    def test_descriptionGivenIsUsed(self):
+        factory = RelayFactory(makeService("IN"), "IN", clock=Clock())
+        RelayService(FakeEndpoint(), factory, description="tcp:host=up:port=1")
+        self.assertEqual(factory.destination, "tcp:host=up:port=1")
 
 
 class ClientServiceBackoffTests(SynchronousTestCase):

@@ -431,6 +431,32 @@ class WriteErrorTests(SinkTestCase):
         self.assertEqual(sink.stats.lines_written, 2)
         self.assertEqual(sink.stats.bytes_written, 13)
 
+    def test_failedWriteOfALongLineIsFinishedBeforeRotating(self):
+        """
+        The rest of a half-written line longer than rotate_bytes does not fit
+        in what is left of the file; it goes there all the same.
+        """
+        sink = self.sink(rotate_bytes=5)
+        sink.startService()
+        real = _AppendFile.writeSome
+        calls = []
+
+        def flaky(logfile, data):
+            calls.append(bytes(data))
+            if len(calls) == 1:
+                return real(logfile, data[:3])
+            if len(calls) == 2:
+                raise OSError(errno.EIO, "I/O error")
+            return real(logfile, data)
+
+        self.patch(_AppendFile, "writeSome", flaky)
+        self.backplane.publish_many([b"abcdefgh", b"ij"])
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.clock.advance(1.0)
+        self.assertEqual(read(f"{self.path}.1"), b"abcdefgh\n")
+        self.assertEqual(read(self.path), b"ij\n")
+
     def test_cannotRotateWritesOn(self):
         """
         A folder that turns read-only while the file is open: rotation fails,
