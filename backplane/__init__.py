@@ -10,15 +10,19 @@ from backplane.protocols import (
     SubscribeTo,
     SubscribeToFactory,
 )
+from backplane.relay import RelayFactory
 from backplane.service import Backplane, BackplaneService
+from backplane.sinks import FileSink
 from backplane.sources import TimeSource
 
 __all__ = [
     "Backplane",
     "BackplaneService",
     "ConfigError",
+    "FileSink",
     "PublishTo",
     "PublishToFactory",
+    "RelayFactory",
     "SubscribeTo",
     "SubscribeToFactory",
     "TimeSource",

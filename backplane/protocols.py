@@ -179,11 +179,22 @@ class BackplaneProtocol(Protocol):
         if complete:
             if b"\r" in complete:
                 complete = complete.replace(b"\r\n", b"\n")
-            backplane.publish_lines(complete, origin=self)
+            self.publishLines(backplane, complete)
         if bad >= 0:
             self._overlong(data.find(b"\n", bad) - bad)
         elif len(self._buffer) > limit:
             self._overlong(len(self._buffer))
+
+    def publishLines(self, backplane: Backplane, data: bytes) -> None:
+        """
+        Publish a chunk of complete lines read from the client.
+
+        Framing, C{\\r} stripping and C{max_line_length} are done by the time
+        this is called: C{data} is one or more messages, each ending with
+        C{b"\\n"}.  Subclasses override it to publish with another origin or
+        to count what they read.
+        """
+        backplane.publish_lines(data, origin=self)
 
     def _overlong(self, length: int) -> None:
         self.log.warn(

@@ -1,0 +1,726 @@
+"""
+The relay: both directions, the bounded buffer, no echo, idle timeout, and
+the two ways of reconnecting (ReconnectingClientFactory through connectTCP,
+ClientService through an endpoint), each the only retry of its connection.
+
+Unit tests drive fakes (StringTransport, Clock, MemoryReactorClock); the
+integration tests at the end use real loopback sockets and an upstream that
+goes away and comes back on the same port.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import endpoints, reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.protocols.policies import WrappingFactory
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from backplane import BackplaneService, RelayFactory
+from backplane.protocols import BackplaneFactory
+from backplane.relay import RelayService, describeEndpoint, retryPolicy
+from backplane.testing import Recorder
+from tests.helpers import freePort, waitUntil
+
+UPSTREAM = IPv4Address("TCP", "10.1.2.3", 1600)
+
+
+def makeService(*names: str) -> BackplaneService:
+    service = BackplaneService()
+    for name in names:
+        service.create(name)
+    return service
+
+
+class KeepAliveTransport(StringTransport):
+    """
+    A StringTransport that, like TCP, can turn keepalive on.
+    """
+
+    keepAlive: int | None = None
+
+    def setTcpKeepAlive(self, enabled: int) -> None:
+        self.keepAlive = enabled
+
+
+def connectProtocol(factory, transport=None):
+    """
+    Connect a protocol of C{factory} to a fresh transport, as a connector does.
+    """
+    transport = transport or KeepAliveTransport(peerAddress=UPSTREAM)
+    protocol = factory.buildProtocol(UPSTREAM)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def lose(protocol, transport, reason=None):
+    transport.disconnecting = True
+    protocol.connectionLost(Failure(reason or ConnectionLost("gone")))
+
+
+@implementer(IStreamClientEndpoint)
+class FakeEndpoint:
+    """
+    A client endpoint whose attempts the test answers: C{refuse()} or
+    C{accept()} the latest one.
+    """
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[object, Deferred]] = []
+        self.transports: list[StringTransport] = []
+
+    def connect(self, factory):
+        d: Deferred = Deferred()
+        self.attempts.append((factory, d))
+        return d
+
+    def refuse(self) -> None:
+        self.attempts[-1][1].errback(Failure(ConnectionRefusedError("refused")))
+
+    def accept(self):
+        factory, d = self.attempts[-1]
+        protocol = factory.buildProtocol(UPSTREAM)
+        transport = KeepAliveTransport(peerAddress=UPSTREAM)
+        protocol.makeConnection(transport)
+        self.transports.append(transport)
+        d.callback(protocol)
+        return protocol, transport
+
+
+class LogCapture:
+    def __init__(self, testCase: SynchronousTestCase) -> None:
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        testCase.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def matching(self, text: str, level=None) -> list[dict]:
+        return [e for e in self.events
+                if text in (e.get("log_format") or "")
+                and (level is None or e.get("log_level") == level)]
+
+
+def pendingDelays(clock) -> list[float]:
+    return [call.getTime() - clock.seconds() for call in clock.getDelayedCalls()]
+
+
+class RetryPolicyTests(SynchronousTestCase):
+    def test_growsByFactorFromInitialDelayAndIsCapped(self):
+        policy = retryPolicy(1.0, 10.0, jitter=0.0)
+        self.assertEqual([policy(n) for n in range(1, 8)], [1, 2, 4, 8, 10, 10, 10])
+
+    def test_jitterShortensWithinTheFractionAndNeverPassesTheCap(self):
+        policy = retryPolicy(1.0, 10.0, jitter=0.25, random=lambda: 0.9999999)
+        for n in range(1, 30):
+            base = min(2.0 ** (n - 1), 10.0)
+            self.assertTrue(base * 0.75 <= policy(n) <= base, (n, policy(n)))
+        self.assertLessEqual(policy(1000), 10.0)
+
+    def test_badOptions(self):
+        self.assertRaises(ValueError, retryPolicy, 0, 10)
+        self.assertRaises(ValueError, retryPolicy, 5, 1)
+        self.assertRaises(ValueError, retryPolicy, 1, 10, jitter=1.0)
+
+
+class DescribeEndpointTests(SynchronousTestCase):
+    def test_logNamesForCommonEndpoints(self):
+        fake = MemoryReactorClock()
+        for description, name in [
+            ("tcp:host=example.org:port=1600", "example.org:1600"),
+            ("tcp:127.0.0.1:1600", "127.0.0.1:1600"),
+            ("unix:path=/run/up.sock", "unix:/run/up.sock"),
+        ]:
+            endpoint = endpoints.clientFromString(fake, description)
+            self.assertEqual(describeEndpoint(endpoint), name)
+        self.assertEqual(describeEndpoint(FakeEndpoint()), "FakeEndpoint")
+
+    def test_descriptionGivenIsUsed(self):
+        factory = RelayFactory(makeService("IN"), "IN", clock=Clock())
+        RelayService(FakeEndpoint(), factory, description="tcp:host=up:port=1")
+        self.assertEqual(factory.destination, "tcp:host=up:port=1")
+
+
+class ClientServiceBackoffTests(SynchronousTestCase):
+    """
+    Under RelayService the backoff is ClientService's, and only ClientService's.
+    """
+
+    def setUp(self) -> None:
+        self.service = makeService("IN", "OUT")
+        self.clock = Clock()
+        self.endpoint = FakeEndpoint()
+
+    def relay(self, *, jitterSeed=None, **options):
+        options.setdefault("initial_delay", 1.0)
+        options.setdefault("max_delay", 10.0)
+        factory = RelayFactory(self.service, "IN", subscribe_to="OUT", clock=self.clock, **options)
+        rng = random.Random(jitterSeed).random if jitterSeed is not None else (lambda: 0.0)
+        relay = RelayService(self.endpoint, factory, random=rng)
+        return factory, relay
+
+    def test_delaysGrowAreCappedAndJittered(self):
+        factory, relay = self.relay(jitterSeed=7, jitter=0.2)
+        relay.startService()
+        expected = random.Random(7)
+        delays = []
+        for _ in range(7):
+            self.endpoint.refuse()
+            self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+            [delay] = pendingDelays(self.clock)
+            delays.append(delay)
+            self.clock.advance(delay)
+        bases = [1, 2, 4, 8, 10, 10, 10]
+        for delay, base in zip(delays, bases, strict=True):
+            self.assertAlmostEqual(delay, base * (1 - 0.2 * expected.random()))
+            self.assertTrue(base * 0.8 <= delay <= base)
+        self.assertNotEqual(delays[-1], delays[-2])  # jittered, not in step
+        self.assertEqual(len(self.endpoint.attempts), 8)
+        self.assertEqual(factory.stats.attempts, 8)
+        self.assertEqual(factory.stats.state, "connecting")
+        relay.stopService()
+
+    def test_delayStartsOverAfterAConnection(self):
+        factory, relay = self.relay()
+        relay.startService()
+        for _ in range(3):
+            self.endpoint.refuse()
+            self.clock.advance(pendingDelays(self.clock)[0])
+        self.assertEqual(factory.stats.state, "connecting")
+        protocol, transport = self.endpoint.accept()
+        self.assertEqual(factory.stats.state, "connected")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        lose(protocol, transport)
+        self.assertEqual(factory.stats.state, "waiting")
+        self.assertEqual(pendingDelays(self.clock), [1.0])
+        relay.stopService()
+
+    def test_factoryRetryIsInertUnderTheService(self):
+        """
+        Nothing retries twice: the factory's ReconnectingClientFactory retry
+        does nothing under a RelayService, even if a connector calls it.
+        """
+        factory, relay = self.relay()
+        relay.startService()
+        protocol, transport = self.endpoint.accept()
+        connector = MemoryReactorClock().connectTCP("10.1.2.3", 1600, factory)
+        factory.clientConnectionLost(connector, Failure(ConnectionDone()))
+        factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        lose(protocol, transport)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        factory.clientConnectionLost(connector, Failure(ConnectionDone()))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        relay.stopService()
+
+    def test_startingWhileUpstreamIsDown(self):
+        """
+        Starting does not fail while upstream is down; lines published
+        meanwhile wait and go upstream, oldest first, once it is up.
+        """
+        factory, relay = self.relay()
+        relay.startService()
+        self.endpoint.refuse()
+        self.assertTrue(relay.running)
+        self.assertEqual(factory.stats.state, "waiting")
+        out = self.service.get("OUT")
+        out.publish(b"one")
+        out.publish_many([b"two", b"three"])
+        self.clock.advance(1.0)
+        self.endpoint.refuse()
+        self.clock.advance(2.0)
+        _protocol, transport = self.endpoint.accept()
+        self.assertEqual(transport.value(), b"one\ntwo\nthree\n")
+        out.publish(b"live")
+        self.assertEqual(transport.value(), b"one\ntwo\nthree\nlive\n")
+        self.assertEqual(factory.stats.lines_out, 4)
+        self.assertEqual(factory.stats.connects, 1)
+        self.assertEqual(factory.stats.reconnects, 0)
+        relay.stopService()
+
+    def test_stopServiceStopsRetryingAndClosesTheConnection(self):
+        factory, relay = self.relay()
+        out = self.service.get("OUT")
+        relay.startService()
+        protocol, transport = self.endpoint.accept()
+        self.assertEqual(len(out), 1)
+        stopped = relay.stopService()
+        self.assertTrue(transport.disconnecting)
+        self.assertNoResult(stopped)
+        lose(protocol, transport, ConnectionDone())
+        self.successResultOf(stopped)
+        self.assertEqual(factory.stats.state, "stopped")
+        self.assertEqual(len(out), 0)  # no longer takes OUT's lines
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(100)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+
+    def test_stopServiceAbortsAnUpstreamThatWillNotClose(self):
+        _factory, relay = self.relay()
+        relay.startService()
+        protocol, transport = self.endpoint.accept()
+        stopped = relay.stopService()
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(relay.stopTimeout)
+        self.assertTrue(transport.disconnected)  # aborted
+        lose(protocol, transport)
+        self.successResultOf(stopped)
+
+    def test_stopWhileWaitingAndStartAgain(self):
+        factory, relay = self.relay()
+        relay.startService()
+        self.endpoint.refuse()
+        self.successResultOf(relay.stopService())
+        self.assertEqual(factory.stats.state, "stopped")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        relay.startService()
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        _protocol, transport = self.endpoint.accept()
+        self.service.get("OUT").publish(b"after restart")
+        self.assertEqual(transport.value(), b"after restart\n")
+        relay.stopService()
+
+    def test_logsEachChangeOnceNotEveryRetry(self):
+        logs = LogCapture(self)
+        factory, relay = self.relay()
+        relay.startService()
+        protocol, transport = self.endpoint.accept()
+        lose(protocol, transport)
+        for _ in range(5):
+            self.clock.advance(pendingDelays(self.clock)[0])
+            self.endpoint.refuse()
+        self.clock.advance(pendingDelays(self.clock)[0])
+        self.endpoint.accept()
+        self.assertEqual(len(logs.matching("Relay connected to")), 1)
+        self.assertEqual(len(logs.matching("Relay lost its connection", LogLevel.warn)), 1)
+        self.assertEqual(logs.matching("could not connect", LogLevel.warn), [])
+        [back] = logs.matching("Relay reconnected")
+        self.assertEqual(back["attempts"], 6)
+        self.assertEqual(factory.stats.reconnects, 1)
+        # ClientService's own note of every retry is demoted to debug.
+        chatter = logs.matching("Scheduling retry")
+        self.assertEqual(len(chatter), 6)  # after the loss, and after each refusal
+        self.assertEqual({e["log_level"] for e in chatter}, {LogLevel.debug})
+        relay.stopService()
+
+    def test_firstFailureAtStartIsLoggedOnce(self):
+        logs = LogCapture(self)
+        _factory, relay = self.relay()
+        relay.startService()
+        for _ in range(4):
+            self.endpoint.refuse()
+            self.clock.advance(pendingDelays(self.clock)[0])
+        [warning] = logs.matching("could not connect", LogLevel.warn)
+        self.assertEqual(warning["destination"], "FakeEndpoint")
+        relay.stopService()
+
+
+class ReconnectingClientFactoryTests(SynchronousTestCase):
+    """
+    Through connectTCP the factory is a ReconnectingClientFactory that
+    retries by itself.
+    """
+
+    def setUp(self) -> None:
+        self.service = makeService("IN", "OUT")
+        self.reactor = MemoryReactorClock()
+        self.factory = RelayFactory(self.service, "IN", subscribe_to="OUT", jitter=0.0,
+                                    initial_delay=1.0, max_delay=5.0, clock=self.reactor)
+        self.connector = self.reactor.connectTCP("10.1.2.3", 1600, self.factory)
+        self.reconnects = 0
+
+        def connect():
+            self.reconnects += 1
+            self.factory.startedConnecting(self.connector)
+
+        self.connector.connect = connect
+
+    def fail(self) -> float:
+        self.factory.clientConnectionFailed(
+            self.connector, Failure(ConnectionRefusedError("refused")))
+        [delay] = pendingDelays(self.reactor)
+        self.reactor.advance(delay)
+        return delay
+
+    def test_usableWithConnectTCP(self):
+        self.assertEqual(self.reactor.tcpClients[0][:3], ("10.1.2.3", 1600, self.factory))
+        self.assertEqual(self.factory.stats.attempts, 1)
+        self.assertEqual(self.factory.destination, "10.1.2.3:1600")
+        _protocol, transport = connectProtocol(self.factory)
+        self.service.get("OUT").publish(b"up")
+        self.assertEqual(transport.value(), b"up\n")
+
+    def test_retriesItselfGrowingCappedAndResetAfterAConnection(self):
+        delays = [self.fail() for _ in range(6)]
+        self.assertEqual(self.reconnects, 6)
+        self.assertEqual(self.factory.stats.attempts, 7)
+        self.assertLessEqual(delays[0], 2.0)  # Twisted < 24 grows before the first
+        for before, after in itertools.pairwise(delays):
+            self.assertEqual(after, min(before * 2, 5.0))
+        self.assertEqual(delays[-1], 5.0)
+        protocol, transport = connectProtocol(self.factory)
+        self.assertEqual(self.factory.stats.state, "connected")
+        self.assertEqual(self.factory.retries, 0)
+        lose(protocol, transport)
+        self.factory.clientConnectionLost(self.connector, Failure(ConnectionLost()))
+        self.assertEqual(self.factory.stats.state, "waiting")
+        self.assertEqual(pendingDelays(self.reactor), [delays[0]])
+
+    def test_jitterVariesTheDelay(self):
+        self.factory.jitter = 0.1
+        random.seed(11)
+        try:
+            delays = {self.fail() for _ in range(5)}
+        finally:
+            random.seed()
+        self.assertEqual(len(delays), 5)
+        self.assertFalse(delays & {1.0, 2.0, 4.0, 5.0})
+
+    def test_stopTrying(self):
+        self.fail()
+        self.factory.stopTrying()
+        self.assertEqual(self.factory.stats.state, "stopped")
+        self.factory.clientConnectionFailed(self.connector, Failure(ConnectionRefusedError()))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(len(self.service.get("OUT")), 0)
+
+
+class RelayDirectionsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.service = makeService("IN", "OUT")
+        self.clock = Clock()
+        self.incoming = Recorder.on(self.service.get("IN"))
+
+    def factory(self, **options) -> RelayFactory:
+        options.setdefault("clock", self.clock)
+        return RelayFactory(self.service, **options)
+
+    def test_needsADirectionAndKnownBackplanes(self):
+        self.assertRaises(ValueError, RelayFactory, self.service)
+        self.assertRaises(KeyError, RelayFactory, self.service, "NOPE")
+        self.assertRaises(KeyError, RelayFactory, self.service, subscribe_to="NOPE")
+        self.assertRaises(ValueError, RelayFactory, self.service, "IN", buffer=-1)
+        self.assertRaises(ValueError, RelayFactory, self.service, "IN", idle_timeout=0)
+
+    def test_publishToInChunksOfEverySize(self):
+        stream = b"first\r\n\n  spaces  \r\nbinary \x00\xff\rmid\r\nlast\n"
+        expected = [b"first", b"", b"  spaces  ", b"binary \x00\xff\rmid", b"last"]
+        for size in range(1, len(stream) + 1):
+            self.incoming.clear()
+            factory = self.factory(publish_to="IN")
+            protocol, transport = connectProtocol(factory)
+            for i in range(0, len(stream), size):
+                protocol.dataReceived(stream[i : i + size])
+            self.assertEqual(self.incoming.messages, expected, size)
+            self.assertEqual(factory.stats.lines_in, 5)
+            self.assertEqual(transport.value(), b"")  # publish_to only: nothing sent up
+
+    def test_halfLineAtDisconnectIsNotPublished(self):
+        factory = self.factory(publish_to="IN")
+        protocol, transport = connectProtocol(factory)
+        protocol.dataReceived(b"whole\nhalf")
+        lose(protocol, transport)
+        self.assertEqual(self.incoming.messages, [b"whole"])
+
+    def test_overlongLineIsNotPublishedAndDropsTheConnection(self):
+        factory = self.factory(publish_to="IN", max_line_length=10)
+        protocol, transport = connectProtocol(factory)
+        protocol.dataReceived(b"short\n" + b"x" * 11 + b"\nnever\n")
+        self.assertEqual(self.incoming.messages, [b"short"])
+        self.assertTrue(transport.disconnecting)
+
+    def test_subscribeToSendsEveryLineUpstream(self):
+        factory = self.factory(subscribe_to="OUT")
+        protocol, transport = connectProtocol(factory)
+        out = self.service.get("OUT")
+        out.publish(b"a")
+        out.publish_many([b"b", b""])
+        out.publish_lines(b"c\nd\n")
+        self.assertEqual(transport.value(), b"a\nb\n\nc\nd\n")
+        self.assertEqual(factory.stats.lines_out, 5)
+        protocol.dataReceived(b"ignored\n")  # subscribe-only: discarded
+        self.assertEqual(self.incoming.messages, [])
+
+    def test_bothDirectionsOnOneBackplaneNoEcho(self):
+        factory = self.factory(publish_to="IN", subscribe_to="IN")
+        protocol, transport = connectProtocol(factory)
+        protocol.dataReceived(b"from upstream\n")
+        self.assertEqual(self.incoming.messages, [b"from upstream"])
+        self.assertEqual(transport.value(), b"")  # not sent back
+        self.service.get("IN").publish(b"local")
+        self.assertEqual(transport.value(), b"local\n")
+        # ... and its own lines still do not echo after a reconnect.
+        lose(protocol, transport)
+        protocol, transport = connectProtocol(factory)
+        protocol.dataReceived(b"again\n")
+        self.assertEqual(transport.value(), b"")
+
+    def test_publisherCountedWhileConnected(self):
+        factory = self.factory(publish_to="IN")
+        protocol, transport = connectProtocol(factory)
+        self.assertEqual(self.service.get("IN").stats.publishers, 1)
+        lose(protocol, transport)
+        self.assertEqual(self.service.get("IN").stats.publishers, 0)
+
+    def test_keepAliveTurnedOn(self):
+        factory = self.factory(publish_to="IN")
+        _protocol, transport = connectProtocol(factory)
+        self.assertEqual(transport.keepAlive, 1)
+        # A transport without keepalive (UNIX, a test's) is fine too.
+        connectProtocol(factory, StringTransport())
+
+
+class RelayBufferTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.service = makeService("OUT")
+        self.out = self.service.get("OUT")
+
+    def test_oldestDroppedAndCountedPastTheBound(self):
+        factory = RelayFactory(self.service, subscribe_to="OUT", buffer=5, clock=Clock())
+        for n in range(8):
+            self.out.publish(b"line %d" % n)
+        self.assertEqual(factory.stats.dropped, 3)
+        self.assertEqual(factory.dropped, 3)
+        self.assertEqual(self.out.stats.dropped, 3)
+        self.assertEqual(factory.stats.buffered, 5)
+        _protocol, transport = connectProtocol(factory)
+        self.out.publish(b"live")
+        self.assertEqual(transport.value().split(b"\n")[:-1],
+                         [b"line %d" % n for n in range(3, 8)] + [b"live"])
+        self.assertEqual(factory.stats.buffered, 0)
+
+    def test_bufferZeroKeepsNothing(self):
+        factory = RelayFactory(self.service, subscribe_to="OUT", buffer=0, clock=Clock())
+        self.out.publish_many([b"a", b"b"])
+        self.assertEqual(factory.stats.dropped, 2)
+        _protocol, transport = connectProtocol(factory)
+        self.assertEqual(transport.value(), b"")
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(0, 30),
+           st.lists(st.lists(st.binary(max_size=5).filter(lambda m: b"\n" not in m),
+                             min_size=1, max_size=12), max_size=10))
+    def test_bufferKeepsTheNewestWholeLines(self, bound, batches):
+        """
+        Whatever the chunking, the buffer holds exactly the newest C{buffer}
+        lines, whole, and sends them oldest first.
+        """
+        service = makeService("OUT")
+        out = service.get("OUT")
+        factory = RelayFactory(service, subscribe_to="OUT", buffer=bound, clock=Clock())
+        for batch in batches:
+            out.publish_many(batch)
+        everything = [m for batch in batches for m in batch]
+        kept = everything[max(len(everything) - bound, 0):] if bound else []
+        self.assertEqual(factory.stats.dropped, len(everything) - len(kept))
+        _protocol, transport = connectProtocol(factory)
+        self.assertEqual(transport.value(), b"".join(m + b"\n" for m in kept))
+
+    def test_bufferSurvivesReconnectsAndGoesBeforeLiveLines(self):
+        factory = RelayFactory(self.service, subscribe_to="OUT", clock=Clock())
+        protocol, transport = connectProtocol(factory)
+        self.out.publish(b"one")
+        lose(protocol, transport)
+        self.out.publish(b"two")
+        self.out.publish(b"three")
+        self.assertEqual(factory.stats.buffered, 2)
+        protocol, second = connectProtocol(factory)
+        self.out.publish(b"four")
+        self.assertEqual(transport.value(), b"one\n")
+        self.assertEqual(second.value(), b"two\nthree\nfour\n")
+        self.assertEqual(factory.stats.lines_out, 4)
+
+    def test_upstreamNotReadingFillsTheBufferInOrder(self):
+        factory = RelayFactory(self.service, subscribe_to="OUT", buffer=3, clock=Clock())
+        protocol, transport = connectProtocol(factory)
+        self.assertIs(transport.producer, protocol)
+        self.out.publish(b"a")
+        protocol.pauseProducing()
+        for m in (b"b", b"c", b"d", b"e"):
+            self.out.publish(m)
+        self.assertEqual(transport.value(), b"a\n")
+        self.assertEqual(factory.stats.dropped, 1)
+        protocol.resumeProducing()
+        self.out.publish(b"f")
+        self.assertEqual(transport.value(), b"a\nc\nd\ne\nf\n")
+
+    def test_linesDuringAClosingConnectionAreBuffered(self):
+        factory = RelayFactory(self.service, subscribe_to="OUT", clock=Clock())
+        protocol, transport = connectProtocol(factory)
+        transport.loseConnection()
+        self.out.publish(b"late")
+        self.assertEqual(transport.value(), b"")
+        lose(protocol, transport)
+        protocol, second = connectProtocol(factory)
+        self.assertEqual(second.value(), b"late\n")
+
+
+class IdleTimeoutTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.service = makeService("IN")
+        self.clock = Clock()
+
+    def test_silentUpstreamIsDropped(self):
+        factory = RelayFactory(self.service, "IN", idle_timeout=30, clock=self.clock)
+        protocol, transport = connectProtocol(factory)
+        self.clock.advance(20)
+        protocol.dataReceived(b"tick\n")
+        self.clock.advance(20)
+        protocol.dataReceived(b"par")  # any data counts, even half a line
+        self.clock.advance(29)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnected)  # aborted: it may be half-open
+        self.assertEqual(factory.stats.idle_timeouts, 1)
+        lose(protocol, transport)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_offByDefault(self):
+        factory = RelayFactory(self.service, "IN", clock=self.clock)
+        _protocol, transport = connectProtocol(factory)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10**6)
+        self.assertFalse(transport.disconnecting)
+
+
+# Integration: real sockets, an upstream that goes away and comes back.
+
+
+class Upstream:
+    """
+    An upstream server on a fixed port: clients' lines go to FROM, and
+    clients receive the lines of TO.
+    """
+
+    def __init__(self) -> None:
+        self.service = makeService("FROM", "TO")
+        self.received = Recorder.on(self.service.get("FROM"))
+        self.factory = WrappingFactory(
+            BackplaneFactory(self.service, publish_to="FROM", subscribe_to="TO"))
+        self.portNumber = freePort()
+        self.port = None
+
+    @pytest_twisted.inlineCallbacks
+    def start(self):
+        endpoint = endpoints.TCP4ServerEndpoint(reactor, self.portNumber, interface="127.0.0.1")
+        self.port = yield endpoint.listen(self.factory)
+
+    @pytest_twisted.inlineCallbacks
+    def stop(self):
+        yield self.port.stopListening()
+        for wrapper in list(self.factory.protocols):
+            wrapper.transport.loseConnection()
+        yield waitUntil(lambda: not self.factory.protocols, what="upstream connections closed")
+
+
+@pytest.fixture
+def upstream():
+    upstream = Upstream()
+    yield upstream
+    if upstream.port is not None and upstream.port.connected:
+        pytest_twisted.blockon(upstream.stop())
+
+
+@pytest_twisted.inlineCallbacks
+def test_relayServiceFollowsAnUpstreamThatRestarts(upstream):
+    local = makeService("IN", "OUT")
+    incoming = Recorder.on(local.get("IN"))
+    factory = RelayFactory(local, "IN", subscribe_to="OUT", initial_delay=0.05, max_delay=0.2)
+    endpoint = endpoints.clientFromString(reactor, f"tcp:127.0.0.1:{upstream.portNumber}")
+    relay = RelayService(endpoint, factory)
+    relay.setServiceParent(local)
+    local.startService()  # upstream is down: starting still works
+    try:
+        yield waitUntil(lambda: factory.stats.attempts >= 2, what="retries while down")
+        assert factory.stats.state in ("waiting", "connecting")
+        local.get("OUT").publish_many([b"early 1", b"early 2"])
+
+        yield upstream.start()
+        yield waitUntil(lambda: factory.stats.state == "connected", what="connected")
+        yield waitUntil(lambda: len(upstream.received.messages) == 2, what="buffered lines")
+        assert upstream.received.messages == [b"early 1", b"early 2"]
+        to = upstream.service.get("TO")
+        yield waitUntil(lambda: len(to) == 1, what="relay subscribed upstream")
+        to.publish(b"down 1")
+        yield incoming.waitFor(1)
+
+        yield upstream.stop()
+        yield waitUntil(lambda: factory.stats.state != "connected", what="loss noticed")
+        local.get("OUT").publish(b"while away")
+        assert factory.stats.buffered == 1
+
+        yield upstream.start()  # the same port
+        yield waitUntil(lambda: factory.stats.connects == 2, what="reconnected")
+        yield waitUntil(lambda: len(upstream.received.messages) == 3, what="lines up again")
+        assert upstream.received.messages[2] == b"while away"
+        yield waitUntil(lambda: len(to) == 1)
+        to.publish(b"down 2")
+        yield incoming.waitFor(2)
+        assert incoming.messages == [b"down 1", b"down 2"]
+        assert factory.stats.reconnects == 1
+        assert factory.stats.lines_in == 2
+        assert factory.stats.lines_out == 3
+        assert factory.stats.dropped == 0
+    finally:
+        yield local.stopService()
+    assert factory.stats.state == "stopped"
+
+
+@pytest_twisted.inlineCallbacks
+def test_connectTCPRetriesByItself(upstream):
+    local = makeService("IN")
+    incoming = Recorder.on(local.get("IN"))
+    factory = RelayFactory(local, "IN", initial_delay=0.05, max_delay=0.2)
+    connector = reactor.connectTCP("127.0.0.1", upstream.portNumber, factory)
+    try:
+        yield waitUntil(lambda: factory.stats.attempts >= 2, what="retries while down")
+        yield upstream.start()
+        yield waitUntil(lambda: factory.stats.state == "connected", what="connected")
+        to = upstream.service.get("TO")
+        yield waitUntil(lambda: len(to) == 1)
+        to.publish(b"hello")
+        yield incoming.waitFor(1)
+        yield upstream.stop()
+        yield upstream.start()
+        yield waitUntil(lambda: factory.stats.connects == 2, what="reconnected")
+        yield waitUntil(lambda: len(to) == 1)
+        to.publish(b"again")
+        yield incoming.waitFor(2)
+        assert incoming.messages == [b"hello", b"again"]
+    finally:
+        factory.stopTrying()
+        connector.disconnect()
+        yield waitUntil(lambda: factory.stats.state == "stopped", what="stopped")
+
+
+def test_failedEndpointAtStartDoesNotRaise():
+    """
+    Even an endpoint that fails at once (say, a bad host) leaves the
+    service running and retrying.
+    """
+
+    @implementer(IStreamClientEndpoint)
+    class Failing:
+        def connect(self, factory):
+            return fail(ConnectionRefusedError("no"))
+
+    clock = Clock()
+    factory = RelayFactory(makeService("IN"), "IN", clock=clock)
+    relay = RelayService(Failing(), factory, random=lambda: 0.0)
+    relay.startService()
+    assert relay.running
+    assert factory.stats.state == "waiting"
+    assert pendingDelays(clock) == [1.0]
+    relay.stopService()
