@@ -211,10 +211,22 @@ class ConfigFileTests(SynchronousTestCase):
             '[backplane.TIME]\nretain = 2\n[backplane.NEWS]\n'
             '[[clock]]\npublish_to = "TIME"\n'
             '[[listen]]\nendpoint = "tcp:0:interface=127.0.0.1"\nsubscribe_to = "TIME"\n'
+            '[[file]]\nsubscribe_to = "NEWS"\npath = "news.log"\nrotate_bytes = 100\n'
+            '[[connect]]\nendpoint = "tcp:host=127.0.0.1:port=1"\npublish_to = "NEWS"\n'
+            'buffer = 7\nmax_delay = 9\n'
         ))
         self.assertEqual(service.names(), ["NEWS", "TIME"])
         self.assertEqual(service.get("TIME").retain, 2)
-        self.assertEqual(sorted(child.name for child in service), ["clock[1]", "listen[1]"])
+        self.assertEqual([child.name for child in service],
+                         ["file[1]", "connect[1]", "clock[1]", "listen[1]"],
+                         "inputs are added last, so that they stop first")
+        sink = service.getServiceNamed("file[1]")
+        self.assertEqual(sink.rotateBytes, 100)
+        self.assertEqual(sink.maxFiles, 10)
+        self.assertTrue(sink.path.endswith("news.log"))
+        relay = service.getServiceNamed("connect[1]").factory
+        self.assertEqual((relay.bufferSize, relay.maxDelay), (7, 9.0))
+        self.assertIs(relay.publishTo, service.get("NEWS"))
         self.assertFalse(service.running)
 
 
