@@ -138,6 +138,11 @@ class BackplaneProtocol(Protocol):
         if self.publishTo is not None:
             self.publishTo.stats.publishers += 1
         if self.subscribeTo is not None:
+            # Each chunk is sent as soon as it is written, as Redis does:
+            # Nagle's algorithm would hold it back for the peer's ACK.
+            setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+            if setNoDelay is not None:
+                setNoDelay(True)
             self.transport.registerProducer(self, True)
             self._subscription = self.subscribeTo.attach(self, origin=self)
 

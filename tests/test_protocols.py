@@ -407,3 +407,27 @@ class LineLengthPropertyTests(SynchronousTestCase):
         self.assertEqual(publisher.recorder.messages, expectedMessages(
             b"".join(line + b"\n" for line in kept)))
         self.assertEqual(publisher.transport.disconnecting, cut)
+
+
+class NoDelayTests(SynchronousTestCase):
+    def test_subscribersSendAtOnce(self):
+        """
+        A subscriber's connection has Nagle's algorithm off (TCP_NODELAY),
+        so a chunk is not held back waiting for the client's ACK; a publisher's
+        is left alone.
+        """
+
+        class TCPish(StringTransport):
+            noDelay = False
+
+            def setTcpNoDelay(self, enabled):
+                self.noDelay = enabled
+
+        service = BackplaneService()
+        service.create("NEWS")
+        for factory, expected in [(SubscribeToFactory(service, "NEWS"), True),
+                                  (PublishToFactory(service, "NEWS"), False)]:
+            protocol = factory.buildProtocol(None)
+            transport = TCPish()
+            protocol.makeConnection(transport)
+            self.assertEqual(transport.noDelay, expected)
