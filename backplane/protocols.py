@@ -264,11 +264,10 @@ class BackplaneProtocol(Protocol):
     def resumeProducing(self) -> None:
         self._paused = False
         self._backlog = 0
-        if self._missed:
+        if self._missed and self.subscribeTo is not None:
             self.log.info(
                 "Subscriber {peer} of backplane {name} caught up, having missed {missed} "
-                "messages", peer=self.peer, name=self.subscribeTo.name if self.subscribeTo
-                else "?", missed=self._missed,
+                "messages", peer=self.peer, name=self.subscribeTo.name, missed=self._missed,
             )
             self._missed = 0
 
