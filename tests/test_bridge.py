@@ -41,6 +41,16 @@ def chunk(messages: list[bytes]) -> bytes:
     return b"".join(m + b"\n" for m in messages)
 
 
+def documentedReader(payload: bytes) -> list[bytes]:
+    """
+    The reader given in docs/scaling.md, "Reading with a plain client".
+    """
+    if payload.startswith(b"\x1ebackplane/"):
+        payload = payload.partition(b"\n")[2]  # drop the tag line
+        return payload.removesuffix(b"\n").split(b"\n") if payload else []
+    return [line.removesuffix(b"\r") for line in payload.removesuffix(b"\n").split(b"\n")]
+
+
 class WireFormatTests(SynchronousTestCase):
     """
     L{encode} and L{decode}.
@@ -114,6 +124,19 @@ class WireFormatTests(SynchronousTestCase):
         protocol.dataReceived(payload if payload.endswith(b"\n") else payload + b"\n")
         self.assertEqual(decoded.data.split(b"\n")[:-1], recorder.messages)
         self.assertEqual(decoded.count, len(recorder.messages))
+
+    @given(st.one_of(st.binary(max_size=100),
+                     lines.map(lambda m: encode("other", chunk(m)))))
+    @example(b"")
+    @example(b"\x1ebackplane/1 A")
+    def test_documentedReader(self, payload: bytes) -> None:
+        """
+        The reader that docs/scaling.md gives plain clients reads payloads
+        as a node does.
+        """
+        decoded = decode(payload)
+        assert decoded is not None
+        self.assertEqual(documentedReader(payload), decoded.data.split(b"\n")[:-1])
 
     def test_taggedEdges(self) -> None:
         """
