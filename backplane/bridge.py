@@ -223,8 +223,6 @@ class _Link:
     retry mechanism of its connection.
     """
 
-    log = Logger()
-
     def __init__(
         self,
         name: str,
