@@ -15,7 +15,10 @@ setup(
     packages=find_packages(exclude=["tests*", "bench*"]) + ["twisted.plugins"],
     package_data={"backplane": ["py.typed"]},
     install_requires=[
-        "Twisted>=23.8.0",
+        # [tls]: txredisapi imports twisted.internet.ssl (1.4.x don't say so).
+        "Twisted[tls]>=23.8.0",
+        # 1.4.10: the first whose subscriber delivers raw bytes (charset=None).
+        "txredisapi>=1.4.10",
         "zope.interface>=5.0",
         "tomli>=1.1.0; python_version < '3.11'",
     ],

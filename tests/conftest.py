@@ -22,3 +22,21 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, which must run every test: {reason}"
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """
+    A redis-server of the test's own on a free loopback port (a
+    L{tests.redis_helpers.RedisServer}), killed after the test.
+    """
+    from tests.redis_helpers import RedisServer, findRedisServer
+
+    binary = findRedisServer()
+    if binary is None:
+        pytest.skip("redis-server not found: install it (Debian: apt-get install redis-server) "
+                    "or set REDIS_SERVER to its path")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    yield server
+    server.kill()

@@ -1,0 +1,868 @@
+"""
+Backplanes shared between nodes through Redis pub/sub.
+
+A L{RedisBridge} is a child service of a L{BackplaneService}.  For each
+shared backplane C{NAME} it publishes what local publishers put on the
+backplane to the Redis channel C{prefix + NAME}, and republishes on the
+backplane what other nodes (or any Redis client) publish on that channel, so a
+message published on any node reaches the subscribers of every node, once.
+
+The wire format (see docs/scaling.md) is plain lines, so that any Redis client
+can take part: a payload a node publishes is one tag line, C{b"\\x1ebackplane/1
+NODE-ID\\n"}, followed by the chunk of lines as published; a payload without
+the tag is taken as lines.
+
+Connections: one to publish, one to subscribe (a subscribed Redis connection
+takes no other command).  Each is kept up by a L{_Link}: the only retry
+mechanism of that connection.  txredisapi provides the Redis protocol only;
+its connection factories, which retry on their own, are not used.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import secrets
+import socket
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from twisted.application.service import Service
+from twisted.internet import defer, error
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txredisapi import RedisProtocol, SubscriberProtocol
+from zope.interface import implementer
+
+from backplane.interfaces import ILineSink
+from backplane.service import Backplane, BackplaneService, Subscription
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PREFIX = "backplane:"
+DEFAULT_QUEUE = 8 * 1024 * 1024
+"""Bytes of chunks that may wait to be published to Redis (8 MiB)."""
+
+COALESCE = 64 * 1024
+"""Chunks waiting for the same channel are joined into one PUBLISH up to this
+many bytes (a larger chunk still travels whole, in one PUBLISH)."""
+
+# The wire format.
+
+MARK = b"\x1ebackplane/"
+"""How the tag line of a payload published by a node begins: ASCII RS (0x1E),
+then C{backplane/}."""
+
+VERSION = b"1"
+
+_NODE_ID = re.compile(r"[!-~]{1,100}")
+
+
+def encodeTag(node: str) -> bytes:
+    """
+    The tag line a node puts before the lines of every payload it publishes.
+
+    @param node: the node's id: 1 to 100 printable ASCII characters, no space.
+    @raise ValueError: C{node} is not a valid node id.
+    """
+    if not _NODE_ID.fullmatch(node):
+        raise ValueError(
+            f"a node id is 1 to 100 printable ASCII characters without spaces, not {node!r}"
+        )
+    return MARK + VERSION + b" " + node.encode("ascii") + b"\n"
+
+
+def encode(node: str, data: bytes) -> bytes:
+    """
+    The Redis payload of a chunk of lines published by node C{node}.
+
+    @param data: complete lines, each ending with C{b"\\n"}.
+    """
+    return encodeTag(node) + data
+
+
+@dataclass(frozen=True)
+class Payload:
+    """
+    A Redis payload, decoded.
+
+    @ivar node: the id of the node that published it, or L{None} for an
+        untagged payload (published by a plain Redis client).
+    @ivar data: its messages, each followed by C{b"\\n"}.
+    @ivar count: how many messages C{data} holds.
+    """
+
+    node: bytes | None
+    data: bytes
+    count: int
+
+
+def decode(payload: bytes) -> Payload | None:
+    """
+    Read a payload received from Redis.
+
+    A tagged payload (one that begins with L{MARK}) is a tag line followed by
+    lines that pass unchanged (a missing final C{b"\\n"} is added).  An
+    untagged payload is one or more lines: a missing final C{b"\\n"} is added
+    and one C{b"\\r"} before each C{b"\\n"} is removed, as on the network; an
+    empty payload is one empty message.
+
+    @return: the decoded payload, or L{None} if it is tagged with a version of
+        the wire format that this one does not know.
+    """
+    if payload.startswith(MARK):
+        end = payload.find(b"\n")
+        if end < 0:
+            header, data = payload, b""
+        else:
+            header, data = payload[:end], payload[end + 1 :]
+        version, _, node = header[len(MARK) :].partition(b" ")
+        if version != VERSION or not node:
+            return None
+        if data and data[-1:] != b"\n":
+            data += b"\n"
+        return Payload(node, data, data.count(b"\n"))
+    data = payload if payload[-1:] == b"\n" else payload + b"\n"
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    return Payload(None, data, data.count(b"\n"))
+
+
+# Connecting.
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """
+    Where a Redis server is, and how to log in, as given by a C{redis://} URL.
+
+    C{db} is accepted for the sake of common URLs, but pub/sub ignores it:
+    channels are shared by every database of a server (use the channel prefix
+    to keep deployments apart).
+    """
+
+    host: str
+    port: int
+    db: int
+    username: str | None = None
+    password: str | None = None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"redis://{host}:{self.port}/{self.db}"
+
+
+def parseURL(url: str) -> RedisAddress:
+    """
+    Parse C{redis://[[username]:password@]host[:port][/db]}.
+
+    The host defaults to 127.0.0.1, the port to 6379, the database to 0.
+
+    @raise ValueError: the URL is not of that form.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"bad Redis URL {url!r}: {e}") from None
+    if parts.scheme != "redis":
+        raise ValueError(
+            f"bad Redis URL {url!r}: expected redis://[[username]:password@]host[:port][/db]"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(f"bad Redis URL {url!r}: it takes no query or fragment")
+    path = parts.path.lstrip("/")
+    if not (path == "" or path.isdigit()):
+        raise ValueError(f"bad Redis URL {url!r}: the path must be a database number")
+    return RedisAddress(
+        host=parts.hostname or "127.0.0.1",
+        port=6379 if port is None else port,
+        db=int(path or 0),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+def retryDelay(attempt: int, initial: float, maximum: float,
+               random: Callable[[], float] = random.random) -> float:
+    """
+    Seconds to wait before reconnection attempt number C{attempt} (1 is the
+    first after a failure): an exponential step, C{initial * 2 ** (attempt -
+    1)}, times a random factor between 0.5 and 1.5, kept between C{initial}
+    and C{maximum}.  The jitter keeps nodes that lost Redis together from
+    coming back all at once.
+    """
+    step = min(maximum, initial * 2.0 ** min(attempt - 1, 64))
+    return min(maximum, max(initial, step * (0.5 + random())))
+
+
+def defaultNodeId() -> str:
+    """
+    A new node id, unique to this process and readable by people watching the
+    channels: C{host.pid.random}.
+    """
+    host = re.sub(r"[^!-~]", "_", socket.gethostname())[:60] or "node"
+    return f"{host}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
+class _Link:
+    """
+    One connection to Redis, kept up.
+
+    It connects; once C{prepare} (log in, subscribe...) has succeeded it is
+    ready and checked with a PING every C{timeout} seconds; after a failed
+    attempt, a failed C{prepare}, an unanswered PING or a lost connection it
+    waits (L{retryDelay}) and connects again, until stopped.  It is the only
+    retry mechanism of its connection.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        endpoint: IStreamClientEndpoint,
+        protocol: Callable[..., Any],
+        *,
+        prepare: Callable[[Any], Deferred[object]],
+        ready: Callable[[_Link], None],
+        down: Callable[[_Link, str], None],
+        delay: Callable[[int], float],
+        timeout: float,
+        clock: Any,
+    ) -> None:
+        self.name = name
+        self.endpoint = endpoint
+        self.protocolClass = protocol
+        self.prepare = prepare
+        self.onReady = ready
+        self.onDown = down
+        self.delay = delay
+        self.timeout = timeout
+        self.clock = clock
+        self.protocol: Any = None
+        self.ready = False
+        self._failures = 0
+        self._why = ""
+        self._stopping = True
+        self._attempt: Deferred[Any] | None = None
+        self._retry: IDelayedCall | None = None
+        self._ping: IDelayedCall | None = None
+        self._abort: IDelayedCall | None = None
+        self._stopped: list[Deferred[None]] = []
+
+    def start(self) -> None:
+        """
+        Connect, and keep connecting until L{stop}.
+        """
+        self._stopping = False
+        self._failures = 0
+        self._connect()
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop retrying and close the connection.
+
+        @return: a L{Deferred} that fires once the connection is closed.
+        """
+        self._stopping = True
+        for call in (self._retry, self._ping):
+            if call is not None and call.active():
+                call.cancel()
+        self._retry = self._ping = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+        if self.protocol is None:
+            return succeed(None)
+        stopped: Deferred[None] = Deferred()
+        self._stopped.append(stopped)
+        transport = self.protocol.transport
+        # A server that does not read would hold loseConnection forever.
+        if self._abort is None:
+            self._abort = self.clock.callLater(self.timeout, transport.abortConnection)
+        transport.loseConnection()
+        return stopped
+
+    def _connect(self) -> None:
+        self._retry = None
+        factory = _LinkFactory(self)
+        self._attempt = attempt = self.endpoint.connect(factory)
+        attempt.addCallbacks(self._connected, self._attemptFailed)
+
+    def _attemptFailed(self, failure: Failure) -> None:
+        self._attempt = None
+        # A retry is already set if the connection was made and lost before
+        # the endpoint gave up on it.
+        if not self._stopping and self._retry is None:
+            self._retryLater(f"cannot connect: {failure.getErrorMessage()}")
+
+    def _connected(self, protocol: Any) -> None:
+        self._attempt = None
+        if protocol is not self.protocol:
+            # Lost before the endpoint reported it: _lost has dealt with it.
+            return
+        if self._stopping:
+            protocol.transport.loseConnection()
+            return
+        preparing = maybeDeferred(self.prepare, protocol)
+        preparing.addTimeout(self.timeout, self.clock)
+        preparing.addCallbacks(self._prepared, self._unprepared,
+                               callbackArgs=(protocol,), errbackArgs=(protocol,))
+
+    def _prepared(self, result: object, protocol: Any) -> None:
+        if protocol is not self.protocol or self._stopping:
+            return
+        self.ready = True
+        self._failures = 0
+        self._ping = self.clock.callLater(self.timeout, self._sendPing)
+        self.onReady(self)
+
+    def _unprepared(self, failure: Failure, protocol: Any) -> None:
+        if protocol is self.protocol and not self._stopping:
+            self._why = f"no usable connection: {_describe(failure, self.timeout)}"
+            protocol.transport.abortConnection()
+
+    def _sendPing(self) -> None:
+        self._ping = None
+        protocol = self.protocol
+        if protocol is None or not self.ready:
+            return
+        pinged = protocol.ping()
+        pinged.addTimeout(self.timeout, self.clock)
+        pinged.addCallbacks(self._pong, self._noPong,
+                            callbackArgs=(protocol,), errbackArgs=(protocol,))
+
+    def _pong(self, result: object, protocol: Any) -> None:
+        if protocol is self.protocol and self.ready and not self._stopping:
+            self._ping = self.clock.callLater(self.timeout, self._sendPing)
+
+    def _noPong(self, failure: Failure, protocol: Any) -> None:
+        if protocol is self.protocol and not self._stopping:
+            self._why = f"PING unanswered: {_describe(failure, self.timeout)}"
+            protocol.transport.abortConnection()
+
+    def built(self, protocol: Any) -> None:
+        """
+        A protocol was built for a new connection (called by the factory).
+        """
+        self.protocol = protocol
+        self._why = ""
+
+    def lost(self, protocol: Any, reason: Failure) -> None:
+        """
+        The connection of C{protocol} is closed (called by the protocol).
+        """
+        if protocol is not self.protocol:
+            return
+        self.protocol = None
+        self.ready = False
+        for call in (self._ping, self._abort):
+            if call is not None and call.active():
+                call.cancel()
+        self._ping = self._abort = None
+        if self._stopping:
+            stopped, self._stopped = self._stopped, []
+            for d in stopped:
+                d.callback(None)
+            return
+        self._retryLater(self._why or f"connection lost: {reason.getErrorMessage()}")
+
+    def _retryLater(self, why: str) -> None:
+        self._failures += 1
+        self._retry = self.clock.callLater(self.delay(self._failures), self._connect)
+        self.onDown(self, why)
+
+
+def _describe(failure: Failure, timeout: float) -> str:
+    # Deferred.addTimeout raises one or the other, by Twisted version.
+    if failure.check(defer.TimeoutError, error.TimeoutError):
+        return f"no answer within {timeout:g} s"
+    return failure.getErrorMessage()
+
+
+class _LinkFactory(Factory):
+    """
+    Builds the txredisapi protocol of a L{_Link}'s connection: bytes in, bytes
+    out (no decoding, no number conversion), on the link's clock.
+    """
+
+    noisy = False
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+
+    def buildProtocol(self, addr: object) -> Any:
+        protocol = self.link.protocolClass(charset=None, convertNumbers=False)
+        protocol.factory = self
+        protocol.link = self.link
+        protocol.callLater = self.link.clock.callLater
+        self.link.built(protocol)
+        return protocol
+
+
+class _InlineParsing:
+    """
+    Parse all that a read brings at once.
+
+    txredisapi's pure-Python parser (the one used without hiredis) parses
+    what follows each bulk string on a later turn of the reactor, pausing the
+    transport meanwhile: three turns and four epoll calls per pub/sub
+    message.  Here what follows is parsed in a loop instead (hiredis's parser
+    never gets there).
+    """
+
+    _extra = b""
+
+    def setLineMode(self, extra: bytes = b"") -> None:
+        # Called by rawDataReceived at the very end of dataReceived, with
+        # what follows the bulk string: nothing else is buffered then.
+        self.line_mode = 1
+        self._extra = extra
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        super().dataReceived(data)  # type: ignore[misc]
+        while self._extra:
+            extra, self._extra = self._extra, b""
+            super().dataReceived(extra)  # type: ignore[misc]
+
+
+class _Publisher(_InlineParsing, RedisProtocol):  # type: ignore[misc,valid-type]
+    """
+    The publishing connection.
+    """
+
+    link: _Link
+
+    def connectionLost(self, why: Failure) -> None:
+        # The link first, so that the PUBLISHes it fails below are counted
+        # in the outage that this loss begins.
+        self.link.lost(self, why)
+        super().connectionLost(why)
+
+
+class _Subscriber(_InlineParsing, SubscriberProtocol):  # type: ignore[misc,valid-type]
+    """
+    The subscribed connection.
+    """
+
+    link: _Link
+    received: Callable[[bytes, bytes], None]
+
+    def messageReceived(self, pattern: object, channel: bytes, message: bytes) -> None:
+        self.received(channel, message)
+
+    def connectionLost(self, why: Failure) -> None:
+        self.link.lost(self, why)
+        super().connectionLost(why)
+
+
+# The bridge.
+
+
+@dataclass
+class BridgeStats:
+    """
+    Counters of a L{RedisBridge}, for monitoring.  They only grow, except
+    C{connected}, C{queued} and C{last_outage}.
+
+    @ivar connected: both connections to Redis are up (and subscribed).
+    @ivar chunks_out: payloads published to Redis and acknowledged by it.
+    @ivar messages_out: the messages (lines) in them.
+    @ivar bytes_out: their bytes, tag lines included.
+    @ivar chunks_in: payloads received from other nodes or Redis clients.
+    @ivar messages_in: the messages in them, republished here.
+    @ivar bytes_in: their bytes, tag lines included.
+    @ivar echoes: this node's own payloads that came back and were skipped.
+    @ivar rejected: payloads tagged with an unknown wire format version.
+    @ivar dropped: messages published here that could not cross to Redis:
+        published while it was unreachable, dropped from a full queue (oldest
+        first), or in flight when a connection broke.
+    @ivar queued: bytes waiting to be published now.
+    @ivar outages: how many times Redis became unreachable.
+    @ivar last_outage: how long the last finished outage lasted, in seconds.
+    """
+
+    connected: bool = False
+    chunks_out: int = 0
+    messages_out: int = 0
+    bytes_out: int = 0
+    chunks_in: int = 0
+    messages_in: int = 0
+    bytes_in: int = 0
+    echoes: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    queued: int = 0
+    outages: int = 0
+    last_outage: float | None = None
+
+
+@implementer(ILineSink)
+class _Outbound:
+    """
+    The bridge's subscription to one shared backplane: what is published on
+    it goes to the backplane's Redis channel.
+    """
+
+    __slots__ = ("bridge", "channel")
+
+    def __init__(self, bridge: RedisBridge, channel: bytes) -> None:
+        self.bridge = bridge
+        self.channel = channel
+
+    def deliver(self, data: bytes, count: int) -> None:
+        self.bridge._outbound(self.channel, data, count)
+
+
+class RedisBridge(Service):
+    """
+    Shares backplanes between nodes through Redis pub/sub channels.
+
+    For each backplane named in C{names}, what local publishers publish goes
+    to the Redis channel C{prefix + name}, and what arrives on that channel
+    from other nodes or Redis clients is published on the backplane.  A
+    message thus reaches every subscriber of every node once: local ones
+    directly, the others through Redis; a node skips its own payloads when
+    Redis sends them back, and never sends on what came from Redis.
+
+    While Redis is unreachable each node goes on serving its own publishers
+    and subscribers; what is published meanwhile does not cross (it is
+    counted in C{stats.dropped}).  The bridge reconnects with jittered
+    exponential backoff, subscribes again, and logs each outage once when it
+    begins and once when it ends.
+
+    Make it a child of the service whose backplanes it shares::
+
+        bridge = RedisBridge(service, "redis://10.0.0.5:6379/0", names=["NEWS"])
+        bridge.setServiceParent(service)
+
+    @ivar nodeId: this node's id in the tag of every payload it publishes.
+    @ivar stats: the bridge's L{BridgeStats}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        service: BackplaneService,
+        url: str = DEFAULT_URL,
+        *,
+        names: Iterable[str],
+        prefix: str = DEFAULT_PREFIX,
+        initial_delay: float = 0.5,
+        max_delay: float = 30.0,
+        queue: int = DEFAULT_QUEUE,
+        node_id: str | None = None,
+        timeout: float = 10.0,
+        endpoint: IStreamClientEndpoint | None = None,
+        reactor: Any = None,
+    ) -> None:
+        """
+        @param service: the registry of the backplanes to share.
+        @param url: the Redis server, C{redis://[[username]:password@]host[:port][/db]}
+            (the database number does not matter to pub/sub).
+        @param names: the names of the backplanes to share.
+        @param prefix: the prefix of their channel names.
+        @param initial_delay: seconds before the first reconnection attempt.
+        @param max_delay: the longest wait between attempts, in seconds.
+        @param queue: bytes of chunks that may wait to be published while
+            Redis is slower than the publishers; past it the oldest waiting
+            chunks are dropped and counted (as many bytes again may be in
+            flight, sent but not yet acknowledged).
+        @param node_id: this node's id (default: L{defaultNodeId}); it must
+            differ from every other node's.
+        @param timeout: seconds Redis has to accept a connection, answer the
+            handshake, and answer each PING sent every C{timeout} seconds,
+            before the connection is taken for dead and made again.
+        @param endpoint: connect through this client endpoint instead of
+            C{url}'s host and port (TLS, a UNIX socket...); C{url} still gives
+            the username and password.
+        @param reactor: the reactor (default: the global one).
+        @raise ValueError: a bad URL, node id, delay, timeout or queue size.
+        @raise UnknownBackplane: a name that C{service} does not know.
+        """
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        if not 0 < initial_delay <= max_delay:
+            raise ValueError(
+                f"initial_delay ({initial_delay}) must be more than 0 and at most "
+                f"max_delay ({max_delay})"
+            )
+        if queue < 1:
+            raise ValueError(f"queue must be at least 1 byte, not {queue}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be more than 0, not {timeout}")
+        self.address = parseURL(url)
+        self.nodeId = defaultNodeId() if node_id is None else node_id
+        self._tag = encodeTag(self.nodeId)
+        self._node = self.nodeId.encode("ascii")
+        self.prefix = prefix
+        self.queue = queue
+        self.stats = BridgeStats()
+        self._reactor = reactor
+        self._backplanes: dict[bytes, Backplane] = {}
+        for name in names:
+            self._backplanes[(prefix + name).encode("utf-8")] = service.get(name)
+        self.names = [b.name for b in self._backplanes.values()]
+        self._subscriptions: list[Subscription] = []
+
+        self._waiting: deque[tuple[bytes, bytes, int]] = deque()
+        self._inflight = 0
+        self._flushing: IDelayedCall | None = None
+        self._drained: list[Deferred[None]] = []
+        self._outageStart: float | None = None
+        self._outageLost = 0
+        self._bridged = False
+        self._warnedRejected = False
+
+        if endpoint is None:
+            endpoint = HostnameEndpoint(reactor, self.address.host, self.address.port,
+                                        timeout=timeout)
+
+        def delay(attempt: int) -> float:
+            return retryDelay(attempt, initial_delay, max_delay)
+
+        self.initialDelay = initial_delay
+        self.maxDelay = max_delay
+        self._publisher = _Link(
+            "publisher", endpoint, _Publisher, prepare=self._preparePublisher,
+            ready=self._linkReady, down=self._linkDown, delay=delay, timeout=timeout,
+            clock=reactor,
+        )
+        self._subscriber = _Link(
+            "subscriber", endpoint, self._buildSubscriber, prepare=self._prepareSubscriber,
+            ready=self._linkReady, down=self._linkDown, delay=delay, timeout=timeout,
+            clock=reactor,
+        )
+
+    def __repr__(self) -> str:
+        return f"<RedisBridge {self.address} node={self.nodeId} names={self.names}>"
+
+    @property
+    def connected(self) -> bool:
+        """
+        Whether both connections to Redis are up and subscribed.
+        """
+        return self.stats.connected
+
+
+    # Starting and stopping.
+
+    def startService(self) -> None:
+        """
+        Subscribe to the shared backplanes and connect to Redis.
+        """
+        super().startService()
+        for channel, backplane in self._backplanes.items():
+            self._subscriptions.append(backplane.attach(_Outbound(self, channel), origin=self))
+        self._publisher.start()
+        self._subscriber.start()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop bridging: unsubscribe from the backplanes, publish what waits
+        (giving Redis up to C{timeout} seconds to acknowledge it), stop
+        retrying and close both connections.
+
+        @return: a L{Deferred} that fires once both connections are closed.
+        """
+        super().stopService()
+        for subscription in self._subscriptions:
+            subscription.cancel()
+        self._subscriptions = []
+        self._flush(everything=True)
+        self._dropWaiting()
+        if self._inflight:
+            drained: Deferred[None] = Deferred()
+            self._drained.append(drained)
+            drained.addTimeout(self._publisher.timeout, self._reactor)
+            drained.addErrback(lambda _: None)
+        else:
+            drained = succeed(None)
+
+        def close(_: object) -> Deferred[list[None]]:
+            return gatherResults([self._publisher.stop(), self._subscriber.stop()])
+
+        return drained.addCallback(close).addCallback(lambda _: None)
+
+    # Publishing to Redis.
+
+    def _outbound(self, channel: bytes, data: bytes, count: int) -> None:
+        if not self._publisher.ready:
+            self._lose(count)
+            return
+        self._waiting.append((channel, data, count))
+        self.stats.queued += len(data)
+        while self.stats.queued > self.queue:
+            _, old, lost = self._waiting.popleft()
+            self.stats.queued -= len(old)
+            self._lose(lost)
+        if self._waiting and self._flushing is None:
+            # Published on the next turn of the reactor: the chunks that
+            # arrive meanwhile join the same PUBLISH.
+            self._flushing = self._reactor.callLater(0, self._flush)
+
+    def _flush(self, everything: bool = False) -> None:
+        if self._flushing is not None:
+            if self._flushing.active():
+                self._flushing.cancel()
+            self._flushing = None
+        protocol = self._publisher.protocol
+        if not self._publisher.ready or protocol is None:
+            return
+        waiting = self._waiting
+        while waiting and (everything or self._inflight < self.queue):
+            channel, data, count = waiting.popleft()
+            parts, size = [data], len(data)
+            while waiting and waiting[0][0] == channel and size + len(waiting[0][1]) <= COALESCE:
+                _, more, moreCount = waiting.popleft()
+                parts.append(more)
+                size += len(more)
+                count += moreCount
+            self.stats.queued -= size
+            payload = self._tag + (data if len(parts) == 1 else b"".join(parts))
+            self._inflight += len(payload)
+            published = protocol.publish(channel, payload)
+            published.addCallbacks(self._published, self._notPublished,
+                                   callbackArgs=(len(payload), count),
+                                   errbackArgs=(len(payload), count))
+
+    def _published(self, receivers: object, size: int, count: int) -> None:
+        stats = self.stats
+        stats.chunks_out += 1
+        stats.messages_out += count
+        stats.bytes_out += size
+        self._sent(size)
+
+    def _notPublished(self, failure: Failure, size: int, count: int) -> None:
+        self._lose(count)
+        if self._publisher.ready:
+            # Not a lost connection: Redis refused the command.
+            self.log.error("Redis at {address} refused to publish: {error}",
+                           address=self.address, error=failure.getErrorMessage())
+        self._sent(size)
+
+    def _sent(self, size: int) -> None:
+        self._inflight -= size
+        if self._waiting and self._flushing is None and self.running:
+            self._flush()
+        if not self._inflight and self._drained:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
+
+    def _lose(self, count: int) -> None:
+        self.stats.dropped += count
+        if self._outageStart is not None:
+            self._outageLost += count
+
+    def _dropWaiting(self) -> None:
+        while self._waiting:
+            self._lose(self._waiting.popleft()[2])
+        self.stats.queued = 0
+
+    # Receiving from Redis.
+
+    def _received(self, channel: bytes, payload: bytes) -> None:
+        backplane = self._backplanes.get(channel)
+        if backplane is None or not self.running:
+            return
+        stats = self.stats
+        decoded = decode(payload)
+        if decoded is None:
+            stats.rejected += 1
+            if not self._warnedRejected:
+                self._warnedRejected = True
+                self.log.warn(
+                    "Ignoring a payload on Redis channel {channel} tagged with an unknown "
+                    "wire format: {head!r} (the next ones are only counted, in "
+                    "stats.rejected)",
+                    channel=channel.decode("utf-8", "replace"), head=payload[:60],
+                )
+            return
+        if decoded.node == self._node:
+            stats.echoes += 1
+            return
+        if not decoded.count:
+            return
+        stats.chunks_in += 1
+        stats.messages_in += decoded.count
+        stats.bytes_in += len(payload)
+        try:
+            backplane.publish_lines(decoded.data, decoded.count, origin=self)
+        except Exception:
+            self.log.failure("Republishing from Redis channel {channel} failed",
+                             channel=channel.decode("utf-8", "replace"))
+
+    # The connections.
+
+    def _buildSubscriber(self, **kwargs: Any) -> _Subscriber:
+        protocol = _Subscriber(**kwargs)
+        protocol.received = self._received
+        return protocol
+
+    def _login(self, protocol: Any) -> Deferred[object]:
+        address = self.address
+        if address.password is None:
+            return succeed(None)
+        if address.username:
+            return protocol.execute_command("AUTH", address.username, address.password)
+        return protocol.execute_command("AUTH", address.password)
+
+    def _preparePublisher(self, protocol: Any) -> Deferred[object]:
+        return self._login(protocol).addCallback(lambda _: protocol.ping())
+
+    def _prepareSubscriber(self, protocol: Any) -> Deferred[object]:
+        channels = list(self._backplanes)
+        if not channels:
+            return self._login(protocol).addCallback(lambda _: protocol.ping())
+        # Every (re)connection subscribes again: a new connection has no
+        # subscriptions.
+        return self._login(protocol).addCallback(lambda _: protocol.subscribe(channels))
+
+    def _linkReady(self, link: _Link) -> None:
+        if not (self._publisher.ready and self._subscriber.ready):
+            return
+        self.stats.connected = True
+        if self._outageStart is not None:
+            duration = self._reactor.seconds() - self._outageStart
+            self.stats.last_outage = duration
+            self.log.info(
+                "Redis at {address} is back after {duration:.1f} s: backplanes {names} "
+                "are shared again; {lost} messages published on this node meanwhile "
+                "did not reach the other nodes",
+                address=self.address, duration=duration, lost=self._outageLost,
+                names=self.names,
+            )
+            self._outageStart = None
+            self._outageLost = 0
+        elif not self._bridged:
+            self.log.info(
+                "Sharing backplanes {names} through Redis at {address} as node {node}",
+                names=self.names, address=self.address, node=self.nodeId,
+            )
+        self._bridged = True
+
+    def _linkDown(self, link: _Link, why: str) -> None:
+        self.stats.connected = False
+        if link is self._publisher:
+            self._dropWaiting()
+        if self._outageStart is None:
+            self._outageStart = self._reactor.seconds()
+            self._outageLost = 0
+            self.stats.outages += 1
+            self.log.warn(
+                "Redis at {address} is unreachable ({why}): backplanes {names} reach "
+                "this node's subscribers only until it is back; retrying every "
+                "{initial:g} to {maximum:g} s",
+                address=self.address, why=why, names=self.names,
+                initial=self.initialDelay, maximum=self.maxDelay,
+            )

@@ -1,0 +1,634 @@
+"""
+Unit tests of the Redis bridge: its wire format, its URL, its backoff, and
+the bridge itself on fake connections and a fake clock.
+"""
+
+from __future__ import annotations
+
+from hypothesis import example, given
+from hypothesis import strategies as st
+from twisted.internet.defer import fail, succeed
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from backplane import BackplaneService, PublishToFactory
+from backplane.bridge import (
+    MARK,
+    RedisAddress,
+    RedisBridge,
+    decode,
+    defaultNodeId,
+    encode,
+    encodeTag,
+    parseURL,
+    retryDelay,
+)
+from backplane.testing import Recorder, connect
+from tests.redis_helpers import encodeCommand
+
+lines = st.lists(st.binary().map(lambda b: b.replace(b"\n", b"")), min_size=1, max_size=20)
+nodeIds = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1,
+                  max_size=100)
+
+
+def chunk(messages: list[bytes]) -> bytes:
+    return b"".join(m + b"\n" for m in messages)
+
+
+def documentedReader(payload: bytes) -> list[bytes]:
+    """
+    The reader given in docs/scaling.md, "Reading with a plain client".
+    """
+    if payload.startswith(b"\x1ebackplane/"):
+        payload = payload.partition(b"\n")[2]  # drop the tag line
+        return payload.removesuffix(b"\n").split(b"\n") if payload else []
+    return [line.removesuffix(b"\r") for line in payload.removesuffix(b"\n").split(b"\n")]
+
+
+class WireFormatTests(SynchronousTestCase):
+    """
+    L{encode} and L{decode}.
+    """
+
+    @given(nodeIds, lines)
+    @example("A", [b""])
+    @example("A", [b"\x1ebackplane/1 B", b"x\r"])
+    def test_roundTrip(self, node: str, messages: list[bytes]) -> None:
+        """
+        What a node encodes decodes to the same node and the same lines,
+        byte for byte.
+        """
+        decoded = decode(encode(node, chunk(messages)))
+        assert decoded is not None
+        self.assertEqual(
+            (decoded.node, decoded.data, decoded.count),
+            (node.encode(), chunk(messages), len(messages)),
+        )
+
+    def test_tagLine(self) -> None:
+        """
+        The tag line is RS, C{backplane/1}, a space, the node id, a newline.
+        """
+        self.assertEqual(encode("n1", b"x\n"), b"\x1ebackplane/1 n1\nx\n")
+        self.assertTrue(encode("n1", b"x\n").startswith(MARK))
+
+    def test_badNodeIds(self) -> None:
+        """
+        A node id is 1 to 100 printable ASCII characters without spaces.
+        """
+        for bad in ["", "a b", "a\nb", "é", "x" * 101, "tab\t"]:
+            self.assertRaises(ValueError, encodeTag, bad)
+
+    def test_untagged(self) -> None:
+        """
+        An untagged payload is lines: a missing final newline is added, one
+        carriage return before each newline removed; empty is one empty
+        message.
+        """
+        for payload, data in [
+            (b"hello", b"hello\n"),
+            (b"hello\n", b"hello\n"),
+            (b"a\r\nb\r\n", b"a\nb\n"),
+            (b"a\r\r\nb\r", b"a\r\nb\n"),
+            (b"a\n\nb", b"a\n\nb\n"),
+            (b"", b"\n"),
+            (b"\n", b"\n"),
+            (b"12", b"12\n"),
+            (b"\x1enot a tag", b"\x1enot a tag\n"),
+            (b"\x1ebackplan", b"\x1ebackplan\n"),
+        ]:
+            decoded = decode(payload)
+            assert decoded is not None
+            self.assertEqual((decoded.node, decoded.data, decoded.count),
+                             (None, data, data.count(b"\n")), payload)
+
+    @given(st.binary(max_size=200))
+    def test_untaggedAsOnTheNetwork(self, payload: bytes) -> None:
+        """
+        An untagged payload gives the messages that the same bytes, sent by
+        a network publisher and ended by a newline, would give.
+        """
+        if payload.startswith(MARK):
+            return
+        decoded = decode(payload)
+        assert decoded is not None
+        service = BackplaneService()
+        recorder = Recorder.on(service.create("X"))
+        protocol, _ = connect(PublishToFactory(service, "X"))
+        protocol.dataReceived(payload if payload.endswith(b"\n") else payload + b"\n")
+        self.assertEqual(decoded.data.split(b"\n")[:-1], recorder.messages)
+        self.assertEqual(decoded.count, len(recorder.messages))
+
+    @given(st.one_of(st.binary(max_size=100),
+                     lines.map(lambda m: encode("other", chunk(m)))))
+    @example(b"")
+    @example(b"\x1ebackplane/1 A")
+    def test_documentedReader(self, payload: bytes) -> None:
+        """
+        The reader that docs/scaling.md gives plain clients reads payloads
+        as a node does.
+        """
+        decoded = decode(payload)
+        assert decoded is not None
+        self.assertEqual(documentedReader(payload), decoded.data.split(b"\n")[:-1])
+
+    def test_taggedEdges(self) -> None:
+        """
+        A tag line alone carries no message; lines after it pass unchanged,
+        a missing final newline added; an unknown version, or no node id,
+        makes the payload unreadable (L{None}).
+        """
+        self.assertEqual(decode(b"\x1ebackplane/1 A").count, 0)  # type: ignore[union-attr]
+        self.assertEqual(decode(b"\x1ebackplane/1 A\n").count, 0)  # type: ignore[union-attr]
+        decoded = decode(b"\x1ebackplane/1 A\nx\r\ny")
+        assert decoded is not None
+        self.assertEqual((decoded.node, decoded.data), (b"A", b"x\r\ny\n"))
+        self.assertIsNone(decode(b"\x1ebackplane/2 A\nx\n"))
+        self.assertIsNone(decode(b"\x1ebackplane/1 \nx\n"))
+        self.assertIsNone(decode(b"\x1ebackplane/1\nx\n"))
+
+
+class URLTests(SynchronousTestCase):
+    """
+    L{parseURL}.
+    """
+
+    def test_forms(self) -> None:
+        for url, address in [
+            ("redis://", RedisAddress("127.0.0.1", 6379, 0)),
+            ("redis://example.org", RedisAddress("example.org", 6379, 0)),
+            ("redis://10.0.0.5:6380/3", RedisAddress("10.0.0.5", 6380, 3)),
+            ("redis://:s%40cret@h/1", RedisAddress("h", 6379, 1, None, "s@cret")),
+            ("redis://me:pw@h:1/", RedisAddress("h", 1, 0, "me", "pw")),
+            ("redis://[::1]:7000", RedisAddress("::1", 7000, 0)),
+        ]:
+            self.assertEqual(parseURL(url), address, url)
+
+    def test_bad(self) -> None:
+        for url in ["http://h", "rediss://h", "h:6379", "redis://h:99999", "redis://h/x",
+                    "redis://h/0?timeout=1", "redis://h:port"]:
+            with self.assertRaises(ValueError) as caught:
+                parseURL(url)
+            self.assertIn(repr(url), str(caught.exception))
+
+    def test_str(self) -> None:
+        """
+        The address shows without its password, for logs.
+        """
+        self.assertEqual(str(parseURL("redis://u:secret@h:1/2")), "redis://h:1/2")
+        self.assertEqual(str(parseURL("redis://[::1]")), "redis://[::1]:6379/0")
+
+
+class RetryDelayTests(SynchronousTestCase):
+    """
+    L{retryDelay}.
+    """
+
+    @given(st.integers(1, 10_000), st.floats(0.01, 10), st.floats(1, 100),
+           st.floats(0, 0.9999))
+    def test_bounds(self, attempt: int, initial: float, factor: float, r: float) -> None:
+        """
+        Always between the initial and the maximum delay.
+        """
+        maximum = initial * factor
+        delay = retryDelay(attempt, initial, maximum, lambda: r)
+        self.assertTrue(initial <= delay <= maximum, delay)
+
+    def test_growth(self) -> None:
+        """
+        Doubling from the initial delay, with jitter of +-50%, up to the
+        maximum.
+        """
+        middle = [retryDelay(n, 0.5, 30.0, lambda: 0.5) for n in range(1, 10)]
+        self.assertEqual(middle, [0.5, 1, 2, 4, 8, 16, 30, 30, 30])
+        self.assertEqual(retryDelay(4, 0.5, 30.0, lambda: 0.0), 2.0)
+        self.assertEqual(retryDelay(4, 0.5, 30.0, lambda: 0.99), 4 * 1.49)
+
+    def test_defaultNodeId(self) -> None:
+        """
+        Each default node id differs, and is one a tag can carry.
+        """
+        ids = {defaultNodeId() for _ in range(20)}
+        self.assertEqual(len(ids), 20)
+        for node in ids:
+            encodeTag(node)
+
+
+# The bridge on fake connections.
+
+
+@implementer(IStreamClientEndpoint)
+class FakeEndpoint:
+    """
+    Connects each protocol to a L{StringTransportWithDisconnection}, or
+    refuses while C{refusing}.
+    """
+
+    def __init__(self) -> None:
+        self.refusing = False
+        self.protocols: list = []
+
+    def connect(self, factory):
+        if self.refusing:
+            return fail(ConnectionRefusedError())
+        protocol = factory.buildProtocol(None)
+        transport = StringTransportWithDisconnection()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        self.protocols.append(protocol)
+        return succeed(protocol)
+
+    def latest(self, name: str):
+        return [p for p in self.protocols if p.link.name == name][-1]
+
+
+def sent(protocol) -> list[list[bytes]]:
+    """
+    The commands written to a fake connection since last asked.
+    """
+    data = protocol.transport.value()
+    protocol.transport.clear()
+    commands = []
+    while data:
+        count, data = data[1:].split(b"\r\n", 1)
+        command = []
+        for _ in range(int(count)):
+            length, data = data[1:].split(b"\r\n", 1)
+            command.append(data[: int(length)])
+            data = data[int(length) + 2 :]
+        commands.append(command)
+    return commands
+
+
+def bulk(*items: bytes) -> bytes:
+    """
+    A RESP array of bulk strings: how Redis sends a pub/sub message or ack.
+    """
+    return encodeCommand(*items)
+
+
+class BridgeTests(SynchronousTestCase):
+    """
+    L{RedisBridge} with a L{FakeEndpoint} and a L{Clock}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.endpoint = FakeEndpoint()
+        self.service = BackplaneService()
+        self.news = self.service.create("NEWS")
+        self.sport = self.service.create("SPORT")
+        self.recorder = Recorder.on(self.news)
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def bridge(self, **options) -> RedisBridge:
+        options = {"names": ["NEWS", "SPORT"], "node_id": "me", "initial_delay": 1.0,
+                   "max_delay": 8.0, "timeout": 5.0, **options}
+        bridge = RedisBridge(self.service, "redis://:pw@h:1/0", endpoint=self.endpoint,
+                             reactor=self.clock, **options)
+        bridge.setServiceParent(self.service)
+        return bridge
+
+    def feed(self, protocol, data: bytes) -> None:
+        """
+        Data from Redis.  txredisapi parses what follows a bulk string on the
+        next turn of the reactor, hence the turn.
+        """
+        protocol.dataReceived(data)
+        self.clock.advance(0)
+
+    def logged(self, level: str) -> list[dict]:
+        return [e for e in self.events
+                if isinstance(e.get("log_source"), RedisBridge) and e["log_level"].name == level]
+
+    def up(self) -> tuple:
+        """
+        Answer the handshakes of the latest connections: log in, then PING
+        (publisher) or SUBSCRIBE (subscriber).
+        """
+        publisher = self.endpoint.latest("publisher")
+        subscriber = self.endpoint.latest("subscriber")
+        self.assertEqual(sent(publisher), [[b"AUTH", b"pw"]])
+        self.feed(publisher, b"+OK\r\n")
+        self.assertEqual(sent(publisher), [[b"PING"]])
+        self.feed(publisher, b"+PONG\r\n")
+        self.assertEqual(sent(subscriber), [[b"AUTH", b"pw"]])
+        self.feed(subscriber, b"+OK\r\n")
+        self.assertEqual(sent(subscriber),
+                         [[b"SUBSCRIBE", b"backplane:NEWS", b"backplane:SPORT"]])
+        self.feed(subscriber, bulk(b"subscribe", b"backplane:NEWS", b":1"))
+        return publisher, subscriber
+
+    def test_connects(self) -> None:
+        """
+        Once both connections have logged in, the publisher answered PING and
+        the subscriber subscribed to every shared backplane's channel, the
+        bridge is connected, and says so.
+        """
+        bridge = self.bridge()
+        self.service.startService()
+        self.assertFalse(bridge.connected)
+        self.up()
+        self.assertTrue(bridge.connected)
+        [info] = self.logged("info")
+        self.assertEqual((info["node"], info["names"]), ("me", ["NEWS", "SPORT"]))
+        self.assertEqual(self.logged("warn"), [])
+
+    def test_publishes(self) -> None:
+        """
+        What is published on a shared backplane goes to its channel, tagged;
+        the chunks of one turn of the reactor go in one PUBLISH per channel.
+        """
+        bridge = self.bridge()
+        self.service.startService()
+        publisher, _ = self.up()
+        self.news.publish_lines(b"a\nb\n")
+        self.news.publish_many([b"c"])
+        self.sport.publish(b"goal")
+        self.assertEqual(sent(publisher), [])
+        self.clock.advance(0)
+        self.assertEqual(sent(publisher), [
+            [b"PUBLISH", b"backplane:NEWS", b"\x1ebackplane/1 me\na\nb\nc\n"],
+            [b"PUBLISH", b"backplane:SPORT", b"\x1ebackplane/1 me\ngoal\n"],
+        ])
+        self.assertEqual(bridge.stats.chunks_out, 0)
+        self.feed(publisher, b":1\r\n")
+        self.feed(publisher, b":1\r\n")
+        self.assertEqual((bridge.stats.chunks_out, bridge.stats.messages_out), (2, 4))
+
+    def test_receives(self) -> None:
+        """
+        What comes from Redis is published on the backplane, with the bridge
+        as origin, so it is not sent back; the node's own payloads are
+        skipped; other channels and unknown formats are ignored.
+        """
+        bridge = self.bridge()
+        self.service.startService()
+        publisher, subscriber = self.up()
+        for payload in [b"\x1ebackplane/1 other\nx\ny\n", b"plain", b"\x1ebackplane/1 me\nz\n",
+                        b"\x1ebackplane/9 other\nw\n"]:
+            self.feed(subscriber, bulk(b"message", b"backplane:NEWS", payload))
+        self.feed(subscriber, bulk(b"message", b"backplane:OTHER", b"v"))
+        self.clock.advance(0)
+        self.assertEqual(self.recorder.messages, [b"x", b"y", b"plain"])
+        self.assertEqual(sent(publisher), [])
+        stats = bridge.stats
+        self.assertEqual((stats.chunks_in, stats.messages_in, stats.echoes, stats.rejected),
+                         (2, 3, 1, 1))
+        self.assertEqual(len(self.logged("warn")), 1)
+
+    def test_parsesWholeReads(self) -> None:
+        """
+        All the messages of one read are parsed at once, without waiting for
+        a turn of the reactor.
+        """
+        self.bridge()
+        self.service.startService()
+        _, subscriber = self.up()
+        subscriber.dataReceived(b"".join(bulk(b"message", b"backplane:NEWS", b"%d" % n)
+                                         for n in range(3)))
+        self.assertEqual(self.recorder.messages, [b"0", b"1", b"2"])
+
+    def test_outage(self) -> None:
+        """
+        Lost connections start an outage, logged once however many attempts
+        fail; what is published meanwhile is counted; the end is logged with
+        the outage's length and that count, once subscribed again.
+        """
+        bridge = self.bridge(timeout=100.0)
+        self.service.startService()
+        publisher, subscriber = self.up()
+        self.endpoint.refusing = True
+        self.clock.advance(10)
+        subscriber.transport.loseConnection()
+        publisher.transport.loseConnection()
+        self.assertFalse(bridge.connected)
+        [warning] = self.logged("warn")
+        self.assertIn("connection lost", warning["why"])
+        self.news.publish(b"lost 1")
+        self.news.publish(b"lost 2")
+        self.assertEqual(self.recorder.messages, [b"lost 1", b"lost 2"])
+        # Retries after 1, 2, 4, 8, 8 s or so (jitter aside).
+        self.clock.pump([0.5] * 60)
+        self.assertEqual(len(self.logged("warn")), 1)
+        self.assertEqual(len(self.endpoint.protocols), 2)
+        self.endpoint.refusing = False
+        self.clock.advance(8)
+        self.assertEqual(len(self.endpoint.protocols), 4)
+        self.up()  # subscribes again
+        self.assertTrue(bridge.connected)
+        back = [e for e in self.logged("info") if "is back" in e["log_format"]]
+        self.assertEqual(len(back), 1)
+        self.assertEqual(back[0]["lost"], 2)
+        self.assertEqual(back[0]["duration"], bridge.stats.last_outage)
+        self.assertEqual(back[0]["duration"], self.clock.seconds() - 10)
+        self.assertEqual((bridge.stats.outages, bridge.stats.dropped), (1, 2))
+        self.assertEqual(len(self.logged("warn")), 1)
+
+    def test_subscriberDown(self) -> None:
+        """
+        While only the subscribed connection is down, what is published here
+        still crosses; the bridge is not connected until it subscribes again.
+        """
+        bridge = self.bridge(timeout=100.0)
+        self.service.startService()
+        publisher, subscriber = self.up()
+        subscriber.transport.loseConnection()
+        self.assertFalse(bridge.connected)
+        self.news.publish(b"still crosses")
+        self.clock.advance(0)
+        self.assertEqual(len(sent(publisher)), 1)
+        self.assertEqual(bridge.stats.dropped, 0)
+
+    def test_lostInFlight(self) -> None:
+        """
+        PUBLISHes in flight when the connection breaks are counted as not
+        crossed, and so is what waits for the next turn.
+        """
+        bridge = self.bridge()
+        self.service.startService()
+        publisher, _ = self.up()
+        self.news.publish_many([b"1", b"2"])
+        self.clock.advance(0)
+        self.news.publish(b"3")
+        publisher.transport.loseConnection()
+        self.assertEqual((bridge.stats.dropped, bridge.stats.queued), (3, 0))
+        back = self.logged("warn")
+        self.assertEqual(len(back), 1)
+
+    def test_unanswered(self) -> None:
+        """
+        A connection whose PING goes unanswered for C{timeout} seconds is
+        dropped and made again; so is one whose handshake goes unanswered.
+        """
+        bridge = self.bridge()
+        self.service.startService()
+        publisher, subscriber = self.up()
+        self.clock.advance(5)
+        self.assertEqual(sent(publisher), [[b"PING"]])
+        self.assertEqual(sent(subscriber), [[b"PING"]])
+        self.feed(publisher, b"+PONG\r\n")
+        self.feed(subscriber, bulk(b"pong", b""))
+        self.clock.advance(5)
+        self.assertEqual(sent(publisher), [[b"PING"]])
+        self.assertEqual(sent(subscriber), [[b"PING"]])
+        self.feed(subscriber, bulk(b"pong", b""))
+        self.clock.advance(5)
+        self.assertTrue(publisher.transport.disconnected)
+        self.assertTrue(subscriber.transport.connected)
+        [warning] = self.logged("warn")
+        self.assertEqual(warning["why"], "PING unanswered: no answer within 5 s")
+        self.assertFalse(bridge.connected)
+        self.clock.advance(8)  # reconnects
+        newPublisher = self.endpoint.latest("publisher")
+        self.assertIsNot(newPublisher, publisher)
+        self.clock.advance(5)  # no answer to AUTH
+        self.assertTrue(newPublisher.transport.disconnected)
+        self.assertEqual(len(self.logged("warn")), 1)
+
+    def test_queueBound(self) -> None:
+        """
+        At most C{queue} bytes wait to be published (and as many again are in
+        flight); past it the oldest waiting chunks are dropped and counted.
+        """
+        bridge = self.bridge(queue=100)
+        self.service.startService()
+        publisher, _ = self.up()
+        for n in range(20):
+            self.news.publish(b"%02d" % n + b"x" * 37)  # 40 bytes a chunk
+            self.clock.advance(0)
+        published = sent(publisher)
+        # In flight: 2 PUBLISHes of 56 bytes; waiting: the newest 2 chunks.
+        self.assertEqual([int(c[2][16:18]) for c in published], [0, 1])
+        self.assertEqual((bridge.stats.queued, bridge.stats.dropped), (80, 16))
+        self.feed(publisher, b":1\r\n" * 2)
+        self.clock.advance(0)
+        self.assertEqual([c[2][16:].split(b"\n")[:-1] for c in sent(publisher)],
+                         [[b"18" + b"x" * 37, b"19" + b"x" * 37]])
+        self.assertEqual(bridge.stats.queued, 0)
+
+    def test_hugeChunk(self) -> None:
+        """
+        A chunk larger than the whole queue is dropped.
+        """
+        bridge = self.bridge(queue=10)
+        self.service.startService()
+        publisher, _ = self.up()
+        self.news.publish(b"x" * 20)
+        self.clock.advance(0)
+        self.assertEqual(sent(publisher), [])
+        self.assertEqual(bridge.stats.dropped, 1)
+
+    def test_stop(self) -> None:
+        """
+        stopService publishes what waits, closes both connections once Redis
+        has acknowledged it, and stops retrying.
+        """
+        bridge = self.bridge()
+        self.service.startService()
+        publisher, subscriber = self.up()
+        self.news.publish(b"last")
+        stopped = self.service.stopService()
+        self.assertEqual(len(sent(publisher)), 1)
+        self.assertNoResult(stopped)
+        self.assertTrue(publisher.transport.connected)
+        self.feed(publisher, b":1\r\n")
+        self.assertFalse(publisher.transport.connected)
+        self.assertFalse(subscriber.transport.connected)
+        self.successResultOf(stopped)
+        self.assertEqual(bridge.stats.messages_out, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.news.publish(b"after")
+        self.assertEqual(bridge.stats.dropped, 0)
+
+    def test_stopWhileDown(self) -> None:
+        """
+        Stopped while Redis is down, the bridge stops retrying at once.
+        """
+        self.endpoint.refusing = True
+        self.bridge()
+        self.service.startService()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+        self.successResultOf(self.service.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopUnacknowledged(self) -> None:
+        """
+        Redis has C{timeout} seconds to acknowledge what is in flight when the
+        bridge stops; then the connections close anyway.
+        """
+        self.bridge()
+        self.service.startService()
+        publisher, _ = self.up()
+        self.news.publish(b"last")
+        stopped = self.service.stopService()
+        self.clock.advance(5)
+        self.assertFalse(publisher.transport.connected)
+        self.successResultOf(stopped)
+
+    def test_noPassword(self) -> None:
+        """
+        Without a password in the URL there is no AUTH; a username goes with
+        the password.
+        """
+        for url, login in [("redis://h", []), ("redis://me:pw@h", [[b"AUTH", b"me", b"pw"]])]:
+            bridge = RedisBridge(self.service, url, names=["NEWS"], endpoint=self.endpoint,
+                                 reactor=self.clock)
+            bridge.startService()
+            self.assertEqual(sent(self.endpoint.latest("publisher")), login or [[b"PING"]])
+            self.successResultOf(bridge.stopService())
+
+    def test_arguments(self) -> None:
+        """
+        Bad arguments are refused at once; an unknown backplane raises a
+        KeyError.
+        """
+        for options in [{"initial_delay": 0}, {"initial_delay": 5, "max_delay": 1},
+                        {"queue": 0}, {"timeout": 0}, {"node_id": "a b"}]:
+            self.assertRaises(ValueError, self.bridge, **options)
+        self.assertRaises(ValueError, RedisBridge, self.service, "http://h", names=[])
+        self.assertRaises(KeyError, self.bridge, names=["NOPE"])
+
+    def test_lostDuringHandshake(self) -> None:
+        """
+        A connection lost before its handshake is answered is retried.
+        """
+        bridge = self.bridge()
+        self.service.startService()
+        publisher = self.endpoint.latest("publisher")
+        publisher.transport.loseConnection()
+        self.assertEqual(len(self.logged("warn")), 1)
+        self.clock.advance(1.5)  # the first retry comes after 1 to 1.5 s
+        self.up()
+        self.assertTrue(bridge.connected)
+        self.assertEqual(bridge.stats.outages, 1)
+
+
+class ConnectionLostTests(SynchronousTestCase):
+    """
+    Odd orders of events on a connection.
+    """
+
+    def test_lostTwice(self) -> None:
+        """
+        A loss reported for a connection that is not the current one changes
+        nothing.
+        """
+        clock, endpoint, service = Clock(), FakeEndpoint(), BackplaneService()
+        service.create("NEWS")
+        bridge = RedisBridge(service, names=["NEWS"], endpoint=endpoint, reactor=clock)
+        bridge.startService()
+        publisher = endpoint.latest("publisher")
+        publisher.transport.loseConnection()
+        calls = len(clock.getDelayedCalls())
+        publisher.link.lost(publisher, Failure(ConnectionDone()))
+        self.assertEqual(len(clock.getDelayedCalls()), calls)
+        self.successResultOf(bridge.stopService())
