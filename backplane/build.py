@@ -9,6 +9,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.internet import endpoints
 
+from backplane.bridge import RedisBridge
 from backplane.config import Config
 from backplane.ports import ListenService
 from backplane.protocols import BackplaneFactory
@@ -26,7 +27,7 @@ def build_service(config: Config, reactor: Any = None) -> BackplaneService:
 
     Children are added so that stopping (last added first, one after the
     other) stops the inputs before it closes the outputs: ports, then
-    clocks, then relays, then file sinks.
+    clocks, then relays, then the Redis bridge, then file sinks.
     """
     if reactor is None:
         from twisted.internet import reactor
@@ -43,6 +44,13 @@ def build_service(config: Config, reactor: Any = None) -> BackplaneService:
                      flush_interval=sink.flush_interval, fsync=sink.fsync,
                      rotate_bytes=sink.rotate_bytes, max_files=sink.max_files, clock=reactor),
             "file", i)
+    if config.redis is not None and config.shared:
+        redis = config.redis
+        bridge = RedisBridge(service, redis.url, names=config.shared, prefix=redis.prefix,
+                             initial_delay=redis.initial_delay, max_delay=redis.max_delay,
+                             queue=redis.queue, timeout=redis.timeout, reactor=reactor)
+        bridge.setName("redis")
+        bridge.setServiceParent(service)
     for i, connect in enumerate(config.connect, 1):
         relay = RelayFactory(
             service, connect.publish_to, subscribe_to=connect.subscribe_to,

@@ -29,6 +29,7 @@ else:  # pragma: no cover
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 
+from backplane.bridge import parseURL
 from backplane.protocols import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_PENDING, Limits
 
 if typing.TYPE_CHECKING:
@@ -67,6 +68,7 @@ class BackplaneEntry:
 
     name: str = field(metadata={"internal": True})
     retain: int = _option(0, minimum=0, doc="replay the last N messages to each new subscriber")
+    shared: bool = _option(False, doc="shared with other nodes through [redis]")
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,21 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class RedisEntry:
+    """
+    C{[redis]}: the Redis server through which C{shared} backplanes are
+    shared with other nodes.
+    """
+
+    url: str = _option("redis://127.0.0.1:6379/0")
+    prefix: str = _option("backplane:", doc="the prefix of the channel names")
+    initial_delay: float = _option(0.5, above=0.0)
+    max_delay: float = _option(30.0, above=0.0)
+    queue: int = _option(8 * 1024 * 1024, minimum=1, doc="bytes waiting to go to Redis")
+    timeout: float = _option(10.0, above=0.0)
+
+
+@dataclass(frozen=True)
 class Config:
     """
     A whole, validated configuration.
@@ -160,6 +177,14 @@ class Config:
     connect: list[ConnectEntry] = field(default_factory=list)
     clock: list[ClockEntry] = field(default_factory=list)
     file: list[FileEntry] = field(default_factory=list)
+    redis: RedisEntry | None = None
+
+    @property
+    def shared(self) -> list[str]:
+        """
+        The names of the backplanes shared through Redis.
+        """
+        return [name for name, entry in self.backplanes.items() if entry.shared]
 
 
 # The arrays of tables of a config file, and the type of their entries.
@@ -169,7 +194,11 @@ _TABLES: dict[str, type] = {
     "clock": ClockEntry,
     "file": FileEntry,
 }
-_TOP_LEVEL = ["backplane", *_TABLES]
+# The tables that appear once, and the type of their entry.
+_SINGLE: dict[str, type] = {
+    "redis": RedisEntry,
+}
+_TOP_LEVEL = ["backplane", *_TABLES, *_SINGLE]
 
 DEFAULT_CONFIG = """\
 # The embedded default: the time, once a second, to every client of port 1500.
@@ -252,7 +281,7 @@ class _Parser:
             if key not in _TOP_LEVEL:
                 raise self.error(None, f"unknown table [{key}]{_suggest(key, _TOP_LEVEL)}")
         backplanes = self.backplanes(document.get("backplane", {}))
-        tables: dict[str, list[Any]] = {}
+        tables: dict[str, Any] = {}
         for table, entryType in _TABLES.items():
             entries = document.get(table, [])
             if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -263,7 +292,13 @@ class _Parser:
             ]
         tables["file"] = [dataclasses.replace(e, path=str(self.folder / e.path))
                           for e in tables["file"]]
-        config = Config(path=self.path, backplanes=backplanes, **tables)
+        single: dict[str, Any] = {}
+        for table, entryType in _SINGLE.items():
+            if table in document:
+                if not isinstance(document[table], dict):
+                    raise self.error(table, f"must be written [{table}] (a table)")
+                single[table] = self.entry(entryType, document[table], table)
+        config = Config(path=self.path, backplanes=backplanes, **tables, **single)
         self.references(config)
         return config
 
@@ -341,6 +376,17 @@ class _Parser:
                         )
                 if table in ("listen", "connect") and not (entry.publish_to or entry.subscribe_to):
                     raise self.error(where, "needs publish_to, subscribe_to, or both")
+        if config.shared and config.redis is None:
+            raise self.error(f"backplane.{config.shared[0]}.shared",
+                             "a shared backplane needs a [redis] table with the server's url")
+        if config.redis is not None:
+            try:
+                parseURL(config.redis.url)
+            except ValueError as e:
+                raise self.error("redis.url", str(e)) from None
+            if config.redis.max_delay < config.redis.initial_delay:
+                raise self.error("redis.max_delay",
+                                 f"must be at least initial_delay ({config.redis.initial_delay})")
         for i, entry in enumerate(config.listen, 1):
             self.endpoint(entry.endpoint, endpoints.serverFromString, f"listen[{i}].endpoint",
                           parsed=entry.description)

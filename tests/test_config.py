@@ -289,3 +289,53 @@ class FuzzTests(SynchronousTestCase):
             read_config(path)
         except ConfigError as e:
             self.assertTrue(str(e))
+
+
+class RedisConfigTests(SynchronousTestCase):
+    def test_sharedBackplanes(self):
+        config = parse_config({
+            "backplane": {"NEWS": {"shared": True}, "LOCAL": {}},
+            "redis": {"url": "redis://10.0.0.5:6380/0", "prefix": "prod:", "max_delay": 5},
+        })
+        self.assertEqual(config.shared, ["NEWS"])
+        self.assertEqual(config.redis.url, "redis://10.0.0.5:6380/0")
+        self.assertEqual(config.redis.prefix, "prod:")
+        self.assertEqual(config.redis.max_delay, 5.0)
+        self.assertEqual(config.redis.initial_delay, 0.5)
+
+    def test_sharedNeedsRedis(self):
+        error = self.assertRaises(ConfigError, parse_config,
+                                  {"backplane": {"NEWS": {"shared": True}}})
+        self.assertIn("backplane.NEWS.shared: a shared backplane needs a [redis] table",
+                      str(error))
+
+    def test_badUrl(self):
+        error = self.assertRaises(ConfigError, parse_config, {
+            "backplane": {"NEWS": {"shared": True}}, "redis": {"url": "http://x"}})
+        self.assertIn("redis.url: bad Redis URL 'http://x'", str(error))
+
+    def test_unknownKey(self):
+        error = self.assertRaises(ConfigError, parse_config, {"redis": {"urls": "x"}})
+        self.assertIn("redis: unknown key 'urls' (did you mean 'url'?)", str(error))
+
+    def test_mustBeATable(self):
+        error = self.assertRaises(ConfigError, parse_config, {"redis": [{"url": "x"}]})
+        self.assertIn("redis: must be written [redis]", str(error))
+
+    def test_bridgeBuilt(self):
+        from backplane.build import build_service
+
+        service = build_service(parse_config({
+            "backplane": {"NEWS": {"shared": True}, "LOCAL": {}},
+            "redis": {"url": "redis://127.0.0.1:1/0", "prefix": "t:"},
+        }))
+        bridge = service.getServiceNamed("redis")
+        self.assertEqual(bridge.names, ["NEWS"])
+        self.assertEqual(bridge.prefix, "t:")
+
+    def test_noBridgeWithoutSharedBackplanes(self):
+        from backplane.build import build_service
+
+        service = build_service(parse_config({
+            "backplane": {"LOCAL": {}}, "redis": {"url": "redis://127.0.0.1:1/0"}}))
+        self.assertEqual(list(service), [])
