@@ -17,6 +17,8 @@ setup(
     install_requires=[
         "Twisted>=23.8.0",
         "zope.interface>=5.0",
+        # 0.5.0: the lowest with prometheus_client.registry; 0.14.0 lacks choose_encoder.
+        "prometheus_client>=0.5.0,!=0.14.0",
         "tomli>=1.1.0; python_version < '3.11'",
     ],
     extras_require={

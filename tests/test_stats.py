@@ -3,7 +3,7 @@ Statistics sources (IStatsSource) without a network: a port, a clock, and
 how the monitor finds them.
 """
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IListeningPort
@@ -132,3 +132,20 @@ class ClockStatsTests(SynchronousTestCase):
         })
         source.stopService()
         self.assertEqual(source.stats()["state"], "stopped")
+
+
+class FindingSourcesTests(SynchronousTestCase):
+    def test_inOrderNotBelowASource(self):
+        from backplane.monitor import statsSources
+
+        service = BackplaneService()
+        service.create("NEWS")
+        relay = FakeRelay("connect[1]")
+        Service().setServiceParent(relay)  # below a source: it speaks for it
+        group = MultiService()
+        inner = FakeRelay("inner")
+        inner.setServiceParent(group)
+        plain = Service()
+        for child in (relay, plain, group):
+            child.setServiceParent(service)
+        self.assertEqual(statsSources(service), [relay, inner])
