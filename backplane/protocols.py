@@ -203,6 +203,7 @@ class BackplaneProtocol(Protocol):
         self._closing = False
         self._joined = False
         self._handshaking = False
+        self._producing = False
 
     def connectionMade(self) -> None:
         self.peer = describePeer(self.transport.getPeer())
@@ -226,7 +227,24 @@ class BackplaneProtocol(Protocol):
             self.publishTo.stats.publishers += 1
         if self.subscribeTo is not None:
             self.transport.registerProducer(self, True)
+            self._producing = True
             self._subscription = self.subscribeTo.attach(self, origin=self)
+
+    def close(self) -> None:
+        """
+        Close the connection once what is pending for the client is sent;
+        nothing more is handed to it or published from it.
+        """
+        self._closing = True
+        self._buffer = b""
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+        if self._producing:
+            # A TLS transport closes only once its producer is gone.
+            self._producing = False
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self._handshaking:
@@ -288,9 +306,7 @@ class BackplaneProtocol(Protocol):
             peer=self.peer, length=length, limit=self.limits.max_line_length,
         )
         self.portStats.overlong += 1
-        self._buffer = b""
-        self._closing = True
-        self.transport.loseConnection()
+        self.close()
 
     # Subscribing: lines out (ILineSink).
 
@@ -457,7 +473,7 @@ class BackplaneFactory(Factory):
         d: Deferred[None] = Deferred()
         self._emptied.append(d)
         for protocol in list(self.protocols):
-            protocol.transport.loseConnection()
+            protocol.close()
         return d
 
     def abortAll(self) -> None:

@@ -559,6 +559,23 @@ class TLSHandshakeTests(SynchronousTestCase):
         protocol.handshakeCompleted()
         self.assertEqual((len(self.news), self.news.stats.publishers), (0, 0))
 
+    def test_closeUnregistersTheProducer(self):
+        """
+        C{close} stops the subscription and unregisters the producer before
+        C{loseConnection}, as a TLS transport closes only without one.
+        """
+        protocol, transport = connect(self.factory)
+        protocol.close()
+        self.assertIsNone(transport.producer)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.news), 0)
+        self.news.publish(b"after")
+        protocol.dataReceived(b"ignored\n")
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.news.stats.messages_in, 1)
+        disconnect(protocol, transport)
+        self.assertEqual(self.news.stats.publishers, 0)
+
     def test_plainTransportJoinsAtOnce(self):
         connect(self.factory)
         self.assertEqual((len(self.news), self.news.stats.publishers), (1, 1))
