@@ -15,7 +15,8 @@ setup(
     packages=find_packages(exclude=["tests*", "bench*"]) + ["twisted.plugins"],
     package_data={"backplane": ["py.typed"]},
     install_requires=[
-        "Twisted>=23.8.0",
+        # [tls]: ssl: and tls: endpoints, client certificates (pyOpenSSL, service_identity).
+        "Twisted[tls]>=23.8.0",
         "zope.interface>=5.0",
         # 0.5.0: the lowest with prometheus_client.registry; 0.14.0 lacks choose_encoder.
         "prometheus_client>=0.5.0,!=0.14.0",
@@ -26,6 +27,8 @@ setup(
             "pytest>=7.4",
             "pytest-twisted>=1.14",
             "hypothesis>=6.80",
+            # The TLS tests make their own CA and certificates.
+            "cryptography>=3.1",
         ],
     },
     classifiers=[
