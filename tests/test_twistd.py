@@ -383,3 +383,38 @@ def test_checkBadCertificatePath(tmp_path, key, fragments):
     assert "Traceback" not in output
     assert len(output.strip().splitlines()) == 1, output
 
+
+def test_jsonLogs(tmp_path):
+    """
+    twistd --logger backplane.logs.jsonStdout: every line of the log is a
+    JSON object with time, level, namespace, message and the event's fields.
+    """
+    port = freePort()
+    twistd = Twistd(tmp_path, twistdArgs=("--logger", "backplane.logs.jsonStdout"), config=f"""
+[backplane.A]
+[[listen]]
+endpoint = "tcp:{port}:interface=127.0.0.1"
+publish_to = "A"
+max_line_length = 10
+""").start()
+    try:
+        twistd.waitForPort(port)
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(b"x" * 20 + b"\n")
+            client.recv(1)
+        twistd.waitForLog("max_line_length")
+        twistd.stop()
+    finally:
+        twistd.kill()
+    records = [json.loads(line) for line in twistd.text().splitlines()]
+    for record in records:
+        assert {"time", "level", "namespace", "message"} <= set(record), record
+        assert record["time"].endswith("Z")
+    listening = [r for r in records if r["namespace"] == "backplane.ports.ListenService"]
+    assert listening[0]["message"] == f"listen[1] listening on 127.0.0.1:{port}"
+    assert listening[0]["where"] == "listen[1]"
+    (overlong,) = [r for r in records if "max_line_length" in r["message"]]
+    assert overlong["level"] == "warn"
+    assert overlong["limit"] == 10
+    assert overlong["peer"].startswith("127.0.0.1:")
+    assert records[-1]["message"] == "Server Shut Down."
