@@ -227,6 +227,24 @@ class ConfigFileTests(ConfigTestCase):
         self.assertFalse(service.running)
 
 
+class DocumentedTests(SynchronousTestCase):
+    def test_everyKeyDocumented(self):
+        """
+        docs/configuration.md has a row for every key of every table.
+        """
+        import dataclasses
+
+        from backplane.config import _SINGLE_TABLES, _TABLES, BackplaneEntry
+
+        doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+        tables = {"backplane.NAME": BackplaneEntry, **_TABLES, **_SINGLE_TABLES}
+        for table, entryType in tables.items():
+            self.assertIn(f"[{table}]", doc)
+            for spec in dataclasses.fields(entryType):
+                if not spec.metadata.get("internal"):
+                    self.assertIn(f"| `{spec.name}` |", doc, f"{table}.{spec.name}")
+
+
 class DefaultConfigTests(SynchronousTestCase):
     def test_embeddedDefault(self):
         config = default_config()
