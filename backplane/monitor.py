@@ -42,8 +42,11 @@ from zope.interface import implementer
 
 from backplane.interfaces import IStatsSource
 from backplane.ports import EndpointService
-from backplane.protocols import Network, isAllowed
+from backplane.protocols import Network, describePeer, isAllowed
 from backplane.service import BackplaneService
+
+# The module's logger: Site.log is the access log's method.
+_log = Logger()
 
 # The counters of a backplane (BackplaneStats), and what each counts.
 BACKPLANE_COUNTERS = {
@@ -325,6 +328,8 @@ class MonitorSite(Site):
     def buildProtocol(self, addr: IAddress | None) -> Any:
         if not isAllowed(addr, self.allow):
             self.disallowed += 1
+            _log.warn("Refusing {peer}: its address is not in the monitor's allow",
+                      peer=describePeer(addr) if addr else "?")
             return None
         return super().buildProtocol(addr)
 

@@ -275,3 +275,23 @@ def test_sourcesOfOtherKinds():
     assert sample(samples, "backplane_connect_lines_in_total", name="connect[1]") == 7
     assert sample(samples, "backplane_connect_buffered", name="connect[1]") == 3
     assert sample(samples, "backplane_connect_state", name="connect[1]", state="backoff") == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_portInUse():
+    from backplane.config import ConfigError
+
+    service = BackplaneService()
+    first = MonitorService(service, endpoints.serverFromString(reactor, LOCAL),
+                           description=LOCAL)
+    first.startService()
+    taken = f"tcp:{portOf(first)}:interface=127.0.0.1"
+    try:
+        second = MonitorService(service, endpoints.serverFromString(reactor, taken),
+                                description=taken, path="x.toml")
+        with pytest.raises(ConfigError) as error:
+            second.startService()
+        assert str(error.value) == (
+            f"x.toml: monitor.endpoint: cannot listen on {taken!r}: Address already in use")
+    finally:
+        yield first.stopService()
