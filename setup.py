@@ -15,11 +15,14 @@ setup(
     packages=find_packages(exclude=["tests*", "bench*"]) + ["twisted.plugins"],
     package_data={"backplane": ["py.typed"]},
     install_requires=[
-        # [tls]: txredisapi imports twisted.internet.ssl (1.4.x don't say so).
+        # [tls]: ssl: and tls: endpoints, client certificates (pyOpenSSL,
+        # service_identity); txredisapi imports twisted.internet.ssl too.
         "Twisted[tls]>=23.8.0",
         # 1.4.10: the first whose subscriber delivers raw bytes (charset=None).
         "txredisapi>=1.4.10",
         "zope.interface>=5.0",
+        # 0.5.0: the lowest with prometheus_client.registry; 0.14.0 lacks choose_encoder.
+        "prometheus_client>=0.5.0,!=0.14.0",
         "tomli>=1.1.0; python_version < '3.11'",
     ],
     extras_require={
@@ -27,6 +30,8 @@ setup(
             "pytest>=7.4",
             "pytest-twisted>=1.14",
             "hypothesis>=6.80",
+            # The TLS tests make their own CA and certificates.
+            "cryptography>=3.1",
         ],
     },
     classifiers=[

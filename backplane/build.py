@@ -10,7 +10,7 @@ from twisted.application.service import IService
 from twisted.internet import endpoints
 
 from backplane.bridge import RedisBridge
-from backplane.config import Config
+from backplane.config import Config, ConfigError
 from backplane.ports import ListenService
 from backplane.protocols import BackplaneFactory
 from backplane.relay import RelayFactory, RelayService
@@ -27,7 +27,8 @@ def build_service(config: Config, reactor: Any = None) -> BackplaneService:
 
     Children are added so that stopping (last added first, one after the
     other) stops the inputs before it closes the outputs: ports, then
-    clocks, then relays, then the Redis bridge, then file sinks.
+    clocks, then relays, then the Redis bridge, then file sinks, and the
+    monitor (added first) last of all, so that it reports to the end.
     """
     if reactor is None:
         from twisted.internet import reactor
@@ -39,6 +40,15 @@ def build_service(config: Config, reactor: Any = None) -> BackplaneService:
 
     for entry in config.backplanes.values():
         service.create(entry.name, retain=entry.retain)
+    if config.monitor is not None:
+        from backplane.monitor import MonitorService
+
+        monitor = MonitorService(
+            service, endpoints.serverFromString(reactor, config.monitor.endpoint),
+            description=config.monitor.endpoint, where="monitor", path=config.path,
+            allow=config.monitor.allow, clock=reactor)
+        monitor.setName("monitor")
+        monitor.setServiceParent(service)
     for i, sink in enumerate(config.file, 1):
         add(FileSink(service.get(sink.subscribe_to), sink.path,
                      flush_interval=sink.flush_interval, fsync=sink.fsync,
@@ -65,7 +75,20 @@ def build_service(config: Config, reactor: Any = None) -> BackplaneService:
     for i, listen in enumerate(config.listen, 1):
         factory = BackplaneFactory(service, publish_to=listen.publish_to,
                                    subscribe_to=listen.subscribe_to, limits=listen.limits)
-        add(ListenService(endpoints.serverFromString(reactor, listen.description), factory,
-                          description=listen.endpoint, where=f"listen[{i}]",
+        endpoint = endpoints.serverFromString(reactor, listen.description)
+        if listen.tls_client_ca is not None:
+            _requireClientCertificates(endpoint, listen.tls_client_ca, config.path, i)
+        add(ListenService(endpoint, factory, description=listen.endpoint, where=f"listen[{i}]",
                           path=config.path, clock=reactor), "listen", i)
     return service
+
+
+def _requireClientCertificates(endpoint: Any, path: str, configPath: str, i: int) -> None:
+    from backplane.tls import loadCertificates, requireClientCertificates
+
+    # read_config has checked this already; the file may have gone since.
+    try:
+        requireClientCertificates(endpoint, loadCertificates(path))
+    except Exception as e:
+        raise ConfigError(f"cannot use {path!r}: {e}", path=configPath,
+                          where=f"listen[{i}].tls_client_ca") from None

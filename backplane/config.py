@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import re
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +31,7 @@ from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 
 from backplane.bridge import parseURL
-from backplane.protocols import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_PENDING, Limits
+from backplane.protocols import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_PENDING, Limits, Network
 
 if typing.TYPE_CHECKING:
     from backplane.service import BackplaneService
@@ -53,11 +54,39 @@ class ConfigError(Exception):
 
 
 def _option(default: Any = dataclasses.MISSING, *, doc: str = "", minimum: float | None = None,
-            above: float | None = None) -> Any:
+            above: float | None = None, parse: Callable[[Any], Any] | None = None) -> Any:
     """
     A config key: its default, and the bounds its value must respect.
+
+    @param parse: for a key whose value is not a plain string, number or
+        boolean: takes the TOML value and returns the key's value, or raises
+        L{ValueError} with a message saying what is wrong with it.
     """
-    return field(default=default, metadata={"doc": doc, "minimum": minimum, "above": above})
+    return field(default=default, metadata={"doc": doc, "minimum": minimum, "above": above,
+                                            "parse": parse})
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    """
+    The value of an C{allow} key: an array of IP addresses and networks.
+    """
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"must be an array of IP networks such as "
+                         f'["127.0.0.0/8", "::1"], not {value!r}')
+    if not value:
+        raise ValueError("must not be empty: leave allow out to let everyone connect")
+    networks = []
+    for text in value:
+        try:
+            networks.append(ipaddress.ip_network(text))
+        except ValueError as e:
+            hint = ""
+            try:
+                hint = f" (did you mean {str(ipaddress.ip_network(text, strict=False))!r}?)"
+            except ValueError:
+                pass
+            raise ValueError(f"{text!r} is not an IP address or network: {e}{hint}") from None
+    return tuple(networks)
 
 
 @dataclass(frozen=True)
@@ -85,6 +114,10 @@ class ListenEntry:
     slow: Literal["disconnect", "drop"] = _option("disconnect")
     max_clients: int | None = _option(None, minimum=0)
     backlog: int = _option(511, minimum=1, doc="the listen queue of a tcp, ssl or unix port")
+    allow: tuple[Network, ...] | None = _option(
+        None, parse=_networks, doc="the networks clients may connect from (default: any)")
+    tls_client_ca: str | None = _option(
+        None, doc="an ssl: port requires client certificates signed by a CA in this PEM file")
 
     @property
     def limits(self) -> Limits:
@@ -96,6 +129,7 @@ class ListenEntry:
             max_pending=self.max_pending,
             slow=self.slow,
             max_clients=self.max_clients,
+            allow=self.allow,
         )
 
     @property
@@ -166,6 +200,17 @@ class RedisEntry:
 
 
 @dataclass(frozen=True)
+class MonitorEntry:
+    """
+    C{[monitor]}: the HTTP monitor (C{/stats}, C{/metrics}, C{/healthz}).
+    """
+
+    endpoint: str = _option(doc="a Twisted server endpoint description")
+    allow: tuple[Network, ...] | None = _option(
+        None, parse=_networks, doc="the networks clients may connect from (default: any)")
+
+
+@dataclass(frozen=True)
 class Config:
     """
     A whole, validated configuration.
@@ -177,6 +222,7 @@ class Config:
     connect: list[ConnectEntry] = field(default_factory=list)
     clock: list[ClockEntry] = field(default_factory=list)
     file: list[FileEntry] = field(default_factory=list)
+    monitor: MonitorEntry | None = None
     redis: RedisEntry | None = None
 
     @property
@@ -194,11 +240,12 @@ _TABLES: dict[str, type] = {
     "clock": ClockEntry,
     "file": FileEntry,
 }
-# The tables that appear once, and the type of their entry.
-_SINGLE: dict[str, type] = {
+# The tables written once, and the type of their entry.
+_SINGLE_TABLES: dict[str, type] = {
     "redis": RedisEntry,
+    "monitor": MonitorEntry,
 }
-_TOP_LEVEL = ["backplane", *_TABLES, *_SINGLE]
+_TOP_LEVEL = ["backplane", *_TABLES, *_SINGLE_TABLES]
 
 DEFAULT_CONFIG = """\
 # The embedded default: the time, once a second, to every client of port 1500.
@@ -292,13 +339,18 @@ class _Parser:
             ]
         tables["file"] = [dataclasses.replace(e, path=str(self.folder / e.path))
                           for e in tables["file"]]
-        single: dict[str, Any] = {}
-        for table, entryType in _SINGLE.items():
+        tables["listen"] = [
+            dataclasses.replace(e, tls_client_ca=str(self.folder / e.tls_client_ca))
+            if e.tls_client_ca else e for e in tables["listen"]
+        ]
+        singles: dict[str, Any] = {}
+        for table, entryType in _SINGLE_TABLES.items():
             if table in document:
-                if not isinstance(document[table], dict):
-                    raise self.error(table, f"must be written [{table}] (a table)")
-                single[table] = self.entry(entryType, document[table], table)
-        config = Config(path=self.path, backplanes=backplanes, **tables, **single)
+                entry = document[table]
+                if not isinstance(entry, dict):
+                    raise self.error(table, f"must be written [{table}] (one table)")
+                singles[table] = self.entry(entryType, entry, table)
+        config = Config(path=self.path, backplanes=backplanes, **tables, **singles)
         self.references(config)
         return config
 
@@ -324,7 +376,13 @@ class _Parser:
                 raise self.error(where, f"unknown key {key!r}{_suggest(key, list(fields))}")
         values = dict(given)
         for name, spec in fields.items():
-            if name in raw:
+            parse = spec.metadata.get("parse")
+            if name in raw and parse is not None:
+                try:
+                    values[name] = parse(raw[name])
+                except ValueError as e:
+                    raise self.error(f"{where}.{name}", str(e)) from None
+            elif name in raw:
                 values[name] = self.value(raw[name], hints[name], spec, f"{where}.{name}")
             elif spec.default is dataclasses.MISSING:
                 raise self.error(where, f"missing key {name!r}")
@@ -388,8 +446,12 @@ class _Parser:
                 raise self.error("redis.max_delay",
                                  f"must be at least initial_delay ({config.redis.initial_delay})")
         for i, entry in enumerate(config.listen, 1):
-            self.endpoint(entry.endpoint, endpoints.serverFromString, f"listen[{i}].endpoint",
-                          parsed=entry.description)
+            endpoint = self.endpoint(entry.endpoint, endpoints.serverFromString,
+                                     f"listen[{i}].endpoint", parsed=entry.description)
+            if entry.tls_client_ca is not None:
+                self.clientCertificates(endpoint, entry, f"listen[{i}]")
+        if config.monitor is not None:
+            self.endpoint(config.monitor.endpoint, endpoints.serverFromString, "monitor.endpoint")
         for i, entry in enumerate(config.connect, 1):
             self.endpoint(entry.endpoint, endpoints.clientFromString, f"connect[{i}].endpoint")
             if entry.max_delay < entry.initial_delay:
@@ -397,18 +459,54 @@ class _Parser:
                                  f"must be at least initial_delay ({entry.initial_delay})")
 
     def endpoint(self, description: str, parse: Any, where: str,
-                 parsed: str | None = None) -> None:
+                 parsed: str | None = None) -> Any:
         # Parsing builds the endpoint (reading any certificate it names)
         # without listening or connecting; a memory reactor keeps it so, and
         # leaves the choice of the real reactor to twistd.
         try:
-            parse(MemoryReactor(), parsed or description)
+            return parse(MemoryReactor(), parsed or description)
         except Exception as e:
-            reason = str(e) or type(e).__name__
+            reason = _explain(e)
             unexpected = re.search(r"unexpected keyword argument '(\w+)'", reason)
             if unexpected:
                 reason = f"unknown parameter {unexpected.group(1)!r}"
             raise self.error(where, f"cannot use endpoint {description!r}: {reason}") from None
+
+    def clientCertificates(self, endpoint: Any, entry: ListenEntry, where: str) -> None:
+        from backplane.tls import loadCertificates, requireClientCertificates
+
+        if entry.endpoint.split(":", 1)[0].lower() != "ssl":
+            raise self.error(f"{where}.tls_client_ca",
+                             f"needs an ssl: endpoint, not {entry.endpoint!r}")
+        assert entry.tls_client_ca is not None
+        try:
+            authorities = loadCertificates(entry.tls_client_ca)
+            requireClientCertificates(endpoint, authorities)
+        except Exception as e:
+            raise self.error(f"{where}.tls_client_ca",
+                             f"cannot use {entry.tls_client_ca!r}: {_explain(e)}") from None
+
+
+def _explain(error: Exception) -> str:
+    """
+    What went wrong, in words: an endpoint or a certificate that cannot be
+    used.
+    """
+    if isinstance(error, OSError) and error.strerror:
+        if error.filename is not None:
+            return f"{error.strerror}: {error.filename!r}"
+        return error.strerror
+    original = getattr(error, "originalException", None)  # FilePath's UnlistableError
+    if isinstance(original, OSError):
+        return f"cannot list the folder: {_explain(original)}"
+    if type(error).__module__.startswith("OpenSSL"):
+        reasons = error.args[0] if error.args and isinstance(error.args[0], list) else []
+        details = "; ".join(": ".join(str(part) for part in reason if part)
+                            for reason in reasons if isinstance(reason, tuple))
+        return f"not a valid PEM certificate or key (OpenSSL: {details or error})"
+    if isinstance(error, ImportError):
+        return f"TLS needs pyOpenSSL: pip install 'Twisted[tls]' ({error})"
+    return str(error) or type(error).__name__
 
 
 def _alternatives(hint: Any) -> tuple[Any, ...]:

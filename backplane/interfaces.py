@@ -22,3 +22,39 @@ class ILineSink(Interface):
         should not raise: an exception is logged and the sink stays subscribed.
         """
 
+
+
+class IStatsSource(Interface):
+    """
+    A part of the service that reports its statistics: a port, a clock, a
+    relay, a file sink, a bridge.
+
+    The monitor (L{backplane.monitor.MonitorService}) reports every service
+    under the L{backplane.service.BackplaneService} that provides this: as it
+    is in C{/stats}, and as Prometheus metrics in C{/metrics}, where counter
+    C{KEY} of a source of kind C{KIND} becomes
+    C{backplane_KIND_KEY_total{name="NAME"}} and gauge C{KEY} becomes
+    C{backplane_KIND_KEY{name="NAME"}}.  A source is not asked about the
+    services below it: it speaks for them.
+    """
+
+    def stats() -> dict[str, object]:
+        """
+        A snapshot of this part's statistics, cheap to take, safe to take at
+        any time (stopped or running).
+
+        The keys (names are lower-case words joined by C{_}):
+
+          - C{"name"} (C{str}): unique in the service, e.g. C{"listen[1]"};
+          - C{"kind"} (C{str}): what it is, e.g. C{"listen"}, C{"connect"},
+            C{"file"}, C{"clock"};
+          - C{"state"} (C{str}): what it is doing now, e.g. C{"listening"},
+            C{"connected"}, C{"backoff"}, C{"stopped"};
+          - C{"counters"} (C{dict[str, int | float]}): totals that only grow
+            while the process runs, e.g. C{{"accepted": 12}};
+          - C{"gauges"} (C{dict[str, int | float]}): values now, which go up
+            and down, e.g. C{{"clients": 3}};
+          - C{"info"} (C{dict[str, str | int | float | bool | None]},
+            optional): what it was configured with, e.g.
+            C{{"endpoint": "tcp:1500"}}.
+        """

@@ -1,38 +1,46 @@
 """
-A listening port as a service: listen on start, refuse clearly when the
-address is taken, and on stop close every client, not only the port.
+Listening ports as services: listen on start, refuse clearly when the address
+is taken, and (for a backplane port) on stop close every client, not only the
+port.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from backplane.config import ConfigError
+from backplane.interfaces import IStatsSource
 from backplane.protocols import BackplaneFactory, describePeer
 
 
-class ListenService(Service):
+class EndpointService(Service):
     """
-    Serves a L{BackplaneFactory} on a server endpoint.
+    Serves a protocol factory on a server endpoint.
 
     Unlike L{twisted.application.internet.StreamServerEndpointService}, a
     port that cannot listen (an address in use, a permission denied) makes
-    C{startService} raise a L{ConfigError} naming the entry, and
-    C{stopService} also closes the connections of the clients, giving them
-    C{close_timeout} seconds to take what is still pending for them.
+    C{startService} raise a L{ConfigError} naming the entry.  It listens in
+    C{privilegedStartService}, so twistd binds it before dropping privileges.
     """
 
     log = Logger()
 
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: BackplaneFactory, *,
-                 description: str, where: str | None = None, path: str | None = None,
-                 close_timeout: float = 5.0, clock: IReactorTime | None = None) -> None:
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory, *,
+                 description: str, where: str | None = None,
+                 path: str | None = None) -> None:
         """
         @param description: the endpoint as the user wrote it, for messages.
         @param where: the config entry, e.g. C{listen[2]}, for messages.
@@ -43,26 +51,51 @@ class ListenService(Service):
         self.description = description
         self.where = where
         self.path = path
-        self.closeTimeout = close_timeout
-        self.clock = clock
         self.port: IListeningPort | None = None
+        self.failed = False
         self._listening: Deferred[IListeningPort] | None = None
+
+    @property
+    def state(self) -> str:
+        """
+        C{"listening"}, C{"starting"} (an endpoint that listens
+        asynchronously has not yet), C{"failed"} (it could not listen), or
+        C{"stopped"}.
+        """
+        if self.port is not None:
+            return "listening"
+        if self.failed:
+            return "failed"
+        if self._listening is not None:
+            return "starting"
+        return "stopped"
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        results: list[IListeningPort | Failure] = []
+        self.failed = False
+        synchronous = True
+        outcome: list[object] = []
+
+        def settled(result: object) -> None:
+            if synchronous:
+                outcome.append(result)
+            else:  # an endpoint that listens asynchronously
+                self._listened(result)
+
         self._listening = self.endpoint.listen(self.factory)
-        self._listening.addBoth(results.append)
-        if not results:  # an endpoint that listens asynchronously
-            self._listening.addCallback(self._listened)
+        self._listening.addBoth(settled)
+        synchronous = False
+        if not outcome:
             return
-        if isinstance(results[0], Failure):
+        if isinstance(outcome[0], Failure):
             self._listening = None
-            raise self._cannotListen(results[0])
-        self._listened(results[0])
+            self.failed = True
+            raise self._cannotListen(outcome[0])
+        self._listened(outcome[0])
 
     def _listened(self, port: object) -> None:
         if isinstance(port, Failure):
+            self.failed = True
             self.log.critical("{error}", error=str(self._cannotListen(port)))
             return
         self.port = listening = IListeningPort(port)
@@ -82,15 +115,70 @@ class ListenService(Service):
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop accepting, then close every client's connection.
+        Stop accepting connections.
         """
         super().stopService()
-        return Deferred.fromCoroutine(self._stop())
+        return Deferred.fromCoroutine(self._stopListening())
 
-    async def _stop(self) -> None:
+    async def _stopListening(self) -> None:
         port, self.port, self._listening = self.port, None, None
         if port is not None:
             await maybeDeferred(port.stopListening)
+
+
+@implementer(IStatsSource)
+class ListenService(EndpointService):
+    """
+    Serves a L{BackplaneFactory} on a server endpoint, and reports its
+    statistics (L{IStatsSource}).
+
+    C{stopService} also closes the connections of the clients, giving them
+    C{close_timeout} seconds to take what is still pending for them.
+    """
+
+    factory: BackplaneFactory
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: BackplaneFactory, *,
+                 description: str, where: str | None = None, path: str | None = None,
+                 close_timeout: float = 5.0, clock: IReactorTime | None = None) -> None:
+        """
+        @param description: the endpoint as the user wrote it, for messages.
+        @param where: the config entry, e.g. C{listen[2]}, for messages.
+        @param path: the config file, for messages.
+        """
+        super().__init__(endpoint, factory, description=description, where=where, path=path)
+        self.closeTimeout = close_timeout
+        self.clock = clock
+
+    def stats(self) -> dict[str, object]:
+        """
+        The port's statistics: state, C{clients} now, and the counters of
+        L{backplane.protocols.PortStats}.
+        """
+        factory = self.factory
+        return {
+            "name": self.name or self.where or self.description,
+            "kind": "listen",
+            "state": self.state,
+            "counters": asdict(factory.stats),
+            "gauges": {"clients": factory.clients},
+            "info": {
+                "endpoint": self.description,
+                "address": describePeer(self.port.getHost()) if self.port else None,
+                "publish_to": None if factory.publishTo is None else factory.publishTo.name,
+                "subscribe_to": None if factory.subscribeTo is None else factory.subscribeTo.name,
+            },
+        }
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop accepting, then close every client's connection.
+        """
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        await self._stopListening()
         if not self.factory.protocols:
             return
         clock: Any = self.clock

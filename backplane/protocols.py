@@ -5,11 +5,13 @@ backplane's lines go to a client (L{SubscribeTo}), or both at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any, Literal
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.internet.interfaces import IAddress, IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -19,6 +21,7 @@ from backplane.interfaces import ILineSink
 from backplane.service import Backplane, BackplaneService, Subscription
 
 SlowPolicy = Literal["disconnect", "drop"]
+Network = IPv4Network | IPv6Network
 
 DEFAULT_MAX_LINE_LENGTH = 64 * 1024
 DEFAULT_MAX_PENDING = 1024 * 1024
@@ -37,12 +40,15 @@ class Limits:
     @ivar slow: C{"disconnect"} a subscriber past C{max_pending}, or
         C{"drop"} messages for it until it catches up.
     @ivar max_clients: connections a port accepts at once (L{None}: no limit).
+    @ivar allow: the networks clients may connect from (L{None}: any); see
+        L{isAllowed}.
     """
 
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH
     max_pending: int = DEFAULT_MAX_PENDING
     slow: SlowPolicy = "disconnect"
     max_clients: int | None = None
+    allow: tuple[Network, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.max_line_length < 1:
@@ -53,6 +59,64 @@ class Limits:
             raise ValueError(f"slow must be 'disconnect' or 'drop', not {self.slow!r}")
         if self.max_clients is not None and self.max_clients < 0:
             raise ValueError("max_clients must be 0 or more")
+
+
+@dataclass
+class PortStats:
+    """
+    Counters of one port (one L{BackplaneFactory}), for monitoring.  They
+    only ever grow.
+
+    @ivar accepted: connections given a protocol.
+    @ivar refused: connections closed at once because C{max_clients} were
+        connected.
+    @ivar disallowed: connections closed at once because their address is
+        not in C{allow}.
+    @ivar tls_failures: TLS connections that closed before their handshake
+        completed (a client without a valid certificate on a port that
+        requires one, a client that does not speak TLS, ...).
+    @ivar overlong: clients disconnected for a line longer than
+        C{max_line_length}.
+    @ivar slow_disconnects: subscribers disconnected past C{max_pending}.
+    @ivar dropped: messages subscribers missed past C{max_pending} with
+        C{slow = "drop"}.
+    @ivar messages_in: lines the port's clients published.
+    @ivar bytes_in: bytes of those lines, delimiters included.
+    """
+
+    accepted: int = 0
+    refused: int = 0
+    disallowed: int = 0
+    tls_failures: int = 0
+    overlong: int = 0
+    slow_disconnects: int = 0
+    dropped: int = 0
+    messages_in: int = 0
+    bytes_in: int = 0
+
+
+def isAllowed(address: IAddress | None, allow: Sequence[Network] | None) -> bool:
+    """
+    Whether a client at C{address} may connect to a port with C{allow}.
+
+    L{None} allows everyone.  Otherwise an IP client must be in one of the
+    networks; an IPv4-mapped IPv6 address (C{::ffff:10.1.2.3}, what an IPv6
+    port shows for an IPv4 client) is checked as its IPv4 address too.  An
+    address without an IP (a UNIX socket) is always allowed; an address
+    whose host is not an IP is never.
+    """
+    if allow is None:
+        return True
+    host = getattr(address, "host", None)
+    if host is None:
+        return True
+    try:
+        ip = ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return any(ip in network or (mapped is not None and mapped in network)
+               for network in allow)
 
 
 def firstOverlong(data: bytes, limit: int) -> int:
@@ -93,7 +157,7 @@ def describePeer(address: IAddress) -> str:
     return str(name) if name else str(address)
 
 
-@implementer(ILineSink, IPushProducer)
+@implementer(ILineSink, IPushProducer, IHandshakeListener)
 class BackplaneProtocol(Protocol):
     """
     A line client of a backplane port: it may publish, subscribe, or both.
@@ -105,7 +169,10 @@ class BackplaneProtocol(Protocol):
 
     A client that publishes to and subscribes to one backplane does not get
     its own lines back.  Data from a client that does not publish is read and
-    discarded.
+    discarded.  Over TLS, a client joins its backplanes (and is counted as a
+    publisher, or handed messages) only once the TLS handshake has completed,
+    so a client that never completes it (one without the client certificate
+    a port requires) neither publishes nor holds messages.
     """
 
     log = Logger()
@@ -124,6 +191,9 @@ class BackplaneProtocol(Protocol):
         self.limits = limits
         self.peer = "?"
         self.dropped = 0
+        # The counters of the port this client came through (its factory's
+        # when it has one).
+        self.portStats = PortStats()
         self._buffer = b""
         self._subscription: Subscription | None = None
         # Set while the transport's buffer is full; then counts the bytes
@@ -132,9 +202,28 @@ class BackplaneProtocol(Protocol):
         self._backlog = 0
         self._missed = 0  # messages dropped since the subscriber fell behind
         self._closing = False
+        self._joined = False
+        self._handshaking = False
+        self._producing = False
 
     def connectionMade(self) -> None:
         self.peer = describePeer(self.transport.getPeer())
+        if ISSLTransport.providedBy(self.transport):
+            self._handshaking = True
+        else:
+            self._join()
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is done (and the client's certificate, if the port
+        asks for one, verified): join the backplanes.
+        """
+        if self._handshaking and not self._closing:
+            self._handshaking = False
+            self._join()
+
+    def _join(self) -> None:
+        self._joined = True
         if self.publishTo is not None:
             self.publishTo.stats.publishers += 1
         if self.subscribeTo is not None:
@@ -144,17 +233,39 @@ class BackplaneProtocol(Protocol):
             if setNoDelay is not None:
                 setNoDelay(True)
             self.transport.registerProducer(self, True)
+            self._producing = True
             self._subscription = self.subscribeTo.attach(self, origin=self)
 
+    def close(self) -> None:
+        """
+        Close the connection once what is pending for the client is sent;
+        nothing more is handed to it or published from it.
+        """
+        self._closing = True
+        self._buffer = b""
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+        if self._producing:
+            # A TLS transport closes only once its producer is gone.
+            self._producing = False
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._handshaking:
+            self._handshaking = False
+            self.portStats.tls_failures += 1
         self._closing = True
         self._buffer = b""
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
         if self.publishTo is not None:
-            self.publishTo.stats.publishers -= 1
+            if self._joined:
+                self.publishTo.stats.publishers -= 1
             self.publishTo = None
+        self._joined = False
         if isinstance(self.factory, BackplaneFactory):
             self.factory.clientGone(self)
 
@@ -199,7 +310,11 @@ class BackplaneProtocol(Protocol):
         C{b"\\n"}.  Subclasses override it to publish with another origin or
         to count what they read.
         """
-        backplane.publish_lines(data, origin=self)
+        count = data.count(b"\n")
+        stats = self.portStats
+        stats.messages_in += count
+        stats.bytes_in += len(data)
+        backplane.publish_lines(data, count, origin=self)
 
     def _overlong(self, length: int) -> None:
         self.log.warn(
@@ -207,9 +322,8 @@ class BackplaneProtocol(Protocol):
             "max_line_length ({limit}); it was not published",
             peer=self.peer, length=length, limit=self.limits.max_line_length,
         )
-        self._buffer = b""
-        self._closing = True
-        self.transport.loseConnection()
+        self.portStats.overlong += 1
+        self.close()
 
     # Subscribing: lines out (ILineSink).
 
@@ -237,8 +351,10 @@ class BackplaneProtocol(Protocol):
             self._missed += count
             self.dropped += count
             backplane.stats.dropped += count
+            self.portStats.dropped += count
             return
         backplane.stats.slow_disconnects += 1
+        self.portStats.slow_disconnects += 1
         self.log.warn(
             "Disconnecting slow subscriber {peer} of backplane {name}: more than "
             "max_pending ({limit} bytes) waiting to be sent",
@@ -298,8 +414,9 @@ class SubscribeTo(BackplaneProtocol):
 class BackplaneFactory(Factory):
     """
     A server factory for clients that publish to and/or subscribe to
-    backplanes, enforcing L{Limits} (C{max_clients} here, the rest in each
-    protocol).
+    backplanes, enforcing L{Limits} (C{allow} and C{max_clients} here, the
+    rest in each protocol) and counting what its clients do in L{stats}, a
+    L{PortStats}.
     """
 
     log = Logger()
@@ -319,13 +436,22 @@ class BackplaneFactory(Factory):
         self.subscribeTo = None if subscribe_to is None else service.get(subscribe_to)
         self.limits = limits
         self.protocols: set[BackplaneProtocol] = set()
-        self.refused = 0
+        self.stats = PortStats()
         self._emptied: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: IAddress | None) -> BackplaneProtocol | None:
+        """
+        A protocol for a new client, or L{None} (which closes the connection
+        at once) for a client not in C{allow} or past C{max_clients}.
+        """
+        if not isAllowed(addr, self.limits.allow):
+            self.stats.disallowed += 1
+            self.log.warn("Refusing {peer}: its address is not in allow",
+                          peer=describePeer(addr) if addr else "?")
+            return None
         maxClients = self.limits.max_clients
         if maxClients is not None and len(self.protocols) >= maxClients:
-            self.refused += 1
+            self.stats.refused += 1
             self.log.warn(
                 "Refusing {peer}: max_clients ({limit}) reached",
                 peer=describePeer(addr) if addr else "?", limit=maxClients,
@@ -333,7 +459,9 @@ class BackplaneFactory(Factory):
             return None
         protocol = self.makeProtocol()
         protocol.factory = self
+        protocol.portStats = self.stats
         self.protocols.add(protocol)
+        self.stats.accepted += 1
         return protocol
 
     @property
@@ -342,6 +470,14 @@ class BackplaneFactory(Factory):
         The number of clients connected now.
         """
         return len(self.protocols)
+
+    @property
+    def refused(self) -> int:
+        """
+        Connections refused because C{max_clients} were connected
+        (C{stats.refused}).
+        """
+        return self.stats.refused
 
     def makeProtocol(self) -> BackplaneProtocol:
         """
@@ -370,7 +506,7 @@ class BackplaneFactory(Factory):
         d: Deferred[None] = Deferred()
         self._emptied.append(d)
         for protocol in list(self.protocols):
-            protocol.transport.loseConnection()
+            protocol.close()
         return d
 
     def abortAll(self) -> None:

@@ -12,7 +12,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from backplane.interfaces import IStatsSource
 from backplane.service import Backplane
 
 
@@ -24,6 +26,7 @@ def asctime(seconds: float) -> bytes:
     return time.asctime(time.localtime(seconds)).encode("ascii")
 
 
+@implementer(IStatsSource)
 class TimeSource(Service):
     """
     Publishes the time to a backplane every C{interval} seconds, the first
@@ -56,6 +59,7 @@ class TimeSource(Service):
         self.interval = interval
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.format = format
+        self.published = 0
         self._call = LoopingCall(self.tick)
         self._call.clock = self.clock
         self._done: Deferred[LoopingCall] | None = None
@@ -65,6 +69,21 @@ class TimeSource(Service):
         Publish the time now.
         """
         self.backplane.publish(self.format(self.clock.seconds()))
+        self.published += 1
+
+    def stats(self) -> dict[str, object]:
+        """
+        The clock's statistics (L{IStatsSource}): C{published}, the messages
+        it has published.
+        """
+        return {
+            "name": self.name or "clock",
+            "kind": "clock",
+            "state": "running" if self._call.running else "stopped",
+            "counters": {"published": self.published},
+            "gauges": {},
+            "info": {"publish_to": self.backplane.name, "interval": self.interval},
+        }
 
     def startService(self) -> None:
         super().startService()

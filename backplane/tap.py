@@ -124,5 +124,8 @@ def makeService(options: Options) -> IService:
     twistd: Any = getattr(options, "parent", None)
     root = _Twistd(nodaemon=bool(twistd is None or twistd.get("nodaemon")))
     raiseFileLimit(options.config)
-    build_service(options.config).setServiceParent(root)
+    try:
+        build_service(options.config).setServiceParent(root)
+    except ConfigError as e:
+        _exit(f"backplane: {e}", 1)
     return root

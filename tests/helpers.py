@@ -66,12 +66,64 @@ class LineClient(Protocol):
         self.transport.write(b"".join(line + b"\n" for line in lines))
 
 
-def connectClient(port: int, host: str = "127.0.0.1") -> Deferred[LineClient]:
+def connectClient(port: int, host: str = "127.0.0.1",
+                  source: str | None = None) -> Deferred[LineClient]:
     """
     Connect a L{LineClient} to a port on the loopback interface.
+
+    @param source: the address to connect from (e.g. C{127.0.0.2}, another
+        address of the loopback interface).
     """
-    endpoint = TCP4ClientEndpoint(reactor, host, port)
+    endpoint = TCP4ClientEndpoint(reactor, host, port,
+                                  bindAddress=None if source is None else (source, 0))
     return endpoint.connect(Factory.forProtocol(LineClient))
+
+
+class _Body(Protocol):
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.done.callback(b"".join(self.chunks))
+
+
+@inlineCallbacks
+def httpGet(url: str, accept: str | None = None):
+    """
+    GET C{url}: the response and its body.
+    """
+    from twisted.web.client import Agent
+    from twisted.web.http_headers import Headers
+
+    headers = Headers({b"accept": [accept.encode()]} if accept else {})
+    response = yield Agent(reactor).request(b"GET", url.encode(), headers)
+    body = _Body()
+    response.deliverBody(body)
+    data = yield body.done
+    return response, data
+
+
+def metricSamples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """
+    The samples of a Prometheus text exposition, parsed by
+    C{prometheus_client}'s own parser: C{(name, labels) -> value}.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples}
+
+
+def sample(samples, metric: str, /, **labels: str) -> float:
+    """
+    One sample of L{metricSamples}' result.
+    """
+    return samples[(metric, frozenset(labels.items()))]
 
 
 def tempDir(case) -> Path:

@@ -4,6 +4,7 @@ naming the file, the entry and the key.
 """
 
 import os
+from ipaddress import ip_network
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -13,11 +14,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from backplane import ConfigError, load_config
 from backplane.config import (
     ListenEntry,
+    MonitorEntry,
     default_config,
     parse_config,
     read_config,
 )
 from backplane.protocols import Limits
+from tests.certs import Certificates
 from tests.helpers import tempDir
 
 FULL = """\
@@ -52,7 +55,11 @@ path = "log.data"
 """
 
 
-class ConfigFileTests(SynchronousTestCase):
+class ConfigTestCase(SynchronousTestCase):
+    """
+    Writes config files and checks the errors they give.
+    """
+
     def write(self, text: str, name: str = "backplane.toml") -> str:
         path = tempDir(self) / name
         path.write_text(text)
@@ -67,6 +74,8 @@ class ConfigFileTests(SynchronousTestCase):
             self.assertIn(fragment, message)
         return error
 
+
+class ConfigFileTests(ConfigTestCase):
     def test_full(self):
         path = self.write(FULL)
         config = read_config(path)
@@ -230,6 +239,24 @@ class ConfigFileTests(SynchronousTestCase):
         self.assertFalse(service.running)
 
 
+class DocumentedTests(SynchronousTestCase):
+    def test_everyKeyDocumented(self):
+        """
+        docs/configuration.md has a row for every key of every table.
+        """
+        import dataclasses
+
+        from backplane.config import _SINGLE_TABLES, _TABLES, BackplaneEntry
+
+        doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+        tables = {"backplane.NAME": BackplaneEntry, **_TABLES, **_SINGLE_TABLES}
+        for table, entryType in tables.items():
+            self.assertIn(f"[{table}]", doc)
+            for spec in dataclasses.fields(entryType):
+                if not spec.metadata.get("internal"):
+                    self.assertIn(f"| `{spec.name}` |", doc, f"{table}.{spec.name}")
+
+
 class DefaultConfigTests(SynchronousTestCase):
     def test_embeddedDefault(self):
         config = default_config()
@@ -256,6 +283,202 @@ class BacklogTests(SynchronousTestCase):
         self.assertEqual(entry.description, "systemd:domain=INET:index=0")
 
 
+PORT = '[backplane.A]\n[[listen]]\nendpoint = "tcp:1"\nsubscribe_to = "A"\n'
+
+
+class MonitorTableTests(ConfigTestCase):
+    """
+    C{[monitor]}: one table, absent by default.
+    """
+
+    def test_monitor(self):
+        config = read_config(self.write(
+            '[monitor]\nendpoint = "tcp:9100:interface=127.0.0.1"\nallow = ["127.0.0.1"]\n'))
+        self.assertEqual(config.monitor, MonitorEntry(
+            endpoint="tcp:9100:interface=127.0.0.1", allow=(ip_network("127.0.0.1/32"),)))
+
+    def test_noMonitorByDefault(self):
+        self.assertIsNone(read_config(self.write(PORT)).monitor)
+        self.assertIsNone(default_config().monitor)
+
+    def test_mustBeOneTable(self):
+        self.assertConfigError('[[monitor]]\nendpoint = "tcp:1"\n',
+                               "monitor: must be written [monitor] (one table)")
+        self.assertConfigError('monitor = "tcp:1"\n', "monitor: must be written [monitor]")
+
+    def test_unknownTableSuggestsMonitor(self):
+        self.assertConfigError('[monitr]\n', "unknown table [monitr]", "did you mean 'monitor'?")
+
+    def test_unknownKey(self):
+        self.assertConfigError('[monitor]\nendpont = "tcp:1"\n',
+                               "monitor: unknown key 'endpont'", "did you mean 'endpoint'?")
+
+    def test_missingEndpoint(self):
+        self.assertConfigError('[monitor]\n', "monitor: missing key 'endpoint'")
+
+    def test_badEndpoint(self):
+        self.assertConfigError('[monitor]\nendpoint = "tcp:http"\n',
+                               "monitor.endpoint: cannot use endpoint 'tcp:http'")
+
+    def test_badAllow(self):
+        self.assertConfigError('[monitor]\nendpoint = "tcp:1"\nallow = ["localhost"]\n',
+                               "monitor.allow: 'localhost' is not an IP address or network")
+
+    def test_loadConfigBuildsTheMonitorFirst(self):
+        from backplane.monitor import MonitorService
+
+        service = load_config(self.write(
+            PORT.replace("tcp:1", "tcp:0:interface=127.0.0.1")
+            + '[monitor]\nendpoint = "tcp:0:interface=127.0.0.1"\n'))
+        first, second = service
+        self.assertIsInstance(first, MonitorService)
+        self.assertEqual((first.name, second.name), ("monitor", "listen[1]"))
+        self.assertIs(first.service, service)
+
+    def test_noMonitorBuilt(self):
+        service = load_config(self.write(PORT))
+        self.assertEqual([child.name for child in service], ["listen[1]"])
+
+
+class AllowKeyTests(ConfigTestCase):
+    """
+    C{allow} on C{[[listen]]}: IP addresses and networks, checked at once.
+    """
+
+    def test_networks(self):
+        config = read_config(self.write(
+            PORT + 'allow = ["127.0.0.0/8", "10.0.0.0/8", "::1", "192.0.2.7", "fe80::/10"]\n'))
+        allow = (ip_network("127.0.0.0/8"), ip_network("10.0.0.0/8"), ip_network("::1/128"),
+                 ip_network("192.0.2.7/32"), ip_network("fe80::/10"))
+        self.assertEqual(config.listen[0].allow, allow)
+        self.assertEqual(config.listen[0].limits.allow, allow)
+
+    def test_defaultEveryone(self):
+        self.assertIsNone(read_config(self.write(PORT)).listen[0].limits.allow)
+
+    def test_hostBitsSet(self):
+        self.assertConfigError(
+            PORT + 'allow = ["127.0.0.1", "10.0.0.1/8"]\n',
+            "listen[1].allow: '10.0.0.1/8' is not an IP address or network: "
+            "10.0.0.1/8 has host bits set (did you mean '10.0.0.0/8'?)")
+
+    def test_notAnAddress(self):
+        self.assertConfigError(PORT + 'allow = ["10.0.0.300/8"]\n',
+                               "listen[1].allow: '10.0.0.300/8' is not an IP address or network")
+        self.assertConfigError(PORT + 'allow = ["127.0.0.0/33"]\n',
+                               "listen[1].allow: '127.0.0.0/33' is not")
+
+    def test_notAnArrayOfStrings(self):
+        self.assertConfigError(PORT + 'allow = "127.0.0.1"\n',
+                               "listen[1].allow: must be an array of IP networks")
+        self.assertConfigError(PORT + 'allow = [127]\n',
+                               "listen[1].allow: must be an array of IP networks")
+
+    def test_empty(self):
+        self.assertConfigError(PORT + 'allow = []\n', "listen[1].allow: must not be empty")
+
+    def test_unknownKeySuggestion(self):
+        self.assertConfigError(PORT + 'allowed = ["127.0.0.1"]\n',
+                               "listen[1]: unknown key 'allowed'", "did you mean 'allow'?")
+
+
+class TLSKeyTests(ConfigTestCase):
+    """
+    TLS on ports: C{ssl:} endpoints, and C{tls_client_ca} for client
+    certificates; every bad path is a ConfigError naming the entry and key.
+    """
+
+    def setUp(self):
+        self.folder = tempDir(self)
+        self.certs = Certificates.make(self.folder)
+
+    def ssl(self, extra: str = "", endpoint: str | None = None) -> str:
+        return ('[backplane.A]\n[[listen]]\nendpoint = "tcp:1"\nsubscribe_to = "A"\n'
+                f'[[listen]]\nendpoint = "{endpoint or self.certs.sslEndpoint()}"\n'
+                f'publish_to = "A"\n{extra}')
+
+    def test_sslEndpoint(self):
+        config = read_config(self.write(self.ssl()))
+        self.assertIsNone(config.listen[1].tls_client_ca)
+
+    def test_clientCA(self):
+        config = read_config(self.write(self.ssl(f'tls_client_ca = "{self.certs.ca.path}"\n')))
+        self.assertEqual(config.listen[1].tls_client_ca, str(self.certs.ca.path))
+
+    def test_clientCARelativeToConfigFolder(self):
+        path = self.folder / "backplane.toml"
+        path.write_text(self.ssl(f'tls_client_ca = "{self.certs.ca.path.name}"\n'))
+        self.assertEqual(read_config(path).listen[1].tls_client_ca, str(self.certs.ca.path))
+
+    def test_clientCABuildsAVerifyingEndpoint(self):
+        service = load_config(self.write(self.ssl(f'tls_client_ca = "{self.certs.ca.path}"\n')))
+        options = service.getServiceNamed("listen[2]").endpoint._sslContextFactory
+        self.assertTrue(options.verify)
+        self.assertTrue(options.requireCertificate)
+        plain = load_config(self.write(self.ssl()))
+        self.assertFalse(plain.getServiceNamed("listen[2]").endpoint._sslContextFactory.verify)
+
+    def test_clientCANeedsSSL(self):
+        self.assertConfigError(
+            self.ssl(f'tls_client_ca = "{self.certs.ca.path}"\n', endpoint="tcp:2"),
+            "listen[2].tls_client_ca: needs an ssl: endpoint, not 'tcp:2'")
+
+    def test_clientCAMissing(self):
+        missing = self.folder / "nope.pem"
+        self.assertConfigError(
+            self.ssl(f'tls_client_ca = "{missing}"\n'),
+            f"listen[2].tls_client_ca: cannot use '{missing}': "
+            f"No such file or directory: '{missing}'")
+
+    def test_clientCANotACertificate(self):
+        self.assertConfigError(
+            self.ssl(f'tls_client_ca = "{self.certs.client.key}"\n'),
+            "listen[2].tls_client_ca: cannot use", "holds no PEM certificate")
+        garbled = self.folder / "garbled.pem"
+        garbled.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+        self.assertConfigError(self.ssl(f'tls_client_ca = "{garbled}"\n'),
+                               "listen[2].tls_client_ca: cannot use", "not a valid PEM")
+
+    def test_clientCAWrongType(self):
+        self.assertConfigError(self.ssl("tls_client_ca = true\n"),
+                               "listen[2].tls_client_ca: must be a string")
+
+    def test_badKeyPath(self):
+        missing = self.folder / "missing.key"
+        endpoint = f"ssl:0:privateKey={missing}:certKey={self.certs.server.certificate}"
+        self.assertConfigError(
+            self.ssl(endpoint=endpoint),
+            f"listen[2].endpoint: cannot use endpoint '{endpoint}': "
+            f"No such file or directory: '{missing}'")
+
+    def test_keyNotPEM(self):
+        endpoint = f"ssl:0:privateKey={self.certs.server.certificate}"
+        self.assertConfigError(self.ssl(endpoint=endpoint),
+                               "listen[2].endpoint: cannot use endpoint",
+                               "not a valid PEM certificate or key")
+
+    def test_tlsClientEndpoint(self):
+        """
+        C{[[connect]]} takes a C{tls:} endpoint: its certificate paths are
+        checked the same way.
+        """
+        good = (f"tls:127.0.0.1:1600:trustRoots={self.folder}"
+                f":certificate={self.certs.client.certificate}:privateKey={self.certs.client.key}")
+        trusted = self.folder / "trusted"
+        trusted.mkdir()
+        (trusted / "ca.pem").write_bytes(self.certs.ca.path.read_bytes())
+        good = good.replace(f"trustRoots={self.folder}", f"trustRoots={trusted}")
+        connect = '[backplane.A]\n[[connect]]\nendpoint = "{}"\npublish_to = "A"\n'
+        self.assertEqual(read_config(self.write(connect.format(good))).connect[0].endpoint, good)
+        missing = self.folder / "none"
+        self.assertConfigError(connect.format(f"tls:127.0.0.1:1600:trustRoots={missing}"),
+                               "connect[1].endpoint: cannot use endpoint",
+                               "cannot list the folder: No such file or directory")
+        self.assertConfigError(
+            connect.format(f"tls:127.0.0.1:1600:certificate={missing}"),
+            "connect[1].endpoint: cannot use endpoint", f"No such file or directory: '{missing}'")
+
+
 toml_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
     | st.text(max_size=20),
@@ -263,8 +486,9 @@ toml_values = st.recursive(
     | st.dictionaries(st.text(max_size=12), children, max_size=3),
     max_leaves=12,
 )
-keys = st.sampled_from(["backplane", "listen", "connect", "clock", "file", "endpoint",
-                        "publish_to", "subscribe_to", "retain", "interval", "path", "x"])
+keys = st.sampled_from(["backplane", "listen", "connect", "clock", "file", "monitor",
+                        "endpoint", "publish_to", "subscribe_to", "retain", "interval", "path",
+                        "allow", "tls_client_ca", "x"])
 
 
 class FuzzTests(SynchronousTestCase):

@@ -5,6 +5,7 @@ a BackplaneService with factories on server endpoints, no twistd.
 
 import random
 import re
+from ipaddress import ip_network
 
 import pytest
 import pytest_twisted
@@ -210,3 +211,64 @@ def test_listenServicePortInUse():
         )
     finally:
         yield first.stopService()
+
+
+def _hasIPv6() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest_twisted.inlineCallbacks
+def test_allowClosesOtherAddressesAndCounts(service):
+    """
+    With allow = ["127.0.0.1/32"], a client from 127.0.0.2 (another address
+    of the loopback interface) is closed at once and counted; nothing it
+    sends is published; 127.0.0.1 is served.
+    """
+    data = service.get("DATA")
+    factory = PublishToFactory(service, "DATA", limits=Limits(
+        allow=(ip_network("127.0.0.1/32"),)))
+    port = yield listen(factory)
+    try:
+        stranger = yield connectClient(port.getHost().port, source="127.0.0.2")
+        stranger.send(b"from elsewhere")
+        yield stranger.closed
+        assert factory.stats.disallowed == 1
+        assert factory.stats.accepted == 0
+        local = yield connectClient(port.getHost().port, source="127.0.0.1")
+        local.send(b"from here")
+        yield waitUntil(lambda: data.stats.messages_in == 1)
+        assert factory.stats.accepted == 1
+        assert local.connected
+        local.transport.loseConnection()
+    finally:
+        yield port.stopListening()
+
+
+@pytest.mark.skipif(not _hasIPv6(), reason="no IPv6 on this machine")
+@pytest_twisted.inlineCallbacks
+def test_allowOnAnIPv6PortChecksIPv4MappedAddresses(service):
+    """
+    An IPv6 port on :: sees IPv4 clients as ::ffff:a.b.c.d; allow checks
+    them as their IPv4 address.
+    """
+    factory = SubscribeToFactory(service, "DATA", limits=Limits(
+        allow=(ip_network("127.0.0.1/32"),)))
+    port = yield endpoints.serverFromString(reactor, r"tcp6:0:interface=\:\:").listen(factory)
+    try:
+        local = yield connectClient(port.getHost().port, source="127.0.0.1")
+        yield waitUntil(lambda: factory.clients == 1)
+        stranger = yield connectClient(port.getHost().port, source="127.0.0.2")
+        yield stranger.closed
+        assert (factory.stats.accepted, factory.stats.disallowed) == (1, 1)
+        (peer,) = factory.protocols
+        assert peer.peer.startswith("::ffff:127.0.0.1:")
+        local.transport.loseConnection()
+    finally:
+        yield port.stopListening()

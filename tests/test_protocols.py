@@ -4,13 +4,17 @@ echo exclusion, discarding, half lines, and the per-client limits.
 """
 
 import itertools
+from ipaddress import ip_network
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import directlyProvides
 
 from backplane import (
     BackplaneService,
@@ -19,7 +23,7 @@ from backplane import (
     SubscribeTo,
     SubscribeToFactory,
 )
-from backplane.protocols import BackplaneFactory, Limits, firstOverlong
+from backplane.protocols import BackplaneFactory, Limits, PortStats, firstOverlong, isAllowed
 from backplane.testing import Recorder, connect, disconnect, sentLines
 
 
@@ -431,3 +435,200 @@ class NoDelayTests(SynchronousTestCase):
             transport = TCPish()
             protocol.makeConnection(transport)
             self.assertEqual(transport.noDelay, expected)
+
+
+class PortStatsTests(SynchronousTestCase):
+    """
+    A factory counts, in its L{PortStats}, what happens to its clients.
+    """
+
+    def setUp(self):
+        self.service = BackplaneService()
+        self.news = self.service.create("NEWS")
+
+    def test_acceptedAndPublished(self):
+        factory = PublishToFactory(self.service, "NEWS")
+        protocol, transport = connect(factory)
+        protocol.dataReceived(b"one\r\ntwo\nhal")
+        protocol.dataReceived(b"f\n")
+        self.assertEqual(factory.stats, PortStats(accepted=1, messages_in=3,
+                                                  bytes_in=len(b"one\ntwo\nhalf\n")))
+        self.assertEqual(self.news.stats.messages_in, 3)
+        disconnect(protocol, transport)
+        self.assertEqual(factory.clients, 0)
+        self.assertEqual(factory.stats.accepted, 1)
+
+    def test_refused(self):
+        factory = SubscribeToFactory(self.service, "NEWS", limits=Limits(max_clients=1))
+        connect(factory)
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2)))
+        self.assertEqual((factory.stats.accepted, factory.stats.refused), (1, 1))
+        self.assertEqual(factory.refused, 1)
+
+    def test_overlong(self):
+        factory = PublishToFactory(self.service, "NEWS", limits=Limits(max_line_length=3))
+        protocol, transport = connect(factory)
+        protocol.dataReceived(b"abcd\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(factory.stats.overlong, 1)
+        self.assertEqual(factory.stats.messages_in, 0)
+
+    def test_slowDisconnectsAndDrops(self):
+        disconnecting = SubscribeToFactory(self.service, "NEWS", limits=Limits(max_pending=1))
+        dropping = SubscribeToFactory(self.service, "NEWS",
+                                      limits=Limits(max_pending=1, slow="drop"))
+        slow, _ = connect(disconnecting)
+        dropper, _ = connect(dropping)
+        slow.pauseProducing()
+        dropper.pauseProducing()
+        self.news.publish_lines(b"a\nb\n")
+        self.assertEqual(disconnecting.stats.slow_disconnects, 1)
+        self.assertEqual(dropping.stats.dropped, 2)
+        self.assertEqual((disconnecting.stats.dropped, dropping.stats.slow_disconnects), (0, 0))
+
+    def test_protocolWithoutFactory(self):
+        """
+        A protocol made by hand counts into a L{PortStats} of its own.
+        """
+        protocol = PublishTo(self.news)
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(b"x\n")
+        self.assertEqual(protocol.portStats.messages_in, 1)
+
+
+class AllowTests(SynchronousTestCase):
+    """
+    C{allow}: a client from elsewhere is closed at once and counted.
+    """
+
+    LOCAL = (ip_network("127.0.0.0/8"), ip_network("::1"))
+
+    def test_noAllowAllowsEveryone(self):
+        self.assertTrue(isAllowed(IPv4Address("TCP", "192.0.2.1", 1), None))
+
+    def test_ipv4(self):
+        self.assertTrue(isAllowed(IPv4Address("TCP", "127.0.0.2", 1), self.LOCAL))
+        self.assertFalse(isAllowed(IPv4Address("TCP", "192.0.2.1", 1), self.LOCAL))
+
+    def test_ipv6(self):
+        self.assertTrue(isAllowed(IPv6Address("TCP", "::1", 1), self.LOCAL))
+        self.assertFalse(isAllowed(IPv6Address("TCP", "::2", 1), self.LOCAL))
+        self.assertFalse(isAllowed(IPv6Address("TCP", "2001:db8::1", 1), self.LOCAL))
+
+    def test_scopedIPv6(self):
+        linkLocal = (ip_network("fe80::/10"),)
+        self.assertTrue(isAllowed(IPv6Address("TCP", "fe80::1%lo", 1), linkLocal))
+
+    def test_ipv4MappedIPv6(self):
+        """
+        An IPv6 port shows an IPv4 client as C{::ffff:a.b.c.d}: it is
+        checked as its IPv4 address, and as itself.
+        """
+        self.assertTrue(isAllowed(IPv6Address("TCP", "::ffff:127.0.0.1", 1), self.LOCAL))
+        self.assertFalse(isAllowed(IPv6Address("TCP", "::ffff:192.0.2.1", 1), self.LOCAL))
+        mapped = (ip_network("::ffff:0:0/96"),)
+        self.assertTrue(isAllowed(IPv6Address("TCP", "::ffff:192.0.2.1", 1), mapped))
+
+    def test_ipv4NotInIPv6Network(self):
+        self.assertFalse(isAllowed(IPv4Address("TCP", "0.0.0.1", 1), (ip_network("::/96"),)))
+
+    def test_unixSocketsAlwaysAllowed(self):
+        self.assertTrue(isAllowed(UNIXAddress("/run/backplane.sock"), self.LOCAL))
+        self.assertTrue(isAllowed(None, self.LOCAL))
+
+    def test_hostThatIsNotAnIPRefused(self):
+        class Named:
+            host = "example.org"
+
+        self.assertFalse(isAllowed(Named(), self.LOCAL))  # type: ignore[arg-type]
+
+    def test_factoryClosesAndCounts(self):
+        service = BackplaneService()
+        news = service.create("NEWS")
+        factory = SubscribeToFactory(service, "NEWS", limits=Limits(
+            allow=(ip_network("127.0.0.1/32"),), max_clients=1))
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 5)))
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 5)))
+        self.assertEqual(factory.stats.disallowed, 2)
+        self.assertEqual(factory.stats.refused, 0, "disallowed first, before max_clients")
+        self.assertEqual((factory.clients, len(news)), (0, 0))
+        _protocol, transport = connect(factory, ("127.0.0.1", 5))
+        news.publish(b"hello")
+        self.assertEqual(transport.value(), b"hello\n")
+        self.assertEqual(factory.stats.accepted, 1)
+
+
+def tlsTransport(peer=("127.0.0.1", 4000)):
+    """
+    A StringTransport that says it is TLS, as a TLS connection's transport
+    does (the protocol is told when the handshake completes).
+    """
+    transport = StringTransport(peerAddress=IPv4Address("TCP", *peer))
+    directlyProvides(transport, ISSLTransport)
+    return transport
+
+
+class TLSHandshakeTests(SynchronousTestCase):
+    """
+    Over TLS a client joins its backplanes only once the handshake is done:
+    before, it is not a subscriber (nothing is written for it) nor a
+    publisher.
+    """
+
+    def setUp(self):
+        self.service = BackplaneService()
+        self.news = self.service.create("NEWS")
+        self.factory = BackplaneFactory(self.service, publish_to="NEWS", subscribe_to="NEWS")
+
+    def test_joinsAfterHandshake(self):
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = tlsTransport()
+        protocol.makeConnection(transport)
+        self.news.publish(b"before")
+        self.assertEqual((len(self.news), self.news.stats.publishers), (0, 0))
+        self.assertEqual(transport.value(), b"")
+        protocol.handshakeCompleted()
+        self.assertEqual((len(self.news), self.news.stats.publishers), (1, 1))
+        self.news.publish(b"after")
+        self.assertEqual(transport.value(), b"after\n")
+        self.assertIs(transport.producer, protocol)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((len(self.news), self.news.stats.publishers), (0, 0))
+        self.assertEqual(self.factory.stats.tls_failures, 0)
+
+    def test_handshakeNeverCompleted(self):
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        protocol.makeConnection(tlsTransport())
+        self.assertEqual(self.factory.clients, 1)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.factory.stats.tls_failures, 1)
+        self.assertEqual(self.news.stats.publishers, 0, "never counted, never uncounted")
+        self.assertEqual(self.factory.clients, 0)
+
+    def test_handshakeAfterCloseIgnored(self):
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        protocol.makeConnection(tlsTransport())
+        protocol.connectionLost(Failure(ConnectionDone()))
+        protocol.handshakeCompleted()
+        self.assertEqual((len(self.news), self.news.stats.publishers), (0, 0))
+
+    def test_closeUnregistersTheProducer(self):
+        """
+        C{close} stops the subscription and unregisters the producer before
+        C{loseConnection}, as a TLS transport closes only without one.
+        """
+        protocol, transport = connect(self.factory)
+        protocol.close()
+        self.assertIsNone(transport.producer)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.news), 0)
+        self.news.publish(b"after")
+        protocol.dataReceived(b"ignored\n")
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.news.stats.messages_in, 1)
+        disconnect(protocol, transport)
+        self.assertEqual(self.news.stats.publishers, 0)
+
+    def test_plainTransportJoinsAtOnce(self):
+        connect(self.factory)
+        self.assertEqual((len(self.news), self.news.stats.publishers), (1, 1))

@@ -3,10 +3,13 @@ The twistd plugin: Options and makeService directly, then end-to-end with a
 real C{twistd -n backplane} process.
 """
 
+import json
 import re
 import signal
 import socket
+import ssl
 import time
+import urllib.request
 
 import pytest
 from twisted.application.service import IServiceMaker
@@ -14,7 +17,8 @@ from twisted.plugin import getPlugins
 
 from backplane import tap
 from backplane.config import DEFAULT_CONFIG
-from tests.helpers import freePort
+from tests.certs import Certificates
+from tests.helpers import freePort, metricSamples, sample
 from tests.twistd import Twistd, readLines
 
 ASCTIME = re.compile(rb"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun) \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}$")
@@ -248,3 +252,193 @@ def test_raiseFileLimit(monkeypatch):
     warnings = [e for e in events if "open files limit" in e.get("log_format", "")]
     assert len(warnings) == 1
     assert warnings[0]["needed"] == 5000 + tap.FD_MARGIN
+
+
+def test_makeServiceConfigError(tmp_path, capsys):
+    """
+    A mistake found only when the service is built (here a client CA file
+    gone since the config was read) is one line and exit status 1 too.
+    """
+    certs = Certificates.make(tmp_path)
+    path = tmp_path / "c.toml"
+    path.write_text(f'[backplane.A]\n[[listen]]\nendpoint = "{certs.sslEndpoint()}"\n'
+                    f'publish_to = "A"\ntls_client_ca = "{certs.ca.path}"\n')
+    options = tap.Options()
+    options.parseOptions(["--config", str(path)])
+    certs.ca.path.unlink()
+    with pytest.raises(SystemExit) as exit:
+        tap.makeService(options)
+    assert exit.value.code == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"backplane: {path}: listen[1].tls_client_ca: cannot use")
+    assert "No such file or directory" in error
+
+
+# End-to-end: operations.
+
+
+def httpGetJSON(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def test_monitorEndToEnd(tmp_path):
+    """
+    A real twistd with a [monitor] table: /healthz, /stats and /metrics are
+    served, and reflect the lines flowing through it.
+    """
+    pubPort, subPort, monitorPort = freePort(), freePort(), freePort()
+    twistd = Twistd(tmp_path, config=f"""
+[backplane.NEWS]
+[[listen]]
+endpoint = "tcp:{pubPort}:interface=127.0.0.1"
+publish_to = "NEWS"
+[[listen]]
+endpoint = "tcp:{subPort}:interface=127.0.0.1"
+subscribe_to = "NEWS"
+[monitor]
+endpoint = "tcp:{monitorPort}:interface=127.0.0.1"
+allow = ["127.0.0.1"]
+""").start()
+    base = f"http://127.0.0.1:{monitorPort}"
+    try:
+        twistd.waitForPort(monitorPort)
+        twistd.waitForPort(subPort)
+        with urllib.request.urlopen(base + "/healthz", timeout=10) as response:
+            assert (response.status, response.read()) == (200, b"ok\n")
+        before = httpGetJSON(base + "/stats")
+        assert before["backplanes"]["NEWS"]["messages_in"] == 0
+        assert before["server"]["pid"] == twistd.process.pid
+
+        readers = [subscribeTo(subPort) for _ in range(2)]
+        deadline = time.monotonic() + 10
+        while httpGetJSON(base + "/stats")["backplanes"]["NEWS"]["subscribers"] < 2:
+            assert time.monotonic() < deadline, "subscribers never attached"
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", pubPort)) as writer:
+            writer.sendall(b"".join(b"line %d\n" % i for i in range(50)))
+            for reader in readers:
+                assert len(readLines(reader, 50)) == 50
+            stats = httpGetJSON(base + "/stats")
+            news = stats["backplanes"]["NEWS"]
+            assert (news["messages_in"], news["deliveries"]) == (50, 100)
+            assert (news["subscribers"], news["publishers"]) == (2, 1)
+            ports = {s["name"]: s for s in stats["services"]}
+            assert ports["listen[1]"]["counters"]["messages_in"] == 50
+            assert ports["listen[2]"]["gauges"]["clients"] == 2
+            assert stats["server"]["rss_bytes"] > 0
+
+            with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+                samples = metricSamples(response.read().decode())
+            assert sample(samples, "backplane_messages_in_total", backplane="NEWS") == 50
+            assert sample(samples, "backplane_deliveries_total", backplane="NEWS") == 100
+            assert sample(samples, "backplane_listen_clients", name="listen[2]") == 2
+            assert sample(samples, "backplane_listen_accepted_total", name="listen[1]") == 1
+        for reader in readers:
+            reader.close()
+        twistd.stop()
+    finally:
+        twistd.kill()
+
+
+def test_mutualTLSEndToEnd(tmp_path):
+    """
+    A publish port requiring client certificates, from a config file: a
+    client without one is refused and nothing it sends is published; a
+    client with one publishes.
+    """
+    certs = Certificates.make(tmp_path)
+    pubPort, subPort = freePort(), freePort()
+    twistd = Twistd(tmp_path, config=f"""
+[backplane.NEWS]
+[[listen]]
+endpoint = "{certs.sslEndpoint(pubPort)}"
+publish_to = "NEWS"
+tls_client_ca = "{certs.ca.path.name}"
+[[listen]]
+endpoint = "tcp:{subPort}:interface=127.0.0.1"
+subscribe_to = "NEWS"
+""").start()
+    try:
+        twistd.waitForPort(pubPort)
+        twistd.waitForPort(subPort)
+        reader = subscribeTo(subPort)
+        time.sleep(0.3)  # let the server attach it
+
+        anonymous = ssl.create_default_context(cafile=str(certs.ca.path))
+        with socket.create_connection(("127.0.0.1", pubPort), timeout=10) as raw:
+            with anonymous.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"sneaky\n")
+                with pytest.raises((ssl.SSLError, ConnectionError)):
+                    if tls.recv(1) == b"":  # closed without a TLS alert
+                        raise ConnectionError("closed")
+
+        member = ssl.create_default_context(cafile=str(certs.ca.path))
+        member.load_cert_chain(str(certs.client.certificate), str(certs.client.key))
+        with socket.create_connection(("127.0.0.1", pubPort), timeout=10) as raw:
+            with member.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"hello\n")
+                assert readLines(reader, 1) == [b"hello"]
+        reader.close()
+        twistd.stop()
+    finally:
+        twistd.kill()
+
+
+@pytest.mark.parametrize("key, fragments", [
+    ("endpoint", ["listen[1].endpoint: cannot use endpoint 'ssl:",
+                  "No such file or directory: '/nonexistent/server.key'"]),
+    ("tls_client_ca", ["listen[1].tls_client_ca: cannot use '/nonexistent/ca.pem'",
+                       "No such file or directory"]),
+])
+def test_checkBadCertificatePath(tmp_path, key, fragments):
+    certs = Certificates.make(tmp_path)
+    endpoint = certs.sslEndpoint(0)
+    extra = ""
+    if key == "endpoint":
+        endpoint = endpoint.replace(str(certs.server.key), "/nonexistent/server.key")
+    else:
+        extra = 'tls_client_ca = "/nonexistent/ca.pem"\n'
+    config = f'[backplane.A]\n[[listen]]\nendpoint = "{endpoint}"\npublish_to = "A"\n{extra}'
+    status, output = Twistd(tmp_path, "--check", config=config).run()
+    assert status == 1
+    for fragment in fragments:
+        assert fragment in output
+    assert "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1, output
+
+
+def test_jsonLogs(tmp_path):
+    """
+    twistd --logger backplane.logs.jsonStdout: every line of the log is a
+    JSON object with time, level, namespace, message and the event's fields.
+    """
+    port = freePort()
+    twistd = Twistd(tmp_path, twistdArgs=("--logger", "backplane.logs.jsonStdout"), config=f"""
+[backplane.A]
+[[listen]]
+endpoint = "tcp:{port}:interface=127.0.0.1"
+publish_to = "A"
+max_line_length = 10
+""").start()
+    try:
+        twistd.waitForPort(port)
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(b"x" * 20 + b"\n")
+            client.recv(1)
+        twistd.waitForLog("max_line_length")
+        twistd.stop()
+    finally:
+        twistd.kill()
+    records = [json.loads(line) for line in twistd.text().splitlines()]
+    for record in records:
+        assert {"time", "level", "namespace", "message"} <= set(record), record
+        assert record["time"].endswith("Z")
+    listening = [r for r in records if r["namespace"] == "backplane.ports.ListenService"]
+    assert listening[0]["message"] == f"listen[1] listening on 127.0.0.1:{port}"
+    assert listening[0]["where"] == "listen[1]"
+    (overlong,) = [r for r in records if "max_line_length" in r["message"]]
+    assert overlong["level"] == "warn"
+    assert overlong["limit"] == 10
+    assert overlong["peer"].startswith("127.0.0.1:")
+    assert records[-1]["message"] == "Server Shut Down."

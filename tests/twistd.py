@@ -29,8 +29,13 @@ class Twistd:
     """
 
     def __init__(self, folder: Path, *args: str, config: str | None = None,
-                 name: str = "backplane") -> None:
+                 name: str = "backplane", twistdArgs: tuple[str, ...] = ()) -> None:
+        """
+        @param args: the plugin's arguments (after C{backplane}).
+        @param twistdArgs: twistd's own (before C{backplane}).
+        """
         self.folder = folder
+        self.twistdArgs = list(twistdArgs)
         self.args = list(args)
         if config is not None:
             path = folder / f"{name}.toml"
@@ -40,7 +45,7 @@ class Twistd:
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        return [*TWISTD, "-n", "--pidfile=", "backplane", *self.args]
+        return [*TWISTD, "-n", "--pidfile=", *self.twistdArgs, "backplane", *self.args]
 
     def start(self, preexec_fn: Callable[[], None] | None = None) -> Twistd:
         """

@@ -1,0 +1,455 @@
+"""
+The monitor: the service's statistics over HTTP.
+
+C{/stats} is a JSON document (the server, every backplane, every statistics
+source), C{/metrics} the same in Prometheus' text format, C{/healthz} says
+C{ok} while the service runs.  Every port, clock, relay or sink reports
+through one mechanism: a child service that provides
+L{backplane.interfaces.IStatsSource}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import CollectorRegistry
+from twisted.application.service import IServiceCollection
+from twisted.copyright import version as twistedVersion
+from twisted.internet.interfaces import IAddress, IReactorTime, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import Request
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from backplane.interfaces import IStatsSource
+from backplane.ports import EndpointService
+from backplane.protocols import Network, describePeer, isAllowed
+from backplane.service import BackplaneService
+
+# The module's logger: Site.log is the access log's method.
+_log = Logger()
+
+# The counters of a backplane (BackplaneStats), and what each counts.
+BACKPLANE_COUNTERS = {
+    "messages_in": "Messages published to the backplane.",
+    "bytes_in": "Bytes of the messages published to the backplane, delimiters included.",
+    "deliveries": "Messages handed to subscribers (one message to N subscribers: N).",
+    "dropped": "Messages subscribers missed past max_pending with slow = \"drop\".",
+    "slow_disconnects": "Subscribers disconnected past max_pending.",
+    "errors": "Subscriber callbacks that raised or failed.",
+}
+
+
+# What the counters and gauges of the statistics sources here count, for the
+# HELP of their metrics; a key not listed gets a generic one.
+SOURCE_HELP = {
+    ("listen", "accepted"): "Connections the port accepted.",
+    ("listen", "refused"): "Connections closed at once: max_clients were connected.",
+    ("listen", "disallowed"): "Connections closed at once: the address is not in allow.",
+    ("listen", "tls_failures"): "TLS connections closed before their handshake completed.",
+    ("listen", "overlong"): "Clients disconnected for a line longer than max_line_length.",
+    ("listen", "slow_disconnects"): "Subscribers disconnected past max_pending.",
+    ("listen", "dropped"): "Messages subscribers missed past max_pending (slow = \"drop\").",
+    ("listen", "messages_in"): "Lines the port's clients published.",
+    ("listen", "bytes_in"): "Bytes of the lines the port's clients published.",
+    ("listen", "clients"): "Clients connected to the port now.",
+    ("clock", "published"): "Messages the clock published.",
+    ("monitor", "requests"): "HTTP requests the monitor served.",
+    ("monitor", "disallowed"): "Connections closed at once: the address is not in allow.",
+}
+
+
+def version() -> str:
+    """
+    The installed version of backplane, or C{"unknown"}.
+    """
+    try:
+        return metadata.version("backplane")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
+        return "unknown"
+
+
+def residentMemory() -> int | None:
+    """
+    The resident memory of this process now, in bytes (L{None} where
+    C{/proc} does not tell).
+    """
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def peakMemory() -> int | None:
+    """
+    The most resident memory this process has used, in bytes (L{None} where
+    C{getrusage} does not tell).
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def statsSources(services: Iterable[Any]) -> list[IStatsSource]:
+    """
+    Every service among C{services} and the services under them that
+    provides L{IStatsSource}, in order; a source speaks for the services
+    under it, so they are not searched.
+    """
+    found: list[IStatsSource] = []
+    for service in services:
+        if IStatsSource.providedBy(service):
+            found.append(service)
+        elif IServiceCollection.providedBy(service):
+            found.extend(statsSources(service))
+    return found
+
+
+def _isoTime(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _numbers(values: object) -> dict[str, float]:
+    if not isinstance(values, dict):
+        return {}
+    return {str(key): value for key, value in values.items()
+            if isinstance(value, (int, float))}
+
+
+def _metricName(*parts: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", "_".join(parts))
+
+
+class StatsCollector:
+    """
+    A Prometheus collector of a L{MonitorService}'s statistics, made fresh
+    at each scrape.
+
+    Per backplane (label C{backplane}): C{backplane_subscribers},
+    C{backplane_publishers}, and the counters C{backplane_messages_in_total},
+    C{backplane_bytes_in_total}, C{backplane_deliveries_total},
+    C{backplane_dropped_total}, C{backplane_slow_disconnects_total},
+    C{backplane_errors_total}.  Per statistics source of kind C{KIND} (label
+    C{name}): C{backplane_KIND_KEY_total} for each counter,
+    C{backplane_KIND_KEY} for each gauge, C{backplane_KIND_state} (1, with
+    the state as label C{state}) and C{backplane_KIND_info} (its C{info} as
+    labels).  And C{backplane_info} (versions), C{backplane_start_time_seconds},
+    C{backplane_uptime_seconds}.
+    """
+
+    def __init__(self, monitor: MonitorService) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        """
+        Every metric, as it is now.
+        """
+        monitor = self.monitor
+        info = InfoMetricFamily("backplane", "The versions of backplane, Twisted and Python.")
+        info.add_metric([], {"version": version(), "twisted": twistedVersion,
+                             "python": sys.version.split()[0]})
+        yield info
+        if monitor.started is not None:
+            yield GaugeMetricFamily("backplane_start_time_seconds",
+                                    "When the service started, in seconds since the epoch.",
+                                    value=monitor.started)
+        yield GaugeMetricFamily("backplane_uptime_seconds",
+                                "Seconds since the service started.", value=monitor.uptime())
+        yield from self.backplanes(monitor.service.backplanes())
+        yield from self.sources(monitor.sourceStats())
+
+    def backplanes(self, backplanes: Sequence[Any]) -> Iterator[Metric]:
+        subscribers = GaugeMetricFamily("backplane_subscribers",
+                                        "Subscribers of the backplane now.", labels=["backplane"])
+        publishers = GaugeMetricFamily("backplane_publishers",
+                                       "Network publishers to the backplane connected now.",
+                                       labels=["backplane"])
+        counters = {key: CounterMetricFamily(f"backplane_{key}", doc, labels=["backplane"])
+                    for key, doc in BACKPLANE_COUNTERS.items()}
+        for backplane in backplanes:
+            subscribers.add_metric([backplane.name], len(backplane))
+            publishers.add_metric([backplane.name], backplane.stats.publishers)
+            for key, family in counters.items():
+                family.add_metric([backplane.name], getattr(backplane.stats, key))
+        yield subscribers
+        yield publishers
+        yield from counters.values()
+
+    def sources(self, reports: list[dict[str, Any]]) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+
+        def family(kind: Any, name: str, doc: str, labels: list[str]) -> Any:
+            if name not in families:
+                families[name] = kind(name, doc, labels=labels)
+            return families[name]
+
+        for report in reports:
+            kind, name = str(report.get("kind", "service")), str(report.get("name", "?"))
+            for key, value in _numbers(report.get("counters")).items():
+                family(CounterMetricFamily, _metricName("backplane", kind, key),
+                       SOURCE_HELP.get((kind, key), f"The {key} counter of each {kind}."),
+                       ["name"]).add_metric([name], value)
+            for key, value in _numbers(report.get("gauges")).items():
+                family(GaugeMetricFamily, _metricName("backplane", kind, key),
+                       SOURCE_HELP.get((kind, key), f"The {key} of each {kind} now."),
+                       ["name"]).add_metric([name], value)
+            if "state" in report:
+                family(GaugeMetricFamily, _metricName("backplane", kind, "state"),
+                       f"The state of each {kind} (1, with the state as a label).",
+                       ["name", "state"]).add_metric([name, str(report["state"])], 1)
+            details = report.get("info")
+            if isinstance(details, dict) and details:
+                labels = {_metricName(str(key)): "" if value is None else str(value)
+                          for key, value in details.items()}
+                labels.pop("name", None)
+                family(InfoMetricFamily, _metricName("backplane", kind),
+                       f"How each {kind} is configured.", ["name"]).add_metric([name], labels)
+        yield from families.values()
+
+
+class StatsPage(Resource):
+    """
+    C{/stats}: L{MonitorService.report} as JSON.
+    """
+
+    isLeaf = True
+
+    def __init__(self, monitor: MonitorService) -> None:
+        super().__init__()
+        self.monitor = monitor
+
+    def render_GET(self, request: Request) -> bytes:
+        self.monitor.counted()
+        request.setHeader(b"content-type", b"application/json")
+        return (json.dumps(self.monitor.report(), indent=2) + "\n").encode("utf-8")
+
+
+class MetricsPage(Resource):
+    """
+    C{/metrics}: every metric in the Prometheus text format (or
+    OpenMetrics, if the scraper asks for it).
+    """
+
+    isLeaf = True
+
+    def __init__(self, monitor: MonitorService) -> None:
+        super().__init__()
+        self.monitor = monitor
+
+    def render_GET(self, request: Request) -> bytes:
+        self.monitor.counted()
+        accept = request.getHeader(b"accept")
+        encode, contentType = choose_encoder(accept.decode("latin-1") if accept else "")
+        request.setHeader(b"content-type", contentType.encode("ascii"))
+        return encode(self.monitor.registry)
+
+
+class HealthPage(Resource):
+    """
+    C{/healthz}: 200 and C{ok} while the service runs; 503 and C{stopping}
+    once it has begun to stop.
+    """
+
+    isLeaf = True
+
+    def __init__(self, monitor: MonitorService) -> None:
+        super().__init__()
+        self.monitor = monitor
+
+    def render_GET(self, request: Request) -> bytes:
+        self.monitor.counted()
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        if self.monitor.running and self.monitor.service.running:
+            return b"ok\n"
+        request.setResponseCode(503)
+        return b"stopping\n"
+
+
+class MonitorResource(Resource):
+    """
+    The root of the monitor's pages: C{stats}, C{metrics} and C{healthz} are
+    its children; C{/} itself is free for a status page
+    (C{putChild(b"", page)}).
+    """
+
+    def __init__(self, monitor: MonitorService) -> None:
+        super().__init__()
+        self.putChild(b"stats", StatsPage(monitor))
+        self.putChild(b"metrics", MetricsPage(monitor))
+        self.putChild(b"healthz", HealthPage(monitor))
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        """
+        Any other page: 404.
+        """
+        return notFound()
+
+
+class MonitorSite(Site):
+    """
+    The monitor's HTTP server: it closes the connection of a client not in
+    C{allow} at once, shows no tracebacks, and keeps no access log.
+    """
+
+    noisy = False
+    displayTracebacks = False
+
+    def __init__(self, resource: Resource, *, allow: Sequence[Network] | None = None,
+                 reactor: Any = None) -> None:
+        super().__init__(resource, reactor=reactor)
+        self.allow = allow
+        self.disallowed = 0
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        if not isAllowed(addr, self.allow):
+            self.disallowed += 1
+            _log.warn("Refusing {peer}: its address is not in the monitor's allow",
+                      peer=describePeer(addr) if addr else "?")
+            return None
+        return super().buildProtocol(addr)
+
+    def log(self, request: Request) -> None:
+        """
+        Keep no access log: a scraper every few seconds would drown the log.
+        """
+
+
+@implementer(IStatsSource)
+class MonitorService(EndpointService):
+    """
+    Serves the statistics of a L{BackplaneService} over HTTP on a server
+    endpoint: C{/stats} (JSON), C{/metrics} (Prometheus) and C{/healthz}.
+
+    Its metrics are in its own L{CollectorRegistry} (L{registry}), never in
+    C{prometheus_client}'s global one, so that many services live in one
+    process.
+    """
+
+    log = Logger()
+    factory: MonitorSite
+
+    def __init__(self, service: BackplaneService, endpoint: IStreamServerEndpoint, *,
+                 description: str, where: str | None = "monitor", path: str | None = None,
+                 allow: Sequence[Network] | None = None,
+                 clock: IReactorTime | None = None) -> None:
+        """
+        @param service: the service whose statistics are reported.
+        @param description: the endpoint as the user wrote it, for messages.
+        @param allow: the networks clients may connect from (L{None}: any).
+        @param clock: the time (the reactor by default).
+        """
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.service = service
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.started: float | None = None
+        self.requests = 0
+        self.registry = CollectorRegistry()
+        self.registry.register(StatsCollector(self))
+        ProcessCollector(registry=self.registry)
+        self.resource = MonitorResource(self)
+        site = MonitorSite(self.resource, allow=allow, reactor=clock)
+        super().__init__(endpoint, site, description=description, where=where, path=path)
+
+    def startService(self) -> None:
+        self.started = self.clock.seconds()
+        super().startService()
+
+    def uptime(self) -> float:
+        """
+        Seconds since the service started (0 before).
+        """
+        return 0.0 if self.started is None else max(0.0, self.clock.seconds() - self.started)
+
+    def counted(self) -> None:
+        """
+        Count a request served.
+        """
+        self.requests += 1
+
+    def sourceStats(self) -> list[dict[str, Any]]:
+        """
+        What every statistics source of the service reports now, in the
+        order of the service's children.  A source that fails is logged and
+        left out.
+        """
+        reports = []
+        for source in statsSources(self.service):
+            try:
+                report = source.stats()
+            except Exception:
+                self.log.failure("The statistics of {source!r} failed", Failure(),
+                                 source=source)
+                continue
+            reports.append(dict(report))
+        return reports
+
+    def report(self) -> dict[str, object]:
+        """
+        The document C{/stats} serves: C{server} (version, pid, start time,
+        uptime, memory), C{backplanes} (by name) and C{services} (what each
+        statistics source reports, as L{IStatsSource} describes).
+        """
+        now = self.clock.seconds()
+        return {
+            "server": {
+                "version": version(),
+                "twisted": twistedVersion,
+                "python": sys.version.split()[0],
+                "pid": os.getpid(),
+                "started": None if self.started is None else _isoTime(self.started),
+                "now": _isoTime(now),
+                "uptime_seconds": round(self.uptime(), 3),
+                "rss_bytes": residentMemory(),
+                "max_rss_bytes": peakMemory(),
+                "running": bool(self.service.running),
+            },
+            "backplanes": {
+                backplane.name: {
+                    "subscribers": len(backplane),
+                    "retain": backplane.retain,
+                    **asdict(backplane.stats),
+                }
+                for backplane in self.service.backplanes()
+            },
+            "services": self.sourceStats(),
+        }
+
+    def stats(self) -> dict[str, object]:
+        """
+        The monitor's own statistics (L{IStatsSource}): requests served,
+        connections refused by C{allow}.
+        """
+        return {
+            "name": self.name or "monitor",
+            "kind": "monitor",
+            "state": self.state,
+            "counters": {"requests": self.requests, "disallowed": self.factory.disallowed},
+            "gauges": {},
+            "info": {"endpoint": self.description},
+        }

@@ -1,0 +1,151 @@
+"""
+Statistics sources (IStatsSource) without a network: a port, a clock, and
+how the monitor finds them.
+"""
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
+from twisted.internet.interfaces import IListeningPort
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from backplane import BackplaneService, PublishToFactory
+from backplane.interfaces import IStatsSource
+from backplane.ports import ListenService
+from backplane.protocols import Limits
+from backplane.testing import connect, timeSource
+
+
+@implementer(IStatsSource)
+class FakeRelay(MultiService):
+    """
+    What a relay of another module looks like to the monitor: a source
+    with services of its own below it.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.setName(name)
+
+    def stats(self) -> dict[str, object]:
+        return {"name": self.name, "kind": "connect", "state": "backoff",
+                "counters": {"connects": 2, "lines_in": 7}, "gauges": {"buffered": 3}}
+
+
+class FakeEndpoint:
+    def __init__(self, port=None):
+        self.port = port
+
+    def listen(self, factory):
+        return succeed(self.port)
+
+
+@implementer(IListeningPort)
+class FakePort:
+    def startListening(self):
+        pass
+
+    def getHost(self):
+        return IPv4Address("TCP", "127.0.0.1", 1500)
+
+    def stopListening(self):
+        return None
+
+
+class ListenStatsTests(SynchronousTestCase):
+    def setUp(self):
+        self.service = BackplaneService()
+        self.service.create("NEWS")
+        self.factory = PublishToFactory(self.service, "NEWS", limits=Limits(max_clients=1))
+        self.port = ListenService(FakeEndpoint(FakePort()), self.factory,
+                                  description="tcp:1500", where="listen[1]")
+        self.port.setName("listen[1]")
+
+    def test_providesIStatsSource(self):
+        verifyObject(IStatsSource, self.port)
+
+    def test_stopped(self):
+        stats = self.port.stats()
+        self.assertEqual(stats["name"], "listen[1]")
+        self.assertEqual(stats["kind"], "listen")
+        self.assertEqual(stats["state"], "stopped")
+        self.assertEqual(stats["gauges"], {"clients": 0})
+        self.assertEqual(stats["info"], {"endpoint": "tcp:1500", "address": None,
+                                         "publish_to": "NEWS", "subscribe_to": None})
+
+    def test_countsWhatClientsDo(self):
+        self.port.startService()
+        protocol, _ = connect(self.factory)
+        protocol.dataReceived(b"a\nb\n")
+        self.assertIsNone(self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2)))
+        stats = self.port.stats()
+        self.assertEqual(stats["state"], "listening")
+        self.assertEqual(stats["info"]["address"], "127.0.0.1:1500")
+        self.assertEqual(stats["gauges"], {"clients": 1})
+        self.assertEqual(stats["counters"], {
+            "accepted": 1, "refused": 1, "disallowed": 0, "tls_failures": 0, "overlong": 0,
+            "slow_disconnects": 0, "dropped": 0, "messages_in": 2, "bytes_in": 4,
+        })
+
+    def test_starting(self):
+        """
+        An endpoint that has not listened yet: starting.
+        """
+        from twisted.internet.defer import Deferred
+
+        listening = Deferred()
+        endpoint = FakeEndpoint()
+        endpoint.listen = lambda factory: listening
+        port = ListenService(endpoint, self.factory, description="x")
+        port.startService()
+        self.assertEqual(port.stats()["state"], "starting")
+        listening.callback(FakePort())
+        self.assertEqual(port.stats()["state"], "listening")
+
+    def test_failed(self):
+        from twisted.internet.defer import Deferred
+
+        listening = Deferred()
+        endpoint = FakeEndpoint()
+        endpoint.listen = lambda factory: listening
+        port = ListenService(endpoint, self.factory, description="x")
+        port.startService()
+        listening.errback(OSError("no"))
+        self.assertEqual(port.stats()["state"], "failed")
+        self.flushLoggedErrors()
+
+
+class ClockStatsTests(SynchronousTestCase):
+    def test_published(self):
+        service = BackplaneService()
+        source, clock = timeSource(service.create("TIME"), interval=2.0)
+        source.setName("clock[1]")
+        verifyObject(IStatsSource, source)
+        clock.advance(2)
+        clock.advance(2)
+        self.assertEqual(source.stats(), {
+            "name": "clock[1]", "kind": "clock", "state": "running",
+            "counters": {"published": 3}, "gauges": {},
+            "info": {"publish_to": "TIME", "interval": 2.0},
+        })
+        source.stopService()
+        self.assertEqual(source.stats()["state"], "stopped")
+
+
+class FindingSourcesTests(SynchronousTestCase):
+    def test_inOrderNotBelowASource(self):
+        from backplane.monitor import statsSources
+
+        service = BackplaneService()
+        service.create("NEWS")
+        relay = FakeRelay("connect[1]")
+        Service().setServiceParent(relay)  # below a source: it speaks for it
+        group = MultiService()
+        inner = FakeRelay("inner")
+        inner.setServiceParent(group)
+        plain = Service()
+        for child in (relay, plain, group):
+            child.setServiceParent(service)
+        self.assertEqual(statsSources(service), [relay, inner])

@@ -1,0 +1,160 @@
+"""
+TLS over real sockets, with certificates the tests make: ssl: ports, and
+ports that require a client certificate (mutual TLS).
+"""
+
+import pytest
+import pytest_twisted
+from twisted.internet import endpoints, reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.protocol import Factory
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+
+from backplane import BackplaneService
+from backplane.ports import ListenService
+from backplane.protocols import BackplaneFactory
+from backplane.testing import Recorder
+from backplane.tls import loadCertificates, requireClientCertificates
+from tests.certs import Certificates, Issued
+from tests.helpers import LineClient, connectClient, waitUntil
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return Certificates.make(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+def service():
+    service = BackplaneService()
+    service.create("DATA")
+    service.startService()
+    yield service
+    pytest_twisted.blockon(service.stopService())
+
+
+def tlsPort(service, certs, *, clientCertificates: bool = False, **directions):
+    """
+    Start an ssl: port on 127.0.0.1 (requiring client certificates signed
+    by the test CA, if asked) as a child of C{service}.
+    """
+    endpoint = endpoints.serverFromString(reactor, certs.sslEndpoint())
+    if clientCertificates:
+        requireClientCertificates(endpoint, loadCertificates(str(certs.ca.path)))
+    port = ListenService(endpoint, BackplaneFactory(service, **directions),
+                         description="ssl:0", where="listen[1]")
+    port.setServiceParent(service)
+    return port
+
+
+def connectTLS(port, certs, client: Issued | None = None):
+    """
+    Connect a L{LineClient} over TLS, trusting the test CA, presenting
+    C{client}'s certificate if given.
+    """
+    trust = Certificate.loadPEM(certs.ca.path.read_bytes())
+    mine = None
+    if client is not None:
+        mine = PrivateCertificate.loadPEM(client.certificate.read_bytes()
+                                          + client.key.read_bytes())
+    options = optionsForClientTLS("localhost", trustRoot=trust, clientCertificate=mine)
+    endpoint = endpoints.wrapClientTLS(
+        options, endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.port.getHost().port))
+    return endpoint.connect(Factory.forProtocol(LineClient))
+
+
+@pytest_twisted.inlineCallbacks
+def test_publishAndSubscribeOverTLS(service, certs):
+    data = service.get("DATA")
+    publishPort = tlsPort(service, certs, publish_to="DATA")
+    subscribePort = tlsPort(service, certs, subscribe_to="DATA")
+    readers = yield gatherResults([connectTLS(subscribePort, certs) for _ in range(2)])
+    yield waitUntil(lambda: len(data) == 2, what="TLS subscribers attached")
+    writer = yield connectTLS(publishPort, certs)
+    writer.send(b"secret", b"", b"still secret")
+    yield waitUntil(lambda: all(len(r.lines) == 3 for r in readers), what="lines over TLS")
+    for reader in readers:
+        assert reader.lines == [b"secret", b"", b"still secret"]
+    assert publishPort.factory.stats.messages_in == 3
+    assert publishPort.factory.stats.tls_failures == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_mutualTLSRefusesAClientWithoutACertificate(service, certs):
+    """
+    On a port that requires a client certificate, a client without one is
+    disconnected, and nothing it sends is published.
+    """
+    data = service.get("DATA")
+    recorder = Recorder.on(data)
+    port = tlsPort(service, certs, clientCertificates=True, publish_to="DATA")
+    anonymous = yield connectTLS(port, certs)
+    anonymous.send(b"let me in")
+    yield anonymous.closed
+    stranger = yield connectTLS(port, certs, client=certs.stranger)
+    stranger.send(b"me too")
+    yield stranger.closed
+    yield waitUntil(lambda: port.factory.stats.tls_failures == 2, what="failures counted")
+    assert recorder.messages == []
+    assert data.stats.messages_in == 0
+    assert data.stats.publishers == 0
+    assert port.factory.clients == 0
+
+    trusted = yield connectTLS(port, certs, client=certs.client)
+    trusted.send(b"signed by the CA")
+    yield waitUntil(lambda: recorder.messages == [b"signed by the CA"], what="trusted line")
+    assert trusted.connected
+    assert data.stats.publishers == 1
+    assert port.factory.stats.tls_failures == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_mutualTLSSubscriber(service, certs):
+    """
+    A subscriber without a certificate is never handed a message; one with a
+    certificate receives them.
+    """
+    data = service.get("DATA")
+    port = tlsPort(service, certs, clientCertificates=True, subscribe_to="DATA")
+    anonymous = yield connectTLS(port, certs)
+    trusted = yield connectTLS(port, certs, client=certs.client)
+    yield waitUntil(lambda: len(data) == 1, what="the trusted subscriber attached")
+    data.publish(b"for members")
+    yield waitUntil(lambda: trusted.lines == [b"for members"], what="the trusted line")
+    yield anonymous.closed
+    assert anonymous.lines == []
+    assert len(data) == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_plainClientOnTLSPort(service, certs):
+    data = service.get("DATA")
+    port = tlsPort(service, certs, publish_to="DATA")
+    plain = yield connectClient(port.port.getHost().port)
+    plain.send(b"not TLS at all")
+    yield plain.closed
+    yield waitUntil(lambda: port.factory.stats.tls_failures == 1)
+    assert data.stats.messages_in == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_stopClosesTLSSubscribersAfterSendingWhatIsPending(certs):
+    """
+    A TLS connection closes only once its producer is unregistered: stopping
+    the service closes TLS subscribers at once (not after close_timeout),
+    and they get what was published before.
+    """
+    service = BackplaneService()
+    data = service.create("DATA")
+    port = tlsPort(service, certs, subscribe_to="DATA")
+    port.closeTimeout = 30
+    service.startService()
+    readers = yield gatherResults([connectTLS(port, certs) for _ in range(3)])
+    yield waitUntil(lambda: len(data) == 3)
+    data.publish_many([b"last words"] * 1000)
+    started = reactor.seconds()
+    yield service.stopService()
+    for reader in readers:
+        yield reader.closed
+        assert reader.lines == [b"last words"] * 1000
+    assert reactor.seconds() - started < 10
