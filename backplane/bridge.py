@@ -27,7 +27,7 @@ import secrets
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from txredisapi import RedisProtocol, SubscriberProtocol
 from zope.interface import implementer
 
-from backplane.interfaces import ILineSink
+from backplane.interfaces import ILineSink, IStatsSource
 from backplane.service import Backplane, BackplaneService, Subscription
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -519,6 +519,7 @@ class _Outbound:
         self.bridge._outbound(self.channel, data, count)
 
 
+@implementer(IStatsSource)
 class RedisBridge(Service):
     """
     Shares backplanes between nodes through Redis pub/sub channels.
@@ -653,6 +654,28 @@ class RedisBridge(Service):
         """
         return self.stats.connected
 
+
+    def report(self) -> dict[str, object]:
+        """
+        The bridge's statistics (L{IStatsSource}): the counters of
+        L{BridgeStats}; its state is C{"connected"}, C{"unreachable"} or
+        C{"stopped"}.
+        """
+        counters = asdict(self.stats)
+        gauges = {key: counters.pop(key) for key in ("connected", "queued", "last_outage")}
+        gauges["connected"] = int(gauges["connected"])
+        gauges["last_outage"] = gauges["last_outage"] or 0.0
+        state = ("stopped" if not self.running
+                 else "connected" if self.stats.connected else "unreachable")
+        return {
+            "name": self.name or "redis",
+            "kind": "redis",
+            "state": state,
+            "counters": counters,
+            "gauges": gauges,
+            "info": {"url": str(self.address), "prefix": self.prefix, "node": self.nodeId,
+                     "shared": ",".join(self.names)},
+        }
 
     # Starting and stopping.
 

@@ -38,7 +38,7 @@ class IStatsSource(Interface):
     services below it: it speaks for them.
     """
 
-    def stats() -> dict[str, object]:
+    def report() -> dict[str, object]:
         """
         A snapshot of this part's statistics, cheap to take, safe to take at
         any time (stopped or running).

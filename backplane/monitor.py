@@ -245,7 +245,7 @@ class StatsPage(Resource):
     def render_GET(self, request: Request) -> bytes:
         self.monitor.counted()
         request.setHeader(b"content-type", b"application/json")
-        return (json.dumps(self.monitor.report(), indent=2) + "\n").encode("utf-8")
+        return (json.dumps(self.monitor.document(), indent=2) + "\n").encode("utf-8")
 
 
 class MetricsPage(Resource):
@@ -401,7 +401,7 @@ class MonitorService(EndpointService):
         reports = []
         for source in statsSources(self.service):
             try:
-                report = source.stats()
+                report = source.report()
             except Exception:
                 self.log.failure("The statistics of {source!r} failed", Failure(),
                                  source=source)
@@ -409,7 +409,7 @@ class MonitorService(EndpointService):
             reports.append(dict(report))
         return reports
 
-    def report(self) -> dict[str, object]:
+    def document(self) -> dict[str, object]:
         """
         The document C{/stats} serves: C{server} (version, pid, start time,
         uptime, memory), C{backplanes} (by name) and C{services} (what each
@@ -440,7 +440,7 @@ class MonitorService(EndpointService):
             "services": self.sourceStats(),
         }
 
-    def stats(self) -> dict[str, object]:
+    def report(self) -> dict[str, object]:
         """
         The monitor's own statistics (L{IStatsSource}): requests served,
         connections refused by C{allow}.

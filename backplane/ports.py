@@ -150,7 +150,7 @@ class ListenService(EndpointService):
         self.closeTimeout = close_timeout
         self.clock = clock
 
-    def stats(self) -> dict[str, object]:
+    def report(self) -> dict[str, object]:
         """
         The port's statistics: state, C{clients} now, and the counters of
         L{backplane.protocols.PortStats}.

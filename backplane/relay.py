@@ -17,7 +17,7 @@ from __future__ import annotations
 import random as _random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -37,7 +37,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
-from backplane.interfaces import ILineSink
+from backplane.interfaces import ILineSink, IStatsSource
 from backplane.protocols import (
     DEFAULT_MAX_LINE_LENGTH,
     BackplaneProtocol,
@@ -557,6 +557,7 @@ def _retryChatterAtDebug(event: dict[str, Any]) -> None:
     globalLogPublisher(event)
 
 
+@implementer(IStatsSource)
 class RelayService(ClientService):
     """
     Keeps a L{RelayFactory} connected to upstream through any client
@@ -602,6 +603,28 @@ class RelayService(ClientService):
                              jitter=factory.jitter, random=random)
         super().__init__(_CountingEndpoint(endpoint, factory), factory,
                          retryPolicy=policy, clock=self.clock)
+
+    def report(self) -> dict[str, object]:
+        """
+        The relay's statistics (L{IStatsSource}): its state and the counters
+        of L{RelayStats}.
+        """
+        factory = self.factory
+        counters = asdict(factory.stats)
+        state = counters.pop("state")
+        buffered = counters.pop("buffered")
+        return {
+            "name": self.name or "connect",
+            "kind": "connect",
+            "state": state,
+            "counters": counters,
+            "gauges": {"buffered": buffered, "connected": int(factory.connected)},
+            "info": {
+                "endpoint": factory.destination,
+                "publish_to": None if factory.publishTo is None else factory.publishTo.name,
+                "subscribe_to": None if factory.subscribeTo is None else factory.subscribeTo.name,
+            },
+        }
 
     def startService(self) -> None:
         """

@@ -6,7 +6,7 @@ appends them to a file.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import BinaryIO, cast
 
 from twisted.application.service import Service
@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
-from backplane.interfaces import ILineSink
+from backplane.interfaces import ILineSink, IStatsSource
 from backplane.service import Backplane, Subscription
 
 
@@ -94,7 +94,7 @@ class _AppendFile(LogFile):
         os.fsync(self._file.fileno())
 
 
-@implementer(ILineSink)
+@implementer(ILineSink, IStatsSource)
 class FileSink(Service):
     """
     Appends every line of a backplane to a file, one per line.
@@ -179,6 +179,24 @@ class FileSink(Service):
 
     def __repr__(self) -> str:
         return f"<FileSink {self.path!r} of {self.backplane.name!r}>"
+
+    def report(self) -> dict[str, object]:
+        """
+        The sink's statistics (L{IStatsSource}): the counters of
+        L{FileSinkStats}; its state is C{"writing"}, C{"failing"} (the file
+        cannot be written now) or C{"stopped"}.
+        """
+        counters = asdict(self.stats)
+        pending = counters.pop("pending")
+        state = "stopped" if not self.running else "failing" if self._failing else "writing"
+        return {
+            "name": self.name or "file",
+            "kind": "file",
+            "state": state,
+            "counters": counters,
+            "gauges": {"pending": pending},
+            "info": {"path": self.path, "subscribe_to": self.backplane.name},
+        }
 
     def startService(self) -> None:
         """

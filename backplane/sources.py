@@ -71,7 +71,7 @@ class TimeSource(Service):
         self.backplane.publish(self.format(self.clock.seconds()))
         self.published += 1
 
-    def stats(self) -> dict[str, object]:
+    def report(self) -> dict[str, object]:
         """
         The clock's statistics (L{IStatsSource}): C{published}, the messages
         it has published.

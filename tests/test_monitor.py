@@ -208,7 +208,7 @@ def test_monitorAllow():
     try:
         stranger = yield connectClient(portOf(monitor), source="127.0.0.2")
         yield stranger.closed
-        assert monitor.stats()["counters"]["disallowed"] == 1
+        assert monitor.report()["counters"]["disallowed"] == 1
         response, _ = yield httpGet(f"http://127.0.0.1:{portOf(monitor)}/healthz")
         assert response.code == 200
     finally:
@@ -242,7 +242,7 @@ def test_reportWithAClock():
     assert monitor.uptime() == 0
     monitor.started = clock.seconds()
     clock.advance(12.5)
-    report = monitor.report()
+    report = monitor.document()
     assert report["server"]["uptime_seconds"] == 12.5
     assert report["server"]["started"] == "1970-01-12T13:46:40.000Z"
     assert report["server"]["now"] == "1970-01-12T13:46:52.500Z"
@@ -260,7 +260,7 @@ def test_sourcesOfOtherKinds():
     from tests.test_stats import FakeRelay
 
     class Broken(FakeRelay):
-        def stats(self):
+        def report(self):
             raise RuntimeError("broken")
 
     service = BackplaneService()
@@ -269,7 +269,7 @@ def test_sourcesOfOtherKinds():
     monitor = MonitorService(service, endpoints.serverFromString(reactor, LOCAL),
                              description=LOCAL, clock=Clock())
     assert [s.name for s in statsSources(service)] == ["connect[1]", "connect[2]"]
-    assert [r["name"] for r in monitor.report()["services"]] == ["connect[1]"]
+    assert [r["name"] for r in monitor.document()["services"]] == ["connect[1]"]
     samples = metricSamples(generate_latest(monitor.registry).decode())
     assert sample(samples, "backplane_connect_connects_total", name="connect[1]") == 2
     assert sample(samples, "backplane_connect_lines_in_total", name="connect[1]") == 7

@@ -29,7 +29,7 @@ class FakeRelay(MultiService):
         super().__init__()
         self.setName(name)
 
-    def stats(self) -> dict[str, object]:
+    def report(self) -> dict[str, object]:
         return {"name": self.name, "kind": "connect", "state": "backoff",
                 "counters": {"connects": 2, "lines_in": 7}, "gauges": {"buffered": 3}}
 
@@ -67,7 +67,7 @@ class ListenStatsTests(SynchronousTestCase):
         verifyObject(IStatsSource, self.port)
 
     def test_stopped(self):
-        stats = self.port.stats()
+        stats = self.port.report()
         self.assertEqual(stats["name"], "listen[1]")
         self.assertEqual(stats["kind"], "listen")
         self.assertEqual(stats["state"], "stopped")
@@ -80,7 +80,7 @@ class ListenStatsTests(SynchronousTestCase):
         protocol, _ = connect(self.factory)
         protocol.dataReceived(b"a\nb\n")
         self.assertIsNone(self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2)))
-        stats = self.port.stats()
+        stats = self.port.report()
         self.assertEqual(stats["state"], "listening")
         self.assertEqual(stats["info"]["address"], "127.0.0.1:1500")
         self.assertEqual(stats["gauges"], {"clients": 1})
@@ -100,9 +100,9 @@ class ListenStatsTests(SynchronousTestCase):
         endpoint.listen = lambda factory: listening
         port = ListenService(endpoint, self.factory, description="x")
         port.startService()
-        self.assertEqual(port.stats()["state"], "starting")
+        self.assertEqual(port.report()["state"], "starting")
         listening.callback(FakePort())
-        self.assertEqual(port.stats()["state"], "listening")
+        self.assertEqual(port.report()["state"], "listening")
 
     def test_failed(self):
         from twisted.internet.defer import Deferred
@@ -113,7 +113,7 @@ class ListenStatsTests(SynchronousTestCase):
         port = ListenService(endpoint, self.factory, description="x")
         port.startService()
         listening.errback(OSError("no"))
-        self.assertEqual(port.stats()["state"], "failed")
+        self.assertEqual(port.report()["state"], "failed")
         self.flushLoggedErrors()
 
 
@@ -125,13 +125,13 @@ class ClockStatsTests(SynchronousTestCase):
         verifyObject(IStatsSource, source)
         clock.advance(2)
         clock.advance(2)
-        self.assertEqual(source.stats(), {
+        self.assertEqual(source.report(), {
             "name": "clock[1]", "kind": "clock", "state": "running",
             "counters": {"published": 3}, "gauges": {},
             "info": {"publish_to": "TIME", "interval": 2.0},
         })
         source.stopService()
-        self.assertEqual(source.stats()["state"], "stopped")
+        self.assertEqual(source.report()["state"], "stopped")
 
 
 class FindingSourcesTests(SynchronousTestCase):
@@ -149,3 +149,77 @@ class FindingSourcesTests(SynchronousTestCase):
         for child in (relay, plain, group):
             child.setServiceParent(service)
         self.assertEqual(statsSources(service), [relay, inner])
+
+
+class OtherSourcesTests(SynchronousTestCase):
+    """
+    The relay, the file sink and the Redis bridge report through the same
+    interface.
+    """
+
+    def test_relay(self):
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from backplane.relay import RelayFactory, RelayService
+
+        service = BackplaneService()
+        service.create("IN")
+        out = service.create("OUT")
+        relay = RelayFactory(service, "IN", subscribe_to="OUT", buffer=10, clock=Clock())
+        relayService = RelayService(FakeEndpoint(), relay, description="tcp:up:1600")
+        relayService.setName("connect[1]")
+        verifyObject(IStatsSource, relayService)
+        out.publish_many([b"a", b"b"])  # no upstream yet: buffered
+        report = relayService.report()
+        self.assertEqual((report["name"], report["kind"]), ("connect[1]", "connect"))
+        self.assertEqual(report["gauges"], {"buffered": 2, "connected": 0})
+        self.assertEqual(report["info"], {"endpoint": "tcp:up:1600", "publish_to": "IN",
+                                          "subscribe_to": "OUT"})
+        protocol = relay.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(b"x\ny\n")
+        report = relayService.report()
+        self.assertEqual(report["state"], "connected")
+        self.assertEqual(report["counters"]["lines_in"], 2)
+        self.assertEqual(report["counters"]["lines_out"], 2)
+        self.assertEqual(report["gauges"], {"buffered": 0, "connected": 1})
+
+    def test_fileSink(self):
+        from backplane.sinks import FileSink
+        from tests.helpers import tempDir
+
+        service = BackplaneService()
+        backplane = service.create("LOG")
+        sink = FileSink(backplane, str(tempDir(self) / "log.data"))
+        sink.setName("file[1]")
+        verifyObject(IStatsSource, sink)
+        self.assertEqual(sink.report()["state"], "stopped")
+        sink.startService()
+        backplane.publish_many([b"one", b"two"])
+        self.assertEqual(sink.report()["gauges"], {"pending": 8})
+        sink.flush()
+        report = sink.report()
+        self.assertEqual(report["state"], "writing")
+        self.assertEqual(report["counters"]["lines_written"], 2)
+        self.assertEqual(report["gauges"], {"pending": 0})
+        self.assertEqual(report["info"]["subscribe_to"], "LOG")
+        sink.stopService()
+
+    def test_redisBridge(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        from backplane.bridge import RedisBridge
+
+        service = BackplaneService()
+        service.create("NEWS")
+        bridge = RedisBridge(service, "redis://user:secret@10.0.0.5:6380/0", names=["NEWS"],
+                             node_id="n1", reactor=MemoryReactorClock())
+        bridge.setName("redis")
+        verifyObject(IStatsSource, bridge)
+        report = bridge.report()
+        self.assertEqual((report["kind"], report["state"]), ("redis", "stopped"))
+        self.assertEqual(report["gauges"], {"connected": 0, "queued": 0, "last_outage": 0.0})
+        self.assertEqual(report["counters"]["messages_out"], 0)
+        self.assertEqual(report["info"]["node"], "n1")
+        self.assertNotIn("secret", str(report["info"]), "no password in the statistics")
