@@ -25,6 +25,8 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6.80",
         ],
+        # python -m bench (docs/performance.md): matplotlib draws the plot.
+        "bench": ["matplotlib>=3.5"],
     },
     classifiers=[
         "Framework :: Twisted",

@@ -45,9 +45,9 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--reactor", metavar="NAME",
                         help="twistd's reactor (-r), e.g. epoll, poll, select, asyncio "
                              "(default: twistd's default)")
-    common.add_argument("--workers", type=int, default=2, metavar="N",
+    common.add_argument("--workers", type=int, metavar="N",
                         help="subscriber (or publisher) processes of the load generator "
-                             "(default 2)")
+                             "(default: one a generator CPU, at least 2)")
     common.add_argument("--window", type=int, default=10_000, metavar="N",
                         help="the most messages the publisher may be ahead of the slowest "
                              "subscriber, and the most un-acked PUBLISH commands "
@@ -74,25 +74,26 @@ def main(argv: list[str] | None = None) -> int:
     """
     Run the command; return the exit status (1 if a server did not start).
     """
-    arguments = parser().parse_args(argv)
-    if arguments.repeat < 1 or arguments.workers < 1 or arguments.window < 1:
-        parser().error("--repeat, --workers and --window must be at least 1")
+    command_line = parser()
+    arguments = command_line.parse_args(argv)
+    if arguments.repeat < 1 or arguments.window < 1 or (arguments.workers or 1) < 1:
+        command_line.error("--repeat, --workers and --window must be at least 1")
     redis = (arguments.command == "fanout" and not arguments.no_redis
              and redis_path() is not None)
+    _prepare()
+    placement = Placement.choose()
+    placement.pin_generator()
     options = Options(
         quick=arguments.quick,
         repeat=arguments.repeat,
         only=tuple(dict.fromkeys(getattr(arguments, "only", []))),
         reactor=arguments.reactor,
         redis=redis,
-        workers=arguments.workers,
+        workers=arguments.workers or max(2, len(placement.generator)),
         window=arguments.window,
         policies=POLICIES if getattr(arguments, "policy", "both") == "both"
         else (arguments.policy,),
     )
-    _prepare()
-    placement = Placement.choose()
-    placement.pin_generator()
     started = datetime.datetime.now(datetime.timezone.utc)
     meta = _meta(started, placement, options, arguments.command)
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
