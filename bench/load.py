@@ -54,7 +54,7 @@ REFRESH = 0.001
 WINDOW_WAIT = 0.0001
 # SO_RCVBUF of a subscriber that never reads (the kernel doubles it).
 STALLED_RECEIVE_BUFFER = 4096
-# The payload sizes the generator supports are those of bench.wire.
+# B: payload bytes, as in the issue (at least bench.wire.MIN_SIZE).
 DEFAULT_SIZE = 64
 
 
@@ -428,8 +428,14 @@ class Publisher:
             if self.replies and self.read_replies():
                 last_move = clock()
             if pending:
-                pending = pending[self.send(pending):]
+                written = self.send(pending)
+                pending = pending[written:]
+                if written:
+                    last_move = clock()
                 if pending:
+                    if clock() - last_move > stall_ns:
+                        status = "stalled"
+                        break
                     self.wait(writable=True)
                     continue
             now = clock()
