@@ -240,11 +240,12 @@ def stalled_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
     rows = [[
         r["policy"], cell(r, "stalled"), cell(r, "S"), cell(r, "delivered_msgs_per_s", si),
         cell(r, "server_cpu_us_per_delivery"), cell(r, "server_cpu_pct", ranged=False),
-        cell(r, "server_rss_growth_kib", scale=1 / 1024), cell(r, "stalled_disconnected"),
-        worst(r, "lost"), r.get("status", "-"),
+        cell(r, "host_other_pct"), cell(r, "server_rss_growth_kib", scale=1 / 1024),
+        cell(r, "stalled_disconnected"), worst(r, "lost"), r.get("status", "-"),
     ] for r in _scenario(summary, "stalled")]
     table = render(["slow", "stalled", "S", "delivered msgs/s", "CPU µs/delivery", "srv CPU%",
-                    "srv RSS growth MiB", "stalled one disconnected", "lost", "status"], rows)
+                    "other%", "srv RSS growth MiB", "stalled one disconnected", "lost", "status"],
+                   rows)
     lines = [table, ""]
     for r in ratios:
         lines.append(f"slow = {r['policy']!r}: with / without the stalled subscriber: "
