@@ -72,7 +72,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """
-    Run the command; return the exit status (1 if a server did not start).
+    Run the command; return the exit status (1 if a server did not start,
+    130 if interrupted by Ctrl-C or SIGTERM).
     """
     command_line = parser()
     arguments = command_line.parse_args(argv)
@@ -106,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         except ServerError as e:
             print(f"bench: a server did not start: {e}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("bench: interrupted; every server and generator process is stopped",
+                  file=sys.stderr)
+            return 130
     data = document(meta, suite.runs, suite.skipped)
     print(tables(data))
     arguments.out.mkdir(parents=True, exist_ok=True)

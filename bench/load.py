@@ -29,6 +29,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from bench.procfs import Snapshot, rss_kib
+from bench.servers import die_with_parent
 from bench.stats import latency_summary
 from bench.wire import (
     LINES,
@@ -258,13 +259,15 @@ def connect_subscribers(target: Target, count: int, timeout: float,
 def child(main: Callable[..., None]) -> Callable[..., None]:
     """
     Wrap the main function of a generator process: pin it, leave Ctrl-C to
-    the coordinator, and report an unexpected exception as an C{error}
-    message on the process's pipe (its argument C{conn}).
+    the coordinator, die with it, and report an unexpected exception as an
+    C{error} message on the process's pipe (its argument C{conn}).
     """
 
     @functools.wraps(main)
     def run(*args: Any, placement: Placement, conn: Connection, **kwargs: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        die_with_parent()
         placement.pin_generator()
         try:
             main(*args, conn=conn, **kwargs)
@@ -602,20 +605,30 @@ class GeneratorError(Exception):
 def run_processes(processes: Sequence[multiprocessing.process.BaseProcess],
                   shared: Shared, body: Callable[[], dict[str, object]]) -> dict[str, object]:
     """
-    Start C{processes}, run C{body}, and whatever happens stop them all
-    (set C{shared.stop}, then join, then terminate what is left).
+    Start C{processes}, run C{body}, and whatever happens stop them all:
+    set C{shared.stop}, give them time to finish (a little if C{body}
+    failed), then terminate what is left.
     """
     for process in processes:
         process.start()
     try:
-        return body()
-    finally:
-        shared.stop.value = 1
-        for process in processes:
-            process.join(10)
-            if process.is_alive():
-                process.terminate()
-                process.join()
+        result = body()
+    except BaseException:
+        _stop(processes, shared, grace=0.5)
+        raise
+    _stop(processes, shared, grace=10.0)
+    return result
+
+
+def _stop(processes: Sequence[multiprocessing.process.BaseProcess], shared: Shared,
+          grace: float) -> None:
+    shared.stop.value = 1
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.terminate()
+            process.join()
 
 
 def run_fanout(target: Target, load: Load, placement: Placement,

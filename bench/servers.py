@@ -41,9 +41,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    # Runs in the child before exec: if the harness dies, even by SIGKILL,
-    # the kernel kills the server too (PR_SET_PDEATHSIG).
+def die_with_parent() -> None:
+    """
+    Have the kernel kill this process when its parent dies, even by SIGKILL
+    (C{PR_SET_PDEATHSIG}), so that nothing the harness started outlives it.
+    """
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
@@ -89,7 +91,7 @@ class Server:
             self.process = subprocess.Popen(
                 self.command, cwd=self.folder, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                start_new_session=True, preexec_fn=_die_with_parent,
+                start_new_session=True, preexec_fn=die_with_parent,
             )
         Server._running.add(self)
         deadline = time.monotonic() + timeout
