@@ -57,6 +57,8 @@ from bench.wire import (
 )
 
 PROBE_INTERVAL = 0.1
+# How long after the last ticker message every subscriber must have it.
+DELIVERY_TIMEOUT = 10.0
 TICKER_SIZE = 64
 
 
@@ -85,7 +87,8 @@ def idle_process(index: int, count: int, target: Target, load: IdleLoad, shared:
                  conn: Connection) -> None:
     """
     An idle-subscriber process: connect C{count} subscribers, then record
-    when each message arrives at each of them until told to stop.
+    when each message arrives at each of them until told to stop, counting
+    the ticker messages received in C{shared.progress}.
 
     Reports C{("result", dict)}: C{arrivals} maps each message (a clock
     tick's text, or a ticker message's sequence number) to its arrival times
@@ -110,6 +113,7 @@ def idle_process(index: int, count: int, target: Target, load: IdleLoad, shared:
     arrivals: dict[object, array[int]] = {}
     latencies: array[int] = array("q")
     disconnects = 0
+    ticker = 0
     while not shared.stop.value:
         for fd, _ in poller.poll(0.05):
             sock, reader = readers[fd]
@@ -132,9 +136,11 @@ def idle_process(index: int, count: int, target: Target, load: IdleLoad, shared:
                     _, seq, sent = parse_payload(message)
                     latencies.append(now - sent)
                     arrivals.setdefault(seq, array("q")).append(now)
+                    ticker += 1
                 else:
                     arrivals.setdefault(message, array("q")).append(now)
         shared.ready[index] = len(attached)
+        shared.progress[index] = ticker
     conn.send(("result", {
         "arrivals": {key: times.tobytes() for key, times in arrivals.items()},
         "latencies": latencies.tobytes(),
@@ -202,7 +208,11 @@ def _coordinate(target: Target, load: IdleLoad, shared: Shared, mailbox: Mailbox
             ticker.sendall(publish_command(target.channel, message))
         if phase is None:
             time.sleep(load.interval / 2)
-    time.sleep(max(0.5, load.interval / 2))
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    while sum(shared.progress) < load.ticks * load.subscribers:
+        if time.monotonic() > deadline:
+            break  # what has not arrived by now is lost
+        mailbox.receive(0.01)
     after = Snapshot.take(target.pids, generator)
     rss_after = rss_kib(server)
     shared.stop.value = 1
@@ -275,6 +285,11 @@ def _idle_result(target: Target, load: IdleLoad, results: list[dict[str, Any]],
         row.update(latency_summary(clock_spread, "clock_spread"))
     row.update(usage)
     row.update(cpu_figures(usage, deliveries))
+    # What one tick (one message to every subscriber) costs each side: if
+    # the server's share is well below the spread, the generator set it.
+    ticks = max(1, deliveries) / load.subscribers
+    row["server_cpu_ms_per_tick"] = round(usage["server_cpu_s"] * 1000 / ticks, 2)
+    row["gen_cpu_ms_per_tick"] = round(usage["gen_cpu_s"] * 1000 / ticks, 2)
     row["status"] = run_status(["ok" if clock_ticks or not load.clock
                                 else "no complete clock tick"], row)
     return row
