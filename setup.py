@@ -33,6 +33,8 @@ setup(
             # The TLS tests make their own CA and certificates.
             "cryptography>=3.1",
         ],
+        # python -m bench (docs/performance.md): matplotlib draws the plot.
+        "bench": ["matplotlib>=3.5"],
     },
     classifiers=[
         "Framework :: Twisted",

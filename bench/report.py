@@ -1,0 +1,341 @@
+"""
+What the runs of a suite become: a summary (the median and range of the
+repeats, ratios against Redis from the same repeat), tables on stdout, a
+JSON file and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.stats import aggregate, median, spread
+
+# What identifies a group of repeated runs.
+KEY = ("scenario", "server", "S", "P", "rate", "policy", "stalled")
+
+Row = dict[str, Any]
+
+
+def summarize(runs: Sequence[Row]) -> list[Row]:
+    """
+    One row per group of repeated runs (L{KEY}): every figure as its
+    median, minimum and maximum.
+    """
+    return aggregate(runs, KEY)
+
+
+def fanout_ratios(runs: Sequence[Row]) -> list[Row]:
+    """
+    backplane / Redis for delivered msgs/s and for server CPU per delivery,
+    by subscriber count: one ratio for each repeat (both servers measured
+    in the same repeat), summarized as median, minimum and maximum.
+    """
+    return _ratios(runs, "fanout", "S", "server", "backplane", "redis")
+
+
+def stalled_ratios(runs: Sequence[Row]) -> list[Row]:
+    """
+    With / without the stalled subscriber, for delivered msgs/s and server
+    CPU per delivery, by C{slow} policy, from runs of the same repeat.
+    """
+    return _ratios(runs, "stalled", "policy", "stalled", 1, 0)
+
+
+def _ratios(runs: Sequence[Row], scenario: str, by: str, versus: str, numerator: object,
+            denominator: object) -> list[Row]:
+    measured = {(r["repeat"], r.get(by), r.get(versus)): r for r in runs
+                if r["scenario"] == scenario and "delivered_msgs_per_s" in r}
+    groups: dict[object, dict[str, list[float]]] = {}
+    for (repeat, group, side), row in measured.items():
+        other = measured.get((repeat, group, denominator))
+        if side != numerator or other is None:
+            continue
+        ratios = groups.setdefault(group, {"delivered_msgs_per_s": [],
+                                           "server_cpu_us_per_delivery": []})
+        for field, values in ratios.items():
+            if other[field]:
+                values.append(round(row[field] / other[field], 3))
+    return [{by: group, **{f: spread(v) for f, v in ratios.items() if v}}
+            for group, ratios in groups.items()]
+
+
+def document(meta: Row, runs: Sequence[Row], skipped: dict[str, dict[str, str]]) -> Row:
+    """
+    Everything a suite produced, as written to the JSON file.
+    """
+    summary = summarize(runs)
+    result: Row = {"meta": meta, "runs": list(runs), "summary": summary, "skipped": skipped}
+    if any(r["scenario"] == "fanout" for r in runs):
+        result["ratios"] = fanout_ratios(runs)
+    if any(r["scenario"] == "stalled" for r in runs):
+        result["stalled_ratios"] = stalled_ratios(runs)
+    return result
+
+
+def write_json(path: Path, data: Row) -> None:
+    """
+    Write C{data} to C{path} as indented JSON.
+    """
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+
+
+# Formatting.
+
+def significant(value: float) -> str:
+    """
+    A number with three significant digits, never in exponent form:
+    C{0.0779}, C{1.22}, C{586}, C{9730386}.
+    """
+    if value == 0:
+        return "0"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    text = f"{value:.3g}"
+    if "e" in text:
+        return f"{value:.6f}".rstrip("0").rstrip(".")
+    return text
+
+
+def si(value: float) -> str:
+    """
+    A rate with three significant digits and a k or M suffix.
+    """
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return significant(value)
+
+
+def cell(row: Row, field: str, style: Callable[[float], str] = significant,
+         scale: float = 1.0, ranged: bool = True) -> str:
+    """
+    A figure of a summary row: its median, and (if C{ranged}) its range
+    when repeats differ, e.g. C{9.73M (9.1M..10.2M)}; C{-} where the row
+    has none.
+    """
+    value = row.get(field)
+    if isinstance(value, dict):
+        text = style(value["median"] * scale)
+        if ranged and value["min"] != value["max"]:
+            text += f" ({style(value['min'] * scale)}..{style(value['max'] * scale)})"
+        return text
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return style(value * scale)
+    return "-" if value is None else str(value)
+
+
+def worst(row: Row, field: str) -> str:
+    """
+    The largest value of a count over the repeats (for counts that must be
+    0, such as C{lost}).
+    """
+    value = row.get(field)
+    if isinstance(value, dict):
+        value = value["max"]
+    return "-" if value is None else significant(value)
+
+
+def render(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """
+    A plain-text table: the first and last columns left-aligned, the
+    others right-aligned.
+    """
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = []
+    for r in [headers, ["-" * w for w in widths], *rows]:
+        cells = []
+        for i, (text, width) in enumerate(zip(r, widths, strict=True)):
+            left = i == 0 or i == len(headers) - 1
+            cells.append(str(text).ljust(width) if left else str(text).rjust(width))
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _scenario(summary: Sequence[Row], name: str) -> list[Row]:
+    return [r for r in summary if r["scenario"] == name]
+
+
+def fanout_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
+    """
+    The fan-out runs: throughput, CPU, latency (queueing at full speed) and
+    loss, with backplane/Redis ratios.
+    """
+    versus = {r["S"]: r for r in ratios}
+    rows = []
+    for r in _scenario(summary, "fanout"):
+        ratio = versus.get(r["S"], {}) if r["server"] == "backplane" else {}
+        rows.append([
+            r["server"], cell(r, "S"), cell(r, "delivered_msgs_per_s", si),
+            cell(ratio, "delivered_msgs_per_s") if ratio else "",
+            cell(r, "server_cpu_us_per_delivery"),
+            cell(ratio, "server_cpu_us_per_delivery") if ratio else "",
+            *(cell(r, field, ranged=False)
+              for field in ("server_cpu_pct", "gen_cpu_pct", "host_other_pct")),
+            cell(r, "lat_p50_us", scale=1e-3, ranged=False),
+            cell(r, "lat_p99_us", scale=1e-3, ranged=False), worst(r, "lost"),
+            r.get("status", "-"),
+        ])
+    return render(["server", "S", "delivered msgs/s", "x Redis", "CPU µs/delivery", "x Redis",
+                   "srv CPU%", "gen CPU%", "other%", "p50 ms", "p99 ms", "lost", "status"], rows)
+
+
+def latency_table(summary: Sequence[Row]) -> str:
+    """
+    The fixed-rate runs: latency from send to receive.
+    """
+    rows = [[
+        r["server"], cell(r, "S"), cell(r, "rate", si), cell(r, "lat_p50_us"),
+        cell(r, "lat_p99_us"), worst(r, "lat_max_us"),
+        cell(r, "lat_samples", si, ranged=False), cell(r, "server_cpu_us_per_delivery"),
+        cell(r, "server_cpu_pct", ranged=False), cell(r, "sched_lag_max_us", ranged=False),
+        worst(r, "lost"), r.get("status", "-"),
+    ] for r in _scenario(summary, "latency")]
+    return render(["server", "S", "msgs/s", "p50 µs", "p99 µs", "max µs", "samples",
+                   "CPU µs/delivery", "srv CPU%", "send lag max µs", "lost", "status"], rows)
+
+
+def fanin_table(summary: Sequence[Row], skipped: dict[str, dict[str, str]]) -> str:
+    """
+    The fan-in runs: lines written a second, checked against the file.
+    """
+    if "fanin" in skipped:
+        return f"fan-in: skipped, {skipped['fanin']['reason']}"
+    rows = [[
+        r["server"], cell(r, "P"), cell(r, "lines_per_s", si),
+        cell(r, "file_lines", si, ranged=False), worst(r, "lost"), worst(r, "sequence_errors"),
+        cell(r, "server_cpu_us_per_delivery"), cell(r, "server_cpu_pct", ranged=False),
+        cell(r, "gen_cpu_pct", ranged=False), r.get("status", "-"),
+    ] for r in _scenario(summary, "fanin")]
+    return render(["server", "P", "lines/s written", "file lines", "lost", "out of order",
+                   "CPU µs/line", "srv CPU%", "gen CPU%", "status"], rows)
+
+
+def idle_table(summary: Sequence[Row]) -> str:
+    """
+    The idle-scale runs: memory a subscriber, and how long a tick takes to
+    reach them all.
+    """
+    rows = [[
+        r["server"], cell(r, "S"), cell(r, "rss_per_subscriber_bytes"),
+        *(cell(r, field, scale=1e-3, ranged=False) for field in (
+            "tick_lat_p50_us", "tick_lat_p99_us", "clock_spread_p50_us",
+            "clock_spread_p99_us", "clock_spread_max_us")),
+        cell(r, "server_cpu_ms_per_tick", ranged=False),
+        cell(r, "gen_cpu_ms_per_tick", ranged=False),
+        cell(r, "server_cpu_pct", ranged=False), worst(r, "lost"), r.get("status", "-"),
+    ] for r in _scenario(summary, "idle")]
+    return render(["server", "S", "RSS B/subscriber", "tick p50 ms", "tick p99 ms",
+                   "clock spread p50 ms", "p99 ms", "max ms", "srv CPU ms/tick",
+                   "gen CPU ms/tick", "srv CPU%", "lost", "status"], rows)
+
+
+def stalled_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
+    """
+    The stalled-subscriber runs, and the cost of the stalled one to the
+    others (with / without).
+    """
+    rows = [[
+        r["policy"], cell(r, "stalled"), cell(r, "S"), cell(r, "delivered_msgs_per_s", si),
+        cell(r, "server_cpu_us_per_delivery"), cell(r, "server_cpu_pct", ranged=False),
+        cell(r, "host_other_pct"), cell(r, "server_rss_growth_kib", scale=1 / 1024),
+        cell(r, "stalled_disconnected"), worst(r, "lost"), r.get("status", "-"),
+    ] for r in _scenario(summary, "stalled")]
+    table = render(["slow", "stalled", "S", "delivered msgs/s", "CPU µs/delivery", "srv CPU%",
+                    "other%", "srv RSS growth MiB", "stalled one disconnected", "lost", "status"],
+                   rows)
+    lines = [table, ""]
+    for r in ratios:
+        lines.append(f"slow = {r['policy']!r}: with / without the stalled subscriber: "
+                     f"{cell(r, 'delivered_msgs_per_s')} x the msgs/s, "
+                     f"{cell(r, 'server_cpu_us_per_delivery')} x the CPU per delivery")
+    return "\n".join(lines).rstrip()
+
+
+def heading(meta: Row) -> str:
+    """
+    Where and how the figures were measured.
+    """
+    placement = meta["placement"]
+    pinned = (f"servers on CPU {placement['server']}, generator on CPU {placement['generator']}"
+              if placement["server"] else "nothing pinned (fewer than 2 CPUs or no taskset)")
+    return "\n".join([
+        f"{meta['date']}  {meta['host']}: {meta['cpu']}, {meta['cpus']} CPUs; {pinned}",
+        f"python {meta['python']}, Twisted {meta['twisted']}, backplane {meta['backplane']}, "
+        f"reactor {meta['reactor']}, redis {meta['redis'] or '(none)'}",
+        f"command: {meta['command']}",
+    ])
+
+
+def tables(data: Row) -> str:
+    """
+    Every table of a suite's document, with a heading.
+    """
+    summary, skipped = data["summary"], data["skipped"]
+    scenarios = {r["scenario"] for r in data["runs"]} | set(skipped)
+    parts = [heading(data["meta"])]
+    if "fanout" in scenarios:
+        parts.append("Fan-out, full speed, one publisher, B = 64\n"
+                     + fanout_table(summary, data.get("ratios", [])))
+    if "latency" in scenarios:
+        parts.append("Latency at a fixed rate\n" + latency_table(summary))
+    if "fanin" in scenarios:
+        parts.append("Fan-in into one [[file]] sink\n" + fanin_table(summary, skipped))
+    if "idle" in scenarios:
+        parts.append("Idle subscribers\n" + idle_table(summary))
+    if "stalled" in scenarios:
+        parts.append("One stalled subscriber among 99 readers\n"
+                     + stalled_table(summary, data.get("stalled_ratios", [])))
+    generator = [r["gen_cpu_pct"]["max"] for r in summary if isinstance(r.get("gen_cpu_pct"), dict)]
+    if generator:
+        parts.append(f"Load generator: at most {max(generator):.0f}% of one CPU "
+                     f"(it has {len(data['meta']['placement']['generator']) or 'all the'} CPU(s)); "
+                     "other% is CPU used by other processes during the window.")
+    return "\n\n".join(parts)
+
+
+def plot(path: Path, data: Row) -> bool:
+    """
+    Plot delivered msgs/s and server CPU per delivery against subscribers,
+    backplane beside Redis, with the range of the repeats.
+
+    @return: whether it was written (matplotlib is the C{bench} extra).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = _scenario(data["summary"], "fanout")
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = (("delivered_msgs_per_s", "delivered messages / s"),
+              ("server_cpu_us_per_delivery", "server CPU µs / delivery"))
+    for ax, (field, label) in zip(axes, panels, strict=True):
+        for server, style in (("backplane", "o-"), ("redis", "s--")):
+            points = [r for r in rows if r["server"] == server and median(r, field)]
+            if not points:
+                continue
+            xs = [r["S"] for r in points]
+            ys = [median(r, field) for r in points]
+            low = [y - r[field]["min"] for y, r in zip(ys, points, strict=True)]
+            high = [r[field]["max"] - y for y, r in zip(ys, points, strict=True)]
+            ax.errorbar(xs, ys, yerr=[low, high], fmt=style, capsize=3, label=server)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks([r["S"] for r in rows], [str(r["S"]) for r in rows])
+        ax.minorticks_off()
+        ax.set_xlabel("subscribers (S)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    meta = data["meta"]
+    figure.suptitle(f"Fan-out, one publisher, 64-byte messages: {meta['date'][:10]}, "
+                    f"{meta['cpus']} CPUs, reactor {meta['reactor']}", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True

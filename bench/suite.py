@@ -1,0 +1,329 @@
+"""
+The benchmark suites: which servers each run needs, which runs to make and
+in which order, and what to record of each.
+
+Every repeat of a scenario starts its own servers (in a temporary folder)
+and stops them when it is done, so repeats are independent and the idle
+run's memory baseline is a fresh server's.  Within a repeat the runs are
+interleaved: backplane, then Redis, for each subscriber count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.fanin import FanInLoad, run_fanin
+from bench.idle import IdleLoad, run_idle
+from bench.load import GeneratorError, Load, Placement, Target, run_fanout
+from bench.servers import (
+    BACKLOG,
+    Server,
+    ServerError,
+    backplane_server,
+    check_backplane_config,
+    endpoint,
+    free_port,
+    redis_server,
+    toml_config,
+)
+
+SCENARIOS = ("fanout", "latency", "fanin", "idle")
+SUBSCRIBERS = (1, 10, 100, 1000)
+POLICIES = ("disconnect", "drop")
+
+# Messages a fan-out run publishes, by subscriber count: about 2 to 30
+# million deliveries, a few seconds each on one core.  --quick divides them.
+FANOUT_MESSAGES = {1: 2_000_000, 10: 1_000_000, 100: 200_000, 1000: 30_000}
+QUICK_DIVISOR = 20
+LATENCY_RATE = 10_000
+LATENCY_SUBSCRIBERS = 100
+FANIN_PUBLISHERS = 100
+# Lines of a fan-in run: a few seconds, so that the sink's last flush
+# (FLUSH_INTERVAL) is a small part of it; 260 MB of file.
+FANIN_MESSAGES = 4_000_000
+FLUSH_INTERVAL = 0.1
+STALLED_READERS = 99
+# Messages of a stalled run (full, quick): 26 MB or 6.5 MB to the stalled
+# subscriber, past the ~2 MB the kernel takes for it, the transport's 64 KiB
+# and the default max_pending (1 MiB).
+STALLED_MESSAGES = {False: 400_000, True: 100_000}
+# More server memory growth than this in a stalled run is unbounded buffering.
+STALLED_MEMORY_KIB = 8 * 1024
+NO_FILE_SINK = "this build has no [[file]] sink"
+# The unmeasured warm-up run of a fresh server: subscribers, messages.
+WARM_UP = (10, 20_000)
+
+# Log lines worth a look: errors, and clients the server cut off or refused.
+LOG_PROBLEMS = ("Traceback", "Unhandled", "Disconnecting", "Refusing", "CRITICAL", "critical",
+                "output buffer limits")
+
+
+@dataclass(frozen=True)
+class Options:
+    """
+    The options of a suite.
+
+    @ivar only: the scenarios to run (all if empty).
+    @ivar reactor: twistd's reactor (C{-r}); None: twistd's default.
+    @ivar redis: whether to run Redis beside backplane.
+    """
+
+    quick: bool = False
+    repeat: int = 1
+    only: tuple[str, ...] = ()
+    reactor: str | None = None
+    redis: bool = True
+    workers: int = 2
+    window: int = 10_000
+    policies: tuple[str, ...] = POLICIES
+
+
+@dataclass
+class Running:
+    """
+    A started server and how the generator reaches it.
+    """
+
+    server: Server
+    target: Target
+
+
+@dataclass
+class Suite:
+    """
+    Runs scenarios and collects their rows in L{runs}; a scenario that could
+    not run says why in L{skipped} (C{reason}, and the C{detail}).
+    """
+
+    options: Options
+    folder: Path
+    placement: Placement
+    runs: list[dict[str, object]] = field(default_factory=list)
+    skipped: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def fanout_suite(self) -> None:
+        """
+        The scenarios of C{python -m bench fanout} (all, or C{options.only}).
+        """
+        for scenario in self.options.only or SCENARIOS:
+            getattr(self, scenario)()
+
+    # The scenarios.
+
+    def fanout(self) -> None:
+        """
+        Full speed, one publisher, S = 1, 10, 100, 1000 subscribers.
+        """
+        for repeat in range(1, self.options.repeat + 1):
+            with self.servers() as servers:
+                for subscribers in SUBSCRIBERS:
+                    load = self.load(subscribers, self.messages(FANOUT_MESSAGES[subscribers]))
+                    for running in servers:
+                        self.measure("fanout", repeat, running,
+                                     lambda t, load=load: run_fanout(t, load, self.placement))
+
+    def latency(self) -> None:
+        """
+        A fixed rate (10,000 messages a second) to 100 subscribers.
+        """
+        seconds = 2 if self.options.quick else 10
+        load = self.load(LATENCY_SUBSCRIBERS, LATENCY_RATE * seconds, rate=LATENCY_RATE)
+        for repeat in range(1, self.options.repeat + 1):
+            with self.servers() as servers:
+                for running in servers:
+                    self.measure("latency", repeat, running,
+                                 lambda t: run_fanout(t, load, self.placement))
+
+    def fanin(self) -> None:
+        """
+        100 publishers at full speed into one C{[[file]]} sink.
+        """
+        load = FanInLoad(FANIN_PUBLISHERS, self.messages(FANIN_MESSAGES),
+                         workers=self.options.workers)
+        for repeat in range(1, self.options.repeat + 1):
+            try:
+                running, path = self.start_fanin_backplane(repeat)
+            except ServerError as e:
+                if "[[file]]" in str(e) or "file[1]" in str(e):
+                    self.skipped["fanin"] = {"reason": NO_FILE_SINK, "detail": str(e)}
+                    return
+                raise
+            with running.server:
+                self.measure("fanin", repeat, running,
+                             lambda t, path=path: run_fanin(t, load, path, self.placement))
+            path.unlink(missing_ok=True)
+
+    def idle(self) -> None:
+        """
+        10,000 idle subscribers (1,000 with --quick): memory and tick latency.
+        """
+        quick = self.options.quick
+        subscribers = 1_000 if quick else 10_000
+        for repeat in range(1, self.options.repeat + 1):
+            with self.servers(backplane="TIME", clock=1.0, warm_up=False) as servers:
+                for running in servers:
+                    load = IdleLoad(subscribers, ticks=2 if quick else 5, interval=1.0,
+                                    clock=running.target.name == "backplane",
+                                    workers=self.options.workers)
+                    self.measure("idle", repeat, running,
+                                 lambda t, load=load: run_idle(t, load, self.placement))
+
+    def stalled(self) -> None:
+        """
+        99 reading subscribers without and with one that never reads, for
+        each C{slow} policy.
+
+        Under C{slow = "disconnect"} the stalled subscriber must have been
+        disconnected by the end: the run sends it far more than the kernel's
+        buffers, the transport's 64 KiB and the default C{max_pending} hold.
+        Under either policy the server's memory must stay bounded: it may
+        grow by C{max_pending} (1 MiB) and then some, not by what the stalled
+        subscriber misses.
+        """
+        messages = STALLED_MESSAGES[self.options.quick]
+        for repeat in range(1, self.options.repeat + 1):
+            for policy in self.options.policies:
+                with self.servers(redis=False, slow=policy) as (running,):
+                    for stalled in (0, 1) if repeat % 2 else (1, 0):
+                        load = self.load(STALLED_READERS, messages, stalled=stalled)
+                        self.measure("stalled", repeat, running,
+                                     lambda t, load=load: run_fanout(t, load, self.placement),
+                                     policy=policy, stalled=stalled)
+                        if stalled:
+                            self.check_stalled(self.runs[-1], policy)
+
+    # Helpers.
+
+    def check_stalled(self, row: dict[str, object], policy: str) -> None:
+        """
+        Add to a stalled run's status what the server should have done and
+        did not.
+        """
+        problems = [] if row["status"] == "ok" else [str(row["status"])]
+        if policy == "disconnect" and row.get("stalled_disconnected") == 0:
+            problems.append("the stalled subscriber was not disconnected")
+        growth = row.get("server_rss_growth_kib")
+        if isinstance(growth, int) and growth > STALLED_MEMORY_KIB:
+            problems.append(f"server memory grew by more than {STALLED_MEMORY_KIB // 1024} MiB")
+        row["status"] = ", ".join(problems) or "ok"
+
+    def messages(self, full: int) -> int:
+        """
+        A run's message count: C{full}, or a twentieth of it with --quick.
+        """
+        return full // QUICK_DIVISOR if self.options.quick else full
+
+    def load(self, subscribers: int, messages: int, **options: float) -> Load:
+        """
+        A fan-out L{Load} with the suite's generator options.
+        """
+        return Load(subscribers, messages, window=self.options.window,
+                    redis_window=self.options.window, workers=self.options.workers,
+                    **options)  # type: ignore[arg-type]
+
+    def measure(self, scenario: str, repeat: int, running: Running,
+                run: Callable[[Target], dict[str, object]], **labels: object) -> None:
+        """
+        Make one run, label its row and note what the server logged
+        meanwhile; a generator failure is recorded as the run's status.
+        """
+        server = running.server
+        offset = server.log_size()
+        try:
+            row = run(running.target)
+        except GeneratorError as e:
+            row = {"server": running.target.name, "status": f"error: {e}"}
+        if not server.alive():
+            row["status"] = f"{row['status']}; the server exited"
+        problems = [line for line in server.output_since(offset).splitlines()
+                    if any(word in line for word in LOG_PROBLEMS)]
+        if problems:
+            row["server_log"] = f"{len(problems)} notable lines, e.g.: {problems[0][:300]}"
+        row = {"scenario": scenario, "repeat": repeat, **labels, **row}
+        self.runs.append(row)
+        _progress(row)
+
+    @contextlib.contextmanager
+    def servers(self, backplane: str = "BENCH", clock: float | None = None,
+                redis: bool | None = None, slow: str | None = None,
+                warm_up: bool = True) -> Iterator[list[Running]]:
+        """
+        Start a backplane server (one publish port and one subscribe port on
+        backplane C{backplane}, with a clock publishing to it if C{clock} is
+        its interval, and the subscribe port's C{slow} policy if given), and
+        a Redis unless C{redis} is false; stop them all on exit.
+
+        @param warm_up: give each server a short unmeasured run first, so
+            that the first measured run does not pay for its start.
+        """
+        with contextlib.ExitStack() as stack:
+            servers = [self.start_backplane(backplane, clock, slow)]
+            stack.callback(servers[0].server.stop)
+            if self.options.redis if redis is None else redis:
+                port = free_port()
+                server = redis_server(self.folder, port, self.placement.server).start()
+                stack.callback(server.stop)
+                servers.append(Running(server, Target("redis", "resp", port, port,
+                                                      (server.pid,))))
+            if warm_up:
+                for running in servers:
+                    run_fanout(running.target, self.load(*WARM_UP), self.placement)
+            yield servers
+
+    def start_backplane(self, backplane: str, clock: float | None,
+                        slow: str | None) -> Running:
+        """
+        Start a backplane server with a publish port and a subscribe port.
+        """
+        publish, subscribe = free_port(), free_port()
+        subscriber: dict[str, object] = {"endpoint": endpoint(subscribe),
+                                         "subscribe_to": backplane, "backlog": BACKLOG}
+        if slow:
+            subscriber["slow"] = slow
+        tables: dict[str, list[dict[str, object]]] = {"listen": [
+            {"endpoint": endpoint(publish), "publish_to": backplane, "backlog": BACKLOG},
+            subscriber,
+        ]}
+        if clock:
+            tables["clock"] = [{"publish_to": backplane, "interval": clock}]
+        config = toml_config([backplane], **tables)
+        server = backplane_server(self.folder, "backplane", config, [publish, subscribe],
+                                  self.options.reactor, self.placement.server).start()
+        return Running(server, Target("backplane", "lines", publish, subscribe, (server.pid,)))
+
+    def start_fanin_backplane(self, repeat: int) -> tuple[Running, Path]:
+        """
+        Start a backplane server whose publish port feeds a file sink.
+
+        @raise ServerError: it did not start; it says C{[[file]]} if this
+            build has no file sink (its C{--check} rejects the config, or
+            starting does).
+        """
+        publish = free_port()
+        path = self.folder / f"fanin-{repeat}.data"
+        config = toml_config(["LOG"], listen=[
+            {"endpoint": endpoint(publish), "publish_to": "LOG", "backlog": BACKLOG},
+        ], file=[{"subscribe_to": "LOG", "path": path.name, "flush_interval": FLUSH_INTERVAL}])
+        valid, message = check_backplane_config(self.folder, "fanin-check", config)
+        if not valid:
+            raise ServerError(message)
+        server = backplane_server(self.folder, "fanin", config, [publish],
+                                  self.options.reactor, self.placement.server).start()
+        return Running(server, Target("backplane", "lines", publish, 0, (server.pid,))), path
+
+
+def _progress(row: dict[str, object]) -> None:
+    figures = []
+    for field_, unit in (("delivered_msgs_per_s", "msgs/s"), ("lines_per_s", "lines/s"),
+                         ("server_cpu_us_per_delivery", "µs CPU/delivery"),
+                         ("lat_p99_us", "µs p99"), ("rss_per_subscriber_bytes", "B/subscriber")):
+        if field_ in row:
+            figures.append(f"{row[field_]} {unit}")
+    labels = " ".join(f"{k}={row[k]}" for k in ("S", "P", "rate", "policy", "stalled")
+                      if row.get(k))
+    print(f"[{row['scenario']} #{row['repeat']}] {row['server']} {labels}: "
+          f"{', '.join(figures)}; {row['status']}", file=sys.stderr, flush=True)

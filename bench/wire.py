@@ -1,0 +1,443 @@
+"""
+What goes over the wire: the payload every message carries, how the two
+protocols frame it (backplane lines, Redis RESP), fast batch building for
+publishers and bulk counting for subscribers.
+
+A payload is exactly C{size} bytes of text, the layout of the C reference
+generator (fanout.c): C{M}, the publisher (4 hex digits), the sequence
+number (16 hex), the send time (16 hex, C{time.monotonic_ns()}, the same
+clock in every process of the machine), then C{x} padding.  So the time and
+the sequence of a message are at fixed offsets and a subscriber can read
+them from the last message of a chunk without splitting the chunk.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+
+# The fixed part of a payload: "M", publisher, sequence, send time.
+HEAD_SIZE = 1 + 4 + 16 + 16
+MIN_SIZE = HEAD_SIZE
+_SEQ = slice(5, 21)
+_TIME = slice(21, 37)
+_M = ord("M")
+_NEWLINE = ord("\n")
+
+# A probe line (lines protocol only): sent until every subscriber has seen
+# one, so that nothing is measured before every subscriber is attached.
+PROBE = b"Q"
+
+
+def payload(publisher: int, seq: int, sent: int, size: int) -> bytes:
+    """
+    One payload of C{size} bytes (the reference form; publishers use
+    L{BatchMaker}).
+    """
+    if size < MIN_SIZE:
+        raise ValueError(f"a payload has at least {MIN_SIZE} bytes, not {size}")
+    return b"M%04x%016x%016x" % (publisher, seq, sent) + b"x" * (size - HEAD_SIZE)
+
+
+def parse_payload(data: bytes | bytearray | memoryview) -> tuple[int, int, int]:
+    """
+    The publisher, sequence number and send time of a payload.
+
+    @raise ValueError: C{data} is not a payload.
+    """
+    if len(data) < HEAD_SIZE or data[0] != _M:
+        raise ValueError(f"not a payload: {bytes(data[:HEAD_SIZE])!r}")
+    return int(data[1:5], 16), int(data[_SEQ], 16), int(data[_TIME], 16)
+
+
+def probe(publisher: int) -> bytes:
+    """
+    A probe line of a publisher.
+    """
+    return PROBE + b"%04x\n" % publisher
+
+
+@dataclass(frozen=True)
+class Framing:
+    """
+    How a protocol wraps one payload: in what a publisher sends, and in what
+    a subscriber receives.
+    """
+
+    name: str
+    publish_prefix: bytes
+    publish_suffix: bytes
+    deliver_prefix: bytes
+    deliver_suffix: bytes
+
+    def delivered_size(self, size: int) -> int:
+        """
+        The bytes a subscriber receives for one payload of C{size} bytes.
+        """
+        return len(self.deliver_prefix) + size + len(self.deliver_suffix)
+
+
+LINES = Framing("lines", b"", b"\n", b"", b"\n")
+
+
+def resp_framing(channel: bytes, size: int) -> Framing:
+    """
+    Redis pub/sub on C{channel}: C{PUBLISH channel payload} in, a
+    C{message} push out.
+    """
+    return Framing(
+        "resp",
+        b"*3\r\n$7\r\nPUBLISH\r\n" + bulk(channel) + b"$%d\r\n" % size,
+        b"\r\n",
+        b"*3\r\n$7\r\nmessage\r\n" + bulk(channel) + b"$%d\r\n" % size,
+        b"\r\n",
+    )
+
+
+def bulk(data: bytes) -> bytes:
+    """
+    A RESP bulk string.
+    """
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def subscribe_command(channel: bytes) -> bytes:
+    """
+    C{SUBSCRIBE channel} in RESP.
+    """
+    return b"*2\r\n" + bulk(b"SUBSCRIBE") + bulk(channel)
+
+
+def publish_command(channel: bytes, message: bytes) -> bytes:
+    """
+    C{PUBLISH channel message} in RESP.
+    """
+    return b"*3\r\n" + bulk(b"PUBLISH") + bulk(channel) + bulk(message)
+
+
+class BatchMaker:
+    """
+    Builds a publisher's writes: runs of consecutive messages, each with its
+    own sequence number and all with one send time, at C speed (one slice
+    and one C{bytes.join} a run, whatever its length).
+
+    A run never crosses a multiple of 4096 in sequence numbers: within one,
+    only the last three hex digits of the sequence change, and those come
+    from a table.
+    """
+
+    BLOCK = 4096
+    _LOW = [b"%03x" % i for i in range(BLOCK)]
+
+    def __init__(self, framing: Framing, publisher: int, size: int) -> None:
+        if size < MIN_SIZE:
+            raise ValueError(f"a payload has at least {MIN_SIZE} bytes, not {size}")
+        self.head = framing.publish_prefix + b"M%04x" % publisher
+        self.tail = b"x" * (size - HEAD_SIZE) + framing.publish_suffix
+
+    def make(self, seq: int, count: int, sent: int) -> tuple[bytes, int]:
+        """
+        The messages C{seq}, C{seq + 1}, ... sent at time C{sent}: C{count}
+        of them, or fewer where the run would cross a block.
+
+        @return: the bytes to write and the number of messages in them.
+        """
+        low = seq % self.BLOCK
+        n = min(count, self.BLOCK - low)
+        start = self.head + b"%013x" % (seq // self.BLOCK)
+        end = b"%016x" % sent + self.tail
+        return start + (end + start).join(self._LOW[low:low + n]) + end, n
+
+
+class LineCounter:
+    """
+    Counts the messages of one publisher that a subscriber receives on a
+    line stream, in bulk: C{bytes.count(b"\\n")} a chunk, and only the last
+    complete line of a chunk is parsed, to check its framing and sequence
+    number and to sample its latency.
+
+    Until the first data line has arrived, chunks are read line by line, so
+    that probe lines are told apart (L{attached} is set by the first) and
+    never counted.
+    """
+
+    __slots__ = (
+        "_carry", "_settled", "aligned", "attached", "bad", "latencies", "received",
+        "sequence_errors", "size",
+    )
+
+    def __init__(self, size: int, latencies: array[int]) -> None:
+        """
+        @param size: the payload size.
+        @param latencies: receives one latency sample (ns) a chunk.
+        """
+        self.size = size
+        self.latencies = latencies
+        self.received = 0
+        self.bad = 0
+        self.sequence_errors = 0
+        self.attached = False
+        # Whether the stream so far ends with a complete line.
+        self.aligned = True
+        self._settled = False
+        self._carry = b""
+
+    def feed(self, buffer: bytearray, n: int, now: int) -> None:
+        """
+        Count the first C{n} bytes of C{buffer}, received at C{now}.
+        """
+        if not self._settled:
+            self._feedProbes(bytes(buffer[:n]), now)
+            return
+        lines = buffer.count(b"\n", 0, n)
+        if not lines:
+            self.aligned = False
+            return
+        self.received += lines
+        end = buffer.rfind(b"\n", 0, n)
+        start = end - self.size
+        aligned, self.aligned = self.aligned, end == n - 1
+        if start < 0:
+            return  # the line began in an earlier chunk
+        if not (buffer[start - 1] == _NEWLINE if start else aligned):
+            self.bad += 1  # a longer line: merged or corrupt
+            return
+        self._check(buffer, start, now)
+
+    def _feedProbes(self, data: bytes, now: int) -> None:
+        # Before the first data line: probes, one by one.  From the first
+        # data line on (no probe follows one), the bulk path.
+        data = self._carry + data
+        start = 0
+        while start < len(data) and data[start] != _M:
+            end = data.find(b"\n", start)
+            if end < 0:
+                break
+            if data[start:start + 1] == PROBE:
+                self.attached = True
+            else:
+                self.bad += 1
+            start = end + 1
+        self._carry = data[start:]
+        if self._carry[:1] == b"M":
+            rest, self._carry = bytearray(self._carry), b""
+            self._settled = True
+            self.feed(rest, len(rest), now)
+
+    def _check(self, data: bytes | bytearray, start: int, now: int) -> None:
+        if data[start] != _M:
+            self.bad += 1
+            return
+        try:
+            seq = int(data[start + 5:start + 21], 16)
+            sent = int(data[start + 21:start + 37], 16)
+        except ValueError:
+            self.bad += 1
+            return
+        if seq != self.received - 1:
+            self.sequence_errors += 1
+        self.latencies.append(now - sent)
+
+
+class FrameCounter:
+    """
+    Counts fixed-size frames (a Redis C{message} push a payload) by bytes,
+    in bulk: the stream is a run of frames of one length, so the number of
+    complete ones is the byte count divided by it.  The last complete frame
+    of a chunk is checked (prefix, suffix, sequence number), which catches
+    any frame of another length, and its latency sampled.
+    """
+
+    __slots__ = (
+        "bad", "bytes", "frame", "latencies", "prefix", "received", "sequence_errors",
+        "size", "suffix",
+    )
+
+    def __init__(self, framing: Framing, size: int, latencies: array[int]) -> None:
+        self.prefix = framing.deliver_prefix
+        self.suffix = framing.deliver_suffix
+        self.size = size
+        self.frame = framing.delivered_size(size)
+        self.latencies = latencies
+        self.received = 0
+        self.bytes = 0
+        self.bad = 0
+        self.sequence_errors = 0
+
+    def feed(self, buffer: bytearray, n: int, now: int) -> None:
+        """
+        Count the first C{n} bytes of C{buffer}, received at C{now}.
+        """
+        before = self.bytes
+        self.bytes = before + n
+        frames = self.bytes // self.frame
+        if frames == self.received:
+            return
+        self.received = frames
+        start = (frames - 1) * self.frame - before
+        if start < 0:
+            return  # the frame began in an earlier chunk
+        at = start + len(self.prefix)
+        end = at + self.size
+        if (buffer[start:at] != self.prefix or buffer[at] != _M
+                or buffer[end:end + len(self.suffix)] != self.suffix):
+            self.bad += 1
+            return
+        try:
+            seq = int(buffer[at + 5:at + 21], 16)
+            sent = int(buffer[at + 21:at + 37], 16)
+        except ValueError:
+            self.bad += 1
+            return
+        if seq != frames - 1:
+            self.sequence_errors += 1
+        self.latencies.append(now - sent)
+
+
+class MessageReader:
+    """
+    Splits a slow stream into whole messages, one by one, for streams of a
+    few messages a second where that costs nothing: lines, or the payloads
+    of Redis C{message} pushes.
+    """
+
+    def __init__(self, protocol: str) -> None:
+        """
+        @param protocol: C{"lines"} or C{"resp"}.
+        """
+        self.protocol = protocol
+        self.bad = 0
+        self._carry = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """
+        The messages completed by C{data}.
+
+        @raise RespError: a RESP stream is not RESP.
+        """
+        data = self._carry + data
+        if self.protocol == "lines":
+            lines = data.split(b"\n")
+            self._carry = lines.pop()
+            return lines
+        values, used = parse_resp(data)
+        self._carry = data[used:]
+        messages = []
+        for value in values:
+            if isinstance(value, list) and len(value) == 3 and value[0] == b"message":
+                messages.append(value[2])
+            else:
+                self.bad += 1
+        return messages
+
+
+class FileChecker:
+    """
+    Checks the lines many publishers sent, as a file sink wrote them: every
+    line is a whole payload, and each publisher's sequence numbers follow
+    each other with no gap, repeat or reordering.
+    """
+
+    def __init__(self, publishers: int, size: int) -> None:
+        self.size = size
+        self.counts = [0] * publishers
+        self.lines = 0
+        self.bad = 0
+        self.out_of_order = 0
+        self._next = [0] * publishers
+        self._carry = b""
+
+    def feed(self, data: bytes) -> None:
+        """
+        Check the next C{data} of the file.
+        """
+        lines = (self._carry + data).split(b"\n")
+        self._carry = lines.pop()
+        self.lines += len(lines)
+        counts, following, size = self.counts, self._next, self.size
+        for line in lines:
+            try:
+                publisher, seq, _ = parse_payload(line)
+                if len(line) != size:
+                    raise ValueError(line)
+                counts[publisher] += 1
+            except (ValueError, IndexError):
+                self.bad += 1
+                continue
+            if seq != following[publisher]:
+                self.out_of_order += 1
+            following[publisher] = seq + 1
+
+    def close(self) -> None:
+        """
+        The end of the file: a last line without its newline is bad.
+        """
+        if self._carry:
+            self.bad += 1
+            self._carry = b""
+
+
+class RespError(Exception):
+    """
+    A RESP error reply (C{-ERR ...}), or data that is not RESP.
+    """
+
+
+def parse_resp(data: bytes) -> tuple[list[object], int]:
+    """
+    Parse the complete RESP2 values at the start of C{data}.
+
+    Simple strings and bulk strings become L{bytes}, integers L{int},
+    arrays lists, a null bulk string or array L{None}; an error reply is
+    returned as a L{RespError}.
+
+    @return: the values, and how many bytes of C{data} they took; the rest
+        is an incomplete value.
+    @raise RespError: C{data} is not RESP.
+    """
+    values: list[object] = []
+    offset = 0
+    while offset < len(data):
+        parsed = _resp_value(data, offset)
+        if parsed is None:
+            break
+        value, offset = parsed
+        values.append(value)
+    return values, offset
+
+
+def _resp_value(data: bytes, offset: int) -> tuple[object, int] | None:
+    end = data.find(b"\r\n", offset)
+    if end < 0:
+        return None
+    kind, line, after = data[offset:offset + 1], data[offset + 1:end], end + 2
+    if kind == b"+":
+        return line, after
+    if kind == b"-":
+        return RespError(line.decode("utf-8", "replace")), after
+    try:
+        number = int(line)
+    except ValueError:
+        raise RespError(f"not RESP: {data[offset:end + 2]!r}") from None
+    if kind == b":":
+        return number, after
+    if kind == b"$":
+        if number < 0:
+            return None, after
+        if len(data) < after + number + 2:
+            return None
+        if data[after + number:after + number + 2] != b"\r\n":
+            raise RespError("a bulk string without its CRLF")
+        return data[after:after + number], after + number + 2
+    if kind == b"*":
+        if number < 0:
+            return None, after
+        items = []
+        for _ in range(number):
+            parsed = _resp_value(data, after)
+            if parsed is None:
+                return None
+            item, after = parsed
+            items.append(item)
+        return items, after
+    raise RespError(f"not RESP: {data[offset:end + 2]!r}")
