@@ -5,6 +5,7 @@ backplane's lines go to a client (L{SubscribeTo}), or both at once.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,7 +33,7 @@ class Limits:
     @ivar max_line_length: the longest line a client may publish, in bytes
         without the delimiter; a longer one disconnects the client and is
         never published.
-    @ivar max_pending: bytes a subscriber may fall behind (beyond what its
+    @ivar max_pending: bytes that may wait for a subscriber (beyond what its
         transport buffers anyway) before C{slow} applies.
     @ivar slow: C{"disconnect"} a subscriber past C{max_pending}, or
         C{"drop"} messages for it until it catches up.
@@ -126,10 +127,12 @@ class BackplaneProtocol(Protocol):
         self.dropped = 0
         self._buffer = b""
         self._subscription: Subscription | None = None
-        # Set while the transport's buffer is full; then counts the bytes
-        # written since, which is what max_pending bounds.
+        # While the transport's buffer is full (it has paused us), chunks for
+        # the subscriber wait here, up to max_pending bytes, and go to the
+        # transport as it empties.
         self._paused = False
-        self._backlog = 0
+        self._waiting: deque[bytes] = deque()
+        self._waitingBytes = 0
         self._missed = 0  # messages dropped since the subscriber fell behind
         self._closing = False
 
@@ -144,6 +147,8 @@ class BackplaneProtocol(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
         self._buffer = b""
+        self._waiting.clear()
+        self._waitingBytes = 0
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
@@ -204,20 +209,39 @@ class BackplaneProtocol(Protocol):
         )
         self._buffer = b""
         self._closing = True
-        self.transport.loseConnection()
+        self.closeAfterSending()
 
     # Subscribing: lines out (ILineSink).
 
     def deliver(self, data: bytes, count: int) -> None:
         """
-        Write a chunk of lines to the client, within C{max_pending}.
+        Write a chunk of lines to the client, or keep it while the
+        transport's buffer is full, within C{max_pending}.
         """
         if self._paused:
-            if self._backlog + len(data) > self.limits.max_pending:
+            if self._waitingBytes + len(data) > self.limits.max_pending:
                 self._tooSlow(count)
                 return
-            self._backlog += len(data)
+            self._waiting.append(data)
+            self._waitingBytes += len(data)
+            return
         self.transport.write(data)
+
+    def closeAfterSending(self) -> None:
+        """
+        Close the connection once what waits for the client is sent; it gets
+        no newer lines.
+        """
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+            if self._waiting:
+                self.transport.writeSequence(list(self._waiting))
+                self._waiting.clear()
+                self._waitingBytes = 0
+            # A paused producer would keep the transport from ever closing.
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def _tooSlow(self, count: int) -> None:
         backplane = self.subscribeTo
@@ -243,23 +267,26 @@ class BackplaneProtocol(Protocol):
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
+        self._waiting.clear()
+        self._waitingBytes = 0
         # Not loseConnection: that would wait, holding the backlog, for a
         # client that is not reading.
         self.transport.abortConnection()
 
-    # IPushProducer: the transport tells us when its buffer is full.
+    # IPushProducer: the transport tells us when its buffer is full (on every
+    # write while it is), and when it is empty again.
 
     def pauseProducing(self) -> None:
-        # The transport calls this on every write while its buffer is full:
-        # only the first call starts counting the backlog.
-        if not self._paused:
-            self._paused = True
-            self._backlog = 0
+        self._paused = True
 
     def resumeProducing(self) -> None:
         self._paused = False
-        self._backlog = 0
-        if self._missed:
+        waiting = self._waiting
+        while waiting and not self._paused:
+            data = waiting.popleft()
+            self._waitingBytes -= len(data)
+            self.transport.write(data)  # pauses us again once the buffer is full
+        if self._missed and not self._paused:
             self.log.info(
                 "Subscriber {peer} of backplane {name} caught up, having missed {missed} "
                 "messages", peer=self.peer, name=self.subscribeTo.name if self.subscribeTo
@@ -366,7 +393,7 @@ class BackplaneFactory(Factory):
         d: Deferred[None] = Deferred()
         self._emptied.append(d)
         for protocol in list(self.protocols):
-            protocol.transport.loseConnection()
+            protocol.closeAfterSending()
         return d
 
     def abortAll(self) -> None:
