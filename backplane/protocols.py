@@ -5,6 +5,7 @@ backplane's lines go to a client (L{SubscribeTo}), or both at once.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address
@@ -35,7 +36,7 @@ class Limits:
     @ivar max_line_length: the longest line a client may publish, in bytes
         without the delimiter; a longer one disconnects the client and is
         never published.
-    @ivar max_pending: bytes a subscriber may fall behind (beyond what its
+    @ivar max_pending: bytes that may wait for a subscriber (beyond what its
         transport buffers anyway) before C{slow} applies.
     @ivar slow: C{"disconnect"} a subscriber past C{max_pending}, or
         C{"drop"} messages for it until it catches up.
@@ -196,10 +197,12 @@ class BackplaneProtocol(Protocol):
         self.portStats = PortStats()
         self._buffer = b""
         self._subscription: Subscription | None = None
-        # Set while the transport's buffer is full; then counts the bytes
-        # written since, which is what max_pending bounds.
+        # While the transport's buffer is full (it has paused us), chunks for
+        # the subscriber wait here, up to max_pending bytes, and go to the
+        # transport as it empties.
         self._paused = False
-        self._backlog = 0
+        self._waiting: deque[bytes] = deque()
+        self._waitingBytes = 0
         self._missed = 0  # messages dropped since the subscriber fell behind
         self._closing = False
         self._joined = False
@@ -246,8 +249,13 @@ class BackplaneProtocol(Protocol):
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
+        if self._waiting:
+            self.transport.writeSequence(list(self._waiting))
+            self._waiting.clear()
+            self._waitingBytes = 0
         if self._producing:
-            # A TLS transport closes only once its producer is gone.
+            # A transport closes only once its producer is gone (a paused
+            # one would hold it open for ever).
             self._producing = False
             self.transport.unregisterProducer()
         self.transport.loseConnection()
@@ -258,6 +266,8 @@ class BackplaneProtocol(Protocol):
             self.portStats.tls_failures += 1
         self._closing = True
         self._buffer = b""
+        self._waiting.clear()
+        self._waitingBytes = 0
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
@@ -329,13 +339,16 @@ class BackplaneProtocol(Protocol):
 
     def deliver(self, data: bytes, count: int) -> None:
         """
-        Write a chunk of lines to the client, within C{max_pending}.
+        Write a chunk of lines to the client, or keep it while the
+        transport's buffer is full, within C{max_pending}.
         """
         if self._paused:
-            if self._backlog + len(data) > self.limits.max_pending:
+            if self._waitingBytes + len(data) > self.limits.max_pending:
                 self._tooSlow(count)
                 return
-            self._backlog += len(data)
+            self._waiting.append(data)
+            self._waitingBytes += len(data)
+            return
         self.transport.write(data)
 
     def _tooSlow(self, count: int) -> None:
@@ -364,23 +377,26 @@ class BackplaneProtocol(Protocol):
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
+        self._waiting.clear()
+        self._waitingBytes = 0
         # Not loseConnection: that would wait, holding the backlog, for a
         # client that is not reading.
         self.transport.abortConnection()
 
-    # IPushProducer: the transport tells us when its buffer is full.
+    # IPushProducer: the transport tells us when its buffer is full (on every
+    # write while it is), and when it is empty again.
 
     def pauseProducing(self) -> None:
-        # The transport calls this on every write while its buffer is full:
-        # only the first call starts counting the backlog.
-        if not self._paused:
-            self._paused = True
-            self._backlog = 0
+        self._paused = True
 
     def resumeProducing(self) -> None:
         self._paused = False
-        self._backlog = 0
-        if self._missed and self.subscribeTo is not None:
+        waiting = self._waiting
+        while waiting and not self._paused:
+            data = waiting.popleft()
+            self._waitingBytes -= len(data)
+            self.transport.write(data)  # pauses us again once the buffer is full
+        if self._missed and not self._paused and self.subscribeTo is not None:
             self.log.info(
                 "Subscriber {peer} of backplane {name} caught up, having missed {missed} "
                 "messages", peer=self.peer, name=self.subscribeTo.name, missed=self._missed,

@@ -8,10 +8,11 @@ from ipaddress import ip_network
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
@@ -293,7 +294,7 @@ class LineLengthTests(SynchronousTestCase):
 class SlowSubscriberTests(SynchronousTestCase):
     """
     The transport tells the protocol (its push producer) when its buffer is
-    full; from then on the subscriber may fall max_pending bytes behind.
+    full; from then on up to max_pending bytes may wait for the subscriber.
     """
 
     def setUp(self):
@@ -322,7 +323,8 @@ class SlowSubscriberTests(SynchronousTestCase):
         self.assertEqual(len(self.news), 1)
         self.news.publish_lines(b"y\n")
         self.assertEqual(quickOut.value(), b"12345\n123\nx\ny\n")
-        self.assertEqual(slowOut.value(), b"12345\n123\n")
+        # What waited for it, beyond the transport's buffer, went with it.
+        self.assertEqual(slowOut.value(), b"")
 
     def test_resumeResetsBacklog(self):
         protocol, transport = self.subscriber(max_pending=10)
@@ -341,10 +343,11 @@ class SlowSubscriberTests(SynchronousTestCase):
         self.news.publish_lines(b"a\nb\nc\n")  # 6 more: 11 > 10, dropped whole
         self.news.publish_lines(b"5\n")  # fits
         self.assertFalse(transport.disconnecting)
-        self.assertEqual(transport.value(), b"1234\n5\n")
+        self.assertEqual(transport.value(), b"", "waiting for the transport to empty")
         self.assertEqual(protocol.dropped, 3)
         self.assertEqual(self.news.stats.dropped, 3)
         protocol.resumeProducing()
+        self.assertEqual(transport.value(), b"1234\n5\n")
         self.news.publish_lines(b"caught up\n")
         self.assertEqual(transport.value(), b"1234\n5\ncaught up\n")
         self.assertEqual(otherOut.value(), b"1234\na\nb\nc\n5\ncaught up\n")
@@ -360,6 +363,149 @@ class SlowSubscriberTests(SynchronousTestCase):
         publisher.dataReceived(b"x\n" * 1000)
         self.assertEqual(publisherTransport.producerState, "producing")
         self.assertEqual(self.news.stats.dropped, 1000)
+
+
+class SlowReaderTransport(FileDescriptor):
+    """
+    A transport with Twisted's own write buffer and flow control (a
+    L{FileDescriptor}: it pauses its producer on each write while more than
+    C{bufferSize} bytes wait, and resumes it once they are all sent), whose
+    client reads only as many bytes as L{read} says.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(reactor=MemoryReactor())
+        self.connected = 1
+        self.received = bytearray()
+        self.aborted = False
+        self.closed = False
+        self.protocol = None
+        self._quota = 0
+
+    def writeSomeData(self, data) -> int:
+        sent = min(len(data), self._quota)
+        self.received += data[:sent]
+        self._quota -= sent
+        return sent
+
+    def read(self, size: int) -> None:
+        """
+        The client reads up to C{size} bytes of what was sent to it (as
+        many writes as the reactor would make).
+        """
+        self._quota = size
+        while self.connected:
+            result = self.doWrite()
+            if isinstance(result, Exception):
+                self.closed = True
+                self.connected = 0
+                self.protocol.connectionLost(Failure(result))
+            elif not (self.waiting and self._quota):
+                break
+        self._quota = 0
+
+    @property
+    def waiting(self) -> int:
+        """
+        Bytes in the transport's own buffer.
+        """
+        return len(self.dataBuffer) - self.offset + self._tempDataLen
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.connected = 0
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 40000)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 1500)
+
+
+class PendingOutputTests(SynchronousTestCase):
+    """
+    max_pending bounds the output waiting for a subscriber beyond its
+    transport's own buffer, over a transport that pauses and resumes its
+    producer as Twisted's TCP transport does.
+    """
+
+    CHUNK = b"x" * 9999 + b"\n"  # 10,000 bytes: seven of them fill a 64 KiB buffer
+
+    def setUp(self):
+        self.service = BackplaneService()
+        self.news = self.service.create("NEWS")
+        self.factory = SubscribeToFactory(self.service, "NEWS",
+                                          limits=Limits(max_pending=100_000))
+        self.protocol = self.factory.buildProtocol(None)
+        self.transport = SlowReaderTransport()
+        self.transport.protocol = self.protocol
+        self.protocol.makeConnection(self.transport)
+
+    def test_keepingUpIsNotSlow(self):
+        """
+        A subscriber 80 KB behind that then reads as fast as lines come stays
+        80 KB behind, however much goes through: it is not disconnected.
+        """
+        for _ in range(8):
+            self.news.publish_lines(self.CHUNK)
+        self.assertTrue(self.transport.producerPaused, "the transport's buffer is full")
+        for _ in range(200):  # 2 MB, twenty times max_pending
+            self.news.publish_lines(self.CHUNK)
+            self.transport.read(len(self.CHUNK))
+        self.assertFalse(self.transport.aborted)
+        self.assertEqual(self.news.stats.slow_disconnects, 0)
+        self.transport.read(10**9)
+        self.assertEqual(bytes(self.transport.received), self.CHUNK * 208)
+
+    def test_stalledIsDisconnected(self):
+        """
+        A subscriber that reads nothing is disconnected once more than
+        max_pending bytes wait for it beyond the transport's buffer.
+        """
+        published = 0
+        while not self.transport.aborted:
+            self.news.publish_lines(self.CHUNK)
+            published += 1
+            self.assertLessEqual(self.transport.waiting, 65536 + len(self.CHUNK))
+        self.assertEqual(self.news.stats.slow_disconnects, 1)
+        # Seven chunks fill the transport's buffer, ten more may wait.
+        self.assertEqual(published, 7 + 10 + 1)
+
+    def test_stopSendsWhatWaitsThenCloses(self):
+        """
+        Closing every client (a port stopping) sends a subscriber that is
+        behind what waits for it, then closes its connection, without
+        waiting for an abort.
+        """
+        for _ in range(12):
+            self.news.publish_lines(self.CHUNK)
+        closed = self.factory.disconnectAll()
+        self.news.publish_lines(b"after the close began\n")
+        self.transport.read(10**9)
+        self.assertTrue(self.transport.closed, "closed once everything was sent")
+        self.assertFalse(self.transport.aborted)
+        self.successResultOf(closed)
+        self.assertEqual(bytes(self.transport.received), self.CHUNK * 12)
+
+
+    def test_overlongLineClosesAfterSending(self):
+        """
+        A client that publishes and subscribes, sending a line longer than
+        max_line_length, gets what waited for it, then is disconnected.
+        """
+        factory = BackplaneFactory(self.service, publish_to="NEWS", subscribe_to="NEWS",
+                                   limits=Limits(max_line_length=100))
+        chat, transport = factory.buildProtocol(None), SlowReaderTransport()
+        transport.protocol = chat
+        chat.makeConnection(transport)
+        for _ in range(8):
+            self.news.publish_lines(self.CHUNK)
+        chat.dataReceived(b"y" * 101)
+        self.news.publish_lines(b"after\n")
+        transport.read(10**9)
+        self.assertTrue(transport.closed)
+        self.assertEqual(bytes(transport.received), self.CHUNK * 8)
 
 
 class MaxClientsTests(SynchronousTestCase):

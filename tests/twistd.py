@@ -95,10 +95,12 @@ class Twistd:
                 raise AssertionError(f"{text!r} never logged:\n" + self.text())
             time.sleep(0.05)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30, *,
+             tracebacks: int = 0) -> None:
         """
         Send C{sig}, wait for the process to exit, and check that it shut
-        down gracefully.
+        down gracefully, having logged C{tracebacks} tracebacks (none,
+        unless a test expects a failure to be logged).
 
         twistd ends a graceful shutdown on a signal by killing itself with
         that same signal, so that its parent sees why it ended: the exit
@@ -111,7 +113,7 @@ class Twistd:
         output = self.text()
         assert status == -sig, f"exit status {status}:\n{output}"
         assert "Server Shut Down." in output, output
-        assert "Traceback" not in output, output
+        assert output.count("Traceback") == tracebacks, output
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
