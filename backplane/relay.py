@@ -377,9 +377,7 @@ class RelayFactory(ReconnectingClientFactory):
             return
         self.stats.state = "waiting"
         if self._quiet:
-            self.log.debug("Relay could not connect to {destination}: {reason}",
-                           destination=self.destination, reason=reason.getErrorMessage())
-            return
+            return  # logged once for this outage; stats.attempts counts the rest
         self._quiet = True
         self.log.warn(
             "Relay could not connect to {destination}: {reason}; retrying with backoff "
@@ -546,15 +544,15 @@ class _CountingEndpoint:
 
 
 @provider(ILogObserver)
-def _retryChatterAtDebug(event: dict[str, Any]) -> None:
+def _warningsOnly(event: dict[str, Any]) -> None:
     """
-    Pass on L{ClientService}'s own events, its note of every retry demoted
-    to debug: the relay logs each change of state once instead.
+    Pass on L{ClientService}'s own warnings and errors, not its note of
+    every retry: the relay logs each change of state once instead (twistd
+    shows every level, debug included).
     """
     level = event.get("log_level")
-    if level is not None and level < LogLevel.warn:
-        event = dict(event, log_level=LogLevel.debug)
-    globalLogPublisher(event)
+    if level is None or level >= LogLevel.warn:
+        globalLogPublisher(event)
 
 
 @implementer(IStatsSource)
@@ -571,7 +569,7 @@ class RelayService(ClientService):
     trying and closes the connection.
     """
 
-    _log = Logger(observer=_retryChatterAtDebug)
+    _log = Logger(observer=_warningsOnly)
     log = Logger()
 
     #: Seconds L{stopService} waits for a polite close before aborting.

@@ -385,9 +385,7 @@ class FileSink(Service):
         self._errorsSinceOk += 1
         self._close()
         if self._failing:
-            self.log.debug("File sink {path} still cannot be written: {error}",
-                           path=self.path, error=failure.getErrorMessage())
-            return
+            return  # logged once for this failure; stats.errors counts the rest
         self._failing = True
         self.log.failure(
             "File sink {path} cannot be written: {error}; keeping up to {backlog} bytes "
