@@ -93,8 +93,109 @@ def describePeer(address: IAddress) -> str:
     return str(name) if name else str(address)
 
 
+@implementer(IPushProducer)
+class BoundedOutput:
+    """
+    The output side of a network subscriber, kept within C{max_pending}: a
+    mixin for a protocol that registers itself as its transport's streaming
+    producer.
+
+    The transport calls L{pauseProducing} when its buffer is full (on every
+    write while it stays full) and L{resumeProducing} once it has drained.
+    From the first pause, every byte written for the subscriber counts
+    against C{limits.max_pending}; past it, C{limits.slow} applies: the
+    subscriber is aborted, or it misses whole chunks until it catches up.
+
+    The protocol provides C{transport}, C{log}, C{limits} (L{Limits}),
+    C{subscribeTo} (its L{Backplane}), C{peer} (for the log) and
+    C{_subscription}, and asks L{_admit} before each write while C{_paused}.
+
+    @ivar dropped: messages this subscriber missed, all told.
+    """
+
+    transport: Any
+    log: Any
+    limits: Limits
+    subscribeTo: Backplane | None
+    peer: str
+    _subscription: Subscription | None
+    _closing: bool
+
+    dropped = 0
+    # Set while the transport's buffer is full; then counts the bytes
+    # written since, which is what max_pending bounds.
+    _paused = False
+    _backlog = 0
+    _missed = 0  # messages dropped since the subscriber fell behind
+
+    def _admit(self, size: int, count: int) -> bool:
+        """
+        Count C{size} more bytes (C{count} messages) against C{max_pending}
+        while the transport is full.
+
+        @return: whether they may be written; if not, C{slow} has been
+            applied (the chunk is dropped, or the subscriber aborted).
+        """
+        if self._backlog + size > self.limits.max_pending:
+            self._tooSlow(count)
+            return False
+        self._backlog += size
+        return True
+
+    def _tooSlow(self, count: int) -> None:
+        backplane = self.subscribeTo
+        assert backplane is not None
+        if self.limits.slow == "drop":
+            if not self._missed:
+                self.log.warn(
+                    "Subscriber {peer} of backplane {name} is more than max_pending "
+                    "({limit} bytes) behind: it misses messages until it catches up",
+                    peer=self.peer, name=backplane.name, limit=self.limits.max_pending,
+                )
+            self._missed += count
+            self.dropped += count
+            backplane.stats.dropped += count
+            return
+        backplane.stats.slow_disconnects += 1
+        self.log.warn(
+            "Disconnecting slow subscriber {peer} of backplane {name}: more than "
+            "max_pending ({limit} bytes) waiting to be sent",
+            peer=self.peer, name=backplane.name, limit=self.limits.max_pending,
+        )
+        self._closing = True
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+        # Not loseConnection: that would wait, holding the backlog, for a
+        # client that is not reading.
+        self.transport.abortConnection()
+
+    # IPushProducer: the transport tells us when its buffer is full.
+
+    def pauseProducing(self) -> None:
+        # The transport calls this on every write while its buffer is full:
+        # only the first call starts counting the backlog.
+        if not self._paused:
+            self._paused = True
+            self._backlog = 0
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._backlog = 0
+        if self._missed:
+            self.log.info(
+                "Subscriber {peer} of backplane {name} caught up, having missed {missed} "
+                "messages", peer=self.peer, name=self.subscribeTo.name if self.subscribeTo
+                else "?", missed=self._missed,
+            )
+            self._missed = 0
+
+    def stopProducing(self) -> None:
+        pass
+
+
 @implementer(ILineSink, IPushProducer)
-class BackplaneProtocol(Protocol):
+class BackplaneProtocol(BoundedOutput, Protocol):
     """
     A line client of a backplane port: it may publish, subscribe, or both.
 
@@ -123,14 +224,8 @@ class BackplaneProtocol(Protocol):
         self.subscribeTo = subscribe_to
         self.limits = limits
         self.peer = "?"
-        self.dropped = 0
         self._buffer = b""
         self._subscription: Subscription | None = None
-        # Set while the transport's buffer is full; then counts the bytes
-        # written since, which is what max_pending bounds.
-        self._paused = False
-        self._backlog = 0
-        self._missed = 0  # messages dropped since the subscriber fell behind
         self._closing = False
 
     def connectionMade(self) -> None:
@@ -217,63 +312,9 @@ class BackplaneProtocol(Protocol):
         """
         Write a chunk of lines to the client, within C{max_pending}.
         """
-        if self._paused:
-            if self._backlog + len(data) > self.limits.max_pending:
-                self._tooSlow(count)
-                return
-            self._backlog += len(data)
-        self.transport.write(data)
-
-    def _tooSlow(self, count: int) -> None:
-        backplane = self.subscribeTo
-        assert backplane is not None
-        if self.limits.slow == "drop":
-            if not self._missed:
-                self.log.warn(
-                    "Subscriber {peer} of backplane {name} is more than max_pending "
-                    "({limit} bytes) behind: it misses messages until it catches up",
-                    peer=self.peer, name=backplane.name, limit=self.limits.max_pending,
-                )
-            self._missed += count
-            self.dropped += count
-            backplane.stats.dropped += count
+        if self._paused and not self._admit(len(data), count):
             return
-        backplane.stats.slow_disconnects += 1
-        self.log.warn(
-            "Disconnecting slow subscriber {peer} of backplane {name}: more than "
-            "max_pending ({limit} bytes) waiting to be sent",
-            peer=self.peer, name=backplane.name, limit=self.limits.max_pending,
-        )
-        self._closing = True
-        if self._subscription is not None:
-            self._subscription.cancel()
-            self._subscription = None
-        # Not loseConnection: that would wait, holding the backlog, for a
-        # client that is not reading.
-        self.transport.abortConnection()
-
-    # IPushProducer: the transport tells us when its buffer is full.
-
-    def pauseProducing(self) -> None:
-        # The transport calls this on every write while its buffer is full:
-        # only the first call starts counting the backlog.
-        if not self._paused:
-            self._paused = True
-            self._backlog = 0
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._backlog = 0
-        if self._missed:
-            self.log.info(
-                "Subscriber {peer} of backplane {name} caught up, having missed {missed} "
-                "messages", peer=self.peer, name=self.subscribeTo.name if self.subscribeTo
-                else "?", missed=self._missed,
-            )
-            self._missed = 0
-
-    def stopProducing(self) -> None:
-        pass
+        self.transport.write(data)
 
 
 class PublishTo(BackplaneProtocol):
@@ -319,11 +360,11 @@ class BackplaneFactory(Factory):
         self.publishTo = None if publish_to is None else service.get(publish_to)
         self.subscribeTo = None if subscribe_to is None else service.get(subscribe_to)
         self.limits = limits
-        self.protocols: set[BackplaneProtocol] = set()
+        self.protocols: set[Protocol] = set()
         self.refused = 0
         self._emptied: list[Deferred[None]] = []
 
-    def buildProtocol(self, addr: IAddress | None) -> BackplaneProtocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         maxClients = self.limits.max_clients
         if maxClients is not None and len(self.protocols) >= maxClients:
             self.refused += 1
@@ -344,13 +385,13 @@ class BackplaneFactory(Factory):
         """
         return len(self.protocols)
 
-    def makeProtocol(self) -> BackplaneProtocol:
+    def makeProtocol(self) -> Protocol:
         """
         A new protocol for one client.
         """
         return BackplaneProtocol(self.publishTo, self.subscribeTo, self.limits)
 
-    def clientGone(self, protocol: BackplaneProtocol) -> None:
+    def clientGone(self, protocol: Protocol) -> None:
         """
         A client built by this factory has disconnected.
         """
@@ -371,15 +412,23 @@ class BackplaneFactory(Factory):
         d: Deferred[None] = Deferred()
         self._emptied.append(d)
         for protocol in list(self.protocols):
-            protocol.transport.loseConnection()
+            self.closeClient(protocol)
         return d
+
+    def closeClient(self, protocol: Protocol) -> None:
+        """
+        Close one client's connection after sending what is pending for it.
+        """
+        transport: Any = protocol.transport
+        transport.loseConnection()
 
     def abortAll(self) -> None:
         """
         Drop every client's connection at once, pending output and all.
         """
         for protocol in list(self.protocols):
-            protocol.transport.abortConnection()
+            transport: Any = protocol.transport
+            transport.abortConnection()
 
 
 class PublishToFactory(BackplaneFactory):
