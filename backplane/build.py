@@ -55,9 +55,22 @@ def build_service(config: Config, reactor: Any = None) -> BackplaneService:
     for i, clock in enumerate(config.clock, 1):
         add(TimeSource(service.get(clock.publish_to), clock.interval, clock=reactor), "clock", i)
     for i, listen in enumerate(config.listen, 1):
-        factory = BackplaneFactory(service, publish_to=listen.publish_to,
-                                   subscribe_to=listen.subscribe_to, limits=listen.limits)
+        factory = _factoryType(listen.protocol)(
+            service, publish_to=listen.publish_to, subscribe_to=listen.subscribe_to,
+            limits=listen.limits)
         add(ListenService(endpoints.serverFromString(reactor, listen.description), factory,
                           description=listen.endpoint, where=f"listen[{i}]",
                           path=config.path, clock=reactor), "listen", i)
     return service
+
+
+def _factoryType(protocol: str) -> type[BackplaneFactory]:
+    """
+    The factory of a C{[[listen]]} port whose clients speak C{protocol}.
+    """
+    if protocol == "websocket":
+        # Imported only when used: autobahn is big.
+        from backplane.websocket import WebSocketFactory
+
+        return WebSocketFactory
+    return BackplaneFactory

@@ -345,7 +345,7 @@ class BackplaneFactory(Factory):
     """
 
     log = Logger()
-    protocol = BackplaneProtocol
+    protocol: type[Protocol] = BackplaneProtocol
     noisy = False
 
     def __init__(self, service: BackplaneService, *, publish_to: str | None = None,
