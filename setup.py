@@ -16,7 +16,7 @@ setup(
     package_data={"backplane": ["py.typed"]},
     install_requires=[
         "Twisted>=23.8.0",
-        "autobahn>=21.11.1",
+        "autobahn>=20.12.3",  # the lowest verified; the fix for CVE-2020-35678
         "zope.interface>=5.0",
         "tomli>=1.1.0; python_version < '3.11'",
     ],
