@@ -246,6 +246,17 @@ class SubscribeTests(Ports, SynchronousTestCase):
         self.assertEqual(serverFrames(transport.value()), [
             (TEXT, b"one"), (TEXT, b"two"), (TEXT, b""), (TEXT, b"four"), (TEXT, b"five")])
 
+    def test_retainedOnOpen(self):
+        last = self.service.create("LAST", retain=2)
+        last.publish_many([b"one", b"two", b"three"])
+        protocol = WebSocketFactory(self.service, subscribe_to="LAST").buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(request())
+        response, frames = transport.value().split(b"\r\n\r\n", 1)
+        self.assertTrue(response.startswith(b"HTTP/1.1 101 "))
+        self.assertEqual(serverFrames(frames), [(TEXT, b"two"), (TEXT, b"three")])
+
     def test_binaryWhenNotUTF8(self):
         _protocol, transport = opened(WebSocketFactory(self.service, subscribe_to="NEWS"))
         self.news.publish_many([b"caf\xc3\xa9", b"caf\xe9", b"\x00\x01"])
