@@ -146,9 +146,7 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
-        if self._subscription is not None:
-            self._subscription.cancel()
-            self._subscription = None
+        self._stopSubscribing()
         if self._publishing and self.publishTo is not None:
             self.publishTo.stats.publishers -= 1
             self._publishing = False
@@ -160,9 +158,9 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
         Close the connection gently: a Close frame (1001, going away) after
         what is pending, then the client's reply ends the connection.
         """
+        self._closing = True
+        self._stopSubscribing()
         if self.state == _OPEN:
-            self._closing = True
-            self._stopSubscribing()
             self.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"server going away")
         else:
             self.transport.loseConnection()
