@@ -20,6 +20,7 @@ setup(
         "Twisted[tls]>=23.8.0",
         # 1.4.10: the first whose subscriber delivers raw bytes (charset=None).
         "txredisapi>=1.4.10",
+        "autobahn>=20.12.3",  # the lowest verified; the fix for CVE-2020-35678
         "zope.interface>=5.0",
         # 0.5.0: the lowest with prometheus_client.registry; 0.14.0 lacks choose_encoder.
         "prometheus_client>=0.5.0,!=0.14.0",

@@ -73,8 +73,9 @@ def build_service(config: Config, reactor: Any = None) -> BackplaneService:
     for i, clock in enumerate(config.clock, 1):
         add(TimeSource(service.get(clock.publish_to), clock.interval, clock=reactor), "clock", i)
     for i, listen in enumerate(config.listen, 1):
-        factory = BackplaneFactory(service, publish_to=listen.publish_to,
-                                   subscribe_to=listen.subscribe_to, limits=listen.limits)
+        factory = _factoryType(listen.protocol)(
+            service, publish_to=listen.publish_to, subscribe_to=listen.subscribe_to,
+            limits=listen.limits)
         endpoint = endpoints.serverFromString(reactor, listen.description)
         if listen.tls_client_ca is not None:
             _requireClientCertificates(endpoint, listen.tls_client_ca, config.path, i)
@@ -92,3 +93,15 @@ def _requireClientCertificates(endpoint: Any, path: str, configPath: str, i: int
     except Exception as e:
         raise ConfigError(f"cannot use {path!r}: {e}", path=configPath,
                           where=f"listen[{i}].tls_client_ca") from None
+
+
+def _factoryType(protocol: str) -> type[BackplaneFactory]:
+    """
+    The factory of a C{[[listen]]} port whose clients speak C{protocol}.
+    """
+    if protocol == "websocket":
+        # Imported only when used: autobahn is big.
+        from backplane.websocket import WebSocketFactory
+
+        return WebSocketFactory
+    return BackplaneFactory

@@ -109,6 +109,8 @@ class ListenEntry:
     endpoint: str = _option(doc="a Twisted server endpoint description")
     publish_to: str | None = _option(None, doc="each client's lines are published here")
     subscribe_to: str | None = _option(None, doc="each client receives every line of this")
+    protocol: Literal["lines", "websocket"] = _option(
+        "lines", doc="what clients speak: lines, or one line per WebSocket message")
     max_line_length: int = _option(DEFAULT_MAX_LINE_LENGTH, minimum=1)
     max_pending: int = _option(DEFAULT_MAX_PENDING, minimum=0)
     slow: Literal["disconnect", "drop"] = _option("disconnect")

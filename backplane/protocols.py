@@ -158,8 +158,128 @@ def describePeer(address: IAddress) -> str:
     return str(name) if name else str(address)
 
 
-@implementer(ILineSink, IPushProducer, IHandshakeListener)
-class BackplaneProtocol(Protocol):
+@implementer(IPushProducer)
+class BoundedOutput:
+    """
+    The output side of a network subscriber, kept within C{max_pending}: a
+    mixin for a protocol that registers itself as its transport's streaming
+    producer and writes through L{_send}.
+
+    The transport calls L{pauseProducing} when its buffer is full (on every
+    write while it stays full) and L{resumeProducing} once it has drained.
+    While it is full, what is sent waits here, up to C{limits.max_pending}
+    bytes, and goes to the transport as it empties; past that bound,
+    C{limits.slow} applies: the subscriber is aborted, or it misses whole
+    chunks until it catches up.
+
+    The protocol provides C{transport}, C{log}, C{limits} (L{Limits}),
+    C{subscribeTo} (its L{Backplane}), C{peer} (for the log), C{portStats}
+    (L{PortStats}), C{_subscription} and C{_closing}.
+
+    @ivar dropped: messages this subscriber missed, all told.
+    """
+
+    transport: Any
+    log: Any
+    limits: Limits
+    subscribeTo: Backplane | None
+    peer: str
+    portStats: PortStats
+    _subscription: Subscription | None
+    _closing: bool
+
+    dropped = 0
+    _paused = False
+    _waiting: deque[bytes] | None = None  # made on the first pause
+    _waitingBytes = 0
+    _missed = 0  # messages dropped since the subscriber fell behind
+
+    def _send(self, data: bytes, count: int) -> None:
+        """
+        Write C{data} (C{count} messages) to the client, or keep it while
+        the transport's buffer is full, within C{max_pending}.
+        """
+        if not self._paused:
+            self.transport.write(data)
+        elif self._waitingBytes + len(data) > self.limits.max_pending:
+            self._tooSlow(count)
+        else:
+            assert self._waiting is not None
+            self._waiting.append(data)
+            self._waitingBytes += len(data)
+
+    def _sendWaiting(self) -> None:
+        """
+        Hand everything that waits to the transport (before closing).
+        """
+        if self._waiting:
+            self.transport.writeSequence(list(self._waiting))
+            self._dropWaiting()
+
+    def _dropWaiting(self) -> None:
+        if self._waiting:
+            self._waiting.clear()
+        self._waitingBytes = 0
+
+    def _tooSlow(self, count: int) -> None:
+        backplane = self.subscribeTo
+        assert backplane is not None
+        if self.limits.slow == "drop":
+            if not self._missed:
+                self.log.warn(
+                    "Subscriber {peer} of backplane {name} is more than max_pending "
+                    "({limit} bytes) behind: it misses messages until it catches up",
+                    peer=self.peer, name=backplane.name, limit=self.limits.max_pending,
+                )
+            self._missed += count
+            self.dropped += count
+            backplane.stats.dropped += count
+            self.portStats.dropped += count
+            return
+        backplane.stats.slow_disconnects += 1
+        self.portStats.slow_disconnects += 1
+        self.log.warn(
+            "Disconnecting slow subscriber {peer} of backplane {name}: more than "
+            "max_pending ({limit} bytes) waiting to be sent",
+            peer=self.peer, name=backplane.name, limit=self.limits.max_pending,
+        )
+        self._closing = True
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+        self._dropWaiting()
+        # Not loseConnection: that would wait, holding the backlog, for a
+        # client that is not reading.
+        self.transport.abortConnection()
+
+    # IPushProducer: the transport tells us when its buffer is full (on every
+    # write while it is), and when it is empty again.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._waiting is None:
+            self._waiting = deque()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        waiting = self._waiting
+        while waiting and not self._paused:
+            data = waiting.popleft()
+            self._waitingBytes -= len(data)
+            self.transport.write(data)  # pauses us again once the buffer is full
+        if self._missed and not self._paused and self.subscribeTo is not None:
+            self.log.info(
+                "Subscriber {peer} of backplane {name} caught up, having missed {missed} "
+                "messages", peer=self.peer, name=self.subscribeTo.name, missed=self._missed,
+            )
+            self._missed = 0
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(ILineSink, IHandshakeListener)
+class BackplaneProtocol(BoundedOutput, Protocol):
     """
     A line client of a backplane port: it may publish, subscribe, or both.
 
@@ -191,19 +311,11 @@ class BackplaneProtocol(Protocol):
         self.subscribeTo = subscribe_to
         self.limits = limits
         self.peer = "?"
-        self.dropped = 0
         # The counters of the port this client came through (its factory's
         # when it has one).
         self.portStats = PortStats()
         self._buffer = b""
         self._subscription: Subscription | None = None
-        # While the transport's buffer is full (it has paused us), chunks for
-        # the subscriber wait here, up to max_pending bytes, and go to the
-        # transport as it empties.
-        self._paused = False
-        self._waiting: deque[bytes] = deque()
-        self._waitingBytes = 0
-        self._missed = 0  # messages dropped since the subscriber fell behind
         self._closing = False
         self._joined = False
         self._handshaking = False
@@ -249,10 +361,7 @@ class BackplaneProtocol(Protocol):
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
-        if self._waiting:
-            self.transport.writeSequence(list(self._waiting))
-            self._waiting.clear()
-            self._waitingBytes = 0
+        self._sendWaiting()
         if self._producing:
             # A transport closes only once its producer is gone (a paused
             # one would hold it open for ever).
@@ -266,8 +375,7 @@ class BackplaneProtocol(Protocol):
             self.portStats.tls_failures += 1
         self._closing = True
         self._buffer = b""
-        self._waiting.clear()
-        self._waitingBytes = 0
+        self._dropWaiting()
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
@@ -342,69 +450,7 @@ class BackplaneProtocol(Protocol):
         Write a chunk of lines to the client, or keep it while the
         transport's buffer is full, within C{max_pending}.
         """
-        if self._paused:
-            if self._waitingBytes + len(data) > self.limits.max_pending:
-                self._tooSlow(count)
-                return
-            self._waiting.append(data)
-            self._waitingBytes += len(data)
-            return
-        self.transport.write(data)
-
-    def _tooSlow(self, count: int) -> None:
-        backplane = self.subscribeTo
-        assert backplane is not None
-        if self.limits.slow == "drop":
-            if not self._missed:
-                self.log.warn(
-                    "Subscriber {peer} of backplane {name} is more than max_pending "
-                    "({limit} bytes) behind: it misses messages until it catches up",
-                    peer=self.peer, name=backplane.name, limit=self.limits.max_pending,
-                )
-            self._missed += count
-            self.dropped += count
-            backplane.stats.dropped += count
-            self.portStats.dropped += count
-            return
-        backplane.stats.slow_disconnects += 1
-        self.portStats.slow_disconnects += 1
-        self.log.warn(
-            "Disconnecting slow subscriber {peer} of backplane {name}: more than "
-            "max_pending ({limit} bytes) waiting to be sent",
-            peer=self.peer, name=backplane.name, limit=self.limits.max_pending,
-        )
-        self._closing = True
-        if self._subscription is not None:
-            self._subscription.cancel()
-            self._subscription = None
-        self._waiting.clear()
-        self._waitingBytes = 0
-        # Not loseConnection: that would wait, holding the backlog, for a
-        # client that is not reading.
-        self.transport.abortConnection()
-
-    # IPushProducer: the transport tells us when its buffer is full (on every
-    # write while it is), and when it is empty again.
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        waiting = self._waiting
-        while waiting and not self._paused:
-            data = waiting.popleft()
-            self._waitingBytes -= len(data)
-            self.transport.write(data)  # pauses us again once the buffer is full
-        if self._missed and not self._paused and self.subscribeTo is not None:
-            self.log.info(
-                "Subscriber {peer} of backplane {name} caught up, having missed {missed} "
-                "messages", peer=self.peer, name=self.subscribeTo.name, missed=self._missed,
-            )
-            self._missed = 0
-
-    def stopProducing(self) -> None:
-        pass
+        self._send(data, count)
 
 
 class PublishTo(BackplaneProtocol):
@@ -436,7 +482,7 @@ class BackplaneFactory(Factory):
     """
 
     log = Logger()
-    protocol = BackplaneProtocol
+    protocol: type[Protocol] = BackplaneProtocol
     noisy = False
 
     def __init__(self, service: BackplaneService, *, publish_to: str | None = None,
@@ -451,11 +497,11 @@ class BackplaneFactory(Factory):
         self.publishTo = None if publish_to is None else service.get(publish_to)
         self.subscribeTo = None if subscribe_to is None else service.get(subscribe_to)
         self.limits = limits
-        self.protocols: set[BackplaneProtocol] = set()
+        self.protocols: set[Protocol] = set()
         self.stats = PortStats()
         self._emptied: list[Deferred[None]] = []
 
-    def buildProtocol(self, addr: IAddress | None) -> BackplaneProtocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         """
         A protocol for a new client, or L{None} (which closes the connection
         at once) for a client not in C{allow} or past C{max_clients}.
@@ -473,7 +519,7 @@ class BackplaneFactory(Factory):
                 peer=describePeer(addr) if addr else "?", limit=maxClients,
             )
             return None
-        protocol = self.makeProtocol()
+        protocol: Any = self.makeProtocol()
         protocol.factory = self
         protocol.portStats = self.stats
         self.protocols.add(protocol)
@@ -495,13 +541,13 @@ class BackplaneFactory(Factory):
         """
         return self.stats.refused
 
-    def makeProtocol(self) -> BackplaneProtocol:
+    def makeProtocol(self) -> Protocol:
         """
         A new protocol for one client.
         """
         return BackplaneProtocol(self.publishTo, self.subscribeTo, self.limits)
 
-    def clientGone(self, protocol: BackplaneProtocol) -> None:
+    def clientGone(self, protocol: Protocol) -> None:
         """
         A client built by this factory has disconnected.
         """
@@ -522,15 +568,23 @@ class BackplaneFactory(Factory):
         d: Deferred[None] = Deferred()
         self._emptied.append(d)
         for protocol in list(self.protocols):
-            protocol.close()
+            self.closeClient(protocol)
         return d
+
+    def closeClient(self, protocol: Protocol) -> None:
+        """
+        Close one client's connection after sending what is pending for it.
+        """
+        assert isinstance(protocol, BackplaneProtocol)
+        protocol.close()
 
     def abortAll(self) -> None:
         """
         Drop every client's connection at once, pending output and all.
         """
         for protocol in list(self.protocols):
-            protocol.transport.abortConnection()
+            transport: Any = protocol.transport
+            transport.abortConnection()
 
 
 class PublishToFactory(BackplaneFactory):

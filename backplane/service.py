@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from backplane.interfaces import ILineSink
 
 Callback = Callable[[bytes], Any]
+T = TypeVar("T")
 
 
 class BackplaneExists(ValueError):
@@ -120,6 +121,8 @@ class Backplane:
         # the next publish after a change (None), so that subscribing is O(1).
         self._sinkList: tuple[Subscription, ...] | None = ()
         self._callbackList: tuple[Subscription, ...] | None = ()
+        # encoded(): each encoder's result for the chunk being handed out.
+        self._encoded: dict[Callable[[bytes, int], Any], tuple[bytes, Any]] = {}
 
     def __repr__(self) -> str:
         return f"<Backplane {self.name!r} subscribers={len(self)}>"
@@ -169,6 +172,7 @@ class Backplane:
         if self._retained:
             self._hand(subscription, b"".join(m + b"\n" for m in self._retained),
                        len(self._retained))
+            self._encoded.clear()
         self._sinks[subscription] = None
         self._sinkList = None
         return subscription
@@ -260,6 +264,8 @@ class Backplane:
                     subscription.deliver(data, count)
                 except Exception:
                     self._failed(Failure(), subscription)
+        if self._encoded:
+            self._encoded.clear()
         waiting: list[Deferred[object]] = []
         if callbacks or self._retained is not None:
             if lines is None:
@@ -280,6 +286,30 @@ class Backplane:
         if not waiting:
             return succeed(reached)
         return gatherResults(waiting).addCallback(lambda _: reached)
+
+    def encoded(self, data: bytes, count: int, encoder: Callable[[bytes, int], T]) -> T:
+        """
+        C{encoder(data, count)}, computed once per chunk however many line
+        sinks ask for it.
+
+        For sinks that send every chunk in another form, the same for all
+        of them (WebSocket frames, for instance): the first sink handed a
+        chunk encodes it, the others handed that same chunk get the same
+        result.  Results are keyed by the encoder and the chunk object's
+        identity, and forgotten once the chunk has been handed to every sink.
+
+        @param data: the chunk a sink's C{deliver} was handed.
+        @param count: its number of messages.
+        @param encoder: a function of C{(data, count)}, and the key: pass
+            the same one (e.g. a module-level function) every time.
+        """
+        cached = self._encoded.get(encoder)
+        if cached is not None and cached[0] is data:
+            result: T = cached[1]
+            return result
+        result = encoder(data, count)
+        self._encoded[encoder] = (data, result)
+        return result
 
     def _hand(self, subscription: Subscription, data: bytes, count: int) -> None:
         try:

@@ -160,6 +160,16 @@ class ConfigFileTests(ConfigTestCase):
             "listen[1].slow: must be one of 'disconnect', 'drop', not 'block'",
         )
 
+    def test_protocol(self):
+        listen = '[backplane.A]\n[[listen]]\nendpoint = "tcp:1"\nsubscribe_to = "A"\n'
+        self.assertEqual(read_config(self.write(listen)).listen[0].protocol, "lines")
+        config = read_config(self.write(listen + 'protocol = "websocket"\n'))
+        self.assertEqual(config.listen[0].protocol, "websocket")
+        self.assertConfigError(
+            listen + 'protocol = "http"\n',
+            "listen[1].protocol: must be one of 'lines', 'websocket', not 'http'",
+        )
+
     def test_undeclaredBackplane(self):
         self.assertConfigError(
             '[backplane.TIME]\n[[listen]]\nendpoint = "tcp:1"\nsubscribe_to = "TMIE"\n',
@@ -237,6 +247,26 @@ class ConfigFileTests(ConfigTestCase):
         self.assertEqual((relay.bufferSize, relay.maxDelay), (7, 9.0))
         self.assertIs(relay.publishTo, service.get("NEWS"))
         self.assertFalse(service.running)
+
+
+    def test_loadConfigWebSocketPort(self):
+        from backplane.protocols import BackplaneFactory
+        from backplane.websocket import WebSocketFactory
+
+        service = load_config(self.write(
+            '[backplane.TIME]\n[backplane.CHAT]\n'
+            '[[listen]]\nendpoint = "tcp:0:interface=127.0.0.1"\nsubscribe_to = "TIME"\n'
+            '[[listen]]\nendpoint = "tcp:0:interface=127.0.0.1"\nprotocol = "websocket"\n'
+            'publish_to = "CHAT"\nsubscribe_to = "CHAT"\nmax_line_length = 100\n'
+            'max_clients = 3\n'
+        ))
+        lines = service.getServiceNamed("listen[1]").factory
+        websocket = service.getServiceNamed("listen[2]").factory
+        self.assertIs(type(lines), BackplaneFactory)
+        self.assertIsInstance(websocket, WebSocketFactory)
+        self.assertEqual(websocket.limits, Limits(max_line_length=100, max_clients=3))
+        self.assertIs(websocket.publishTo, service.get("CHAT"))
+        self.assertEqual(websocket.websocket.maxMessagePayloadSize, 101)
 
 
 class DocumentedTests(SynchronousTestCase):

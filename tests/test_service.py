@@ -309,6 +309,85 @@ class PublishLinesTests(SynchronousTestCase):
         self.assertEqual(len(self.backplane), 2)
 
 
+@implementer(ILineSink)
+class EncodingSink:
+    """
+    A line sink that sends each chunk in another form, asking its backplane
+    to encode each chunk once for every sink like it.
+    """
+
+    def __init__(self, backplane, encoder):
+        self.backplane = backplane
+        self.encoder = encoder
+        self.sent = []
+
+    def deliver(self, data, count):
+        self.sent.append(self.backplane.encoded(data, count, self.encoder))
+
+
+class EncodedTests(SynchronousTestCase):
+    """
+    Backplane.encoded: a chunk is encoded once for all the sinks that ask.
+    """
+
+    def setUp(self):
+        self.backplane = Backplane("NEWS")
+        self.calls = []
+
+    def upper(self, data, count):
+        self.calls.append((data, count))
+        return data.upper()
+
+    def test_oncePerChunkForEverySink(self):
+        sinks = [EncodingSink(self.backplane, self.upper) for _ in range(3)]
+        for sink in sinks:
+            self.backplane.attach(sink)
+        self.backplane.publish_lines(b"a\nb\n")
+        self.backplane.publish_lines(b"c\n")
+        self.assertEqual(self.calls, [(b"a\nb\n", 2), (b"c\n", 1)])
+        for sink in sinks:
+            self.assertEqual(sink.sent, [b"A\nB\n", b"C\n"])
+            self.assertIs(sink.sent[0], sinks[0].sent[0], "the very same object")
+
+    def test_keyedByIdentityAndForgotten(self):
+        """
+        An equal chunk that is another object is encoded again, and so is the
+        same chunk once its fan-out is over: nothing is kept.
+        """
+        first = b"x\n"
+        self.assertEqual(self.backplane.encoded(first, 1, self.upper), b"X\n")
+        self.assertEqual(self.backplane.encoded(first, 1, self.upper), b"X\n")
+        self.assertEqual(len(self.calls), 1)
+        other = bytes(bytearray(first))
+        self.assertIsNot(other, first)
+        self.backplane.encoded(other, 1, self.upper)
+        self.assertEqual(len(self.calls), 2)
+        self.backplane.attach(EncodingSink(self.backplane, self.upper))
+        chunk = b"y\n"
+        self.backplane.publish_lines(chunk)
+        self.assertEqual(len(self.calls), 3)
+        self.backplane.encoded(chunk, 1, self.upper)
+        self.assertEqual(len(self.calls), 4, "forgotten after the fan-out")
+
+    def test_eachEncoderItsOwn(self):
+        lower = []
+        self.backplane.attach(EncodingSink(self.backplane, self.upper))
+        self.backplane.attach(EncodingSink(self.backplane, lambda d, c: lower.append(d) or d))
+        self.backplane.publish_lines(b"Aa\n")
+        self.assertEqual(len(self.calls), 1)
+        self.assertEqual(lower, [b"Aa\n"])
+
+    def test_retainedReplay(self):
+        backplane = Backplane("NEWS", retain=2)
+        backplane.publish(b"one")
+        backplane.publish(b"two")
+        sink = EncodingSink(backplane, self.upper)
+        backplane.attach(sink)
+        backplane.attach(EncodingSink(backplane, self.upper))
+        self.assertEqual(sink.sent, [b"ONE\nTWO\n"])
+        self.assertEqual(len(self.calls), 2, "each replay is a chunk of its own")
+
+
 class SubscriptionTests(SynchronousTestCase):
     def setUp(self):
         self.backplane = Backplane("NEWS")

@@ -19,7 +19,7 @@ from backplane import tap
 from backplane.config import DEFAULT_CONFIG
 from tests.certs import Certificates
 from tests.helpers import freePort, metricSamples, sample
-from tests.twistd import Twistd, readLines
+from tests.twistd import Twistd, readLines, wsConnect, wsReceive, wsSend
 
 ASCTIME = re.compile(rb"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun) \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}$")
 
@@ -158,6 +158,58 @@ subscribe_to = "NEWS"
             assert readLines(reader, 3) == [b"hello", b"world", b""]
             reader.close()
         twistd.stop()
+    finally:
+        twistd.kill()
+
+
+def test_websocketPorts(tmp_path):
+    """
+    protocol = "websocket" ports of a real process: a page subscribing to
+    the time gets it one message a line; what a WebSocket client sends
+    reaches a line subscriber; on shutdown the page is told the server is
+    going away (1001).
+    """
+    timePort, newsPort, linesPort = freePort(), freePort(), freePort()
+    twistd = Twistd(tmp_path, config=f"""
+[backplane.TIME]
+[backplane.NEWS]
+[[clock]]
+publish_to = "TIME"
+interval = 0.2
+[[listen]]
+endpoint = "tcp:{timePort}:interface=127.0.0.1"
+protocol = "websocket"
+subscribe_to = "TIME"
+[[listen]]
+endpoint = "tcp:{newsPort}:interface=127.0.0.1"
+protocol = "websocket"
+publish_to = "NEWS"
+[[listen]]
+endpoint = "tcp:{linesPort}:interface=127.0.0.1"
+subscribe_to = "NEWS"
+""").start()
+    try:
+        for port in (timePort, newsPort, linesPort):
+            twistd.waitForPort(port)
+        page = wsConnect(timePort)
+        for _ in range(2):
+            opcode, payload = wsReceive(page)
+            assert opcode == 1, "a text message"
+            assert ASCTIME.match(payload), payload
+        reader = subscribeTo(linesPort)
+        time.sleep(0.3)  # let the server attach it before publishing
+        publisher = wsConnect(newsPort, "/news")
+        wsSend(publisher, b"hello\r\nworld")
+        assert readLines(reader, 2) == [b"hello", b"world"]
+        publisher.close()
+        twistd.sendSignal(signal.SIGTERM)
+        while (frame := wsReceive(page))[0] != 8:
+            assert frame[0] == 1
+        assert frame[1][:2] == b"\x03\xe9", "1001: going away"
+        wsSend(page, frame[1][:2], opcode=8)  # the close handshake's reply
+        twistd.stop()
+        page.close()
+        reader.close()
     finally:
         twistd.kill()
 

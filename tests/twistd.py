@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ class Twistd:
             self.args = ["--config", str(path), *self.args]
         self.output = folder / f"{name}.out"
         self.process: subprocess.Popen[bytes] | None = None
+        self.signalled: int | None = None
 
     def command(self) -> list[str]:
         return [*TWISTD, "-n", "--pidfile=", *self.twistdArgs, "backplane", *self.args]
@@ -95,22 +97,32 @@ class Twistd:
                 raise AssertionError(f"{text!r} never logged:\n" + self.text())
             time.sleep(0.05)
 
+    def sendSignal(self, sig: int = signal.SIGTERM) -> None:
+        """
+        Send C{sig} now, to watch the shutdown it starts before L{stop}.
+        """
+        assert self.process is not None
+        self.process.send_signal(sig)
+        self.signalled = sig
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30, *,
              tracebacks: int = 0) -> None:
         """
-        Send C{sig}, wait for the process to exit, and check that it shut
-        down gracefully, having logged C{tracebacks} tracebacks (none,
-        unless a test expects a failure to be logged).
+        Send C{sig} (unless L{sendSignal} sent it already), wait for the
+        process to exit, and check that it shut down gracefully, having
+        logged C{tracebacks} tracebacks (none, unless a test expects a
+        failure to be logged).
 
         twistd ends a graceful shutdown on a signal by killing itself with
         that same signal, so that its parent sees why it ended: the exit
         status is C{-sig}, after "Server Shut Down." is logged.
         """
         assert self.process is not None
-        if self.process.poll() is None:
+        if self.process.poll() is None and self.signalled is None:
             self.process.send_signal(sig)
         status = self.process.wait(timeout)
         output = self.text()
+        sig = self.signalled or sig
         assert status == -sig, f"exit status {status}:\n{output}"
         assert "Server Shut Down." in output, output
         assert output.count("Traceback") == tracebacks, output
@@ -136,3 +148,64 @@ def readLines(sock: socket.socket, count: int, timeout: float = 20) -> list[byte
             raise AssertionError(f"closed after {got} of {count} lines")
         data += chunk
     return data.split(b"\n")[:count]
+
+
+# A blocking WebSocket client, enough for end-to-end tests.
+
+
+def wsConnect(port: int, path: str = "/", timeout: float = 10) -> socket.socket:
+    """
+    Open a WebSocket connection to C{port} on 127.0.0.1, as a browser does.
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall((
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\nOrigin: http://example.org\r\n\r\n").encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(1)
+        if not chunk:
+            raise AssertionError(f"closed during the handshake: {response!r}")
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 101 "), response
+    return sock
+
+
+def wsSend(sock: socket.socket, payload: bytes, opcode: int = 1) -> None:
+    """
+    Send one message in one masked frame, as a client must.
+    """
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 0x10000:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+def wsReceive(sock: socket.socket, timeout: float = 20) -> tuple[int, bytes]:
+    """
+    Read one frame: its opcode (1 text, 2 binary, 8 close) and payload.
+    """
+    sock.settimeout(timeout)
+
+    def read(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise AssertionError("closed in the middle of a frame")
+            data += chunk
+        return data
+
+    first, second = read(2)
+    n = second & 0x7F
+    if n == 126:
+        (n,) = struct.unpack("!H", read(2))
+    elif n == 127:
+        (n,) = struct.unpack("!Q", read(8))
+    return first & 0x0F, read(n)

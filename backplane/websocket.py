@@ -1,0 +1,297 @@
+"""
+WebSocket ports: the clients of a port speak WebSocket (RFC 6455, through
+autobahn) instead of lines, so that a web page can subscribe and publish.
+
+A WebSocket client is a publisher and/or a subscriber exactly as a line
+client is (L{backplane.protocols.BackplaneProtocol}), with the same limits;
+only the framing differs:
+
+  - Each message a subscriber receives is one WebSocket message of one
+    frame: a text frame when the line is valid UTF-8, a binary frame
+    otherwise.  A chunk of lines goes out in one write, encoded once for all
+    the WebSocket subscribers of the backplane (L{Backplane.encoded}).
+  - Each message a client sends (text or binary) is split into lines as a
+    line client's data is: on C{\\n}, one trailing C{\\r} removed from each
+    line; the end of the message ends its last line, so C{b"a"} and
+    C{b"a\\n"} are the one line C{a}, and an empty message is one empty line.
+    The lines of one message are published together.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from backplane.interfaces import ILineSink
+from backplane.protocols import (
+    BackplaneFactory,
+    BoundedOutput,
+    Limits,
+    describePeer,
+    firstOverlong,
+)
+from backplane.service import Backplane, BackplaneService, Subscription
+
+# Close codes (RFC 6455 7.4.1).
+GOING_AWAY = 1001
+MESSAGE_TOO_BIG = 1009
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+_LIMITS = Limits()
+
+# The header of a final, unmasked, uncompressed frame (RFC 6455 5.2): FIN and
+# the opcode (1: text, 2: binary), then the payload length in 7, 7+16 or
+# 7+64 bits.  A server's frames are never masked, so the same bytes serve
+# every client.
+_TEXT, _BINARY = 0x81, 0x82
+_SHORT_TEXT = [bytes((_TEXT, n)) for n in range(126)]
+_SHORT_BINARY = [bytes((_BINARY, n)) for n in range(126)]
+_MEDIUM = struct.Struct("!BBH")
+_LONG = struct.Struct("!BBQ")
+
+
+def encodeFrames(data: bytes, count: int) -> bytes:
+    """
+    The WebSocket frames a server sends for a chunk of lines: one message
+    of one frame a line, without its C{\\n}; a text frame if the line is
+    valid UTF-8, a binary frame otherwise.
+
+    @param data: complete lines, each ending with C{b"\\n"}.
+    @param count: their number (unused: the signature of an encoder for
+        L{Backplane.encoded}).
+    """
+    lines = data.split(b"\n")
+    lines.pop()
+    parts: list[bytes] = []
+    append = parts.append
+    # A chunk that is all valid UTF-8 is valid UTF-8 line by line (a newline
+    # is never part of a longer character): one check for the whole chunk.
+    allText = _isText(data)
+    for line in lines:
+        n = len(line)
+        if allText or _isText(line):
+            append(_SHORT_TEXT[n] if n < 126 else _header(_TEXT, n))
+        else:
+            append(_SHORT_BINARY[n] if n < 126 else _header(_BINARY, n))
+        append(line)
+    return b"".join(parts)
+
+
+def _header(opcode: int, length: int) -> bytes:
+    if length < 0x10000:
+        return _MEDIUM.pack(opcode, 126, length)
+    return _LONG.pack(opcode, 127, length)
+
+
+def _isText(data: bytes) -> bool:
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+# (mypy: autobahn's own base classes disagree on some attributes' types.)
+@implementer(ILineSink, IPushProducer)
+class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[misc]
+    """
+    One WebSocket client of a port: it may publish, subscribe, or both, with
+    the semantics and limits of a line client (see the module's docstring
+    for the framing).
+
+    It joins its backplanes when the WebSocket opening handshake is done.
+    Its C{factory} is autobahn's (the WebSocket options and timers), its
+    C{port} the L{WebSocketFactory} that counts it.
+    """
+
+    # Once connected: a TCP, TLS or UNIX transport (or a StringTransport).
+    transport: Any
+
+    def __init__(self, port: WebSocketFactory, publish_to: Backplane | None = None,
+                 subscribe_to: Backplane | None = None, limits: Limits = _LIMITS) -> None:
+        super().__init__()
+        self.port = port
+        self.portStats = port.stats
+        self.publishTo = publish_to
+        self.subscribeTo = subscribe_to
+        self.limits = limits
+        self._subscription: Subscription | None = None
+        self._closing = False
+        self._publishing = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.peer = describePeer(self.transport.getPeer())
+        # A producer for max_pending; registered for every client, since
+        # autobahn's dropConnection unregisters the transport's producer
+        # whoever it is.
+        self.transport.registerProducer(self, True)
+
+    def onOpen(self) -> None:
+        if self._closing:
+            return
+        if self.publishTo is not None:
+            self.publishTo.stats.publishers += 1
+            self._publishing = True
+        if self.subscribeTo is not None:
+            self._subscription = self.subscribeTo.attach(self, origin=self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._closing = True
+        self._stopSubscribing()
+        if self._publishing and self.publishTo is not None:
+            self.publishTo.stats.publishers -= 1
+            self._publishing = False
+        super().connectionLost(reason)
+        self.port.clientGone(self)
+
+    def goAway(self) -> None:
+        """
+        Close the connection gently: a Close frame (1001, going away) after
+        what is pending, then the client's reply ends the connection.
+        """
+        self._closing = True
+        self._stopSubscribing()
+        self._sendWaiting()
+        if self.state == _OPEN:
+            self.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"server going away")
+        else:
+            self.transport.loseConnection()
+
+    # Publishing: messages in.
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        # What a client that does not publish sends is read and discarded,
+        # not kept until its message ends.
+        if self.publishTo is not None:
+            super().onMessageFrameData(payload)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        super().onMessageFrameBegin(length)
+        # autobahn refuses a message over maxMessagePayloadSize from its
+        # frame's header, before reading it, and closes with 1009.
+        if self.wasMaxMessagePayloadSizeExceeded and not self._closing:
+            self._closing = True
+            self._refused(self.message_data_total_length)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        backplane = self.publishTo
+        if backplane is None or self._closing:
+            return
+        if payload[-1:] != b"\n":
+            payload += b"\n"
+        bad = firstOverlong(payload, self.limits.max_line_length)
+        if bad >= 0:
+            self._closing = True
+            self._refused(payload.find(b"\n", bad) - bad)
+            # Not published, in part or whole.
+            self.sendCloseFrame(code=MESSAGE_TOO_BIG, reasonUtf8=b"line too long")
+            return
+        if b"\r" in payload:
+            payload = payload.replace(b"\r\n", b"\n")
+        count = payload.count(b"\n")
+        self.portStats.messages_in += count
+        self.portStats.bytes_in += len(payload)
+        backplane.publish_lines(payload, count, origin=self)
+
+    def _refused(self, length: int) -> None:
+        self.portStats.overlong += 1
+        self.log.warn(
+            "Disconnecting {peer}: a line of {length} bytes or more is longer than "
+            "max_line_length ({limit}); it was not published",
+            peer=self.peer, length=length, limit=self.limits.max_line_length,
+        )
+        self._stopSubscribing()
+
+    # Subscribing: messages out (ILineSink).
+
+    def deliver(self, data: bytes, count: int) -> None:
+        """
+        Write a chunk of lines to the client as WebSocket frames, one message
+        a line, in one write, within C{max_pending}.
+        """
+        if self.state != _OPEN:
+            # Closing: no data frame may follow a Close frame.
+            self._stopSubscribing()
+            return
+        backplane = self.subscribeTo
+        assert backplane is not None
+        self._send(backplane.encoded(data, count, encodeFrames), count)
+
+    def _stopSubscribing(self) -> None:
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+
+
+class WebSocketFactory(BackplaneFactory):
+    """
+    A server factory for WebSocket clients that publish to and/or subscribe
+    to backplanes: a L{BackplaneFactory} (the same L{Limits}, C{max_clients},
+    C{protocols}, C{disconnectAll} and C{abortAll}) whose clients speak
+    WebSocket.
+
+    Any request path is accepted, any C{Origin} (browsers' pages from any
+    site, and C{file:} pages), no subprotocol is chosen, per-message
+    compression is off (frames are encoded once for everyone), and no pings
+    are sent.  A plain HTTP request gets C{426 Upgrade Required}.
+
+    @ivar websocket: autobahn's factory, which holds the WebSocket options
+        (C{setProtocolOptions}) every client reads when it connects.
+    """
+
+    protocol = WebSocketClient
+
+    def __init__(self, service: BackplaneService, *, publish_to: str | None = None,
+                 subscribe_to: str | None = None, limits: Limits = _LIMITS) -> None:
+        """
+        @param service: the registry the backplanes are looked up in.
+        @raise UnknownBackplane: a named backplane is not registered.
+        @raise ValueError: neither C{publish_to} nor C{subscribe_to} is given.
+        """
+        super().__init__(service, publish_to=publish_to, subscribe_to=subscribe_to,
+                         limits=limits)
+        # A message holds at most one line and its optional newline; a longer
+        # one is refused from its frame's header, before it is read.  (A port
+        # that does not publish keeps nothing of what it reads.)
+        maxPayload = limits.max_line_length + 1 if self.publishTo is not None else 0
+        self.websocket = WebSocketServerFactory(server=None)
+        self.websocket.setProtocolOptions(
+            maxMessagePayloadSize=maxPayload,
+            maxFramePayloadSize=maxPayload,
+            autoPingInterval=0,
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
+            webStatus=False,
+            # Close with a reason (e.g. 1009, message too big) rather than
+            # dropping the connection, so that a page can tell why.
+            failByDrop=False,
+        )
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        protocol = super().buildProtocol(addr)
+        if protocol is not None:
+            # autobahn's protocol reads its options and timers from its
+            # factory: that is autobahn's; this one is its port.
+            protocol.factory = self.websocket
+        return protocol
+
+    def makeProtocol(self) -> WebSocketClient:
+        return WebSocketClient(self, self.publishTo, self.subscribeTo, self.limits)
+
+    def closeClient(self, protocol: Protocol) -> None:
+        """
+        Close a client's connection with a Close frame (1001, going away)
+        after what is pending for it.
+        """
+        assert isinstance(protocol, WebSocketClient)
+        protocol.goAway()
