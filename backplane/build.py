@@ -46,7 +46,8 @@ def build_service(config: Config, reactor: Any = None) -> BackplaneService:
         monitor = MonitorService(
             service, endpoints.serverFromString(reactor, config.monitor.endpoint),
             description=config.monitor.endpoint, where="monitor", path=config.path,
-            allow=config.monitor.allow, clock=reactor)
+            allow=config.monitor.allow, tail=config.monitor.tail,
+            max_tails=config.monitor.max_tails, clock=reactor)
         monitor.setName("monitor")
         monitor.setServiceParent(service)
     for i, sink in enumerate(config.file, 1):

@@ -204,12 +204,15 @@ class RedisEntry:
 @dataclass(frozen=True)
 class MonitorEntry:
     """
-    C{[monitor]}: the HTTP monitor (C{/stats}, C{/metrics}, C{/healthz}).
+    C{[monitor]}: the HTTP monitor (C{/stats}, C{/metrics}, C{/healthz}, the
+    status page C{/} and its live tails C{/tail/NAME}).
     """
 
     endpoint: str = _option(doc="a Twisted server endpoint description")
     allow: tuple[Network, ...] | None = _option(
         None, parse=_networks, doc="the networks clients may connect from (default: any)")
+    tail: bool = _option(True, doc="whether /tail/NAME serves the lines of backplanes")
+    max_tails: int = _option(16, minimum=1, doc="live tails open at once")
 
 
 @dataclass(frozen=True)

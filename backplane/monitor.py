@@ -3,7 +3,8 @@ The monitor: the service's statistics over HTTP.
 
 C{/stats} is a JSON document (the server, every backplane, every statistics
 source), C{/metrics} the same in Prometheus' text format, C{/healthz} says
-C{ok} while the service runs.  Every port, clock, relay or sink reports
+C{ok} while the service runs, and C{/tail/NAME} streams the lines of a
+backplane (L{backplane.tail}).  Every port, clock, relay or sink reports
 through one mechanism: a child service that provides
 L{backplane.interfaces.IStatsSource}.
 """
@@ -31,6 +32,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 from twisted.application.service import IServiceCollection
 from twisted.copyright import version as twistedVersion
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -44,6 +46,7 @@ from backplane.interfaces import IStatsSource
 from backplane.ports import EndpointService
 from backplane.protocols import Network, describePeer, isAllowed
 from backplane.service import BackplaneService
+from backplane.tail import DEFAULT_MAX_TAILS, TailResource, Tails
 
 # The module's logger: Site.log is the access log's method.
 _log = Logger()
@@ -75,6 +78,10 @@ SOURCE_HELP = {
     ("clock", "published"): "Messages the clock published.",
     ("monitor", "requests"): "HTTP requests the monitor served.",
     ("monitor", "disallowed"): "Connections closed at once: the address is not in allow.",
+    ("monitor", "tails_opened"): "Live tails (tail/NAME) opened.",
+    ("monitor", "tails_refused"): "Live tails refused: max_tails were open.",
+    ("monitor", "tail_dropped"): "Lines live tails missed, being more than max_pending behind.",
+    ("monitor", "tails"): "Live tails open now.",
 }
 
 
@@ -292,9 +299,9 @@ class HealthPage(Resource):
 
 class MonitorResource(Resource):
     """
-    The root of the monitor's pages: C{stats}, C{metrics} and C{healthz} are
-    its children; C{/} itself is free for a status page
-    (C{putChild(b"", page)}).
+    The root of the monitor's pages: C{stats}, C{metrics}, C{healthz} and
+    the live tail (C{tail/NAME}) are its children; C{/} itself is free for
+    a status page (C{putChild(b"", page)}).
     """
 
     def __init__(self, monitor: MonitorService) -> None:
@@ -302,6 +309,7 @@ class MonitorResource(Resource):
         self.putChild(b"stats", StatsPage(monitor))
         self.putChild(b"metrics", MetricsPage(monitor))
         self.putChild(b"healthz", HealthPage(monitor))
+        self.putChild(b"tail", TailResource(monitor.tails, monitor.counted))
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         """
@@ -343,7 +351,8 @@ class MonitorSite(Site):
 class MonitorService(EndpointService):
     """
     Serves the statistics of a L{BackplaneService} over HTTP on a server
-    endpoint: C{/stats} (JSON), C{/metrics} (Prometheus) and C{/healthz}.
+    endpoint: C{/stats} (JSON), C{/metrics} (Prometheus), C{/healthz}, and
+    the live tails C{/tail/NAME}.
 
     Its metrics are in its own L{CollectorRegistry} (L{registry}), never in
     C{prometheus_client}'s global one, so that many services live in one
@@ -355,12 +364,15 @@ class MonitorService(EndpointService):
 
     def __init__(self, service: BackplaneService, endpoint: IStreamServerEndpoint, *,
                  description: str, where: str | None = "monitor", path: str | None = None,
-                 allow: Sequence[Network] | None = None,
+                 allow: Sequence[Network] | None = None, tail: bool = True,
+                 max_tails: int = DEFAULT_MAX_TAILS,
                  clock: IReactorTime | None = None) -> None:
         """
         @param service: the service whose statistics are reported.
         @param description: the endpoint as the user wrote it, for messages.
         @param allow: the networks clients may connect from (L{None}: any).
+        @param tail: whether C{/tail/NAME} serves the lines of backplanes.
+        @param max_tails: how many tails may be open at once.
         @param clock: the time (the reactor by default).
         """
         if clock is None:
@@ -372,6 +384,7 @@ class MonitorService(EndpointService):
         self.registry = CollectorRegistry()
         self.registry.register(StatsCollector(self))
         ProcessCollector(registry=self.registry)
+        self.tails = Tails(service, enabled=tail, max_tails=max_tails, clock=clock)
         self.resource = MonitorResource(self)
         site = MonitorSite(self.resource, allow=allow, reactor=clock)
         super().__init__(endpoint, site, description=description, where=where, path=path)
@@ -379,6 +392,14 @@ class MonitorService(EndpointService):
     def startService(self) -> None:
         self.started = self.clock.seconds()
         super().startService()
+        self.tails.start()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        End every live tail, then stop listening.
+        """
+        self.tails.stop()
+        return super().stopService()
 
     def uptime(self) -> float:
         """
@@ -443,13 +464,17 @@ class MonitorService(EndpointService):
     def report(self) -> dict[str, object]:
         """
         The monitor's own statistics (L{IStatsSource}): requests served,
-        connections refused by C{allow}.
+        connections refused by C{allow}, live tails.
         """
+        tails = self.tails
         return {
             "name": self.name or "monitor",
             "kind": "monitor",
             "state": self.state,
-            "counters": {"requests": self.requests, "disallowed": self.factory.disallowed},
-            "gauges": {},
-            "info": {"endpoint": self.description},
+            "counters": {"requests": self.requests, "disallowed": self.factory.disallowed,
+                         "tails_opened": tails.stats.accepted,
+                         "tails_refused": tails.stats.refused,
+                         "tail_dropped": tails.stats.dropped},
+            "gauges": {"tails": len(tails.clients)},
+            "info": {"endpoint": self.description, "tail": tails.enabled},
         }

@@ -92,15 +92,15 @@ class _Body(Protocol):
 
 
 @inlineCallbacks
-def httpGet(url: str, accept: str | None = None):
+def httpGet(url: str, accept: str | None = None, method: bytes = b"GET"):
     """
-    GET C{url}: the response and its body.
+    GET C{url} (or another C{method}): the response and its body.
     """
     from twisted.web.client import Agent
     from twisted.web.http_headers import Headers
 
     headers = Headers({b"accept": [accept.encode()]} if accept else {})
-    response = yield Agent(reactor).request(b"GET", url.encode(), headers)
+    response = yield Agent(reactor).request(method, url.encode(), headers)
     body = _Body()
     response.deliverBody(body)
     data = yield body.done
