@@ -13,7 +13,8 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(exclude=["tests*", "bench*"]) + ["twisted.plugins"],
-    package_data={"backplane": ["py.typed"]},
+    # The status page (backplane/status.py) reads its files from the package.
+    package_data={"backplane": ["py.typed", "web/*"]},
     install_requires=[
         # [tls]: ssl: and tls: endpoints, client certificates (pyOpenSSL,
         # service_identity); txredisapi imports twisted.internet.ssl too.

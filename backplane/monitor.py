@@ -3,8 +3,9 @@ The monitor: the service's statistics over HTTP.
 
 C{/stats} is a JSON document (the server, every backplane, every statistics
 source), C{/metrics} the same in Prometheus' text format, C{/healthz} says
-C{ok} while the service runs, and C{/tail/NAME} streams the lines of a
-backplane (L{backplane.tail}).  Every port, clock, relay or sink reports
+C{ok} while the service runs.  C{/} is a status page drawn from C{/stats}
+(L{backplane.status}), with the live tail of a backplane from C{/tail/NAME}
+(L{backplane.tail}).  Every port, clock, relay or sink reports
 through one mechanism: a child service that provides
 L{backplane.interfaces.IStatsSource}.
 """
@@ -46,6 +47,7 @@ from backplane.interfaces import IStatsSource
 from backplane.ports import EndpointService
 from backplane.protocols import Network, describePeer, isAllowed
 from backplane.service import BackplaneService
+from backplane.status import statusPage
 from backplane.tail import DEFAULT_MAX_TAILS, TailResource, Tails
 
 # The module's logger: Site.log is the access log's method.
@@ -299,9 +301,8 @@ class HealthPage(Resource):
 
 class MonitorResource(Resource):
     """
-    The root of the monitor's pages: C{stats}, C{metrics}, C{healthz} and
-    the live tail (C{tail/NAME}) are its children; C{/} itself is free for
-    a status page (C{putChild(b"", page)}).
+    The root of the monitor's pages: C{stats}, C{metrics}, C{healthz}, the
+    status page (C{/} and C{assets/}) and the live tail (C{tail/NAME}).
     """
 
     def __init__(self, monitor: MonitorService) -> None:
@@ -309,6 +310,9 @@ class MonitorResource(Resource):
         self.putChild(b"stats", StatsPage(monitor))
         self.putChild(b"metrics", MetricsPage(monitor))
         self.putChild(b"healthz", HealthPage(monitor))
+        page, assets = statusPage(monitor.counted)
+        self.putChild(b"", page)
+        self.putChild(b"assets", assets)
         self.putChild(b"tail", TailResource(monitor.tails, monitor.counted))
 
     def getChild(self, path: bytes, request: Request) -> IResource:
@@ -352,7 +356,7 @@ class MonitorService(EndpointService):
     """
     Serves the statistics of a L{BackplaneService} over HTTP on a server
     endpoint: C{/stats} (JSON), C{/metrics} (Prometheus), C{/healthz}, and
-    the live tails C{/tail/NAME}.
+    the status page C{/} with its live tails C{/tail/NAME}.
 
     Its metrics are in its own L{CollectorRegistry} (L{registry}), never in
     C{prometheus_client}'s global one, so that many services live in one

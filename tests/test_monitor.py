@@ -189,7 +189,7 @@ def test_statsMatchWhatHappened(running):
 
 @pytest_twisted.inlineCallbacks
 def test_unknownPaths(running):
-    for path in ("/", "/nothing", "/stats.json"):
+    for path in ("/nothing", "/stats.json"):
         response, _ = yield httpGet(urlOf(running, path))
         assert response.code == 404, path
 

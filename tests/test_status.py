@@ -1,12 +1,14 @@
 """
-The live tail over real sockets: C{/tail/NAME} as Server-Sent Events
-(streaming, bounded, read-only, 404 for an unknown backplane), and the
-config keys that govern it.
+The status page and the live tail over real sockets: C{/} and its assets,
+C{/tail/NAME} as Server-Sent Events (streaming, bounded, read-only, 404 for
+an unknown backplane), and the config keys that govern them.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from importlib import resources
 from ipaddress import ip_network
 
 import pytest
@@ -17,6 +19,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent
+from twisted.web.http_headers import Headers
 
 from backplane import BackplaneService
 from backplane.config import ConfigError, MonitorEntry, parse_config
@@ -62,6 +65,74 @@ def urlOf(service, path: str) -> str:
 def header(response, name: bytes) -> bytes | None:
     values = response.headers.getRawHeaders(name)
     return values[0] if values else None
+
+
+def packageFile(name: str) -> bytes:
+    return (resources.files("backplane") / "web" / name).read_bytes()
+
+
+# The page and its assets.
+
+
+@pytest_twisted.inlineCallbacks
+def test_pageAtTheRoot(service):
+    response, body = yield httpGet(urlOf(service, "/"))
+    assert response.code == 200
+    assert header(response, b"content-type") == b"text/html; charset=utf-8"
+    assert body == packageFile("index.html")
+    assert body.startswith(b"<!doctype html>")
+    assert b'<meta name="viewport"' in body
+    policy = header(response, b"content-security-policy")
+    assert b"default-src 'none'" in policy and b"script-src 'self'" in policy
+    assert header(response, b"x-content-type-options") == b"nosniff"
+
+
+@pytest_twisted.inlineCallbacks
+def test_assets(service):
+    """
+    Each file the page refers to is served from the package with its type;
+    the page loads nothing from anywhere else.
+    """
+    _, page = yield httpGet(urlOf(service, "/"))
+    referred = re.findall(rb'(?:src|href)="([^"]+)"', page)
+    assert set(referred) == {b"assets/favicon.svg", b"assets/status.css",
+                             b"assets/status.js", b"stats", b"metrics", b"healthz"}
+    types = {
+        "status.js": b"text/javascript; charset=utf-8",
+        "status.css": b"text/css; charset=utf-8",
+        "favicon.svg": b"image/svg+xml",
+    }
+    for name, type in types.items():
+        response, body = yield httpGet(urlOf(service, f"/assets/{name}"))
+        assert response.code == 200, name
+        assert header(response, b"content-type") == type
+        assert body == packageFile(name)
+        assert header(response, b"cache-control") == b"no-cache"
+    for name in ("index.html", "status.js", "status.css", "favicon.svg"):
+        # The SVG namespace is a name, not something loaded.
+        urls = re.findall(rb"\w+://[^\s\"'`]*", packageFile(name))
+        assert set(urls) <= {b"http://www.w3.org/2000/svg"}, (name, urls)
+
+
+@pytest_twisted.inlineCallbacks
+def test_assetNotModified(service):
+    """
+    A browser asking again with the ETag it has gets 304 and no body.
+    """
+    response, _ = yield httpGet(urlOf(service, "/assets/status.js"))
+    etag = header(response, b"etag")
+    assert etag
+    again = yield Agent(reactor).request(
+        b"GET", urlOf(service, "/assets/status.js").encode(),
+        Headers({b"if-none-match": [etag]}))
+    assert again.code == 304
+
+
+@pytest_twisted.inlineCallbacks
+def test_otherPathsAreNotFound(service):
+    for path in ("/assets/", "/assets/nothing.js", "/assets", "/index.html", "/nothing"):
+        response, _ = yield httpGet(urlOf(service, path))
+        assert response.code == 404, path
 
 
 # The live tail: a client of Server-Sent Events.
