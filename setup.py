@@ -34,6 +34,10 @@ setup(
             "hypothesis>=6.80",
             # The TLS tests make their own CA and certificates.
             "cryptography>=3.1",
+            # The status page's end-to-end test drives Debian's Chromium through
+            # its chromedriver (apt-get install chromium chromium-driver); 4.10 is
+            # the lowest verified.
+            "selenium>=4.10",
         ],
         # python -m bench (docs/performance.md): matplotlib draws the plot.
         "bench": ["matplotlib>=3.5"],

@@ -1,0 +1,196 @@
+"""
+The status page end to end: a real C{twistd -n backplane} with a
+C{[monitor]}, and the page in a real headless Chromium driven by Selenium
+through Debian's chromedriver.
+
+Outside CI the test is skipped when there is no Chromium, chromedriver or
+Selenium (C{apt-get install chromium chromium-driver}; Selenium comes with
+C{pip install '.[test]'}); in CI a skip is a failure (tests/conftest.py).
+C{CHROMIUM} and C{CHROMEDRIVER} name other binaries.  C{STATUS_SCREENSHOT}
+names a file to copy the screenshot to (docs/status-page.png is made so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import freePort
+from tests.twistd import Twistd
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
+
+# As the project runs Chromium in tests: no sandbox (root in a container), no
+# network of its own (updates, sync, QUIC), a fresh profile.
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """
+    A headless Chromium under Selenium (skipped if there is none), with the
+    browser's console log kept, quit after the test.
+    """
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("Selenium is not installed: pip install '.[test]'")
+    for path, package, variable in ((CHROMIUM, "chromium", "CHROMIUM"),
+                                    (CHROMEDRIVER, "chromium-driver", "CHROMEDRIVER")):
+        if not os.access(path, os.X_OK):
+            pytest.skip(f"no {path}: apt-get install {package}, or set {variable} to its path")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1300"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def waitFor(what: str, check: Callable[[], Any], timeout: float = 20) -> Any:
+    """
+    Poll C{check} until it returns something true, and return that.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as e:  # the page may be changing under us
+            last = e
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}: last {last!r}")
+
+
+def consoleErrors(driver) -> list[dict[str, Any]]:
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def test_statusPage(tmp_path, chromium):
+    """
+    The page of a real service shows its backplanes (with a rate), its
+    services with their state, and the live tail of a backplane chosen from
+    the list shows the lines published meanwhile, as text; no console
+    errors, and it fits a phone's screen.
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    newsPort, timePort, monitorPort = freePort(), freePort(), freePort()
+    twistd = Twistd(tmp_path, config=f"""
+[backplane.TIME]
+retain = 1
+[backplane.NEWS]
+[[clock]]
+publish_to = "TIME"
+interval = 0.25
+[[listen]]
+endpoint = "tcp:{newsPort}:interface=127.0.0.1"
+publish_to = "NEWS"
+[[listen]]
+endpoint = "tcp:{timePort}:interface=127.0.0.1"
+subscribe_to = "TIME"
+[[file]]
+subscribe_to = "NEWS"
+path = "news.log"
+[monitor]
+endpoint = "tcp:{monitorPort}:interface=127.0.0.1"
+allow = ["127.0.0.1"]
+""").start()
+    base = f"http://127.0.0.1:{monitorPort}/"
+
+    def stats() -> dict[str, Any]:
+        with urllib.request.urlopen(base + "stats", timeout=10) as response:
+            return json.load(response)
+
+    try:
+        twistd.waitForPort(monitorPort)
+        twistd.waitForPort(newsPort)
+        driver = chromium
+        driver.get(base)
+        assert driver.title == "backplane status"
+
+        names = waitFor("the backplanes", lambda: [
+            h.text for h in driver.find_elements(By.CSS_SELECTOR, "#backplanes .card h3")])
+        assert names == ["NEWS", "TIME"]
+        rows = waitFor("the services", lambda: {
+            row.get_attribute("data-name"): row.find_element(By.CSS_SELECTOR, ".state").text
+            for row in driver.find_elements(By.CSS_SELECTOR, "#services tbody tr")})
+        assert rows == {"monitor": "listening", "file[1]": "writing", "clock[1]": "running",
+                        "listen[1]": "listening", "listen[2]": "listening"}
+        assert "backplane " in driver.find_element(By.ID, "server").text
+
+        # The clock's rate: the difference of two readings of /stats.
+        timeCard = driver.find_element(By.CSS_SELECTOR, '#backplanes .card[data-name="TIME"]')
+        rate = waitFor("TIME's rate", lambda: float(
+            timeCard.find_element(By.CSS_SELECTOR, ".rate-value").text or "0"))
+        assert 1 <= rate <= 8, rate
+        assert timeCard.find_element(By.CSS_SELECTOR, ".spark-line").get_attribute("d")
+
+        # The live tail, chosen from the list: TIME's retained line comes at
+        # once, then live ones.
+        choices = Select(driver.find_element(By.ID, "tail-backplane"))
+        assert [o.get_attribute("value") for o in choices.options] == ["", "NEWS", "TIME"]
+        choices.select_by_value("TIME")
+        waitFor("TIME's lines", lambda: len(driver.find_elements(By.CSS_SELECTOR, "#tail li")) >= 2)
+        assert driver.execute_script("return location.hash") == "#tail=TIME"
+
+        # Then NEWS: the lines published while the page shows it.
+        choices.select_by_value("NEWS")
+        waitFor("the tail to subscribe", lambda: stats()["backplanes"]["NEWS"]["subscribers"] == 2)
+        waitFor("the TIME tail to close",
+                lambda: stats()["backplanes"]["TIME"]["subscribers"] == 0)
+        waitFor("the tail to open",
+                lambda: "live" in driver.find_element(By.ID, "tail-status").text)
+        published = [b"hello from the test", b"caf\xc3\xa9 and \xff not UTF-8",
+                     b"<script>alert(1)</script><b>not bold</b>", b"", b"\x1b[1mbold\x1b[0m"]
+        with socket.create_connection(("127.0.0.1", newsPort)) as publisher:
+            publisher.sendall(b"".join(line + b"\n" for line in published))
+            shown = waitFor("the lines in the tail", lambda: (
+                texts := [li.text for li in driver.find_elements(
+                    By.CSS_SELECTOR, "#tail li .text")]) and len(texts) == 5 and texts)
+        assert shown == ["hello from the test", "café and \ufffd not UTF-8",
+                         "<script>alert(1)</script><b>not bold</b>", "", "^[[1mbold^[[0m"]
+        assert driver.find_elements(By.CSS_SELECTOR, "#tail script, #tail b") == []
+        assert "5 lines received" in driver.find_element(By.ID, "tail-status").text
+
+        time.sleep(2.5)  # one more reading of /stats, drawn
+        driver.save_screenshot(str(tmp_path / "status.png"))
+        if os.environ.get("STATUS_SCREENSHOT"):
+            shutil.copyfile(tmp_path / "status.png", os.environ["STATUS_SCREENSHOT"])
+
+        # A phone's screen: nothing wider than it.
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
+        driver.refresh()
+        waitFor("the page on a phone", lambda: driver.find_elements(By.CSS_SELECTOR, ".card"))
+        widths = driver.execute_script(
+            "return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], widths
+        driver.save_screenshot(str(tmp_path / "status-phone.png"))
+
+        assert consoleErrors(driver) == []
+        driver.get("about:blank")  # closes the page's tail
+        twistd.stop()
+    finally:
+        twistd.kill()
+    assert Path(tmp_path / "status.png").stat().st_size > 0
