@@ -147,6 +147,7 @@
     head.append(element("h3", "name", name));
     const button = element("button", "tail-button", "Tail");
     button.type = "button";
+    button.hidden = !tail.enabled;
     button.title = `show the lines of ${name} as they are published`;
     button.addEventListener("click", () => {
       chooseTail(name);
@@ -230,8 +231,11 @@
         rates.delete(name);
       }
     }
-    if (names.length === 0 && !container.querySelector(".empty-note")) {
+    const note = container.querySelector(".empty-note");
+    if (names.length === 0 && !note) {
       container.append(element("p", "empty-note", "No backplanes."));
+    } else if (names.length > 0 && note) {
+      note.remove();
     }
     names.forEach((name, index) => {
       const data = backplanes[name];
