@@ -183,6 +183,8 @@ allow = ["127.0.0.1"]
             "width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
         driver.refresh()
         waitFor("the page on a phone", lambda: driver.find_elements(By.CSS_SELECTOR, ".card"))
+        waitFor("the tail named in the address (#tail=NEWS) to open again",
+                lambda: "NEWS: live" in driver.find_element(By.ID, "tail-status").text)
         widths = driver.execute_script(
             "return [document.documentElement.scrollWidth, window.innerWidth]")
         assert widths[0] <= widths[1], widths
@@ -194,3 +196,35 @@ allow = ["127.0.0.1"]
     finally:
         twistd.kill()
     assert Path(tmp_path / "status.png").stat().st_size > 0
+
+
+def test_statusPageWithoutTail(tmp_path, chromium):
+    """
+    With tail = false the page shows the statistics, and no tail: no list,
+    no Tail buttons, even when the address asks for one; no console errors.
+    """
+    from selenium.webdriver.common.by import By
+
+    monitorPort = freePort()
+    twistd = Twistd(tmp_path, config=f"""
+[backplane.TIME]
+[[clock]]
+publish_to = "TIME"
+[monitor]
+endpoint = "tcp:{monitorPort}:interface=127.0.0.1"
+tail = false
+""").start()
+    try:
+        twistd.waitForPort(monitorPort)
+        driver = chromium
+        driver.get(f"http://127.0.0.1:{monitorPort}/#tail=TIME")
+        waitFor("the statement that the tail is off",
+                lambda: "tail is off" in driver.find_element(By.ID, "tail-status").text)
+        assert [h.text for h in driver.find_elements(By.CSS_SELECTOR, ".card h3")] == ["TIME"]
+        assert not driver.find_element(By.ID, "tail-controls").is_displayed()
+        assert not driver.find_element(By.CSS_SELECTOR, ".tail-button").is_displayed()
+        assert consoleErrors(driver) == []
+        driver.get("about:blank")
+        twistd.stop()
+    finally:
+        twistd.kill()

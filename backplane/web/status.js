@@ -352,6 +352,7 @@
     unseen: 0,       // lines received while paused
     scheduled: false,
     enabled: true,
+    wanted: null,    // the name in the address, until the first reading
   };
 
   function limit() {
@@ -524,10 +525,23 @@
     const wanted = /^#tail=(.*)$/.exec(location.hash);
     if (wanted) {
       try {
-        chooseTail(decodeURIComponent(wanted[1]));
+        tail.wanted = decodeURIComponent(wanted[1]);
       } catch (error) {
         // A hash that is not percent-encoding: no tail.
       }
+    }
+  }
+
+  // The tail the address asked for (#tail=NAME), once the first reading
+  // tells whether there is such a backplane and whether tails are on.
+  function openWanted(names) {
+    const name = tail.wanted;
+    tail.wanted = null;
+    if (name === null || !tail.enabled) return;
+    if (names.includes(name)) {
+      chooseTail(name);
+    } else {
+      tailStatus(`There is no backplane named ${JSON.stringify(name)}.`, true);
     }
   }
 
@@ -544,6 +558,7 @@
       showServices(services);
       const monitor = services.find((service) => service.kind === "monitor");
       showTailChoices(names, !monitor || !monitor.info || monitor.info.tail !== false);
+      openWanted(names);
       showConnection(true, `live · ${clockTime(new Date())}`);
     } catch (error) {
       showConnection(false, `cannot read the statistics (${error.message}); retrying`);
