@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from backplane.config import parse_config
 from bench import report, stats, wire
-from bench.load import shares
+from bench.load import Subscribers, assign, shares
 from bench.procfs import CLOCK_TICKS, Snapshot
 from bench.servers import endpoint, toml_config
 
@@ -478,6 +478,31 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(shares(1, 4), [1])
         self.assertEqual(sum(shares(1000, 7)), 1000)
 
+    def test_assign(self):
+        """
+        Each group of subscribers is spread evenly over the processes; a
+        process takes a share of every group that has enough subscribers.
+        """
+        a = Subscribers("A", 1, "lines", 5)
+        b = Subscribers("B", 2, "websocket", 1)
+        self.assertEqual(assign([a, b], 2), [[(0, 3), (1, 1)], [(0, 2)]])
+        self.assertEqual(assign([b], 3), [[(0, 1)]])
+        parts = assign([a, b, a], 4)
+        self.assertEqual(sum(n for part in parts for g, n in part if g == 2), 5)
+
+    def test_counters(self):
+        """
+        A group's counters speak its protocol.
+        """
+        latencies = array("q")
+        for protocol, kind in [("lines", wire.LineCounter), ("resp", wire.FrameCounter),
+                               ("websocket", wire.WebSocketCounter)]:
+            counter = Subscribers("", 1, protocol, 1).counter(SIZE, latencies)
+            self.assertIsInstance(counter, kind)
+        # Only the line and WebSocket streams have probes to wait for.
+        self.assertTrue(Subscribers("", 1, "resp", 1).counter(SIZE, latencies).attached)
+        self.assertFalse(Subscribers("", 1, "websocket", 1).counter(SIZE, latencies).attached)
+
     def test_config(self):
         """
         The configs the harness writes are valid backplane configs.
@@ -506,4 +531,16 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(usage["host_busy_pct"], 125.0)
         self.assertEqual(usage["host_softirq_pct"], 25.0)
         self.assertEqual(usage["host_other_pct"], 50.0)
+
+    def test_usageByProcess(self):
+        """
+        With names for the server processes, each one's CPU seconds too.
+        """
+        host = (0,) * 8
+        before = Snapshot(0, 3, 0, host, (1, 2))
+        after = Snapshot(10**9, 3 + 3 * 10**8, 0, host, (1 + 10**8, 2 + 2 * 10**8))
+        usage = before.usage(after, ["A", "redis"])
+        self.assertEqual((usage["A_cpu_s"], usage["redis_cpu_s"], usage["server_cpu_s"]),
+                         (0.1, 0.2, 0.3))
+        self.assertNotIn("A_cpu_s", before.usage(after))
 
