@@ -12,7 +12,7 @@ from backplane.config import parse_config
 from bench import report, stats, wire
 from bench.load import Subscribers, assign, shares
 from bench.procfs import CLOCK_TICKS, Snapshot
-from bench.servers import endpoint, toml_config
+from bench.servers import endpoint, redis_url, toml_config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -463,6 +463,32 @@ class ReportTests(SynchronousTestCase):
         self.assertEqual(ratio["delivered_msgs_per_s"], {"median": 2.5, "min": 2.0, "max": 3.0})
         self.assertEqual(ratio["server_cpu_us_per_delivery"]["min"], 0.25)
 
+    def test_nodesRatios(self):
+        """
+        Two nodes / one node by S, paired by repeat.
+        """
+        runs = [
+            {"scenario": "nodes", "repeat": r, "server": "backplane", "kind": kind, "S": 100,
+             "delivered_msgs_per_s": rate, "server_cpu_us_per_delivery": cpu}
+            for r, kind, rate, cpu in [(1, "1 node", 100, 0.1), (1, "2 nodes", 80, 0.12),
+                                       (2, "2 nodes", 90, 0.1), (2, "1 node", 100, 0.1)]
+        ]
+        [ratio] = report.nodes_ratios(runs)
+        spread = ratio["delivered_msgs_per_s"]
+        self.assertEqual((spread["min"], spread["max"]), (0.8, 0.9))
+        self.assertAlmostEqual(spread["median"], 0.85)
+        self.assertEqual(ratio["server_cpu_us_per_delivery"]["max"], 1.2)
+
+    def test_each(self):
+        """
+        Several figures of a row in one cell: medians, or the worst values.
+        """
+        row = {"A_lost": {"median": 0, "min": 0, "max": 2}, "B_lost": 0, "x": 1.5}
+        self.assertEqual(report.each(row, ["A_lost", "B_lost"]), "0/0")
+        self.assertEqual(report.each(row, ["A_lost", "B_lost"], worst_of=True), "2/0")
+        self.assertEqual(report.each(row, ["x", "y"]), "1.5/-")
+        self.assertEqual(report.each(row, ["y", "z"]), "-")
+
     def test_render(self):
         table = report.render(["server", "msgs/s", "status"], [["redis", "1.2M", "ok"]])
         self.assertEqual(table.splitlines(), [
@@ -516,6 +542,18 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(config.listen[1].slow, "drop")
         self.assertEqual(config.listen[0].backlog, 10240)
         self.assertEqual(config.file[0].flush_interval, 0.1)
+
+    def test_sharedConfig(self):
+        """
+        A node's config: a shared backplane and the [redis] table.
+        """
+        text = toml_config({"BENCH": {"shared": True}}, {"redis": {"url": redis_url(6400)}},
+                           listen=[{"endpoint": endpoint(1600), "subscribe_to": "BENCH",
+                                    "protocol": "websocket"}])
+        config = parse_config(tomllib.loads(text))
+        self.assertTrue(config.backplanes["BENCH"].shared)
+        self.assertEqual(config.redis.url, "redis://127.0.0.1:6400/0")
+        self.assertEqual(config.listen[0].protocol, "websocket")
 
     def test_usage(self):
         """
