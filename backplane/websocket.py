@@ -134,7 +134,7 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
         # A producer for max_pending; registered for every client, since
         # autobahn's dropConnection unregisters the transport's producer
         # whoever it is.
-        self.transport.registerProducer(self, True)
+        self._produceFor(self.transport)
 
     def onOpen(self) -> None:
         if self._closing:

@@ -1,6 +1,7 @@
 """
-The backplane benchmark: C{python -m bench fanout} and C{python -m bench
-stalled} (see docs/performance.md).
+The backplane benchmark: C{python -m bench fanout}, C{stalled}, C{nodes}
+(two nodes sharing a backplane through Redis) and C{websocket} (WebSocket
+beside line subscribers); see docs/performance.md.
 
 It starts a real C{twistd backplane} process and, where C{redis-server} is
 on PATH, a private Redis, pins them away from its own load generator, drives

@@ -1,6 +1,6 @@
 """
-C{python -m bench fanout|stalled [options]}: run a suite, print its tables,
-write its JSON file and plot.
+C{python -m bench fanout|stalled|nodes|websocket [options]}: run a suite,
+print its tables, write its JSON file (and, for C{fanout}, its plot).
 """
 
 from __future__ import annotations
@@ -23,6 +23,13 @@ from bench.servers import ServerError, redis_path, redis_version
 from bench.suite import POLICIES, SCENARIOS, Options, Suite
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+# Each command's method of Suite, and the server processes it runs.
+COMMANDS = {
+    "fanout": ("fanout_suite", "backplane, Redis"),
+    "stalled": ("stalled", "backplane"),
+    "nodes": ("nodes", "nodes A and B, their Redis, and the single node"),
+    "websocket": ("websocket", "backplane"),
+}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,6 +74,15 @@ def parser() -> argparse.ArgumentParser:
     )
     stalled.add_argument("--policy", choices=[*POLICIES, "both"], default="both",
                          help="the subscribe port's slow policy (default: both)")
+    commands.add_parser(
+        "nodes", parents=[common],
+        help="two nodes sharing the backplane through Redis (S = 2x50, 2x500) beside one "
+             "node; needs redis-server",
+    )
+    commands.add_parser(
+        "websocket", parents=[common],
+        help="1,000 WebSocket subscribers beside 1,000 line subscribers, then each alone",
+    )
     return main
 
 
@@ -79,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     arguments = command_line.parse_args(argv)
     if arguments.repeat < 1 or arguments.window < 1 or (arguments.workers or 1) < 1:
         command_line.error("--repeat, --workers and --window must be at least 1")
-    redis = (arguments.command == "fanout" and not arguments.no_redis
+    redis = (arguments.command in ("fanout", "nodes") and not getattr(arguments, "no_redis", False)
              and redis_path() is not None)
+    if arguments.command == "nodes" and not redis:
+        print("bench nodes: needs redis-server on PATH (Debian: apt-get install redis-server)",
+              file=sys.stderr)
+        return 1
     _prepare()
     placement = Placement.choose()
     placement.pin_generator()
@@ -100,10 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         suite = Suite(options, Path(folder), placement)
         try:
-            if arguments.command == "fanout":
-                suite.fanout_suite()
-            else:
-                suite.stalled()
+            getattr(suite, COMMANDS[arguments.command][0])()
         except ServerError as e:
             print(f"bench: a server did not start: {e}", file=sys.stderr)
             return 1
@@ -148,7 +165,8 @@ def _meta(started: datetime.datetime, placement: Placement, options: Options,
         "cpu": _cpu_model(),
         "cpus": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
-        "placement": {"server": list(placement.server), "generator": list(placement.generator)},
+        "placement": {"server": list(placement.server), "generator": list(placement.generator),
+                      "servers": COMMANDS[command][1]},
         "python": platform.python_version(),
         "twisted": _version("Twisted"),
         "backplane": _version("backplane"),

@@ -96,7 +96,7 @@ def idle_process(index: int, count: int, target: Target, load: IdleLoad, shared:
     C{array("q")} as bytes).
     """
     try:
-        socks = connect_subscribers(target, count, load.setup_timeout)
+        socks = connect_subscribers(target.subscribers(count), load.setup_timeout)
     except (OSError, RespError) as e:
         conn.send(("error", f"cannot connect its subscribers: {type(e).__name__}: {e}"))
         return

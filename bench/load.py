@@ -7,8 +7,15 @@ measures a run.
 Every process of the generator runs on the generator's CPUs, away from the
 server's.  Subscriber processes read with C{recv_into} into one 256 KiB
 buffer and count in bulk (L{bench.wire.LineCounter},
-L{bench.wire.FrameCounter}); they publish their slowest subscriber's count
-in shared memory, which is all the publisher needs for its window.
+L{bench.wire.FrameCounter}, L{bench.wire.WebSocketCounter}); they publish
+their slowest subscriber's count in shared memory, which is all the
+publisher needs for its window.
+
+The subscribers of a run may be several groups (L{Subscribers}): on other
+ports, other servers, other protocols (lines and WebSocket subscribers of
+one backplane, or the subscribers of two nodes); each subscriber process
+takes its share of every group, and the run's figures are also given for
+each group.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -23,8 +31,8 @@ import socket
 import time
 import traceback
 from array import array
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -33,15 +41,22 @@ from bench.servers import die_with_parent
 from bench.stats import latency_summary
 from bench.wire import (
     LINES,
+    MAX_UPGRADE_RESPONSE,
     BatchMaker,
     FrameCounter,
     Framing,
     LineCounter,
     RespError,
+    WebSocketCounter,
+    WebSocketError,
+    check_upgrade,
     parse_resp,
     probe,
     resp_framing,
     subscribe_command,
+    upgrade_request,
+    upgrade_response_end,
+    websocket_key,
 )
 
 # fork: the children start at once and share the parent's imports.
@@ -57,6 +72,9 @@ WINDOW_WAIT = 0.0001
 STALLED_RECEIVE_BUFFER = 4096
 # B: payload bytes, as in the issue (at least bench.wire.MIN_SIZE).
 DEFAULT_SIZE = 64
+# What connecting a subscriber may raise: the connection failed, or Redis
+# or the WebSocket handshake refused it.
+SETUP_ERRORS = (OSError, RespError, WebSocketError)
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,10 @@ class Target:
         subscribers read lines from C{subscribe}) or C{"resp"} (Redis
         pub/sub on C{channel}; both ports are Redis's).
     @ivar pids: the server's processes, whose CPU time is measured.
+    @ivar roles: if given, a name for each of C{pids}, whose CPU is then
+        also reported on its own (e.g. two nodes and their Redis).
+    @ivar websocket: a WebSocket port subscribed to the same backplane as
+        C{subscribe} (0: none).
     """
 
     name: str
@@ -77,12 +99,62 @@ class Target:
     subscribe: int
     pids: tuple[int, ...]
     channel: bytes = b"bench"
+    roles: tuple[str, ...] = ()
+    websocket: int = 0
 
     def framing(self, size: int) -> Framing:
         """
         How this target's protocol frames a payload of C{size} bytes.
         """
         return LINES if self.protocol == "lines" else resp_framing(self.channel, size)
+
+    def subscribers(self, count: int, name: str = "") -> Subscribers:
+        """
+        C{count} subscribers of this target's subscribe port.
+        """
+        return Subscribers(name, self.subscribe, self.protocol, count, self.channel)
+
+
+@dataclass(frozen=True)
+class Subscribers:
+    """
+    A group of subscribers of one run: C{count} of them on C{port}, speaking
+    C{protocol}: C{"lines"}, C{"resp"} (subscribed to Redis channel
+    C{channel}) or C{"websocket"} (a backplane WebSocket port).
+
+    @ivar name: labels the group's figures in a run's row (C{A_lost},
+        C{ws_msgs_per_s}, ...); the one group of a plain run has none.
+    """
+
+    name: str
+    port: int
+    protocol: str
+    count: int
+    channel: bytes = b"bench"
+
+    def counter(self, size: int, latencies: array[int]) -> Any:
+        """
+        A counter for one subscriber of this group (see L{bench.wire}).
+        """
+        if self.protocol == "lines":
+            return LineCounter(size, latencies)
+        if self.protocol == "websocket":
+            return WebSocketCounter(size, latencies)
+        return FrameCounter(resp_framing(self.channel, size), size, latencies)
+
+
+def assign(groups: Sequence[Subscribers], workers: int) -> list[list[tuple[int, int]]]:
+    """
+    Spread the subscribers of C{groups} over at most C{workers} processes,
+    each group evenly over as many of them as it has subscribers for.
+
+    @return: for each process, (index of a group, how many of it) pairs.
+    """
+    parts: list[list[tuple[int, int]]] = [[] for _ in range(workers)]
+    for index, group in enumerate(groups):
+        for worker, count in enumerate(shares(group.count, workers)):
+            parts[worker].append((index, count))
+    return [part for part in parts if part]
 
 
 @dataclass(frozen=True)
@@ -230,25 +302,59 @@ def await_subscribed(sock: socket.socket, channel: bytes, timeout: float) -> Non
             return
 
 
-def connect_subscribers(target: Target, count: int, timeout: float,
+def await_upgraded(sock: socket.socket, key: bytes, timeout: float) -> None:
+    """
+    Read the server's answer to a WebSocket opening handshake sent with
+    C{key}, and nothing more: what follows it (the first frames) stays in
+    the socket for the subscriber's counter.
+
+    @raise WebSocketError: the server refused or closed.
+    @raise TimeoutError: it did not answer in C{timeout} seconds.
+    """
+    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        data = sock.recv(MAX_UPGRADE_RESPONSE, socket.MSG_PEEK)
+        if not data:
+            raise WebSocketError("the server closed the connection during the handshake")
+        end = upgrade_response_end(data)
+        if end >= 0:
+            check_upgrade(sock.recv(end), key)
+            return
+        if len(data) >= MAX_UPGRADE_RESPONSE:
+            raise WebSocketError(f"no end to the handshake's answer: {data[:200]!r}")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the handshake's answer did not end")
+        time.sleep(0.001)  # a peek returns at once while anything is there
+
+
+def connect_subscribers(group: Subscribers, timeout: float,
                         receive_buffer: int | None = None) -> list[socket.socket]:
     """
-    Connect C{count} subscribers to C{target} (on Redis, subscribed to its
-    channel, each confirmed), with C{receive_buffer} as their C{SO_RCVBUF}
-    if given.
+    Connect the subscribers of C{group}: on Redis, subscribed to its channel
+    and each confirmed; on a WebSocket port, each through its opening
+    handshake.  With C{receive_buffer} as their C{SO_RCVBUF} if given.
 
     @raise OSError: a connection failed.
     @raise RespError: Redis refused a subscription.
+    @raise WebSocketError: the server refused a handshake.
     """
     socks: list[socket.socket] = []
+    keys: list[bytes] = []
     try:
-        for _ in range(count):
-            socks.append(connect(target.subscribe, receive_buffer))
-            if target.protocol == "resp":
-                socks[-1].sendall(subscribe_command(target.channel))
-        if target.protocol == "resp":
+        for _ in range(group.count):
+            socks.append(connect(group.port, receive_buffer))
+            if group.protocol == "resp":
+                socks[-1].sendall(subscribe_command(group.channel))
+            elif group.protocol == "websocket":
+                keys.append(websocket_key(secrets.token_bytes(16)))
+                socks[-1].sendall(upgrade_request(group.port, keys[-1]))
+        if group.protocol == "resp":
             for sock in socks:
-                await_subscribed(sock, target.channel, timeout)
+                await_subscribed(sock, group.channel, timeout)
+        elif group.protocol == "websocket":
+            for sock, key in zip(socks, keys, strict=True):
+                await_upgraded(sock, key, timeout)
     except BaseException:
         for sock in socks:
             sock.close()
@@ -278,38 +384,43 @@ def child(main: Callable[..., None]) -> Callable[..., None]:
 
 
 @child
-def subscriber_process(index: int, count: int, target: Target, load: Load, shared: Shared,
+def subscriber_process(index: int, part: Sequence[tuple[int, int]],
+                       groups: Sequence[Subscribers], load: Load, shared: Shared,
                        conn: Connection) -> None:
     """
-    A subscriber process: connect C{count} subscribers, attach them, count
+    A subscriber process: connect its C{part} of the subscribers of
+    C{groups} (pairs of a group's index and a count), attach them, count
     what they receive until each has every message, and report.
 
     Messages on C{conn}: C{("done", last_receive_ns)} as soon as it is
-    complete (or stalled, or told to stop), then C{("result", dict)}.
+    complete (or stalled, or told to stop), then C{("result", dict)}, whose
+    lists have one item for each group: C{received} (a count for each of
+    its subscribers here), C{latencies} (an C{array("q")} as bytes),
+    C{last_receive}, C{reads}, C{disconnects}, C{bad}, C{sequence_errors}.
     """
-    framing = target.framing(load.size)
-    latencies: array[int] = array("q")
+    latencies = {g: array("q") for g, _ in part}
+    mine: list[tuple[int, socket.socket, Any]] = []
     try:
-        socks = connect_subscribers(target, count, load.setup_timeout)
-    except (OSError, RespError) as e:
+        for g, count in part:
+            for sock in connect_subscribers(replace(groups[g], count=count),
+                                            load.setup_timeout):
+                mine.append((g, sock, groups[g].counter(load.size, latencies[g])))
+    except SETUP_ERRORS as e:
         conn.send(("error", f"cannot connect its subscribers: {type(e).__name__}: {e}"))
         return
-    counters: list[Any] = [
-        LineCounter(load.size, latencies) if target.protocol == "lines"
-        else FrameCounter(framing, load.size, latencies)
-        for _ in socks
-    ]
-    if target.protocol == "resp":
-        shared.ready[index] = count
+    counters = [counter for _, _, counter in mine]
+    shared.ready[index] = sum(c.attached for c in counters)
     poller = select.epoll()
-    streams: dict[int, tuple[Callable[..., int], Any]] = {}
-    for sock, counter in zip(socks, counters, strict=True):
+    streams: dict[int, tuple[Callable[..., int], Any, int]] = {}
+    for g, sock, counter in mine:
         sock.setblocking(False)
         poller.register(sock.fileno(), select.EPOLLIN)
-        streams[sock.fileno()] = (sock.recv_into, counter)
+        streams[sock.fileno()] = (sock.recv_into, counter, g)
     buffer = bytearray(RECV_SIZE)
     live = list(counters)
-    disconnects = reads = 0
+    reads = [0] * len(groups)
+    disconnects = [0] * len(groups)
+    last = [0] * len(groups)
     status = "ok"
     last_receive = 0
     refresh = 0
@@ -319,7 +430,7 @@ def subscriber_process(index: int, count: int, target: Target, load: Load, share
     going = False
     while not shared.stop.value:
         for fd, _ in poller.poll(0.05):
-            recv_into, counter = streams[fd]
+            recv_into, counter, g = streams[fd]
             try:
                 n = recv_into(buffer)
             except BlockingIOError:
@@ -327,21 +438,20 @@ def subscriber_process(index: int, count: int, target: Target, load: Load, share
             except OSError:
                 n = 0
             if n:
-                reads += 1
-                last_receive = clock()
+                reads[g] += 1
+                last_receive = last[g] = clock()
                 counter.feed(buffer, n, last_receive)
             else:
                 poller.unregister(fd)
                 del streams[fd]
                 live.remove(counter)
-                disconnects += 1
+                disconnects[g] += 1
         now = clock()
         if now < refresh:
             continue
         refresh = now + int(REFRESH * 1e9)
         if not going:
-            if target.protocol == "lines":
-                shared.ready[index] = sum(c.attached for c in counters)
+            shared.ready[index] = sum(c.attached for c in counters)
             if shared.go.is_set():
                 going, last_receive = True, now
             continue
@@ -353,14 +463,17 @@ def subscriber_process(index: int, count: int, target: Target, load: Load, share
             status = "stalled"
             break
     conn.send(("done", last_receive))
+    of = [[counter for g_, _, counter in mine if g_ == g] for g in range(len(groups))]
     conn.send(("result", {
         "status": status if not shared.stop.value else "stopped",
-        "received": [c.received for c in counters],
-        "bad": sum(c.bad for c in counters),
-        "sequence_errors": sum(c.sequence_errors for c in counters),
+        "received": [[c.received for c in cs] for cs in of],
+        "bad": [sum(c.bad for c in cs) for cs in of],
+        "sequence_errors": [sum(c.sequence_errors for c in cs) for cs in of],
         "disconnects": disconnects,
         "reads": reads,
-        "latencies": latencies.tobytes(),
+        "last_receive": last,
+        "latencies": [latencies[g].tobytes() if g in latencies else b""
+                      for g in range(len(groups))],
     }))
     shared.await_stop()
 
@@ -632,27 +745,35 @@ def _stop(processes: Sequence[multiprocessing.process.BaseProcess], shared: Shar
 
 
 def run_fanout(target: Target, load: Load, placement: Placement,
-               timeout: float = 900.0) -> dict[str, object]:
+               groups: Sequence[Subscribers] = (), timeout: float = 900.0) -> dict[str, object]:
     """
-    One measured fan-out run: S subscribers, one publisher, M messages.
+    One measured fan-out run: S subscribers, one publisher (on
+    C{target.publish}), M messages.
 
     The window starts when every subscriber is attached (plus a short
     settle) and ends at the last delivery; server and generator CPU are
     read from /proc at both ends.
 
+    @param groups: the subscribers, if not all C{load.subscribers} on
+        C{target.subscribe}; their counts must add up to C{load.subscribers}.
+        Each named group's figures are in the row too.
     @raise GeneratorError: the generator could not set up or run.
     """
-    parts = shares(load.subscribers, load.workers)
+    groups = tuple(groups) or (target.subscribers(load.subscribers),)
+    if sum(g.count for g in groups) != load.subscribers:
+        raise ValueError(f"the groups have {sum(g.count for g in groups)} subscribers, "
+                         f"not {load.subscribers}")
+    parts = assign(groups, load.workers)
     shared = Shared(len(parts))
     mailbox = Mailbox()
-    stalled = connect_subscribers(target, load.stalled, load.setup_timeout,
+    stalled = connect_subscribers(target.subscribers(load.stalled), load.setup_timeout,
                                   receive_buffer=STALLED_RECEIVE_BUFFER)
     try:
         processes = [
             CONTEXT.Process(target=subscriber_process, name=f"subscribers-{i}", daemon=True,
-                            args=(i, count, target, load, shared),
+                            args=(i, part, groups, load, shared),
                             kwargs={"placement": placement, "conn": mailbox.pipe(f"sub{i}")})
-            for i, count in enumerate(parts)
+            for i, part in enumerate(parts)
         ]
         processes.append(CONTEXT.Process(
             target=publisher_process, name="publisher", daemon=True,
@@ -661,7 +782,8 @@ def run_fanout(target: Target, load: Load, placement: Placement,
         ))
 
         def body() -> dict[str, object]:
-            return _coordinate(target, load, shared, mailbox, processes, timeout, stalled)
+            return _coordinate(target, load, groups, shared, mailbox, processes, timeout,
+                               stalled)
 
         return run_processes(processes, shared, body)
     finally:
@@ -669,9 +791,9 @@ def run_fanout(target: Target, load: Load, placement: Placement,
             sock.close()
 
 
-def _coordinate(target: Target, load: Load, shared: Shared, mailbox: Mailbox,
-                processes: Sequence[multiprocessing.process.BaseProcess], timeout: float,
-                stalled: Sequence[socket.socket]) -> dict[str, object]:
+def _coordinate(target: Target, load: Load, groups: Sequence[Subscribers], shared: Shared,
+                mailbox: Mailbox, processes: Sequence[multiprocessing.process.BaseProcess],
+                timeout: float, stalled: Sequence[socket.socket]) -> dict[str, object]:
     generator = [p.pid for p in processes if p.pid is not None]
     deadline = time.monotonic() + load.setup_timeout + 30
     while not any(m == ("ready",) for _, m in mailbox.receive(1.0)):
@@ -698,11 +820,12 @@ def _coordinate(target: Target, load: Load, shared: Shared, mailbox: Mailbox,
         if after is None and len(done) == workers and "pub" in results:
             after = Snapshot.take(target.pids, generator)
     assert after is not None
-    usage = before.usage(after)
+    usage = before.usage(after, target.roles)
     rss = rss_kib(target.pids[0])
     usage.update(server_rss_kib=rss, server_rss_growth_kib=rss - rss_before)
     disconnected = sum(_disconnected(sock) for sock in stalled)
-    return _fanout_result(target, load, results, max(done.values()), usage, disconnected)
+    return _fanout_result(target, load, groups, results, max(done.values()), usage,
+                          disconnected)
 
 
 def _disconnected(sock: socket.socket) -> bool:
@@ -721,17 +844,23 @@ def _disconnected(sock: socket.socket) -> bool:
     return True
 
 
-def _fanout_result(target: Target, load: Load, results: dict[str, dict[str, Any]],
-                   last_receive: int, usage: dict[str, float],
-                   stalled_disconnected: int) -> dict[str, object]:
+def _fanout_result(target: Target, load: Load, groups: Sequence[Subscribers],
+                   results: dict[str, dict[str, Any]], last_receive: int,
+                   usage: dict[str, float], stalled_disconnected: int) -> dict[str, object]:
     publisher = results.pop("pub")
     published = publisher["published"]
-    received = [r for result in results.values() for r in result["received"]]
+    start = publisher["start_ns"]
+    per_group = [_group_figures(g, [r for result in results.values()
+                                    for r in result["received"][g]],
+                                published, start, results.values())
+                 for g in range(len(groups))]
+    received = [r for result in results.values() for rs in result["received"] for r in rs]
     latencies: array[int] = array("q")
     for result in results.values():
-        latencies.frombytes(result["latencies"])
+        for samples in result["latencies"]:
+            latencies.frombytes(samples)
     delivered = sum(received)
-    elapsed = max(1e-9, (last_receive - publisher["start_ns"]) / 1e9)
+    elapsed = max(1e-9, (last_receive - start) / 1e9)
     row: dict[str, object] = {
         "server": target.name,
         "S": load.subscribers,
@@ -748,14 +877,25 @@ def _fanout_result(target: Target, load: Load, results: dict[str, dict[str, Any]
         "delivered_msgs_per_s": round(delivered / elapsed),
         "lost": sum(max(0, published - r) for r in received),
         "excess": sum(max(0, r - published) for r in received),
-        "bad": sum(r["bad"] for r in results.values()),
-        "sequence_errors": sum(r["sequence_errors"] for r in results.values()),
-        "disconnects": sum(r["disconnects"] for r in results.values()),
-        "reads": sum(r["reads"] for r in results.values()),
+        "bad": sum(sum(r["bad"]) for r in results.values()),
+        "sequence_errors": sum(sum(r["sequence_errors"]) for r in results.values()),
+        "disconnects": sum(sum(r["disconnects"]) for r in results.values()),
+        "reads": sum(sum(r["reads"]) for r in results.values()),
     }
     row.update(latency_summary(latencies))
+    for group, figures in zip(groups, per_group, strict=True):
+        if group.name:
+            row.update({f"{group.name}_{k}": v for k, v in figures.items()})
     row.update(usage)
     row.update(cpu_figures(usage, delivered))
+    # Each named server process's CPU: per delivery to the group of the same
+    # name (a node's own subscribers), or to all subscribers.
+    own = {g.name: f["delivered"] for g, f in zip(groups, per_group, strict=True) if g.name}
+    for role in target.roles:
+        cpu = usage[f"{role}_cpu_s"]
+        row[f"{role}_cpu_pct"] = round(100 * cpu / usage["window_s"], 1)
+        row[f"{role}_cpu_us_per_delivery"] = round(
+            cpu * 1e6 / max(1, own.get(role, delivered)), 4)
     row.update({k: v for k, v in publisher.items()
                 if k not in ("status", "start_ns", "end_ns", "published")})
     if load.stalled:
@@ -764,6 +904,36 @@ def _fanout_result(target: Target, load: Load, results: dict[str, dict[str, Any]
     statuses = [publisher["status"], *(r["status"] for r in results.values())]
     row["status"] = run_status(statuses, row)
     return row
+
+
+def _group_figures(g: int, received: Sequence[int], published: int, start: int,
+                   results: Iterable[dict[str, Any]]) -> dict[str, object]:
+    """
+    The figures of group C{g} of a run, from the subscriber processes'
+    C{results}: its subscribers' C{received} counts, its delivered msgs/s
+    (from the first publish to the group's last delivery), loss and
+    latency.
+    """
+    results = list(results)
+    latencies: array[int] = array("q")
+    for result in results:
+        latencies.frombytes(result["latencies"][g])
+    last = max(r["last_receive"][g] for r in results)
+    delivered = sum(received)
+    elapsed = max(1e-9, (last - start) / 1e9)
+    figures: dict[str, object] = {
+        "S": len(received),
+        "elapsed_s": round(elapsed, 4),
+        "delivered": delivered,
+        "msgs_per_s": round(delivered / elapsed),
+        "lost": sum(max(0, published - r) for r in received),
+        "bad": sum(r["bad"][g] for r in results),
+        "sequence_errors": sum(r["sequence_errors"][g] for r in results),
+        "disconnects": sum(r["disconnects"][g] for r in results),
+        "reads": sum(r["reads"][g] for r in results),
+    }
+    figures.update(latency_summary(latencies))
+    return figures
 
 
 def cpu_figures(usage: dict[str, float], deliveries: int) -> dict[str, float]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -74,12 +74,15 @@ class Snapshot:
     """
     The CPU time of the servers, of the load generator and of the host at
     one moment.
+
+    @ivar each_ns: the CPU time of each server process, in order.
     """
 
     wall_ns: int
     server_ns: int
     generator_ns: int
     host: tuple[int, ...]
+    each_ns: tuple[int, ...] = ()
 
     @classmethod
     def take(cls, servers: Iterable[int], generator: Iterable[int]) -> Snapshot:
@@ -87,9 +90,10 @@ class Snapshot:
         Read the CPU time of the processes C{servers} and C{generator} (a
         process that has ended counts 0) and of the host.
         """
-        return cls(time.monotonic_ns(), _sum_cpu(servers), _sum_cpu(generator), host_cpu())
+        each = tuple(_sum_cpu([pid]) for pid in servers)
+        return cls(time.monotonic_ns(), sum(each), _sum_cpu(generator), host_cpu(), each)
 
-    def usage(self, later: Snapshot) -> dict[str, float]:
+    def usage(self, later: Snapshot, names: Sequence[str] = ()) -> dict[str, float]:
         """
         What was used from this snapshot to C{later}: the window (s), the
         CPU time of the servers and of the generator (s), and the host's
@@ -97,6 +101,9 @@ class Snapshot:
         the host's busy time (user, system, irq, softirq) that neither the
         servers nor the generator account for: about 0 on a quiet machine,
         it shows how much else was running.
+
+        @param names: if given, a name for each server process: its CPU
+            time (s) is C{NAME_cpu_s}.
         """
         wall = (later.wall_ns - self.wall_ns) / 1e9
         server = (later.server_ns - self.server_ns) / 1e9
@@ -105,7 +112,7 @@ class Snapshot:
                         strict=True))
         busy = sum(host[k] for k in ("user", "nice", "system", "irq", "softirq")) / CLOCK_TICKS
         percent = 100 / wall if wall > 0 else 0.0
-        return {
+        result = {
             "window_s": round(wall, 4),
             "server_cpu_s": round(server, 4),
             "gen_cpu_s": round(generator, 4),
@@ -113,6 +120,10 @@ class Snapshot:
             "host_softirq_pct": round(host["softirq"] / CLOCK_TICKS * percent, 1),
             "host_other_pct": round((busy - server - generator) * percent, 1),
         }
+        if names:
+            for name, a, b in zip(names, self.each_ns, later.each_ns, strict=True):
+                result[f"{name}_cpu_s"] = round((b - a) / 1e9, 4)
+        return result
 
 
 def _sum_cpu(pids: Iterable[int]) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 from bench.stats import aggregate, median, spread
 
 # What identifies a group of repeated runs.
-KEY = ("scenario", "server", "S", "P", "rate", "policy", "stalled")
+KEY = ("scenario", "server", "kind", "S", "P", "rate", "policy", "stalled")
 
 Row = dict[str, Any]
 
@@ -42,6 +42,23 @@ def stalled_ratios(runs: Sequence[Row]) -> list[Row]:
     CPU per delivery, by C{slow} policy, from runs of the same repeat.
     """
     return _ratios(runs, "stalled", "policy", "stalled", 1, 0)
+
+
+def nodes_ratios(runs: Sequence[Row]) -> list[Row]:
+    """
+    Two nodes / one node, for delivered msgs/s and for server CPU per
+    delivery (the two nodes' and Redis's together), by subscriber count,
+    from runs of the same repeat.
+    """
+    return _ratios(runs, "nodes", "S", "kind", "2 nodes", "1 node")
+
+
+def websocket_ratios(runs: Sequence[Row]) -> list[Row]:
+    """
+    WebSocket subscribers alone / line subscribers alone, for delivered
+    msgs/s and server CPU per delivery, from runs of the same repeat.
+    """
+    return _ratios(runs, "websocket", "S", "kind", "websocket", "lines")
 
 
 def _ratios(runs: Sequence[Row], scenario: str, by: str, versus: str, numerator: object,
@@ -72,6 +89,10 @@ def document(meta: Row, runs: Sequence[Row], skipped: dict[str, dict[str, str]])
         result["ratios"] = fanout_ratios(runs)
     if any(r["scenario"] == "stalled" for r in runs):
         result["stalled_ratios"] = stalled_ratios(runs)
+    if any(r["scenario"] == "nodes" for r in runs):
+        result["nodes_ratios"] = nodes_ratios(runs)
+    if any(r["scenario"] == "websocket" for r in runs):
+        result["websocket_ratios"] = websocket_ratios(runs)
     return result
 
 
@@ -125,6 +146,18 @@ def cell(row: Row, field: str, style: Callable[[float], str] = significant,
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return style(value * scale)
     return "-" if value is None else str(value)
+
+
+def each(row: Row, fields: Sequence[str], style: Callable[[float], str] = significant,
+         scale: float = 1.0, worst_of: bool = False) -> str:
+    """
+    The medians (or, if C{worst_of}, the largest values) of several figures
+    of a row in one cell, C{"a/b/c"}; C{-} for each one the row lacks, and
+    C{-} alone if it has none.
+    """
+    texts = [worst(row, f) if worst_of else cell(row, f, style, scale, ranged=False)
+             for f in fields]
+    return "-" if all(t == "-" for t in texts) else "/".join(texts)
 
 
 def worst(row: Row, field: str) -> str:
@@ -254,12 +287,72 @@ def stalled_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
     return "\n".join(lines).rstrip()
 
 
+def nodes_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
+    """
+    Two nodes sharing the backplane through Redis beside one node: the
+    subscribers' msgs/s on each node, each process's CPU per delivery,
+    latency and loss on each node, with two nodes / one node ratios.
+    """
+    versus = {r["S"]: r for r in ratios}
+    rows = []
+    for r in _scenario(summary, "nodes"):
+        two = r["kind"] == "2 nodes"
+        ratio = versus.get(r["S"], {}) if two else {}
+        rows.append([
+            r["kind"], cell(r, "S"), cell(r, "delivered_msgs_per_s", si),
+            cell(r, "A_msgs_per_s", si, ranged=False), cell(r, "B_msgs_per_s", si, ranged=False),
+            cell(ratio, "delivered_msgs_per_s") if ratio else "",
+            cell(r, "server_cpu_us_per_delivery"),
+            cell(ratio, "server_cpu_us_per_delivery") if ratio else "",
+            *(cell(r, f"{p}_cpu_us_per_delivery", ranged=False) for p in ("A", "B", "redis")),
+            each(r, ["A_cpu_pct", "B_cpu_pct", "redis_cpu_pct"]) if two
+            else cell(r, "server_cpu_pct", ranged=False),
+            cell(r, "gen_cpu_pct", ranged=False), cell(r, "host_other_pct", ranged=False),
+            *(each(r, [f"A_lat_{q}_us", f"B_lat_{q}_us"] if two else [f"lat_{q}_us"],
+                   scale=1e-3) for q in ("p50", "p99")),
+            each(r, ["A_lost", "B_lost"] if two else ["lost"], worst_of=True),
+            r.get("status", "-"),
+        ])
+    return render(["nodes", "S", "delivered msgs/s", "on A", "on B", "x 1 node",
+                   "CPU µs/delivery", "x 1 node", "A µs/del", "B µs/del", "Redis µs/del",
+                   "CPU% (A/B/Redis)", "gen CPU%", "other%", "p50 ms (A/B)", "p99 ms (A/B)",
+                   "lost (A/B)", "status"], rows)
+
+
+def websocket_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
+    """
+    WebSocket subscribers beside line subscribers of one backplane, and each
+    kind alone: msgs/s, latency and loss of each kind, the server's CPU per
+    delivery (of both kinds together), and WebSocket / lines alone.
+    """
+    rows = [[
+        r["kind"], cell(r, "S"), cell(r, "delivered_msgs_per_s", si),
+        cell(r, "lines_msgs_per_s", si), cell(r, "ws_msgs_per_s", si),
+        cell(r, "server_cpu_us_per_delivery"),
+        *(cell(r, field, ranged=False)
+          for field in ("server_cpu_pct", "gen_cpu_pct", "host_other_pct")),
+        *(each(r, [f"lines_lat_{q}_us", f"ws_lat_{q}_us"], scale=1e-3) for q in ("p50", "p99")),
+        each(r, ["lines_lost", "ws_lost"], worst_of=True), r.get("status", "-"),
+    ] for r in _scenario(summary, "websocket")]
+    lines = [render(["subscribers", "S", "delivered msgs/s", "lines msgs/s", "WebSocket msgs/s",
+                     "CPU µs/delivery", "srv CPU%", "gen CPU%", "other%",
+                     "p50 ms (lines/ws)", "p99 ms (lines/ws)", "lost (lines/ws)", "status"],
+                    rows), ""]
+    for r in ratios:
+        lines.append(f"WebSocket alone / lines alone, S = {r['S']}: "
+                     f"{cell(r, 'delivered_msgs_per_s')} x the msgs/s, "
+                     f"{cell(r, 'server_cpu_us_per_delivery')} x the CPU per delivery")
+    return "\n".join(lines).rstrip()
+
+
 def heading(meta: Row) -> str:
     """
     Where and how the figures were measured.
     """
     placement = meta["placement"]
-    pinned = (f"servers on CPU {placement['server']}, generator on CPU {placement['generator']}"
+    servers = f"servers ({placement['servers']})" if placement.get("servers") else "servers"
+    pinned = (f"{servers} on CPU {placement['server']}, "
+              f"generator on CPU {placement['generator']}"
               if placement["server"] else "nothing pinned (fewer than 2 CPUs or no taskset)")
     return "\n".join([
         f"{meta['date']}  {meta['host']}: {meta['cpu']}, {meta['cpus']} CPUs; {pinned}",
@@ -288,6 +381,16 @@ def tables(data: Row) -> str:
     if "stalled" in scenarios:
         parts.append("One stalled subscriber among 99 readers\n"
                      + stalled_table(summary, data.get("stalled_ratios", [])))
+    if "nodes" in scenarios:
+        parts.append(
+            "Two nodes sharing the backplane through Redis (publisher on A, subscribers "
+            "split evenly over A and B) beside one node, full speed, B = 64\n"
+            + (f"nodes: skipped, {skipped['nodes']['reason']}" if "nodes" in skipped
+               else nodes_table(summary, data.get("nodes_ratios", []))))
+    if "websocket" in scenarios:
+        parts.append("WebSocket and line subscribers of one backplane, one publisher on a "
+                     "line port, full speed, B = 64\n"
+                     + websocket_table(summary, data.get("websocket_ratios", [])))
     generator = [r["gen_cpu_pct"]["max"] for r in summary if isinstance(r.get("gen_cpu_pct"), dict)]
     if generator:
         parts.append(f"Load generator: at most {max(generator):.0f}% of one CPU "

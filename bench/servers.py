@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 # twistd as this same Python runs it, whatever scripts folder it has.
@@ -255,18 +255,31 @@ def redis_version() -> str | None:
     return output.strip() or None
 
 
-def toml_config(backplanes: Sequence[str], **tables: Sequence[dict[str, object]]) -> str:
+def toml_config(backplanes: Sequence[str] | Mapping[str, Mapping[str, object]],
+                sections: Mapping[str, Mapping[str, object]] | None = None,
+                **tables: Sequence[dict[str, object]]) -> str:
     """
-    A backplane config file: C{[backplane.NAME]} for each of C{backplanes},
-    then each keyword's entries as an array of tables, e.g.
+    A backplane config file: C{[backplane.NAME]} for each of C{backplanes}
+    (a mapping gives each one's options, e.g. C{{"NEWS": {"shared": True}}}),
+    then each of C{sections} as a table (C{{"redis": {"url": ...}}}), then
+    each keyword's entries as an array of tables, e.g.
     C{listen=[{"endpoint": "tcp:1500", "subscribe_to": "TIME"}]}.
     """
-    lines = [f"[backplane.{name}]" for name in backplanes]
+    if not isinstance(backplanes, Mapping):
+        backplanes = {name: {} for name in backplanes}
+    lines: list[str] = []
+    for name, options in backplanes.items():
+        lines += [f"[backplane.{name}]", *_toml_keys(options)]
+    for section, options in (sections or {}).items():
+        lines += ["", f"[{section}]", *_toml_keys(options)]
     for table, entries in tables.items():
         for entry in entries:
-            lines += ["", f"[[{table}]]"]
-            lines += [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
+            lines += ["", f"[[{table}]]", *_toml_keys(entry)]
     return "\n".join(lines) + "\n"
+
+
+def _toml_keys(options: Mapping[str, object]) -> list[str]:
+    return [f"{key} = {_toml_value(value)}" for key, value in options.items()]
 
 
 def _toml_value(value: object) -> str:
@@ -277,6 +290,13 @@ def _toml_value(value: object) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def redis_url(port: int) -> str:
+    """
+    The C{[redis]} url of a private Redis on 127.0.0.1:C{port}.
+    """
+    return f"redis://127.0.0.1:{port}/0"
 
 
 def endpoint(port: int) -> str:

@@ -5,7 +5,8 @@ in which order, and what to record of each.
 Every repeat of a scenario starts its own servers (in a temporary folder)
 and stops them when it is done, so repeats are independent and the idle
 run's memory baseline is a fresh server's.  Within a repeat the runs are
-interleaved: backplane, then Redis, for each subscriber count.
+interleaved: backplane, then Redis, for each subscriber count (and, in
+C{nodes} and C{websocket}, in an order that alternates between repeats).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench.fanin import FanInLoad, run_fanin
 from bench.idle import IdleLoad, run_idle
-from bench.load import GeneratorError, Load, Placement, Target, run_fanout
+from bench.load import GeneratorError, Load, Placement, Subscribers, Target, run_fanout
 from bench.servers import (
     BACKLOG,
     Server,
@@ -28,6 +29,7 @@ from bench.servers import (
     endpoint,
     free_port,
     redis_server,
+    redis_url,
     toml_config,
 )
 
@@ -56,6 +58,13 @@ STALLED_MEMORY_KIB = 8 * 1024
 NO_FILE_SINK = "this build has no [[file]] sink"
 # The unmeasured warm-up run of a fresh server: subscribers, messages.
 WARM_UP = (10, 20_000)
+# nodes: the total subscriber counts, split evenly over nodes A and B (the
+# messages are those of the fan-out run of the same S).
+NODES_SUBSCRIBERS = (100, 1000)
+# websocket: subscribers of each kind, and messages of every run.
+WEBSOCKET_SUBSCRIBERS = 1000
+WEBSOCKET_MESSAGES = 30_000
+NO_REDIS = "redis-server is not on PATH"
 
 # Log lines worth a look: errors, and clients the server cut off or refused.
 LOG_PROBLEMS = ("Traceback", "Unhandled", "Disconnecting", "Refusing", "CRITICAL", "critical",
@@ -86,10 +95,18 @@ class Options:
 class Running:
     """
     A started server and how the generator reaches it.
+
+    @ivar others: more server processes of the system under test (the
+        second node and the Redis of two nodes), watched like C{server}.
     """
 
     server: Server
     target: Target
+    others: tuple[Server, ...] = ()
+
+    @property
+    def processes(self) -> tuple[Server, ...]:
+        return (self.server, *self.others)
 
 
 @dataclass
@@ -196,7 +213,59 @@ class Suite:
                         if stalled:
                             self.check_stalled(self.runs[-1], policy)
 
+    def nodes(self) -> None:
+        """
+        Two nodes sharing the backplane through Redis, the publisher on node
+        A, the subscribers split evenly over A and B; beside one node with
+        as many subscribers, in the same repeat.
+        """
+        if not self.options.redis:
+            self.skipped["nodes"] = {"reason": NO_REDIS, "detail": ""}
+            return
+        for repeat in range(1, self.options.repeat + 1):
+            with self.node_servers() as (single, pair, b):
+                for subscribers in NODES_SUBSCRIBERS:
+                    load = self.load(subscribers, self.messages(FANOUT_MESSAGES[subscribers]))
+                    split = self.split(pair, b, subscribers)
+                    runs = [(single, (), "1 node"), (pair, split, "2 nodes")]
+                    for running, groups, kind in runs if repeat % 2 else runs[::-1]:
+                        self.measure("nodes", repeat, running,
+                                     lambda t, load=load, groups=groups:
+                                     run_fanout(t, load, self.placement, groups),
+                                     kind=kind)
+
+    def websocket(self) -> None:
+        """
+        1,000 WebSocket subscribers beside 1,000 line subscribers of the same
+        backplane, then each kind alone.
+        """
+        count = WEBSOCKET_SUBSCRIBERS
+        messages = self.messages(WEBSOCKET_MESSAGES)
+        for repeat in range(1, self.options.repeat + 1):
+            with self.servers(redis=False, websocket=True) as (running,):
+                target = running.target
+                lines = Subscribers("lines", target.subscribe, "lines", count)
+                ws = Subscribers("ws", target.websocket, "websocket", count)
+                runs = [("lines+websocket", (lines, ws)), ("websocket", (ws,)),
+                        ("lines", (lines,))]
+                for kind, groups in runs if repeat % 2 else runs[::-1]:
+                    load = self.load(sum(g.count for g in groups), messages)
+                    self.measure("websocket", repeat, running,
+                                 lambda t, load=load, groups=groups:
+                                 run_fanout(t, load, self.placement, groups),
+                                 kind=kind)
+
     # Helpers.
+
+    @staticmethod
+    def split(pair: Running, b: int, subscribers: int) -> tuple[Subscribers, ...]:
+        """
+        C{subscribers} split evenly over node A (C{pair}'s subscribe port)
+        and node B (port C{b}).
+        """
+        on_a = subscribers // 2
+        return (Subscribers("A", pair.target.subscribe, "lines", on_a),
+                Subscribers("B", b, "lines", subscribers - on_a))
 
     def check_stalled(self, row: dict[str, object], policy: str) -> None:
         """
@@ -231,16 +300,18 @@ class Suite:
         Make one run, label its row and note what the server logged
         meanwhile; a generator failure is recorded as the run's status.
         """
-        server = running.server
-        offset = server.log_size()
+        offsets = [server.log_size() for server in running.processes]
         try:
             row = run(running.target)
         except GeneratorError as e:
             row = {"server": running.target.name, "status": f"error: {e}"}
-        if not server.alive():
-            row["status"] = f"{row['status']}; the server exited"
-        problems = [line for line in server.output_since(offset).splitlines()
-                    if any(word in line for word in LOG_PROBLEMS)]
+        problems = []
+        for server, offset in zip(running.processes, offsets, strict=True):
+            if not server.alive():
+                row["status"] = f"{row['status']}; {server.name} exited"
+            problems += [f"{server.name}: {line}"
+                         for line in server.output_since(offset).splitlines()
+                         if any(word in line for word in LOG_PROBLEMS)]
         if problems:
             row["server_log"] = f"{len(problems)} notable lines, e.g.: {problems[0][:300]}"
         row = {"scenario": scenario, "repeat": repeat, **labels, **row}
@@ -250,34 +321,85 @@ class Suite:
     @contextlib.contextmanager
     def servers(self, backplane: str = "BENCH", clock: float | None = None,
                 redis: bool | None = None, slow: str | None = None,
-                warm_up: bool = True) -> Iterator[list[Running]]:
+                warm_up: bool = True, websocket: bool = False) -> Iterator[list[Running]]:
         """
         Start a backplane server (one publish port and one subscribe port on
         backplane C{backplane}, with a clock publishing to it if C{clock} is
-        its interval, and the subscribe port's C{slow} policy if given), and
-        a Redis unless C{redis} is false; stop them all on exit.
+        its interval, the subscribe port's C{slow} policy if given, and a
+        WebSocket subscribe port if C{websocket}), and a Redis unless
+        C{redis} is false; stop them all on exit.
 
         @param warm_up: give each server a short unmeasured run first, so
             that the first measured run does not pay for its start.
         """
         with contextlib.ExitStack() as stack:
-            servers = [self.start_backplane(backplane, clock, slow)]
+            servers = [self.start_backplane(backplane, clock, slow, websocket=websocket)]
             stack.callback(servers[0].server.stop)
             if self.options.redis if redis is None else redis:
-                port = free_port()
-                server = redis_server(self.folder, port, self.placement.server).start()
+                server = self.start_redis()
                 stack.callback(server.stop)
-                servers.append(Running(server, Target("redis", "resp", port, port,
-                                                      (server.pid,))))
+                servers.append(Running(server, Target("redis", "resp", server.ports[0],
+                                                      server.ports[0], (server.pid,))))
             if warm_up:
                 for running in servers:
-                    run_fanout(running.target, self.load(*WARM_UP), self.placement)
+                    self.warm_up(running)
             yield servers
 
-    def start_backplane(self, backplane: str, clock: float | None,
-                        slow: str | None) -> Running:
+    @contextlib.contextmanager
+    def node_servers(self) -> Iterator[tuple[Running, Running, int]]:
         """
-        Start a backplane server with a publish port and a subscribe port.
+        Start a private Redis and two backplane nodes that share the
+        backplane through it (A and B, each with a publish port and a
+        subscribe port), and a single plain node; stop them all on exit.
+
+        @return: the single node; the two nodes as one system under test
+            (publishing to A; the CPU of A, B and Redis measured each on its
+            own), and node B's subscribe port.
+        """
+        with contextlib.ExitStack() as stack:
+            redis = self.start_redis()
+            stack.callback(redis.stop)
+            url = redis_url(redis.ports[0])
+            a = self.start_backplane("BENCH", name="nodeA", redis=url)
+            stack.callback(a.server.stop)
+            b = self.start_backplane("BENCH", name="nodeB", redis=url)
+            stack.callback(b.server.stop)
+            single = self.start_backplane("BENCH")
+            stack.callback(single.server.stop)
+            pair = Running(a.server, replace(a.target, pids=(a.server.pid, b.server.pid,
+                                                               redis.pid),
+                                             roles=("A", "B", "redis")),
+                           others=(b.server, redis))
+            self.warm_up(single)
+            self.warm_up(pair, self.split(pair, b.target.subscribe, WARM_UP[0]))
+            yield single, pair, b.target.subscribe
+
+    def warm_up(self, running: Running, groups: tuple[Subscribers, ...] = ()) -> None:
+        """
+        A short unmeasured run (on a WebSocket port's server, with WebSocket
+        subscribers too).
+        """
+        target = running.target
+        subscribers, messages = WARM_UP
+        if target.websocket and not groups:
+            groups = (target.subscribers(subscribers // 2),
+                      Subscribers("", target.websocket, "websocket",
+                                  subscribers - subscribers // 2))
+        run_fanout(target, self.load(subscribers, messages), self.placement, groups)
+
+    def start_redis(self) -> Server:
+        """
+        Start a private Redis.
+        """
+        return redis_server(self.folder, free_port(), self.placement.server).start()
+
+    def start_backplane(self, backplane: str, clock: float | None = None,
+                        slow: str | None = None, *, name: str = "backplane",
+                        websocket: bool = False, redis: str | None = None) -> Running:
+        """
+        Start a backplane server with a publish port and a subscribe port,
+        and a WebSocket subscribe port if C{websocket}; with C{redis} (a
+        url), the backplane is shared through that Redis.
         """
         publish, subscribe = free_port(), free_port()
         subscriber: dict[str, object] = {"endpoint": endpoint(subscribe),
@@ -288,12 +410,20 @@ class Suite:
             {"endpoint": endpoint(publish), "publish_to": backplane, "backlog": BACKLOG},
             subscriber,
         ]}
+        ports = [publish, subscribe]
+        if websocket:
+            ports.append(free_port())
+            tables["listen"].append({"endpoint": endpoint(ports[-1]), "protocol": "websocket",
+                                     "subscribe_to": backplane, "backlog": BACKLOG})
         if clock:
             tables["clock"] = [{"publish_to": backplane, "interval": clock}]
-        config = toml_config([backplane], **tables)
-        server = backplane_server(self.folder, "backplane", config, [publish, subscribe],
+        options: dict[str, object] = {"shared": True} if redis else {}
+        sections = {"redis": {"url": redis}} if redis else None
+        config = toml_config({backplane: options}, sections, **tables)
+        server = backplane_server(self.folder, name, config, ports,
                                   self.options.reactor, self.placement.server).start()
-        return Running(server, Target("backplane", "lines", publish, subscribe, (server.pid,)))
+        return Running(server, Target("backplane", "lines", publish, subscribe, (server.pid,),
+                                      websocket=ports[2] if websocket else 0))
 
     def start_fanin_backplane(self, repeat: int) -> tuple[Running, Path]:
         """
@@ -323,7 +453,7 @@ def _progress(row: dict[str, object]) -> None:
                          ("lat_p99_us", "µs p99"), ("rss_per_subscriber_bytes", "B/subscriber")):
         if field_ in row:
             figures.append(f"{row[field_]} {unit}")
-    labels = " ".join(f"{k}={row[k]}" for k in ("S", "P", "rate", "policy", "stalled")
+    labels = " ".join(f"{k}={row[k]}" for k in ("kind", "S", "P", "rate", "policy", "stalled")
                       if row.get(k))
     print(f"[{row['scenario']} #{row['repeat']}] {row['server']} {labels}: "
           f"{', '.join(figures)}; {row['status']}", file=sys.stderr, flush=True)

@@ -1,7 +1,8 @@
 """
-What goes over the wire: the payload every message carries, how the two
-protocols frame it (backplane lines, Redis RESP), fast batch building for
-publishers and bulk counting for subscribers.
+What goes over the wire: the payload every message carries, how the
+protocols frame it (backplane lines, Redis RESP, WebSocket frames from a
+server), fast batch building for publishers, bulk counting for subscribers,
+and a WebSocket client's opening handshake.
 
 A payload is exactly C{size} bytes of text, the layout of the C reference
 generator (fanout.c): C{M}, the publisher (4 hex digits), the sequence
@@ -13,6 +14,9 @@ them from the last message of a chunk without splitting the chunk.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import struct
 from array import array
 from dataclasses import dataclass
 
@@ -253,6 +257,10 @@ class FrameCounter:
         "size", "suffix",
     )
 
+    # Its stream has no probes: a subscriber is attached once connected
+    # (on Redis, once its SUBSCRIBE is confirmed).
+    attached = True
+
     def __init__(self, framing: Framing, size: int, latencies: array[int]) -> None:
         self.prefix = framing.deliver_prefix
         self.suffix = framing.deliver_suffix
@@ -292,6 +300,205 @@ class FrameCounter:
         if seq != frames - 1:
             self.sequence_errors += 1
         self.latencies.append(now - sent)
+
+
+# WebSocket (RFC 6455), as a subscriber of a server sees it.  The harness
+# only reads WebSocket: it publishes on line ports.
+
+# The first byte of a final text frame (FIN and opcode 1); the server sends
+# a line that is valid UTF-8 (every payload here is ASCII) as one.
+WS_TEXT = 0x81
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_WS_MEDIUM = struct.Struct("!H")
+_WS_LONG = struct.Struct("!Q")
+# The most a server may answer to the opening handshake before its headers
+# end (a guard against reading a stream that is not HTTP forever).
+MAX_UPGRADE_RESPONSE = 16 * 1024
+
+
+class WebSocketError(Exception):
+    """
+    The server refused or botched the WebSocket opening handshake.
+    """
+
+
+def frame_header(first: int, length: int) -> bytes:
+    """
+    The header of an unmasked frame (a server's), with first byte C{first}
+    (FIN, opcode) and a payload of C{length} bytes: 2, 4 or 10 bytes.
+    """
+    if length < 126:
+        return bytes((first, length))
+    if length < 0x10000:
+        return bytes((first, 126)) + _WS_MEDIUM.pack(length)
+    return bytes((first, 127)) + _WS_LONG.pack(length)
+
+
+def websocket_framing(size: int) -> Framing:
+    """
+    What a WebSocket subscriber receives for a payload of C{size} bytes: one
+    text frame, unmasked.  (The publish fields are empty: the harness
+    publishes on line ports only.)
+    """
+    return Framing("websocket", b"", b"", frame_header(WS_TEXT, size), b"")
+
+
+def parse_frame(data: bytes | bytearray, offset: int = 0) -> tuple[int, int, int, bool] | None:
+    """
+    The frame that starts at C{offset} of C{data}, if it is complete there.
+
+    @return: its first byte (FIN, opcode), where its payload starts and
+        ends in C{data}, and whether it is masked (a server's never is:
+        such a payload is still the masked bytes); L{None} while incomplete.
+    """
+    if len(data) < offset + 2:
+        return None
+    first, second = data[offset], data[offset + 1]
+    masked = bool(second & 0x80)
+    length = second & 0x7F
+    start = offset + 2
+    if length == 126:
+        if len(data) < start + 2:
+            return None
+        (length,) = _WS_MEDIUM.unpack_from(data, start)
+        start += 2
+    elif length == 127:
+        if len(data) < start + 8:
+            return None
+        (length,) = _WS_LONG.unpack_from(data, start)
+        start += 8
+    if masked:
+        start += 4
+    end = start + length
+    if len(data) < end:
+        return None
+    return first, start, end, masked
+
+
+def websocket_key(nonce: bytes) -> bytes:
+    """
+    A C{Sec-WebSocket-Key}: the base64 of a 16-byte nonce.
+    """
+    if len(nonce) != 16:
+        raise ValueError(f"a WebSocket nonce has 16 bytes, not {len(nonce)}")
+    return base64.b64encode(nonce)
+
+
+def accept_key(key: bytes) -> bytes:
+    """
+    The C{Sec-WebSocket-Accept} a server must answer to C{key}.
+    """
+    return base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+
+
+def upgrade_request(port: int, key: bytes, host: str = "127.0.0.1", path: str = "/") -> bytes:
+    """
+    A client's opening handshake: an HTTP/1.1 GET that asks to upgrade to
+    WebSocket version 13, without subprotocols or extensions.
+    """
+    return (
+        f"GET {path} HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key.decode('ascii')}\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        "\r\n"
+    ).encode("ascii")
+
+
+def check_upgrade(head: bytes, key: bytes) -> None:
+    """
+    Check a server's answer to the opening handshake (its status line and
+    headers, up to the blank line): C{101}, C{Upgrade: websocket},
+    C{Connection: Upgrade} and the C{Sec-WebSocket-Accept} of C{key}.
+
+    @raise WebSocketError: it is anything else.
+    """
+    lines = head.decode("latin-1").split("\r\n")
+    status = lines[0].split(" ", 2)
+    if len(status) < 2 or not status[0].startswith("HTTP/1.") or status[1] != "101":
+        raise WebSocketError(f"the server answered {lines[0]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if colon:
+            headers[name.strip().lower()] = value.strip()
+    if headers.get("upgrade", "").lower() != "websocket":
+        raise WebSocketError(f"Upgrade: {headers.get('upgrade')!r}")
+    if "upgrade" not in [v.strip().lower() for v in headers.get("connection", "").split(",")]:
+        raise WebSocketError(f"Connection: {headers.get('connection')!r}")
+    if headers.get("sec-websocket-accept", "").encode("latin-1") != accept_key(key):
+        raise WebSocketError(
+            f"Sec-WebSocket-Accept: {headers.get('sec-websocket-accept')!r}, "
+            f"not {accept_key(key).decode()!r}")
+
+
+def upgrade_response_end(data: bytes | bytearray) -> int:
+    """
+    Where the server's answer to the opening handshake ends in C{data} (just
+    after its blank line), or -1 if it has not ended yet.
+    """
+    end = data.find(b"\r\n\r\n")
+    return end + 4 if end >= 0 else -1
+
+
+class WebSocketCounter:
+    """
+    Counts the messages of one publisher that a WebSocket subscriber
+    receives, in bulk: until the first data message, frames are parsed one
+    by one (a probe, C{Q...}, attaches the subscriber and is not counted);
+    from it on, every frame has the one size of a data message (a 64-byte
+    message is a 66-byte text frame), so a L{FrameCounter} counts them from
+    the byte count, keeping partial frames across reads, and checks and
+    samples the last complete frame of each read.
+    """
+
+    __slots__ = ("_carry", "_settled", "attached", "frames", "probe_bad")
+
+    def __init__(self, size: int, latencies: array[int]) -> None:
+        self.frames = FrameCounter(websocket_framing(size), size, latencies)
+        self.attached = False
+        # Frames before the first data message that are not probes.
+        self.probe_bad = 0
+        self._settled = False
+        self._carry = b""
+
+    @property
+    def received(self) -> int:
+        return self.frames.received
+
+    @property
+    def bad(self) -> int:
+        return self.frames.bad + self.probe_bad
+
+    @property
+    def sequence_errors(self) -> int:
+        return self.frames.sequence_errors
+
+    def feed(self, buffer: bytearray, n: int, now: int) -> None:
+        """
+        Count the first C{n} bytes of C{buffer}, received at C{now}.
+        """
+        if self._settled:
+            self.frames.feed(buffer, n, now)
+            return
+        data = self._carry + bytes(buffer[:n])
+        offset = 0
+        while (frame := parse_frame(data, offset)) is not None:
+            first, start, end, masked = frame
+            if data[start:start + 1] == b"M" and not masked:
+                rest = bytearray(data[offset:])
+                self._carry = b""
+                self._settled = True
+                self.frames.feed(rest, len(rest), now)
+                return
+            if first == WS_TEXT and not masked and data[start:start + 1] == PROBE:
+                self.attached = True
+            else:
+                self.probe_bad += 1
+            offset = end
+        self._carry = data[offset:]
 
 
 class MessageReader:

@@ -10,9 +10,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from backplane.config import parse_config
 from bench import report, stats, wire
-from bench.load import shares
+from bench.load import Subscribers, assign, shares
 from bench.procfs import CLOCK_TICKS, Snapshot
-from bench.servers import endpoint, toml_config
+from bench.servers import endpoint, redis_url, toml_config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -168,6 +168,167 @@ class FrameCounterTests(SynchronousTestCase):
         self.assertGreater(counter.bad, 0)
 
 
+class WebSocketFrameTests(SynchronousTestCase):
+    def test_header(self):
+        """
+        An unmasked frame's header: the length in 7 bits below 126, in 16
+        bits after 126 below 64 KiB, in 64 bits after 127 from there.
+        """
+        self.assertEqual(wire.frame_header(wire.WS_TEXT, 64), b"\x81\x40")
+        self.assertEqual(wire.frame_header(wire.WS_TEXT, 125), b"\x81\x7d")
+        self.assertEqual(wire.frame_header(wire.WS_TEXT, 126), b"\x81\x7e\x00\x7e")
+        self.assertEqual(wire.frame_header(0x82, 65535), b"\x82\x7e\xff\xff")
+        self.assertEqual(wire.frame_header(0x82, 65536),
+                         b"\x82\x7f" + (65536).to_bytes(8, "big"))
+
+    def test_parse(self):
+        """
+        parse_frame finds a frame's payload whatever its header's size, and
+        nothing until the whole frame is there.
+        """
+        for length in (0, 5, 125, 126, 300, 70000):
+            data = b"zz" + wire.frame_header(wire.WS_TEXT, length) + b"p" * length + b"\x81"
+            end = len(data) - 1
+            start = end - length
+            self.assertEqual(wire.parse_frame(data, 2), (wire.WS_TEXT, start, end, False))
+            for cut in range(2, end, max(1, end // 17)):
+                self.assertIsNone(wire.parse_frame(data[:cut], 2), (length, cut))
+        self.assertIsNone(wire.parse_frame(data, end))
+
+    def test_masked(self):
+        """
+        A masked frame (which a server must not send) is found and said to
+        be masked: its payload follows the 4-byte mask key.
+        """
+        data = b"\x81\x85" + b"abcd" + b"01234"
+        self.assertEqual(wire.parse_frame(data), (0x81, 6, 11, True))
+
+    def test_framing(self):
+        framing = wire.websocket_framing(SIZE)
+        self.assertEqual(framing.deliver_prefix, b"\x81\x40")
+        self.assertEqual(framing.delivered_size(SIZE), SIZE + 2)
+
+
+def frames(first, count, sent=10**9):
+    return b"".join(b"\x81\x40" + wire.payload(0, seq, sent, SIZE)
+                    for seq in range(first, first + count))
+
+
+PROBE_FRAME = b"\x81\x05" + wire.probe(0)[:-1]
+
+
+class WebSocketCounterTests(SynchronousTestCase):
+    def test_everyChunkSize(self):
+        """
+        Whatever the reads, probe frames attach the subscriber and are not
+        counted, every data frame is, partial frames are kept across reads,
+        and nothing is bad or out of order.
+        """
+        data = PROBE_FRAME * 3 + frames(0, 40)
+        for size in range(1, len(data) + 1, 7):
+            latencies = array("q")
+            counter = wire.WebSocketCounter(SIZE, latencies)
+            feedInChunks(counter, data, size)
+            self.assertEqual(
+                (counter.received, counter.bad, counter.sequence_errors, counter.attached),
+                (40, 0, 0, True), f"chunks of {size}")
+            self.assertLessEqual(set(latencies), {10**12 - 10**9})
+            if size >= 2 * (SIZE + 2):
+                self.assertTrue(latencies, f"chunks of {size}")
+
+    def test_oneSampleARead(self):
+        """
+        After the probes, only the last complete frame of a read is parsed.
+        """
+        latencies = array("q")
+        counter = wire.WebSocketCounter(SIZE, latencies)
+        feedInChunks(counter, PROBE_FRAME + frames(0, 1), 100)
+        feedInChunks(counter, frames(1, 30), 30 * (SIZE + 2))
+        self.assertEqual((counter.received, len(latencies)), (31, 2))
+
+    def test_missingFrame(self):
+        """
+        A frame that never came shows as a sequence error.
+        """
+        counter = wire.WebSocketCounter(SIZE, array("q"))
+        data = PROBE_FRAME + frames(0, 5) + frames(6, 5)
+        feedInChunks(counter, data, 3 * (SIZE + 2))
+        self.assertEqual(counter.received, 10)
+        self.assertGreater(counter.sequence_errors, 0)
+
+    def test_foreignFrames(self):
+        """
+        Before the data, a frame that is not a probe (a Close frame, a
+        masked frame) is bad; after it, a frame of another size breaks the
+        alignment and the next checked frame is bad.
+        """
+        counter = wire.WebSocketCounter(SIZE, array("q"))
+        feedInChunks(counter, b"\x88\x02\x03\xe9" + PROBE_FRAME, 100)
+        self.assertEqual((counter.bad, counter.attached), (1, True))
+        counter = wire.WebSocketCounter(SIZE, array("q"))
+        feedInChunks(counter, frames(0, 2) + b"\x81\x03abc" + frames(2, 3), SIZE + 2)
+        self.assertGreater(counter.bad, 0)
+
+
+class WebSocketHandshakeTests(SynchronousTestCase):
+    # RFC 6455, 1.3: the example key and its accept value.
+    KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+    ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+    def response(self, accept=ACCEPT, status=b"101 Switching Protocols",
+                 upgrade=b"WebSocket", connection=b"Upgrade"):
+        return (b"HTTP/1.1 " + status + b"\r\nServer: x\r\nUpgrade: " + upgrade
+                + b"\r\nConnection: " + connection
+                + b"\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+
+    def test_key(self):
+        self.assertEqual(wire.websocket_key(b"the sample nonce"), self.KEY)
+        self.assertEqual(wire.accept_key(self.KEY), self.ACCEPT)
+        self.assertRaises(ValueError, wire.websocket_key, b"short")
+
+    def test_request(self):
+        """
+        The opening handshake: a GET that asks to upgrade to WebSocket 13
+        with the key, and ends with a blank line.
+        """
+        request = wire.upgrade_request(1502, self.KEY)
+        head, _, rest = request.partition(b"\r\n")
+        self.assertEqual(head, b"GET / HTTP/1.1")
+        self.assertTrue(request.endswith(b"\r\n\r\n"))
+        headers = dict(line.split(b": ", 1) for line in rest[:-4].split(b"\r\n"))
+        self.assertEqual(headers, {
+            b"Host": b"127.0.0.1:1502", b"Upgrade": b"websocket", b"Connection": b"Upgrade",
+            b"Sec-WebSocket-Key": self.KEY, b"Sec-WebSocket-Version": b"13",
+        })
+
+    def test_accepted(self):
+        wire.check_upgrade(self.response()[:-4], self.KEY)
+        wire.check_upgrade(self.response(connection=b"keep-alive, Upgrade"), self.KEY)
+
+    def test_refused(self):
+        """
+        Anything but a 101 with the right headers and accept value is an
+        error that says what was wrong.
+        """
+        for response, words in [
+            (self.response(status=b"426 Upgrade Required"), "426"),
+            (self.response(accept=b"wrong="), "Sec-WebSocket-Accept"),
+            (self.response(upgrade=b"h2c"), "Upgrade"),
+            (self.response(connection=b"close"), "Connection"),
+            (b"SSH-2.0-OpenSSH\r\n\r\n", "SSH"),
+        ]:
+            e = self.assertRaises(wire.WebSocketError, wire.check_upgrade, response, self.KEY)
+            self.assertIn(words, str(e))
+
+    def test_end(self):
+        """
+        The answer ends after its blank line; frames may follow it.
+        """
+        response = self.response()
+        self.assertEqual(wire.upgrade_response_end(response + PROBE_FRAME), len(response))
+        self.assertEqual(wire.upgrade_response_end(response[:-1]), -1)
+
+
 class RespTests(SynchronousTestCase):
     def test_values(self):
         data = b"+OK\r\n:42\r\n$3\r\nabc\r\n$-1\r\n*3\r\n$9\r\nsubscribe\r\n$5\r\nbench\r\n:1\r\n"
@@ -302,6 +463,32 @@ class ReportTests(SynchronousTestCase):
         self.assertEqual(ratio["delivered_msgs_per_s"], {"median": 2.5, "min": 2.0, "max": 3.0})
         self.assertEqual(ratio["server_cpu_us_per_delivery"]["min"], 0.25)
 
+    def test_nodesRatios(self):
+        """
+        Two nodes / one node by S, paired by repeat.
+        """
+        runs = [
+            {"scenario": "nodes", "repeat": r, "server": "backplane", "kind": kind, "S": 100,
+             "delivered_msgs_per_s": rate, "server_cpu_us_per_delivery": cpu}
+            for r, kind, rate, cpu in [(1, "1 node", 100, 0.1), (1, "2 nodes", 80, 0.12),
+                                       (2, "2 nodes", 90, 0.1), (2, "1 node", 100, 0.1)]
+        ]
+        [ratio] = report.nodes_ratios(runs)
+        spread = ratio["delivered_msgs_per_s"]
+        self.assertEqual((spread["min"], spread["max"]), (0.8, 0.9))
+        self.assertAlmostEqual(spread["median"], 0.85)
+        self.assertEqual(ratio["server_cpu_us_per_delivery"]["max"], 1.2)
+
+    def test_each(self):
+        """
+        Several figures of a row in one cell: medians, or the worst values.
+        """
+        row = {"A_lost": {"median": 0, "min": 0, "max": 2}, "B_lost": 0, "x": 1.5}
+        self.assertEqual(report.each(row, ["A_lost", "B_lost"]), "0/0")
+        self.assertEqual(report.each(row, ["A_lost", "B_lost"], worst_of=True), "2/0")
+        self.assertEqual(report.each(row, ["x", "y"]), "1.5/-")
+        self.assertEqual(report.each(row, ["y", "z"]), "-")
+
     def test_render(self):
         table = report.render(["server", "msgs/s", "status"], [["redis", "1.2M", "ok"]])
         self.assertEqual(table.splitlines(), [
@@ -317,6 +504,31 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(shares(1, 4), [1])
         self.assertEqual(sum(shares(1000, 7)), 1000)
 
+    def test_assign(self):
+        """
+        Each group of subscribers is spread evenly over the processes; a
+        process takes a share of every group that has enough subscribers.
+        """
+        a = Subscribers("A", 1, "lines", 5)
+        b = Subscribers("B", 2, "websocket", 1)
+        self.assertEqual(assign([a, b], 2), [[(0, 3), (1, 1)], [(0, 2)]])
+        self.assertEqual(assign([b], 3), [[(0, 1)]])
+        parts = assign([a, b, a], 4)
+        self.assertEqual(sum(n for part in parts for g, n in part if g == 2), 5)
+
+    def test_counters(self):
+        """
+        A group's counters speak its protocol.
+        """
+        latencies = array("q")
+        for protocol, kind in [("lines", wire.LineCounter), ("resp", wire.FrameCounter),
+                               ("websocket", wire.WebSocketCounter)]:
+            counter = Subscribers("", 1, protocol, 1).counter(SIZE, latencies)
+            self.assertIsInstance(counter, kind)
+        # Only the line and WebSocket streams have probes to wait for.
+        self.assertTrue(Subscribers("", 1, "resp", 1).counter(SIZE, latencies).attached)
+        self.assertFalse(Subscribers("", 1, "websocket", 1).counter(SIZE, latencies).attached)
+
     def test_config(self):
         """
         The configs the harness writes are valid backplane configs.
@@ -330,6 +542,18 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(config.listen[1].slow, "drop")
         self.assertEqual(config.listen[0].backlog, 10240)
         self.assertEqual(config.file[0].flush_interval, 0.1)
+
+    def test_sharedConfig(self):
+        """
+        A node's config: a shared backplane and the [redis] table.
+        """
+        text = toml_config({"BENCH": {"shared": True}}, {"redis": {"url": redis_url(6400)}},
+                           listen=[{"endpoint": endpoint(1600), "subscribe_to": "BENCH",
+                                    "protocol": "websocket"}])
+        config = parse_config(tomllib.loads(text))
+        self.assertTrue(config.backplanes["BENCH"].shared)
+        self.assertEqual(config.redis.url, "redis://127.0.0.1:6400/0")
+        self.assertEqual(config.listen[0].protocol, "websocket")
 
     def test_usage(self):
         """
@@ -345,4 +569,16 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(usage["host_busy_pct"], 125.0)
         self.assertEqual(usage["host_softirq_pct"], 25.0)
         self.assertEqual(usage["host_other_pct"], 50.0)
+
+    def test_usageByProcess(self):
+        """
+        With names for the server processes, each one's CPU seconds too.
+        """
+        host = (0,) * 8
+        before = Snapshot(0, 3, 0, host, (1, 2))
+        after = Snapshot(10**9, 3 + 3 * 10**8, 0, host, (1 + 10**8, 2 + 2 * 10**8))
+        usage = before.usage(after, ["A", "redis"])
+        self.assertEqual((usage["A_cpu_s"], usage["redis_cpu_s"], usage["server_cpu_s"]),
+                         (0.1, 0.2, 0.3))
+        self.assertNotIn("A_cpu_s", before.usage(after))
 

@@ -272,3 +272,58 @@ def test_allowOnAnIPv6PortChecksIPv4MappedAddresses(service):
         local.transport.loseConnection()
     finally:
         yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_directAndBufferedWritesKeepOrder(service):
+    """
+    A subscriber's chunks go straight to its socket while the transport's
+    buffer is empty, and through the transport once the socket is full:
+    with a client that reads in slow bursts, both happen, and the bytes
+    arrive exactly as published.
+    """
+    import socket as stdsocket
+
+    from twisted.internet.task import deferLater
+
+    factory = SubscribeToFactory(service, "DATA", limits=Limits(max_pending=1 << 30))
+    port = yield listen(factory)
+    data = service.get("DATA")
+    client = stdsocket.socket()
+    client.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port.getHost().port))
+    client.setblocking(False)
+    try:
+        yield waitUntil(lambda: len(data) == 1)
+        # Small kernel buffers on both sides, so that the socket fills up.
+        (protocol,) = factory.protocols
+        protocol.transport.getHandle().setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF,
+                                                  4096)
+        rng = random.Random(3)
+        expected, received = [], []
+        for i in range(400):
+            chunk = b"".join(b"%06d %s\n" % (i * 100 + j, b"z" * rng.randint(0, 300))
+                             for j in range(rng.randint(1, 40)))
+            expected.append(chunk)
+            data.publish_lines(chunk)
+            if i % 50 == 0:
+                yield deferLater(reactor, 0.01, lambda: None)
+                try:
+                    received.append(client.recv(1 << 20))
+                except BlockingIOError:
+                    pass
+        want = b"".join(expected)
+
+        def drain():
+            try:
+                while chunk := client.recv(1 << 20):
+                    received.append(chunk)
+            except BlockingIOError:
+                pass
+            return sum(map(len, received)) >= len(want)
+
+        yield waitUntil(drain, timeout=30, what="everything")
+        assert b"".join(received) == want
+    finally:
+        client.close()
+        yield port.stopListening()

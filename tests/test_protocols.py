@@ -778,3 +778,25 @@ class TLSHandshakeTests(SynchronousTestCase):
     def test_plainTransportJoinsAtOnce(self):
         connect(self.factory)
         self.assertEqual((len(self.news), self.news.stats.publishers), (1, 1))
+
+
+class DirectSocketTests(SynchronousTestCase):
+    def test_plainTCPOnly(self):
+        """
+        Only a plain TCP (or UNIX) connection's socket is written to
+        directly; TLS and other transports always go through the transport.
+        """
+        import socket
+
+        from twisted.internet import tcp
+
+        from backplane.protocols import _directSocket
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        connection = tcp.Connection(a, None, reactor=MemoryReactor())
+        self.assertIs(_directSocket(connection), a)
+        connection.TLS = True
+        self.assertIsNone(_directSocket(connection))
+        self.assertIsNone(_directSocket(StringTransport()))
