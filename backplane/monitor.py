@@ -242,7 +242,7 @@ class StatsCollector:
 
 class StatsPage(Resource):
     """
-    C{/stats}: L{MonitorService.report} as JSON.
+    C{/stats}: L{MonitorService.document} as JSON.
     """
 
     isLeaf = True
