@@ -240,9 +240,10 @@ class StatsCollector:
         yield from families.values()
 
 
-class StatsPage(Resource):
+class _Page(Resource):
     """
-    C{/stats}: L{MonitorService.document} as JSON.
+    A leaf page of the monitor: each request is counted, then answered by
+    L{respond}.
     """
 
     isLeaf = True
@@ -253,44 +254,42 @@ class StatsPage(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         self.monitor.counted()
+        return self.respond(request)
+
+    def respond(self, request: Request) -> bytes:
+        raise NotImplementedError
+
+
+class StatsPage(_Page):
+    """
+    C{/stats}: L{MonitorService.document} as JSON.
+    """
+
+    def respond(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         return (json.dumps(self.monitor.document(), indent=2) + "\n").encode("utf-8")
 
 
-class MetricsPage(Resource):
+class MetricsPage(_Page):
     """
     C{/metrics}: every metric in the Prometheus text format (or
     OpenMetrics, if the scraper asks for it).
     """
 
-    isLeaf = True
-
-    def __init__(self, monitor: MonitorService) -> None:
-        super().__init__()
-        self.monitor = monitor
-
-    def render_GET(self, request: Request) -> bytes:
-        self.monitor.counted()
+    def respond(self, request: Request) -> bytes:
         accept = request.getHeader(b"accept")
         encode, contentType = choose_encoder(accept.decode("latin-1") if accept else "")
         request.setHeader(b"content-type", contentType.encode("ascii"))
         return encode(self.monitor.registry)
 
 
-class HealthPage(Resource):
+class HealthPage(_Page):
     """
     C{/healthz}: 200 and C{ok} while the service runs; 503 and C{stopping}
     once it has begun to stop.
     """
 
-    isLeaf = True
-
-    def __init__(self, monitor: MonitorService) -> None:
-        super().__init__()
-        self.monitor = monitor
-
-    def render_GET(self, request: Request) -> bytes:
-        self.monitor.counted()
+    def respond(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         if self.monitor.running and self.monitor.service.running:
