@@ -654,7 +654,6 @@ class RedisBridge(Service):
         """
         return self.stats.connected
 
-
     def report(self) -> dict[str, object]:
         """
         The bridge's statistics (L{IStatsSource}): the counters of
