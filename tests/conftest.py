@@ -40,3 +40,20 @@ def redis_server(tmp_path):
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def service():
+    """
+    A started L{BackplaneService} with one backplane, C{DATA}; stopped
+    after the test.
+    """
+    import pytest_twisted
+
+    from backplane import BackplaneService
+
+    service = BackplaneService()
+    service.create("DATA")
+    service.startService()
+    yield service
+    pytest_twisted.blockon(service.stopService())

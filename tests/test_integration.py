@@ -18,15 +18,6 @@ from backplane.protocols import Limits
 from tests.helpers import connectClient, waitUntil
 
 
-@pytest.fixture
-def service():
-    service = BackplaneService()
-    service.create("DATA")
-    service.startService()
-    yield service
-    pytest_twisted.blockon(service.stopService())
-
-
 @pytest_twisted.inlineCallbacks
 def listen(factory):
     endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1:backlog=1024")

@@ -24,15 +24,6 @@ def certs(tmp_path_factory):
     return Certificates.make(tmp_path_factory.mktemp("certs"))
 
 
-@pytest.fixture
-def service():
-    service = BackplaneService()
-    service.create("DATA")
-    service.startService()
-    yield service
-    pytest_twisted.blockon(service.stopService())
-
-
 def tlsPort(service, certs, *, clientCertificates: bool = False, **directions):
     """
     Start an ssl: port on 127.0.0.1 (requiring client certificates signed
