@@ -318,3 +318,28 @@ def test_directAndBufferedWritesKeepOrder(service):
     finally:
         client.close()
         yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_smallChunkSentAtOnce(service):
+    """
+    While a plain TCP subscriber's transport holds nothing, a chunk goes
+    straight to its socket: the client can read it before the reactor has
+    turned once, and the connection is never registered for writing.
+    """
+    import socket as stdsocket
+
+    factory = SubscribeToFactory(service, "DATA")
+    port = yield listen(factory)
+    data = service.get("DATA")
+    client = stdsocket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        yield waitUntil(lambda: len(data) == 1)
+        (protocol,) = factory.protocols
+        data.publish_lines(b"tick\n")
+        assert protocol.transport not in reactor.getWriters()
+        client.settimeout(5)
+        assert client.recv(100) == b"tick\n"
+    finally:
+        client.close()
+        yield port.stopListening()
