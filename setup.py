@@ -1,11 +1,17 @@
+import re
+
 from setuptools import find_packages, setup
+
+# The version is written once, in backplane/_version.py.
+with open("backplane/_version.py", encoding="utf-8") as f:
+    version = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)  # type: ignore[union-attr]
 
 with open("README.md", encoding="utf-8") as f:
     long_description = f.read()
 
 setup(
     name="backplane",
-    version="0.1.0",
+    version=version,
     description="Distribute lines of data from many sources to many destinations "
     "through named backplanes: a Twisted service.",
     long_description=long_description,

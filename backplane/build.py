@@ -4,13 +4,15 @@ Build the service a validated L{Config} describes.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet import endpoints
 
-from backplane.bridge import RedisBridge
-from backplane.config import Config, ConfigError
+from backplane._types import IBackplaneReactor, defaultReactor
+from backplane.config import Config, readConfig
+from backplane.errors import ConfigError
 from backplane.ports import ListenService
 from backplane.protocols import BackplaneFactory
 from backplane.relay import RelayFactory, RelayService
@@ -19,7 +21,18 @@ from backplane.sinks import FileSink
 from backplane.sources import TimeSource
 
 
-def build_service(config: Config, reactor: Any = None) -> BackplaneService:
+def loadConfig(path: str | Path, reactor: IBackplaneReactor | None = None) -> BackplaneService:
+    """
+    Parse a config file into a service: read and validate it
+    (L{readConfig<backplane.config.readConfig>}), then build the
+    L{BackplaneService} it describes (L{buildService}), ready to start.
+
+    @raise ConfigError: anything wrong with the file.
+    """
+    return buildService(readConfig(path), reactor=reactor)
+
+
+def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> BackplaneService:
     """
     The L{BackplaneService} that C{config} describes, with every port,
     source, sink and relay as a child service named after its entry (e.g.
@@ -30,8 +43,7 @@ def build_service(config: Config, reactor: Any = None) -> BackplaneService:
     clocks, then relays, then the Redis bridge, then file sinks, and the
     monitor (added first) last of all, so that it reports to the end.
     """
-    if reactor is None:
-        from twisted.internet import reactor
+    reactor = defaultReactor(reactor)
     service = BackplaneService()
 
     def add(child: IService, table: str, i: int) -> None:
@@ -56,6 +68,9 @@ def build_service(config: Config, reactor: Any = None) -> BackplaneService:
                      rotate_bytes=sink.rotate_bytes, max_files=sink.max_files, clock=reactor),
             "file", i)
     if config.redis is not None and config.shared:
+        # Imported only when used: txredisapi is not needed otherwise.
+        from backplane.bridge import RedisBridge
+
         redis = config.redis
         bridge = RedisBridge(service, redis.url, names=config.shared, prefix=redis.prefix,
                              initial_delay=redis.initial_delay, max_delay=redis.max_delay,
@@ -106,3 +121,8 @@ def _factoryType(protocol: str) -> type[BackplaneFactory]:
 
         return WebSocketFactory
     return BackplaneFactory
+
+
+#: Aliases, the spellings of earlier releases.
+load_config = loadConfig
+build_service = buildService

@@ -2,8 +2,9 @@
 The configuration file: parsed and validated in one place, into plain typed
 objects, before any service is built.
 
-L{read_config} reads a TOML file into a L{Config}; L{load_config} also builds
-the L{BackplaneService} it describes.  Every user mistake is a L{ConfigError}
+L{readConfig} reads a TOML file into a L{Config}, which
+L{backplane.build.buildService} turns into a service (L{backplane.build.loadConfig}
+does both).  Every user mistake is a L{ConfigError}
 naming the file, the entry (e.g. C{listen[2]}, the second C{[[listen]]}) and
 the key.
 """
@@ -30,27 +31,10 @@ else:  # pragma: no cover
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 
-from backplane.bridge import parseURL
-from backplane.protocols import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_PENDING, Limits, Network
-
-if typing.TYPE_CHECKING:
-    from backplane.service import BackplaneService
-
-
-class ConfigError(Exception):
-    """
-    The configuration is wrong: the one error type for every user mistake in
-    a config file.  Its message names the file, the entry and the key.
-    """
-
-    def __init__(self, message: str, *, path: str | None = None, where: str | None = None) -> None:
-        self.path = path
-        self.where = where
-        self.message = message
-        super().__init__(message)
-
-    def __str__(self) -> str:
-        return ": ".join(part for part in (self.path, self.where, self.message) if part)
+from backplane.address import Network
+from backplane.errors import ConfigError
+from backplane.protocols import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_PENDING, Limits
+from backplane.redis.address import parseURL
 
 
 def _option(default: Any = dataclasses.MISSING, *, doc: str = "", minimum: float | None = None,
@@ -266,7 +250,7 @@ subscribe_to = "TIME"
 """
 
 
-def read_config(path: str | Path) -> Config:
+def readConfig(path: str | Path) -> Config:
     """
     Read and validate a config file.
 
@@ -285,10 +269,10 @@ def read_config(path: str | Path) -> Config:
         raise ConfigError(f"not valid TOML: {e}", path=name) from None
     except UnicodeDecodeError:
         raise ConfigError("not valid TOML: the file is not UTF-8", path=name) from None
-    return parse_config(document, path=name, folder=Path(path).resolve().parent)
+    return parseConfig(document, path=name, folder=Path(path).resolve().parent)
 
 
-def parse_config(document: Mapping[str, Any], *, path: str = "<config>",
+def parseConfig(document: Mapping[str, Any], *, path: str = "<config>",
                  folder: Path | None = None) -> Config:
     """
     Validate a parsed TOML document.
@@ -300,24 +284,18 @@ def parse_config(document: Mapping[str, Any], *, path: str = "<config>",
     return _Parser(path, folder or Path.cwd()).parse(document)
 
 
-def default_config() -> Config:
+def defaultConfig() -> Config:
     """
     The embedded default: backplane C{TIME}, a clock publishing
     C{time.asctime()} each second, served on C{tcp:1500:interface=127.0.0.1}.
     """
-    return parse_config(tomllib.loads(DEFAULT_CONFIG), path="<embedded default>")
+    return parseConfig(tomllib.loads(DEFAULT_CONFIG), path="<embedded default>")
 
 
-def load_config(path: str | Path, reactor: Any = None) -> BackplaneService:
-    """
-    Parse a config file into a service: read and validate it (L{read_config}),
-    then build the L{BackplaneService} it describes, ready to start.
-
-    @raise ConfigError: anything wrong with the file.
-    """
-    from backplane.build import build_service
-
-    return build_service(read_config(path), reactor=reactor)
+#: Aliases, the spellings of earlier releases.
+read_config = readConfig
+parse_config = parseConfig
+default_config = defaultConfig
 
 
 class _Parser:

@@ -19,7 +19,6 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
-from importlib import metadata
 from typing import Any
 
 from prometheus_client.core import (
@@ -43,9 +42,10 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from backplane._version import __version__
+from backplane.address import Network, describePeer, isAllowed
 from backplane.interfaces import IStatsSource
 from backplane.ports import EndpointService
-from backplane.protocols import Network, describePeer, isAllowed
 from backplane.service import BackplaneService
 from backplane.status import statusPage
 from backplane.tail import DEFAULT_MAX_TAILS, TailResource, Tails
@@ -89,12 +89,9 @@ SOURCE_HELP = {
 
 def version() -> str:
     """
-    The installed version of backplane, or C{"unknown"}.
+    The version of backplane (L{backplane.__version__}).
     """
-    try:
-        return metadata.version("backplane")
-    except metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
-        return "unknown"
+    return __version__
 
 
 def residentMemory() -> int | None:

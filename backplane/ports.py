@@ -21,9 +21,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from backplane.config import ConfigError
+from backplane.address import describePeer
+from backplane.errors import CannotListen
 from backplane.interfaces import IStatsSource
-from backplane.protocols import BackplaneFactory, describePeer
+from backplane.protocols import BackplaneFactory
 
 
 class EndpointService(Service):
@@ -32,7 +33,7 @@ class EndpointService(Service):
 
     Unlike L{twisted.application.internet.StreamServerEndpointService}, a
     port that cannot listen (an address in use, a permission denied) makes
-    C{startService} raise a L{ConfigError} naming the entry.  It listens in
+    C{startService} raise a L{CannotListen} naming the entry.  It listens in
     C{privilegedStartService}, so twistd binds it before dropping privileges.
     """
 
@@ -102,10 +103,10 @@ class EndpointService(Service):
         self.log.info("{where} listening on {address}", where=self.where or "port",
                       address=describePeer(listening.getHost()))
 
-    def _cannotListen(self, failure: Failure) -> ConfigError:
+    def _cannotListen(self, failure: Failure) -> CannotListen:
         reason = getattr(failure.value, "socketError", None) or failure.value
         reason = getattr(reason, "strerror", None) or str(reason)
-        return ConfigError(f"cannot listen on {self.description!r}: {reason}",
+        return CannotListen(f"cannot listen on {self.description!r}: {reason}",
                            path=self.path, where=f"{self.where}.endpoint" if self.where else None)
 
     def startService(self) -> None:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any, Literal
 
 from twisted.internet import tcp
@@ -20,11 +18,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from backplane.address import Network, describePeer, isAllowed
 from backplane.interfaces import ILineSink
 from backplane.service import Backplane, BackplaneService, Subscription
 
 SlowPolicy = Literal["disconnect", "drop"]
-Network = IPv4Network | IPv6Network
 
 DEFAULT_MAX_LINE_LENGTH = 64 * 1024
 DEFAULT_MAX_PENDING = 1024 * 1024
@@ -98,30 +96,6 @@ class PortStats:
     bytes_in: int = 0
 
 
-def isAllowed(address: IAddress | None, allow: Sequence[Network] | None) -> bool:
-    """
-    Whether a client at C{address} may connect to a port with C{allow}.
-
-    L{None} allows everyone.  Otherwise an IP client must be in one of the
-    networks; an IPv4-mapped IPv6 address (C{::ffff:10.1.2.3}, what an IPv6
-    port shows for an IPv4 client) is checked as its IPv4 address too.  An
-    address without an IP (a UNIX socket) is always allowed; an address
-    whose host is not an IP is never.
-    """
-    if allow is None:
-        return True
-    host = getattr(address, "host", None)
-    if host is None:
-        return True
-    try:
-        ip = ip_address(host)
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return any(ip in network or (mapped is not None and mapped in network)
-               for network in allow)
-
-
 def firstOverlong(data: bytes, limit: int) -> int:
     """
     Find the first line of C{data} longer than C{limit} bytes.
@@ -147,17 +121,6 @@ def firstOverlong(data: bytes, limit: int) -> int:
             return offset
         offset += len(line) + 1
     return -1
-
-
-def describePeer(address: IAddress) -> str:
-    """
-    A short form of an address for log lines: C{host:port} where it has them.
-    """
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"{host}:{port}"
-    name = getattr(address, "name", None)
-    return str(name) if name else str(address)
 
 
 def _directSocket(transport: object) -> socket.socket | None:

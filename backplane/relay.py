@@ -37,12 +37,12 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
+from backplane.address import describePeer
 from backplane.interfaces import ILineSink, IStatsSource
 from backplane.protocols import (
     DEFAULT_MAX_LINE_LENGTH,
     BackplaneProtocol,
     Limits,
-    describePeer,
 )
 from backplane.service import Backplane, BackplaneService, Subscription
 

@@ -14,35 +14,11 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succe
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from backplane.errors import BackplaneExists, UnknownBackplane
 from backplane.interfaces import ILineSink
 
 Callback = Callable[[bytes], Any]
 T = TypeVar("T")
-
-
-class BackplaneExists(ValueError):
-    """
-    A backplane of that name is already registered.
-    """
-
-
-class UnknownBackplane(KeyError):
-    """
-    No backplane of that name is registered.
-
-    A L{KeyError}, so C{except KeyError} works; its message names the backplane
-    and lists the known ones.
-    """
-
-    def __init__(self, name: str, known: Iterable[str]) -> None:
-        self.name = name
-        self.known = sorted(known)
-        listed = ", ".join(repr(n) for n in self.known) or "none"
-        super().__init__(f"no backplane named {name!r} (known: {listed})")
-
-    def __str__(self) -> str:
-        # KeyError.__str__ would show the message in quotes.
-        return str(self.args[0])
 
 
 @dataclass

@@ -36,8 +36,9 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from backplane.address import describePeer
 from backplane.interfaces import ILineSink
-from backplane.protocols import BoundedOutput, Limits, PortStats, describePeer
+from backplane.protocols import BoundedOutput, Limits, PortStats
 from backplane.service import Backplane, BackplaneService, Subscription, UnknownBackplane
 
 # What may wait for one tail: a browser that falls behind misses lines.

@@ -12,8 +12,9 @@ from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from backplane.build import build_service
-from backplane.config import Config, ConfigError, default_config, read_config
+from backplane.build import buildService
+from backplane.config import Config, defaultConfig, readConfig
+from backplane.errors import ConfigError
 
 
 class Options(usage.Options):
@@ -43,7 +44,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self.config = read_config(self["config"]) if self["config"] else default_config()
+            self.config = readConfig(self["config"]) if self["config"] else defaultConfig()
         except ConfigError as e:
             _exit(f"backplane: {e}", 1)
         if self["check"]:
@@ -125,7 +126,7 @@ def makeService(options: Options) -> IService:
     root = _Twistd(nodaemon=bool(twistd is None or twistd.get("nodaemon")))
     raiseFileLimit(options.config)
     try:
-        build_service(options.config).setServiceParent(root)
+        buildService(options.config).setServiceParent(root)
     except ConfigError as e:
         _exit(f"backplane: {e}", 1)
     return root

@@ -29,12 +29,12 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from backplane.address import describePeer
 from backplane.interfaces import ILineSink
 from backplane.protocols import (
     BackplaneFactory,
     BoundedOutput,
     Limits,
-    describePeer,
     firstOverlong,
 )
 from backplane.service import Backplane, BackplaneService, Subscription
