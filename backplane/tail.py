@@ -37,9 +37,10 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from backplane.address import describePeer
+from backplane.errors import UnknownBackplane
 from backplane.interfaces import ILineSink
 from backplane.protocols import BoundedOutput, Limits, PortStats
-from backplane.service import Backplane, BackplaneService, Subscription, UnknownBackplane
+from backplane.service import Backplane, BackplaneService, Subscription
 
 # What may wait for one tail: a browser that falls behind misses lines.
 TAIL_MAX_PENDING = 256 * 1024
