@@ -33,8 +33,8 @@ class IStatsSource(Interface):
     under the L{backplane.service.BackplaneService} that provides this: as it
     is in C{/stats}, and as Prometheus metrics in C{/metrics}, where counter
     C{KEY} of a source of kind C{KIND} becomes
-    C{backplane_KIND_KEY_total{name="NAME"}} and gauge C{KEY} becomes
-    C{backplane_KIND_KEY{name="NAME"}}.  A source is not asked about the
+    C{backplane_KIND_KEY_total} (labelled C{name="NAME"}) and gauge C{KEY}
+    becomes C{backplane_KIND_KEY} (labelled the same).  A source is not asked about the
     services below it: it speaks for them.
     """
 

@@ -177,7 +177,7 @@ class Backplane:
         _check(message)
         return self._fanout(message + b"\n", 1, None, [message], wait=True)
 
-    def publish_many(self, messages: Iterable[bytes]) -> Deferred[int]:
+    def publishMany(self, messages: Iterable[bytes]) -> Deferred[int]:
         """
         Deliver many messages at once, in order: the fast path for a batch.
 
@@ -197,8 +197,8 @@ class Backplane:
         data = b"\n".join(batch) + b"\n"
         return self._fanout(data, len(batch), None, batch, wait=True)
 
-    def publish_lines(self, data: bytes, count: int | None = None, *,
-                      origin: object = None) -> int:
+    def publishLines(self, data: bytes, count: int | None = None, *,
+                     origin: object = None) -> int:
         """
         Deliver a chunk of complete lines, as read from the network.
 
@@ -216,7 +216,7 @@ class Backplane:
         if not data:
             return 0
         if data[-1:] != b"\n":
-            raise ValueError("publish_lines takes complete lines, each ending with b'\\n'")
+            raise ValueError("publishLines takes complete lines, each ending with b'\\n'")
         if count is None:
             count = data.count(b"\n")
         return self._fanout(data, count, origin, None, wait=False)
@@ -262,6 +262,11 @@ class Backplane:
         if not waiting:
             return succeed(reached)
         return gatherResults(waiting).addCallback(lambda _: reached)
+
+    #: Aliases: the snake_case spellings of earlier releases, kept for the
+    #: code that calls them.
+    publish_many = publishMany
+    publish_lines = publishLines
 
     def encoded(self, data: bytes, count: int, encoder: Callable[[bytes, int], T]) -> T:
         """

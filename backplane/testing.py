@@ -1,5 +1,5 @@
 """
-Helpers for testing your own code against a backplane, under trial or pytest.
+Helpers for testing your own code against a backplane, under trial or pytest::
 
     from backplane import BackplaneService
     from backplane.testing import Recorder
