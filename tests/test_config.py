@@ -167,7 +167,7 @@ class ConfigFileTests(ConfigTestCase):
         self.assertEqual(config.listen[0].protocol, "websocket")
         self.assertConfigError(
             listen + 'protocol = "http"\n',
-            "listen[1].protocol: must be one of 'lines', 'websocket', not 'http'",
+            "listen[1].protocol: must be one of 'lines', 'websocket', 'sse', not 'http'",
         )
 
     def test_undeclaredBackplane(self):
