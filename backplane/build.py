@@ -11,8 +11,9 @@ from twisted.application.service import IService
 from twisted.internet import endpoints
 
 from backplane._types import IBackplaneReactor, defaultReactor
-from backplane.config import Config, readConfig
+from backplane.config import BackplaneEntry, Config, readConfig
 from backplane.errors import ConfigError
+from backplane.history import History
 from backplane.ports import ListenService
 from backplane.protocols import BackplaneFactory
 from backplane.relay import RelayFactory, RelayService
@@ -51,7 +52,8 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
         child.setServiceParent(service)
 
     for entry in config.backplanes.values():
-        service.create(entry.name, retain=entry.retain)
+        service.create(entry.name, retain=entry.retain,
+                       history=_history(entry, reactor, config.path))
     if config.monitor is not None:
         from backplane.monitor import MonitorService
 
@@ -98,6 +100,27 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
         add(ListenService(endpoint, factory, description=listen.endpoint, where=f"listen[{i}]",
                           path=config.path, clock=reactor), "listen", i)
     return service
+
+
+def _history(entry: BackplaneEntry, reactor: IBackplaneReactor,
+             configPath: str) -> History | None:
+    """
+    The history a C{[backplane.NAME]} entry asks for: in memory, on disk,
+    or none.
+    """
+    from backplane.history import DiskStore, MemoryHistory, StoreError
+
+    if entry.store is not None:
+        try:
+            return DiskStore.open(entry.store, maxBytes=entry.store_bytes,
+                                  maxMessages=entry.history or None,
+                                  fsyncInterval=entry.fsync_interval, clock=reactor)
+        except StoreError as e:
+            raise ConfigError(str(e), path=configPath,
+                              where=f"backplane.{entry.name}.store") from None
+    if entry.history:
+        return MemoryHistory(entry.history, maxBytes=entry.history_bytes)
+    return None
 
 
 def _requireClientCertificates(endpoint: Any, path: str, configPath: str, i: int) -> None:

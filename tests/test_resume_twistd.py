@@ -1,0 +1,275 @@
+"""
+History and resume end to end (SPEC section 9): real C{twistd} processes,
+real sockets, subscribers that go away and come back, servers that are
+stopped with SIGTERM or killed with C{kill -9} and started again.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import freePort
+from tests.twistd import Twistd, readLines
+
+ID = re.compile(rb"^([0-9a-z]{1,32}):([1-9][0-9]*) (.*)$")
+
+
+def parse(line: bytes) -> tuple[bytes, int, bytes]:
+    """
+    An C{ids = true} line: its epoch, SEQ and payload.
+    """
+    match = ID.match(line)
+    assert match is not None, f"not an id line: {line!r}"
+    return match.group(1), int(match.group(2)), match.group(3)
+
+
+def config(pub: int, sub: int, history: str) -> str:
+    return f"""
+[backplane.LOG]
+{history}
+
+[[listen]]
+endpoint = "tcp:{pub}:interface=127.0.0.1"
+publish_to = "LOG"
+
+[[listen]]
+endpoint = "tcp:{sub}:interface=127.0.0.1"
+subscribe_to = "LOG"
+ids = true
+"""
+
+
+class Server:
+    """
+    One backplane server with a publishing port and an C{ids = true} port.
+    """
+
+    def __init__(self, folder: Path, history: str, name: str = "backplane") -> None:
+        self.pub, self.sub = freePort(), freePort()
+        self.folder = folder
+        self.history = history
+        self.name = name
+        self.twistd: Twistd | None = None
+
+    def start(self) -> Server:
+        self.twistd = Twistd(self.folder, config=config(self.pub, self.sub, self.history),
+                             name=self.name).start()
+        self.twistd.waitForPort(self.pub)
+        self.twistd.waitForPort(self.sub)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        assert self.twistd is not None
+        if sig == signal.SIGKILL:
+            self.twistd.kill()
+        else:
+            self.twistd.stop(sig)
+        self.twistd = None
+
+    def publish(self, lines: list[bytes]) -> None:
+        with socket.create_connection(("127.0.0.1", self.pub)) as sock:
+            sock.sendall(b"".join(line + b"\n" for line in lines))
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(10)
+            assert sock.recv(1) == b""  # the server has read it all and closed
+
+    def subscribe(self, resume: bytes | None = None) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.sub))
+        if resume is not None:
+            sock.sendall(b"RESUME " + resume + b"\n")
+        return sock
+
+
+def published(server: Server, count: int, timeout: float = 10) -> list[bytes]:
+    """
+    Everything the server's history keeps, as C{RESUME 0} gives it, once
+    it holds C{count} messages.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with server.subscribe(b"0") as sock:
+            lines = readLines(sock, count)
+        if len(lines) == count or time.monotonic() > deadline:
+            return lines
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def test_resumeAfterDisconnect(folder):
+    """
+    A subscriber that goes away and comes back with the id of the last
+    message it got gets every message published meanwhile, once, in order,
+    and nothing else before them.
+    """
+    server = Server(folder, "history = 1000").start()
+    try:
+        sock = server.subscribe()
+        time.sleep(0.2)  # subscribed before the first line is published
+        server.publish([b"m%d" % i for i in range(1, 61)])
+        lines = readLines(sock, 60)
+        sock.close()
+        epochs = {parse(line)[0] for line in lines}
+        assert len(epochs) == 1
+        assert [parse(line)[1:] for line in lines] == [(i, b"m%d" % i) for i in range(1, 61)]
+        last = lines[39].split(b" ")[0]  # it had read 40 when it went away
+        server.publish([b"m%d" % i for i in range(61, 101)])
+        with server.subscribe(last) as again:
+            lines = readLines(again, 60)
+            assert [parse(line)[1:] for line in lines] == \
+                [(i, b"m%d" % i) for i in range(41, 101)]
+            # Then live ones, with nothing in between.
+            server.publish([b"live"])
+            (line,) = readLines(again, 1)
+            assert parse(line)[1:] == (101, b"live")
+    finally:
+        server.stop()
+
+
+def test_gapWhenTooOld(folder):
+    """
+    An id older than the oldest message kept gets a GAP line naming what
+    comes next, then the messages kept; RESUME 0 gets them with no GAP.
+    """
+    server = Server(folder, "history = 10").start()
+    try:
+        server.publish([b"m%d" % i for i in range(1, 31)])
+        with server.subscribe(b"0") as sock:
+            lines = readLines(sock, 10)
+        epoch = parse(lines[0])[0]
+        assert [parse(line)[1:] for line in lines] == [(i, b"m%d" % i) for i in range(21, 31)]
+        with server.subscribe(epoch + b":5") as sock:
+            lines = readLines(sock, 11)
+        assert lines[0] == b"GAP " + epoch + b":5 " + epoch + b":21"
+        assert [parse(line)[1] for line in lines[1:]] == list(range(21, 31))
+        # From the future: a GAP, then live messages only.
+        with server.subscribe(epoch + b":99") as sock:
+            (gap,) = readLines(sock, 1)
+            assert gap == b"GAP " + epoch + b":99 " + epoch + b":31"
+            server.publish([b"next"])
+            (line,) = readLines(sock, 1)
+            assert parse(line)[1:] == (31, b"next")
+    finally:
+        server.stop()
+
+
+def test_badResume(folder):
+    """
+    A malformed RESUME gets one ERR line and the connection is closed;
+    other subscribers are not affected.
+    """
+    server = Server(folder, "history = 10").start()
+    try:
+        good = server.subscribe()
+        for bad in (b"RESUME", b"RESUME x:y", b"RESUME -1", b"RESUME " + b"9" * 5000,
+                    b"HELLO there"):
+            with server.subscribe() as sock:
+                sock.sendall(bad + b"\n")
+                sock.settimeout(10)
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+                assert data.startswith(b"ERR "), (bad, data)
+                assert data.count(b"\n") == 1 and len(data) < 200, data
+        server.publish([b"still here"])
+        (line,) = readLines(good, 1)
+        assert parse(line)[2] == b"still here"
+        good.close()
+    finally:
+        server.stop()
+
+
+def test_memoryHistoryNewEpochOnRestart(folder):
+    """
+    A memory history starts a new epoch with every start: an id of the
+    last one gets a GAP.
+    """
+    server = Server(folder, "history = 100").start()
+    server.publish([b"a", b"b"])
+    with server.subscribe(b"0") as sock:
+        old = readLines(sock, 2)[1].split(b" ")[0]
+    server.stop()
+    server.start()
+    try:
+        server.publish([b"c"])
+        with server.subscribe(old) as sock:
+            gap, line = readLines(sock, 2)
+        epoch, seq, payload = parse(line)
+        assert (seq, payload) == (1, b"c")
+        assert epoch != old.split(b":")[0]
+        assert gap == b"GAP " + old + b" " + epoch + b":1"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_storeSurvivesRestart(folder, sig):
+    """
+    A store keeps its epoch and its messages through SIGTERM and kill -9:
+    SEQ continues, and a subscriber resumes across the restart with
+    nothing lost or repeated.
+    """
+    server = Server(folder, 'store = "store"').start()
+    server.publish([b"m%d" % i for i in range(1, 101)])
+    with server.subscribe(b"0") as sock:
+        before = readLines(sock, 100)
+    epoch = parse(before[0])[0]
+    server.stop(sig)
+    server.start()
+    try:
+        server.publish([b"m%d" % i for i in range(101, 151)])
+        with server.subscribe(before[-1].split(b" ")[0]) as sock:
+            after = readLines(sock, 50)
+        assert [parse(line) for line in after] == \
+            [(epoch, i, b"m%d" % i) for i in range(101, 151)]
+    finally:
+        server.stop()
+
+
+def test_storeKilledUnderLoad(folder):
+    """
+    kill -9 while lines pour in: the store opens again with its epoch, and
+    its ids are unique and continuous from 1.
+    """
+    server = Server(folder, 'store = "store"\nfsync_interval = 0.05').start()
+    epoch = None
+    total = 0
+    for _ in range(3):
+        sender = socket.create_connection(("127.0.0.1", server.pub))
+        deadline = time.monotonic() + 0.5
+        n = 0
+        try:
+            while time.monotonic() < deadline:
+                sender.sendall(b"".join(b"line %d\n" % (n + i) for i in range(200)))
+                n += 200
+        finally:
+            server.stop(signal.SIGKILL)
+            sender.close()
+        server.start()
+        server.publish([b"marker"])
+        # Everything the store has, up to the marker.
+        with server.subscribe(b"0") as sock:
+            got: list[tuple[bytes, int, bytes]] = []
+            buffer = b""
+            sock.settimeout(20)
+            while not got or got[-1][2] != b"marker":
+                buffer += sock.recv(65536)
+                *complete, buffer = buffer.split(b"\n")
+                got.extend(parse(line) for line in complete)
+        epochs = {e for e, _, _ in got}
+        assert len(epochs) == 1
+        if epoch is not None:
+            assert epochs == {epoch}
+        epoch = got[0][0]
+        assert [seq for _, seq, _ in got] == list(range(1, len(got) + 1))
+        assert len(got) > total
+        total = len(got)
+    server.stop()
