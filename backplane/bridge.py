@@ -7,10 +7,8 @@ backplane to the Redis channel C{prefix + NAME}, and republishes on the
 backplane what other nodes (or any Redis client) publish on that channel, so a
 message published on any node reaches the subscribers of every node, once.
 
-The wire format (see docs/scaling.md) is plain lines, so that any Redis client
-can take part: a payload a node publishes is one tag line, C{b"\\x1ebackplane/1
-NODE-ID\\n"}, followed by the chunk of lines as published; a payload without
-the tag is taken as lines.
+The wire format (L{backplane.redis.wire}, docs/scaling.md) is plain lines,
+so that any Redis client can take part.
 
 Connections: one to publish, one to subscribe (a subscribed Redis connection
 takes no other command).  Each is kept up by a L{_Link}: the only retry
@@ -20,11 +18,7 @@ its connection factories, which retry on their own, are not used.
 
 from __future__ import annotations
 
-import os
 import random
-import re
-import secrets
-import socket
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -43,6 +37,15 @@ from zope.interface import implementer
 
 from backplane.interfaces import ILineSink, IStatsSource
 from backplane.redis.address import RedisAddress, parseURL  # noqa: F401 (re-exported)
+from backplane.redis.wire import (  # noqa: F401 (re-exported)
+    MARK,
+    VERSION,
+    Payload,
+    decode,
+    defaultNodeId,
+    encode,
+    encodeTag,
+)
 from backplane.service import Backplane, BackplaneService, Subscription
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -53,87 +56,6 @@ DEFAULT_QUEUE = 8 * 1024 * 1024
 COALESCE = 64 * 1024
 """Chunks waiting for the same channel are joined into one PUBLISH up to this
 many bytes (a larger chunk still travels whole, in one PUBLISH)."""
-
-# The wire format.
-
-MARK = b"\x1ebackplane/"
-"""How the tag line of a payload published by a node begins: ASCII RS (0x1E),
-then C{backplane/}."""
-
-VERSION = b"1"
-
-_NODE_ID = re.compile(r"[!-~]{1,100}")
-
-
-def encodeTag(node: str) -> bytes:
-    """
-    The tag line a node puts before the lines of every payload it publishes.
-
-    @param node: the node's id: 1 to 100 printable ASCII characters, no space.
-    @raise ValueError: C{node} is not a valid node id.
-    """
-    if not _NODE_ID.fullmatch(node):
-        raise ValueError(
-            f"a node id is 1 to 100 printable ASCII characters without spaces, not {node!r}"
-        )
-    return MARK + VERSION + b" " + node.encode("ascii") + b"\n"
-
-
-def encode(node: str, data: bytes) -> bytes:
-    """
-    The Redis payload of a chunk of lines published by node C{node}.
-
-    @param data: complete lines, each ending with C{b"\\n"}.
-    """
-    return encodeTag(node) + data
-
-
-@dataclass(frozen=True)
-class Payload:
-    """
-    A Redis payload, decoded.
-
-    @ivar node: the id of the node that published it, or L{None} for an
-        untagged payload (published by a plain Redis client).
-    @ivar data: its messages, each followed by C{b"\\n"}.
-    @ivar count: how many messages C{data} holds.
-    """
-
-    node: bytes | None
-    data: bytes
-    count: int
-
-
-def decode(payload: bytes) -> Payload | None:
-    """
-    Read a payload received from Redis.
-
-    A tagged payload (one that begins with L{MARK}) is a tag line followed by
-    lines that pass unchanged (a missing final C{b"\\n"} is added).  An
-    untagged payload is one or more lines: a missing final C{b"\\n"} is added
-    and one C{b"\\r"} before each C{b"\\n"} is removed, as on the network; an
-    empty payload is one empty message.
-
-    @return: the decoded payload, or L{None} if it is tagged with a version of
-        the wire format that this one does not know.
-    """
-    if payload.startswith(MARK):
-        end = payload.find(b"\n")
-        if end < 0:
-            header, data = payload, b""
-        else:
-            header, data = payload[:end], payload[end + 1 :]
-        version, _, node = header[len(MARK) :].partition(b" ")
-        if version != VERSION or not node:
-            return None
-        if data and data[-1:] != b"\n":
-            data += b"\n"
-        return Payload(node, data, data.count(b"\n"))
-    data = payload if payload[-1:] == b"\n" else payload + b"\n"
-    if b"\r" in data:
-        data = data.replace(b"\r\n", b"\n")
-    return Payload(None, data, data.count(b"\n"))
-
 
 # Connecting.
 
@@ -149,15 +71,6 @@ def retryDelay(attempt: int, initial: float, maximum: float,
     """
     step = min(maximum, initial * 2.0 ** min(attempt - 1, 64))
     return min(maximum, max(initial, step * (0.5 + random())))
-
-
-def defaultNodeId() -> str:
-    """
-    A new node id, unique to this process and readable by people watching the
-    channels: C{host.pid.random}.
-    """
-    host = re.sub(r"[^!-~]", "_", socket.gethostname())[:60] or "node"
-    return f"{host}.{os.getpid()}.{secrets.token_hex(4)}"
 
 
 class _Link:
