@@ -18,8 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from backplane import BackplaneService, PublishToFactory
-from backplane.bridge import RedisBridge, retryDelay
 from backplane.redis.address import RedisAddress, parseURL
+from backplane.redis.bridge import RedisBridge
+from backplane.redis.link import retryDelay
 from backplane.redis.wire import MARK, decode, defaultNodeId, encode, encodeTag
 from backplane.testing import Recorder, connect
 from tests.redis_helpers import encodeCommand

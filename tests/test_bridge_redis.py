@@ -18,7 +18,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import globalLogPublisher
 
 from backplane import BackplaneService, PublishToFactory, SubscribeToFactory
-from backplane.bridge import MARK, RedisBridge
+from backplane.redis.bridge import RedisBridge
+from backplane.redis.wire import MARK
 from backplane.testing import Recorder
 from tests.helpers import connectClient, waitUntil
 from tests.redis_helpers import plainSubscriber
