@@ -11,13 +11,16 @@ The wire format (L{backplane.redis.wire}, docs/scaling.md) is plain lines,
 so that any Redis client can take part.
 
 Connections: one to publish, one to subscribe (a subscribed Redis connection
-takes no other command), each kept up by a L{backplane.redis.link._Link}.
+takes no other command), each a L{backplane.redis.link.Link}: kept up by a
+L{ClientService<twisted.application.internet.ClientService>} with the
+project's backoff policy (L{backplane.retry.backoffPolicy}).
 """
 
 from __future__ import annotations
 
+import random as _random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,8 +34,9 @@ from zope.interface import implementer
 
 from backplane.interfaces import ILineSink, IStatsSource
 from backplane.redis.address import parseURL
-from backplane.redis.link import _Link, _Publisher, _Subscriber, retryDelay
+from backplane.redis.link import Link, Publisher, Subscriber
 from backplane.redis.wire import decode, defaultNodeId, encodeTag
+from backplane.retry import backoffPolicy
 from backplane.service import Backplane, BackplaneService, Subscription
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -143,6 +147,7 @@ class RedisBridge(Service):
         timeout: float = 10.0,
         endpoint: IStreamClientEndpoint | None = None,
         reactor: Any = None,
+        random: Callable[[], float] = _random.random,
     ) -> None:
         """
         @param service: the registry of the backplanes to share.
@@ -165,6 +170,8 @@ class RedisBridge(Service):
             C{url}'s host and port (TLS, a UNIX socket...); C{url} still gives
             the username and password.
         @param reactor: the reactor (default: the global one).
+        @param random: the source of the retry delays' jitter: floats in
+            [0, 1).
         @raise ValueError: a bad URL, node id, delay, timeout or queue size.
         @raise UnknownBackplane: a name that C{service} does not know.
         """
@@ -209,19 +216,17 @@ class RedisBridge(Service):
             endpoint = HostnameEndpoint(reactor, self.address.host, self.address.port,
                                         timeout=timeout)
 
-        def delay(attempt: int) -> float:
-            return retryDelay(attempt, initial_delay, max_delay)
-
         self.initialDelay = initial_delay
         self.maxDelay = max_delay
-        self._publisher = _Link(
-            "publisher", endpoint, _Publisher, prepare=self._preparePublisher,
-            ready=self._linkReady, down=self._linkDown, delay=delay, timeout=timeout,
+        policy = backoffPolicy(initial_delay, max_delay, random=random)
+        self._publisher = Link(
+            "publisher", endpoint, Publisher, prepare=self._preparePublisher,
+            ready=self._linkReady, down=self._linkDown, retryPolicy=policy, timeout=timeout,
             clock=reactor,
         )
-        self._subscriber = _Link(
+        self._subscriber = Link(
             "subscriber", endpoint, self._buildSubscriber, prepare=self._prepareSubscriber,
-            ready=self._linkReady, down=self._linkDown, delay=delay, timeout=timeout,
+            ready=self._linkReady, down=self._linkDown, retryPolicy=policy, timeout=timeout,
             clock=reactor,
         )
 
@@ -407,8 +412,8 @@ class RedisBridge(Service):
 
     # The connections.
 
-    def _buildSubscriber(self, **kwargs: Any) -> _Subscriber:
-        protocol = _Subscriber(**kwargs)
+    def _buildSubscriber(self, **kwargs: Any) -> Subscriber:
+        protocol = Subscriber(**kwargs)
         protocol.received = self._received
         return protocol
 
@@ -431,7 +436,7 @@ class RedisBridge(Service):
         # subscriptions.
         return self._login(protocol).addCallback(lambda _: protocol.subscribe(channels))
 
-    def _linkReady(self, link: _Link) -> None:
+    def _linkReady(self, link: Link) -> None:
         if not (self._publisher.ready and self._subscriber.ready):
             return
         self.stats.connected = True
@@ -454,7 +459,7 @@ class RedisBridge(Service):
             )
         self._bridged = True
 
-    def _linkDown(self, link: _Link, why: str) -> None:
+    def _linkDown(self, link: Link, why: str) -> None:
         self.stats.connected = False
         if link is self._publisher:
             self._dropWaiting()

@@ -1,45 +1,132 @@
 """
-The Redis bridge's connections: each kept up by a L{_Link}, the only retry
-mechanism of that connection, speaking txredisapi's protocol (its connection
-factories, which retry on their own, are not used).
+The Redis bridge's connections: txredisapi's protocol (bytes in, bytes out),
+each connection kept up by a Twisted L{ClientService}.
+
+A L{Link} is one connection, the publisher's or the subscriber's.  Its
+L{ClientService} connects, and after a failed attempt, a failed handshake or
+a lost connection waits as its retry policy says and connects again: it is the
+only retry mechanism of the connection (txredisapi's connection factories,
+which retry on their own, are not used).  Its C{prepareConnection} is the
+handshake (log in, then PING or SUBSCRIBE: every new subscribed connection
+subscribes again), which must succeed within C{timeout} seconds; once it has,
+a L{HealthCheck} PINGs the connection every C{timeout} seconds and aborts it
+when a PING goes unanswered as long.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+from twisted.application.internet import ClientService
 from twisted.internet import defer, error
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITransport,
+)
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 from txredisapi import RedisProtocol, SubscriberProtocol
+from zope.interface import implementer
 
 
-def retryDelay(attempt: int, initial: float, maximum: float,
-               random: Callable[[], float] = random.random) -> float:
+def describe(failure: Failure, timeout: float) -> str:
     """
-    Seconds to wait before reconnection attempt number C{attempt} (1 is the
-    first after a failure): an exponential step, C{initial * 2 ** (attempt -
-    1)}, times a random factor between 0.5 and 1.5, kept between C{initial}
-    and C{maximum}.  The jitter keeps nodes that lost Redis together from
-    coming back all at once.
+    Why a command failed, for a log line: a timeout as C{"no answer within N
+    s"}.
     """
-    step = min(maximum, initial * 2.0 ** min(attempt - 1, 64))
-    return min(maximum, max(initial, step * (0.5 + random())))
+    # Deferred.addTimeout raises one or the other, by Twisted version.
+    if failure.check(defer.TimeoutError, error.TimeoutError):
+        return f"no answer within {timeout:g} s"
+    return failure.getErrorMessage()
 
 
-class _Link:
+class _Pingable(Protocol):
     """
-    One connection to Redis, kept up.
+    What a L{HealthCheck} needs of a connection.
+    """
 
-    It connects; once C{prepare} (log in, subscribe...) has succeeded it is
-    ready and checked with a PING every C{timeout} seconds; after a failed
-    attempt, a failed C{prepare}, an unanswered PING or a lost connection it
-    waits (L{retryDelay}) and connects again, until stopped.  It is the only
-    retry mechanism of its connection.
+    def ping(self) -> Deferred[Any]:
+        """
+        Send PING; the L{Deferred} fires with the answer.
+        """
+
+
+class HealthCheck:
+    """
+    Checks that a ready connection still answers: a PING every C{interval}
+    seconds, which must be answered within C{interval} seconds, finds a Redis
+    that hangs or a network that drops packets without closing the connection.
+    """
+
+    def __init__(self, protocol: _Pingable, interval: float, clock: IReactorTime,
+                 dead: Callable[[str], None]) -> None:
+        """
+        @param protocol: the connection's protocol.
+        @param dead: called, with why, when a PING goes unanswered; the
+            check is over then.
+        """
+        self.protocol = protocol
+        self.interval = interval
+        self.clock = clock
+        self.dead = dead
+        self._next: IDelayedCall | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        """
+        Send the first PING in C{interval} seconds.
+        """
+        self._next = self.clock.callLater(self.interval, self._ping)
+
+    def stop(self) -> None:
+        """
+        Send no more PINGs, and ignore the answer to one in flight.
+        """
+        self._stopped = True
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None
+
+    def _ping(self) -> None:
+        self._next = None
+        pinged = maybeDeferred(self.protocol.ping)
+        pinged.addTimeout(self.interval, self.clock)
+        pinged.addCallbacks(self._pong, self._noPong)
+
+    def _pong(self, answer: object) -> None:
+        if not self._stopped:
+            self._next = self.clock.callLater(self.interval, self._ping)
+
+    def _noPong(self, failure: Failure) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self.dead(f"PING unanswered: {describe(failure, self.interval)}")
+
+
+class Link:
+    """
+    One connection to Redis, kept up by a L{ClientService}.
+
+    The service connects, and calls C{prepare} with the new connection's
+    protocol; once that has succeeded (within C{timeout} seconds) the link is
+    L{ready}, its connection is checked by a L{HealthCheck} and C{ready} is
+    called.  C{down} is called, with why, when an attempt fails, when a
+    connection is lost or aborted (handshake failed, PING unanswered), so
+    once or more per outage; meanwhile the service waits as C{retryPolicy}
+    says and connects again, until L{stop}.
+
+    @ivar name: C{"publisher"} or C{"subscriber"}, for tests and logs.
+    @ivar service: the L{ClientService}.
+    @ivar protocol: the protocol of the current connection (being prepared
+        or ready), or L{None}.
+    @ivar ready: whether the current connection is prepared and in use.
     """
 
     def __init__(
@@ -49,120 +136,102 @@ class _Link:
         protocol: Callable[..., Any],
         *,
         prepare: Callable[[Any], Deferred[object]],
-        ready: Callable[[_Link], None],
-        down: Callable[[_Link, str], None],
-        delay: Callable[[int], float],
+        ready: Callable[[Link], None],
+        down: Callable[[Link, str], None],
+        retryPolicy: Callable[[int], float],
         timeout: float,
-        clock: Any,
+        clock: IReactorTime,
     ) -> None:
+        """
+        @param protocol: builds the connection's protocol from txredisapi's
+            keyword arguments (L{Publisher}, or a function making a
+            L{Subscriber}).
+        @param retryPolicy: the seconds to wait after N failures in a row
+            (L{backplane.retry.backoffPolicy}).
+        """
         self.name = name
-        self.endpoint = endpoint
         self.protocolClass = protocol
         self.prepare = prepare
         self.onReady = ready
         self.onDown = down
-        self.delay = delay
         self.timeout = timeout
         self.clock = clock
         self.protocol: Any = None
         self.ready = False
-        self._failures = 0
         self._why = ""
         self._stopping = True
-        self._attempt: Deferred[Any] | None = None
-        self._retry: IDelayedCall | None = None
-        self._ping: IDelayedCall | None = None
-        self._abort: IDelayedCall | None = None
-        self._stopped: list[Deferred[None]] = []
+        self._health: HealthCheck | None = None
+        self.service = ClientService(
+            _GatedEndpoint(endpoint, self), _LinkFactory(self), retryPolicy=retryPolicy,
+            clock=clock, prepareConnection=self._prepareConnection,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Link {self.name}>"
 
     def start(self) -> None:
         """
         Connect, and keep connecting until L{stop}.
         """
         self._stopping = False
-        self._failures = 0
-        self._connect()
+        self.service.startService()
 
     def stop(self) -> Deferred[None]:
         """
-        Stop retrying and close the connection.
+        Stop retrying and close the connection, aborting it if the server
+        has not let it close within C{timeout} seconds.
 
         @return: a L{Deferred} that fires once the connection is closed.
         """
         self._stopping = True
-        for call in (self._retry, self._ping):
-            if call is not None and call.active():
-                call.cancel()
-        self._retry = self._ping = None
-        if self._attempt is not None:
-            self._attempt.cancel()
-        if self.protocol is None:
-            return succeed(None)
-        stopped: Deferred[None] = Deferred()
-        self._stopped.append(stopped)
-        transport = self.protocol.transport
-        # A server that does not read would hold loseConnection forever.
-        if self._abort is None:
-            self._abort = self.clock.callLater(self.timeout, transport.abortConnection)
-        transport.loseConnection()
-        return stopped
+        protocol = self.protocol
+        stopped = self.service.stopService()
+        if protocol is None or stopped.called:
+            return stopped
+        # A server that does not read would hold a polite close forever.
+        abort = self.clock.callLater(self.timeout, protocol.transport.abortConnection)
 
-    def _connect(self) -> None:
-        self._retry = None
-        factory = _LinkFactory(self)
-        self._attempt = attempt = self.endpoint.connect(factory)
-        attempt.addCallbacks(self._connected, self._attemptFailed)
+        def closed(result: None) -> None:
+            if abort.active():
+                abort.cancel()
+            return result
 
-    def _attemptFailed(self, failure: Failure) -> None:
-        self._attempt = None
-        # A retry is already set if the connection was made and lost before
-        # the endpoint gave up on it.
-        if not self._stopping and self._retry is None:
-            self._retryLater(f"cannot connect: {failure.getErrorMessage()}")
+        return stopped.addBoth(closed)
 
-    def _connected(self, protocol: Any) -> None:
-        self._attempt = None
-        if protocol is not self.protocol:
-            # Lost before the endpoint reported it: _lost has dealt with it.
-            return
-        if self._stopping:
-            protocol.transport.loseConnection()
-            return
+    # The ClientService's hooks.
+
+    def _prepareConnection(self, connection: IProtocol) -> Deferred[object]:
+        # The ClientService passes its proxy of the protocol.  It makes one
+        # connection at a time, so this is the last protocol built, unless
+        # that connection is lost already.
+        protocol = self.protocol
+        if protocol is None:
+            return fail(error.ConnectionLost("lost before the handshake"))
         preparing = maybeDeferred(self.prepare, protocol)
         preparing.addTimeout(self.timeout, self.clock)
-        preparing.addCallbacks(self._prepared, self._unprepared,
-                               callbackArgs=(protocol,), errbackArgs=(protocol,))
+        return preparing.addCallbacks(self._prepared, self._unprepared,
+                                      callbackArgs=(protocol,), errbackArgs=(protocol,))
 
     def _prepared(self, result: object, protocol: Any) -> None:
-        if protocol is not self.protocol or self._stopping:
-            return
+        if protocol is not self.protocol:
+            # Lost meanwhile: the ClientService must not take it for connected.
+            raise error.ConnectionLost("lost during the handshake")
         self.ready = True
-        self._failures = 0
-        self._ping = self.clock.callLater(self.timeout, self._sendPing)
+        self._health = HealthCheck(protocol, self.timeout, self.clock,
+                                   lambda why: self._abort(protocol, why))
+        self._health.start()
         self.onReady(self)
 
-    def _unprepared(self, failure: Failure, protocol: Any) -> None:
-        if protocol is self.protocol and not self._stopping:
-            self._why = f"no usable connection: {_describe(failure, self.timeout)}"
-            protocol.transport.abortConnection()
+    def _unprepared(self, failure: Failure, protocol: Any) -> Failure:
+        # The ClientService counts the failure and retries, but leaves the
+        # connection open: close it.
+        if protocol is self.protocol:
+            self._abort(protocol, f"no usable connection: {describe(failure, self.timeout)}")
+        return failure
 
-    def _sendPing(self) -> None:
-        self._ping = None
-        protocol = self.protocol
-        if protocol is None or not self.ready:
-            return
-        pinged = protocol.ping()
-        pinged.addTimeout(self.timeout, self.clock)
-        pinged.addCallbacks(self._pong, self._noPong,
-                            callbackArgs=(protocol,), errbackArgs=(protocol,))
-
-    def _pong(self, result: object, protocol: Any) -> None:
-        if protocol is self.protocol and self.ready and not self._stopping:
-            self._ping = self.clock.callLater(self.timeout, self._sendPing)
-
-    def _noPong(self, failure: Failure, protocol: Any) -> None:
-        if protocol is self.protocol and not self._stopping:
-            self._why = f"PING unanswered: {_describe(failure, self.timeout)}"
+    def _abort(self, protocol: Any, why: str) -> None:
+        if protocol is self.protocol:
+            self._why = why
             protocol.transport.abortConnection()
 
     def built(self, protocol: Any) -> None:
@@ -170,6 +239,7 @@ class _Link:
         A protocol was built for a new connection (called by the factory).
         """
         self.protocol = protocol
+        self.ready = False
         self._why = ""
 
     def lost(self, protocol: Any, reason: Failure) -> None:
@@ -180,51 +250,127 @@ class _Link:
             return
         self.protocol = None
         self.ready = False
-        for call in (self._ping, self._abort):
-            if call is not None and call.active():
-                call.cancel()
-        self._ping = self._abort = None
-        if self._stopping:
-            stopped, self._stopped = self._stopped, []
-            for d in stopped:
-                d.callback(None)
-            return
-        self._retryLater(self._why or f"connection lost: {reason.getErrorMessage()}")
+        if self._health is not None:
+            self._health.stop()
+            self._health = None
+        if not self._stopping:
+            self.onDown(self, self._why or f"connection lost: {reason.getErrorMessage()}")
 
-    def _retryLater(self, why: str) -> None:
-        self._failures += 1
-        self._retry = self.clock.callLater(self.delay(self._failures), self._connect)
-        self.onDown(self, why)
-
-
-def _describe(failure: Failure, timeout: float) -> str:
-    # Deferred.addTimeout raises one or the other, by Twisted version.
-    if failure.check(defer.TimeoutError, error.TimeoutError):
-        return f"no answer within {timeout:g} s"
-    return failure.getErrorMessage()
+    def failed(self, reason: Failure) -> None:
+        """
+        An attempt to connect failed (called by the endpoint).
+        """
+        if not self._stopping:
+            self.onDown(self, f"cannot connect: {reason.getErrorMessage()}")
 
 
 class _LinkFactory(Factory):
     """
-    Builds the txredisapi protocol of a L{_Link}'s connection: bytes in, bytes
+    Builds the txredisapi protocol of a L{Link}'s connection: bytes in, bytes
     out (no decoding, no number conversion), on the link's clock.
     """
 
     noisy = False
 
-    def __init__(self, link: _Link) -> None:
+    def __init__(self, link: Link) -> None:
         self.link = link
 
-    def buildProtocol(self, addr: object) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         protocol = self.link.protocolClass(charset=None, convertNumbers=False)
         protocol.factory = self
         protocol.link = self.link
+        # txredisapi schedules on this (as Twisted's TimeoutMixin does).
         protocol.callLater = self.link.clock.callLater
         self.link.built(protocol)
         return protocol
 
 
-class _InlineParsing:
+@implementer(IStreamClientEndpoint)
+class _GatedEndpoint:
+    """
+    The endpoint of a L{Link}'s L{ClientService}: connects through the real
+    one, reports failed attempts to the link, and puts a L{_Gate} before each
+    connection's protocol.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, link: Link) -> None:
+        self.endpoint = endpoint
+        self.link = link
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        connecting = self.endpoint.connect(_GateFactory(protocolFactory, self.link))
+        return connecting.addCallbacks(lambda gate: gate.wrapped, self._failed)
+
+    def _failed(self, reason: Failure) -> Failure:
+        self.link.failed(reason)
+        return reason
+
+
+@implementer(IProtocolFactory)
+class _GateFactory:
+    """
+    Puts a L{_Gate} before each protocol that a L{ClientService}'s factory
+    builds.
+    """
+
+    def __init__(self, factory: IProtocolFactory, link: Link) -> None:
+        self.factory = factory
+        self.link = link
+
+    def doStart(self) -> None:
+        self.factory.doStart()
+
+    def doStop(self) -> None:
+        self.factory.doStop()
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+        wrapped = self.factory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        # Building it, the link's factory made it the link's protocol.
+        return _Gate(wrapped, self.link.protocol, self.link)
+
+
+@implementer(IProtocol)
+class _Gate:
+    """
+    Tells a L{ClientService} that a connection is lost only if it is ready.
+
+    The L{ClientService} (Twisted 23.8 to 26.x at least) does not expect to
+    hear of a connection whose C{prepareConnection} has not succeeded: told
+    that one was lost (the server closed it during the handshake, or the
+    link aborted it after a failed handshake, which the service leaves
+    open), its state machine raises C{NoTransition} from C{connectionLost}.
+    So the loss of such a connection goes to the link's protocol alone; the
+    service has counted the failed handshake already.
+    """
+
+    def __init__(self, wrapped: IProtocol, protocol: Any, link: Link) -> None:
+        """
+        @param wrapped: the service's protocol (its proxy of C{protocol}).
+        @param protocol: the link's protocol.
+        """
+        self.wrapped = wrapped
+        self.protocol = protocol
+        self.link = link
+
+    def makeConnection(self, transport: ITransport) -> None:
+        self.wrapped.makeConnection(transport)
+
+    def connectionMade(self) -> None:
+        pass  # makeConnection has told the protocol.
+
+    def dataReceived(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.link.ready and self.link.protocol is self.protocol:
+            self.wrapped.connectionLost(reason)
+        else:
+            self.protocol.connectionLost(reason)
+
+
+class InlineParsing:
     """
     Parse all that a read brings at once.
 
@@ -250,31 +396,32 @@ class _InlineParsing:
             super().dataReceived(extra)  # type: ignore[misc]
 
 
-class _Publisher(_InlineParsing, RedisProtocol):  # type: ignore[misc,valid-type]
+class Publisher(InlineParsing, RedisProtocol):  # type: ignore[misc,valid-type]
     """
     The publishing connection.
     """
 
-    link: _Link
+    link: Link
 
-    def connectionLost(self, why: Failure) -> None:
+    def connectionLost(self, why: Failure = connectionDone) -> None:
         # The link first, so that the PUBLISHes it fails below are counted
         # in the outage that this loss begins.
         self.link.lost(self, why)
         super().connectionLost(why)
 
 
-class _Subscriber(_InlineParsing, SubscriberProtocol):  # type: ignore[misc,valid-type]
+class Subscriber(InlineParsing, SubscriberProtocol):  # type: ignore[misc,valid-type]
     """
-    The subscribed connection.
+    The subscribed connection: each message goes to C{received(channel,
+    payload)}.
     """
 
-    link: _Link
+    link: Link
     received: Callable[[bytes, bytes], None]
 
     def messageReceived(self, pattern: object, channel: bytes, message: bytes) -> None:
         self.received(channel, message)
 
-    def connectionLost(self, why: Failure) -> None:
+    def connectionLost(self, why: Failure = connectionDone) -> None:
         self.link.lost(self, why)
         super().connectionLost(why)
