@@ -1,7 +1,7 @@
 """
-Unit tests of L{backplane.redis.link}'s pieces, and a tripwire: a test of
-the detail of Twisted's ClientService that the link works around, which
-fails loudly if it changes.
+Unit tests of L{backplane.redis.link}'s pieces, and tripwires: tests of the
+details of txredisapi and of Twisted's ClientService that the link relies on
+or works around, which fail loudly if those libraries change under it.
 """
 
 from __future__ import annotations
@@ -12,10 +12,112 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
+from txredisapi import BaseRedisProtocol
 
-from backplane.redis.link import HealthCheck
+from backplane.redis.link import HealthCheck, InlineParsing
+from tests.redis_helpers import encodeCommand
+
+# Three replies as Redis sends them to a subscriber: bulk strings, and what
+# follows each.
+REPLIES = [
+    [b"subscribe", b"ch", 1],
+    [b"message", b"ch", b"one"],
+    [b"message", b"ch", b"two\r\n"],
+]
+DATA = (b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n" + encodeCommand(b"message", b"ch", b"one")
+        + encodeCommand(b"message", b"ch", b"two\r\n"))
+
+
+class Recording(BaseRedisProtocol):  # type: ignore[misc]
+    """
+    txredisapi's pure-Python parser (used when hiredis is not installed),
+    recording the replies it parses.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(charset=None, convertNumbers=False)
+        self.callLater = clock.callLater
+        self.replies: list[object] = []
+
+    def replyReceived(self, reply: object) -> None:
+        self.replies.append(reply)
+
+
+class Inline(InlineParsing, Recording):
+    """
+    The same parser with L{InlineParsing}, as the bridge's protocols have it.
+    """
+
+
+def connected(protocol: BaseRedisProtocol) -> StringTransport:
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return transport
+
+
+class TxredisapiParserTests(SynchronousTestCase):
+    """
+    The tripwire of L{InlineParsing}, the bridge's one use of txredisapi's
+    internals: the details of its pure-Python parser that it relies on.  If
+    one of these tests fails, txredisapi has changed: see whether
+    L{InlineParsing} is still right, or still needed.
+    """
+
+    def test_parserAsAssumed(self) -> None:
+        """
+        txredisapi's pure-Python parser calls C{setLineMode(extra=rest)} after
+        each bulk string, with the rest of the read; C{setLineMode} with
+        C{extra} pauses the transport and parses C{extra} on a later turn of
+        the reactor (through the protocol's C{callLater}); without it, only
+        goes back to line mode.
+        """
+        calls: list[object] = []
+
+        class Watched(Recording):
+            def setLineMode(self, extra: bytes = b"") -> None:
+                calls.append(extra)
+                super().setLineMode(extra)
+
+        clock = Clock()
+        protocol = Watched(clock)
+        transport = connected(protocol)
+        protocol.dataReceived(DATA)
+        self.assertEqual(protocol.replies, [])
+        self.assertEqual(calls, [DATA[DATA.index(b"$2\r\nch") :]])  # after b"subscribe"
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(0)
+        self.assertEqual(protocol.replies, REPLIES)
+        self.assertEqual(len(calls), 8)  # once per bulk string
+        self.assertEqual(transport.producerState, "producing")
+
+        clock = Clock()
+        plain = Recording(clock)
+        transport = connected(plain)
+        plain.setRawMode()
+        plain.setLineMode()
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(clock.getDelayedCalls(), [])
+        plain.dataReceived(b"+OK\r\n")
+        self.assertEqual(plain.replies, ["OK"])
+
+    def test_inline(self) -> None:
+        """
+        With L{InlineParsing}, all that a read brings is parsed at once,
+        without pausing the transport or waiting for the reactor, in
+        whatever chunks it comes.
+        """
+        for size in range(1, len(DATA) + 1):
+            clock = Clock()
+            protocol = Inline(clock)
+            transport = connected(protocol)
+            for start in range(0, len(DATA), size):
+                protocol.dataReceived(DATA[start : start + size])
+            self.assertEqual(protocol.replies, REPLIES, size)
+            self.assertEqual(transport.producerState, "producing")
+            self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class Pinged:

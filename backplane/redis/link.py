@@ -379,14 +379,20 @@ class InlineParsing:
     transport meanwhile: three turns and four epoll calls per pub/sub
     message.  Here what follows is parsed in a loop instead (hiredis's parser
     never gets there).
+
+    The one use of txredisapi's parser internals: its C{rawDataReceived}
+    ends each bulk string by calling C{setLineMode(extra=rest)}, the last
+    thing C{dataReceived} does, and C{setLineMode()} without C{extra} only
+    goes back to line mode.  C{tests.test_redis_link.TxredisapiParserTests}
+    fails if that changes.
     """
 
     _extra = b""
 
     def setLineMode(self, extra: bytes = b"") -> None:
-        # Called by rawDataReceived at the very end of dataReceived, with
-        # what follows the bulk string: nothing else is buffered then.
-        self.line_mode = 1
+        # Nothing else is buffered when this is called: keep what follows
+        # for dataReceived, instead of a pause and a callLater(0, ...).
+        super().setLineMode()  # type: ignore[misc]
         self._extra = extra
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
