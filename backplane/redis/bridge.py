@@ -119,8 +119,8 @@ class RedisBridge(Service):
     While Redis is unreachable each node goes on serving its own publishers
     and subscribers; what is published meanwhile does not cross (it is
     counted in C{stats.dropped}).  The bridge reconnects with jittered
-    exponential backoff, subscribes again, and logs each outage once when it
-    begins and once when it ends.
+    exponential backoff (L{backplane.retry.backoffPolicy}), subscribes again,
+    and logs each outage once when it begins and once when it ends.
 
     Make it a child of the service whose backplanes it shares::
 
@@ -155,7 +155,8 @@ class RedisBridge(Service):
             (the database number does not matter to pub/sub).
         @param names: the names of the backplanes to share.
         @param prefix: the prefix of their channel names.
-        @param initial_delay: seconds before the first reconnection attempt.
+        @param initial_delay: seconds before the first reconnection attempt
+            (less up to 10% of jitter); the wait doubles after each failure.
         @param max_delay: the longest wait between attempts, in seconds.
         @param queue: bytes of chunks that may wait to be published while
             Redis is slower than the publishers; past it the oldest waiting
