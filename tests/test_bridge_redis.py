@@ -15,10 +15,11 @@ from twisted.internet import endpoints, reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 
 from backplane import BackplaneService, PublishToFactory, SubscribeToFactory
-from backplane.bridge import MARK, RedisBridge
+from backplane.redis.bridge import RedisBridge
+from backplane.redis.wire import MARK
 from backplane.testing import Recorder
 from tests.helpers import connectClient, waitUntil
 from tests.redis_helpers import plainSubscriber
@@ -52,15 +53,20 @@ class Node:
 
 class BridgeLog:
     """
-    The events that RedisBridges log, while the test runs.
+    The events that RedisBridges log, while the test runs; and any error
+    logged meanwhile, from anywhere (an exception raised where the reactor
+    calls a protocol, for one).
     """
 
     def __init__(self) -> None:
         self.events: list[dict] = []
+        self.errors: list[dict] = []
 
     def __call__(self, event: dict) -> None:
         if isinstance(event.get("log_source"), RedisBridge):
             self.events.append(event)
+        if "log_failure" in event or event["log_level"] >= LogLevel.error:
+            self.errors.append(event)
 
     def of(self, node: Node, level: str | None = None) -> list[dict]:
         return [e for e in self.events if e["log_source"] is node.bridge
@@ -295,6 +301,7 @@ def test_redisRestart(nodes, redis_server, bridgeLog):
         stats = node.bridge.stats
         assert (stats.outages, stats.dropped) == (1, lost)
         assert stats.last_outage == back[0]["duration"]
+    assert bridgeLog.errors == []
 
 
 @pytest_twisted.inlineCallbacks
@@ -317,6 +324,7 @@ def test_startWhileRedisIsDown(makeNode, redis_server, bridgeLog):
     yield waitUntil(lambda: b.recorder.messages == [b"together"], what="together on B")
     assert a.bridge.stats.dropped == 1
     assert len(bridgeLog.of(a, "warn")) == 1
+    assert bridgeLog.errors == []
 
 
 @pytest_twisted.inlineCallbacks
@@ -342,6 +350,7 @@ def test_unansweredRedis(makeNode, redis_server, bridgeLog):
     yield a.news.publish(b"awake")
     yield waitUntil(lambda: b.recorder.messages == [b"awake"], what="awake on B")
     assert len(bridgeLog.of(a, "warn")) == len(bridgeLog.of(b, "warn")) == 1
+    assert bridgeLog.errors == []
 
 
 @pytest_twisted.inlineCallbacks
@@ -392,11 +401,13 @@ def test_stopService(makeNode, redis_server):
 
     b = makeNode("B")
     redis_server.kill()
+    before = set(reactor.getDelayedCalls())
     b.start()
-    yield turn(0.3)
+    yield waitUntil(lambda: b.bridge.stats.outages == 1, what="the outage noticed")
+    yield turn(0.3)  # retrying
     yield b.stop()
-    links = (b.bridge._publisher, b.bridge._subscriber)
-    pending = [call for call in reactor.getDelayedCalls()
-               if getattr(call.func, "__self__", None) in (*links, b.bridge)]
-    assert pending == []
+    assert [call for call in reactor.getDelayedCalls() if call not in before] == []
     assert not b.bridge.connected
+    redis_server.start()
+    yield turn(0.5)  # longer than max_delay: B would have reconnected
+    assert redis_server.command(b"CLIENT", b"LIST").count(b"id=") == 1

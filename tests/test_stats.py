@@ -209,7 +209,7 @@ class OtherSourcesTests(SynchronousTestCase):
     def test_redisBridge(self):
         from twisted.internet.testing import MemoryReactorClock
 
-        from backplane.bridge import RedisBridge
+        from backplane.redis.bridge import RedisBridge
 
         service = BackplaneService()
         service.create("NEWS")
