@@ -8,24 +8,36 @@ whose writer is killed with SIGKILL.
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import random
+import shutil
+import tempfile
+from contextlib import contextmanager
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.logger import globalLogPublisher
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from backplane.history import (
+    DiskStore,
     MemoryHistory,
     Resume,
+    StoreError,
     formatId,
     newEpoch,
     parseId,
     resume,
     withIds,
 )
+from backplane.history import disk as diskModule
 from backplane.history.base import Marks
+from backplane.history.disk import FORMAT, METADATA, RETRY_INTERVAL
 from backplane.history.memory import CHUNK_OVERHEAD
+from backplane.history.segments import HEADER, INDEX_INTERVAL, record, scan, segmentName
 
 NOBODY = 65534
 
@@ -465,3 +477,780 @@ class MemoryHistoryTests(HistoryContract, SynchronousTestCase):
         history.append(lines(b"b", b"c"), 2)
         self.assertEqual(self.successResultOf(later), None)
         self.assertEqual(history.synced, 3)
+
+
+@contextmanager
+def unprivileged():
+    """
+    Run as an unprivileged user if we are root, so that file permissions
+    apply (root may write to a read-only folder).
+    """
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(NOBODY)
+    os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def abandon(store: DiskStore) -> None:
+    """
+    Let C{store} go as a killed process does: its files closed, with no
+    fsync and no metadata written.
+    """
+    store._closeFiles()
+
+
+def folderOf(case: SynchronousTestCase) -> str:
+    folder = tempfile.mkdtemp(prefix="history-")
+    case.addCleanup(shutil.rmtree, folder, True)
+    return folder
+
+
+def files(path: str) -> list[str]:
+    return sorted(os.listdir(path))
+
+
+def segments(path: str) -> list[str]:
+    return [name for name in files(path) if name.endswith(".seg")]
+
+
+class DiskStoreTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.folder = folderOf(self)
+        self.path = os.path.join(self.folder, "store")
+        self.clock = Clock()
+        self.logs = LogCapture(self)
+        self.boot = "boot-1"
+        self.patch(diskModule, "bootId", lambda: self.boot)
+        self.stores: list[DiskStore] = []
+        self.addCleanup(self._closeAll)
+
+    def _closeAll(self) -> None:
+        for store in self.stores:
+            store._closeFiles()
+
+    def open(self, **options) -> DiskStore:
+        options.setdefault("clock", self.clock)
+        store = DiskStore.open(self.path, **options)
+        self.stores.append(store)
+        return store
+
+    def reopen(self, store: DiskStore, **options) -> DiskStore:
+        self.successResultOf(store.close())
+        return self.open(**options)
+
+    def appendMany(self, store: DiskStore, chunks: int, count: int = 3, size=None) -> int:
+        """
+        Append chunks of payloads named by their SEQs; return the last SEQ.
+        """
+        for _ in range(chunks):
+            seq = store.last + 1
+            self.assertEqual(store.append(chunkOf(seq, count, size), count), seq)
+        return store.last
+
+    def assertHolds(self, store: DiskStore, first: int, last: int, size=None) -> None:
+        """
+        C{store} keeps exactly the messages C{first} to C{last} made by
+        L{appendMany}.
+        """
+        self.assertEqual((store.first, store.last), (first, last))
+        self.assertEqual(readAll(store, 0, 1000),
+                         (chunkOf(first, last - first + 1, size), last - first + 1, first))
+
+
+class DiskStoreContractTests(HistoryContract, DiskStoreTestCase):
+    def makeHistory(self, maxMessages: int = 1_000_000):
+        return self.open(maxMessages=maxMessages, segmentBytes=300, maxBytes=1 << 30)
+
+
+class DiskStoreTests(DiskStoreTestCase):
+    def test_fresh(self):
+        """
+        A missing folder is made, with a new epoch in its metadata.
+        """
+        store = self.open()
+        self.assertEqual(files(self.path), ["lock", METADATA])
+        with open(os.path.join(self.path, METADATA)) as f:
+            metadata = json.load(f)
+        self.assertEqual(metadata["format"], FORMAT)
+        self.assertEqual(metadata["epoch"], store.epoch)
+        self.assertFalse(metadata["clean"])
+        self.assertEqual(store.report()["epochs"], 1)
+
+    def test_records(self):
+        """
+        Each append is one record at the end of the segment file.
+        """
+        store = self.open()
+        store.append(lines(b"a", b"b"), 2)
+        store.append(lines(b"c"), 1)
+        with open(os.path.join(self.path, segmentName(1)), "rb") as f:
+            self.assertEqual(f.read(), record(1, 2, lines(b"a", b"b")) + record(3, 1, lines(b"c")))
+        self.assertEqual(store.report()["bytes"], 2 * HEADER.size + 6)
+
+    def test_reopen(self):
+        """
+        Closed and opened again, a store keeps its epoch and messages, and
+        SEQ goes on.
+        """
+        store = self.open()
+        self.appendMany(store, 10)
+        epoch = store.epoch
+        store = self.reopen(store)
+        self.assertEqual(store.epoch, epoch)
+        self.assertHolds(store, 1, 30)
+        self.assertEqual(store.synced, 30)
+        self.assertEqual(store.append(lines(b"next"), 1), 31)
+        self.assertEqual(store.report()["epochs"], 0)
+        self.assertEqual(self.logs.matching("continuity lost"), [])
+
+    def test_reopenEmpty(self):
+        store = self.open()
+        epoch = store.epoch
+        store = self.reopen(store)
+        self.assertEqual((store.epoch, store.first, store.last), (epoch, 1, 0))
+
+    def test_crash(self):
+        """
+        A store whose process died (same boot) keeps its epoch and every
+        message appended, synced or not.
+        """
+        store = self.open()
+        self.appendMany(store, 5)
+        self.clock.advance(1)
+        self.appendMany(store, 5)
+        self.assertEqual(store.synced, 15)
+        epoch = store.epoch
+        abandon(store)
+        store = self.open()
+        self.assertEqual(store.epoch, epoch)
+        self.assertHolds(store, 1, 30)
+        self.assertEqual(store.synced, 30)
+
+    def test_inUse(self):
+        self.open()
+        with self.assertRaises(StoreError) as caught:
+            DiskStore.open(self.path, clock=self.clock)
+        self.assertIn("in use", str(caught.exception))
+
+    def test_closed(self):
+        store = self.open()
+        self.successResultOf(store.close())
+        self.successResultOf(store.close())
+        self.assertRaises(StoreError, store.append, lines(b"a"), 1)
+
+    def test_closeSyncs(self):
+        """
+        close fsyncs what was not, fires the waiters, and marks the
+        metadata clean.
+        """
+        store = self.open()
+        self.appendMany(store, 2)
+        synced = store.whenSynced(6)
+        self.assertNoResult(synced)
+        self.successResultOf(store.close())
+        self.assertEqual(self.successResultOf(synced), None)
+        self.assertEqual(store.report()["fsyncs"], 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        with open(os.path.join(self.path, METADATA)) as f:
+            self.assertTrue(json.load(f)["clean"])
+
+    def test_whenSynced(self):
+        """
+        whenSynced fires after the fsync, fsyncInterval after the first
+        unsynced append; no timer runs while nothing is unsynced.
+        """
+        store = self.open(fsyncInterval=0.5)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.appendMany(store, 1)
+        first = store.whenSynced(2)
+        self.clock.advance(0.3)
+        self.appendMany(store, 1)
+        second = store.whenSynced(6)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(store.synced, 0)
+        self.assertNoResult(first)
+        self.clock.advance(0.2)
+        self.assertEqual(store.synced, 6)
+        self.assertEqual(self.successResultOf(first), None)
+        self.assertEqual(self.successResultOf(second), None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.successResultOf(store.whenSynced(3)), None)
+        self.assertEqual(store.report()["fsyncs"], 1)
+
+    def test_fsyncEveryAppend(self):
+        """
+        With fsyncInterval 0, every append is fsynced before it returns.
+        """
+        store = self.open(fsyncInterval=0)
+        self.appendMany(store, 3)
+        self.assertEqual(store.synced, 9)
+        self.assertEqual(store.report()["fsyncs"], 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_rotation(self):
+        """
+        A new segment file is begun before one would grow past
+        segmentBytes; each is named by its first SEQ.
+        """
+        store = self.open(segmentBytes=200)
+        record = HEADER.size + len(chunkOf(1, 3, 10))  # 63 bytes
+        self.appendMany(store, 7, size=10)
+        self.assertEqual(segments(self.path), [segmentName(1), segmentName(10), segmentName(19)])
+        self.assertEqual(store.report()["segments"], 3)
+        self.assertEqual(store.report()["bytes"], 7 * record)
+        self.assertHolds(store, 1, 21, size=10)
+        store = self.reopen(store, segmentBytes=200)
+        self.assertHolds(store, 1, 21, size=10)
+        self.appendMany(store, 3, size=10)
+        self.assertEqual(segments(self.path)[-1], segmentName(28))
+
+    def test_removal(self):
+        """
+        Past maxBytes, the oldest segment files are removed; the current
+        one never is.
+        """
+        store = self.open(segmentBytes=200, maxBytes=1000)
+        record = HEADER.size + len(chunkOf(1, 3, 10))  # 3 a segment
+        self.appendMany(store, 30, size=10)
+        self.assertEqual(store.report()["bytes"], 5 * 3 * record)
+        self.assertEqual(segments(self.path), [segmentName(seq) for seq in (46, 55, 64, 73, 82)])
+        self.assertHolds(store, 46, 90, size=10)
+        store = self.reopen(store, segmentBytes=200, maxBytes=1000)
+        self.assertHolds(store, 46, 90, size=10)
+        store = self.reopen(store, segmentBytes=200, maxBytes=250)
+        self.assertHolds(store, 82, 90, size=10)
+        self.assertEqual(segments(self.path), [segmentName(82)])
+
+    def test_segmentBytesLowered(self):
+        store = self.open(maxBytes=1000, segmentBytes=10**9)
+        self.assertEqual(store.segmentBytes, 250)
+
+    def test_maxMessagesRemovesFiles(self):
+        """
+        With maxMessages, a segment file is removed once all its messages
+        are older than the oldest kept.
+        """
+        store = self.open(segmentBytes=200, maxMessages=10)
+        self.appendMany(store, 10, size=10)
+        self.assertHolds(store, 21, 30, size=10)
+        self.assertEqual(segments(self.path), [segmentName(19), segmentName(28)])
+
+    def test_readAcrossSegments(self):
+        """
+        A read ends at the end of a segment file; the next one goes on.
+        """
+        store = self.open(segmentBytes=200)
+        self.appendMany(store, 5, size=10)
+        _, count, first = store.read(0, 10_000)
+        self.assertEqual((count, first), (9, 1))
+        self.assertEqual(store.read(9, 10_000)[1:], (6, 10))
+
+    def test_readFarIntoALongSegment(self):
+        """
+        A read finds its place through the sparse index, wherever in a big
+        segment it begins.
+        """
+        store = self.open(segmentBytes=1 << 30)
+        self.appendMany(store, 2000, count=2)
+        self.assertGreater(len(store._segments[0].offsets), 10)
+        for after in (0, 1, 2, 1001, 2345, 3998, 3999):
+            self.assertEqual(store.read(after, 200)[2], after + 1)
+            self.assertEqual(store.read(after, 200)[0][:60], chunkOf(after + 1, 4000 - after)[:60])
+        self.assertEqual(readAll(store, 0, 777)[0], chunkOf(1, 4000))
+
+    def test_readRecordBiggerThanTheWindow(self):
+        """
+        A chunk bigger than a read's window is read whole, then cut.
+        """
+        store = self.open()
+        big = lines(*(b"%05d" % i + b"y" * 2000 for i in range(10)))
+        store.append(lines(b"a"), 1)
+        store.append(big, 10)
+        self.assertEqual(store.read(1, 5000), (big[:2 * 2006], 2, 2))
+        self.assertEqual(store.read(5, 100), (big[4 * 2006:5 * 2006], 1, 6))
+        self.assertEqual(readAll(store, 0, 5000)[0], lines(b"a") + big)
+        self.assertGreater(len(big), 2 * 100 + INDEX_INTERVAL + HEADER.size)
+
+    def test_marks(self):
+        """
+        Marks are saved with the metadata at the next fsync, and read back
+        at open.
+        """
+        store = self.open(fsyncInterval=0.5)
+        store.setMark("pub-1", 7)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0.5)
+        with open(os.path.join(self.path, METADATA)) as f:
+            self.assertEqual(json.load(f)["marks"], {"pub-1": 7})
+        store.setMark("pub-2", 9)
+        abandon(store)
+        store = self.open()
+        self.assertEqual((store.mark("pub-1"), store.mark("pub-2")), (7, 0))
+
+    def test_bad(self):
+        for options in ({"maxBytes": 0}, {"segmentBytes": 0}, {"fsyncInterval": -1},
+                        {"maxMessages": 0}, {"keepLost": -1}):
+            self.assertRaises(ValueError, DiskStore.open, self.path, clock=self.clock,
+                              **options)
+
+
+class DiskStoreRecoveryTests(DiskStoreTestCase):
+    """
+    What a store finds at open: torn and corrupt files, lost metadata, a
+    machine that stopped, a newer format, a folder it cannot use.
+    """
+
+    def lastSegment(self) -> str:
+        return os.path.join(self.path, segments(self.path)[-1])
+
+    def assertNewEpoch(self, store: DiskStore, old: str, reason: str) -> str:
+        """
+        C{store} lost continuity (logged with C{reason}): a new, empty epoch,
+        the old files in C{lost-OLD/}.  Return that folder.
+        """
+        self.assertNotEqual(store.epoch, old)
+        self.assertEqual((store.first, store.last, store.synced), (1, 0, 0))
+        self.assertEqual(store.report()["epochs"], 1)
+        [event] = self.logs.matching("continuity lost", LogLevel.warn)
+        self.assertIn(reason, event["reason"])
+        self.assertEqual(event["epoch"], store.epoch)
+        lost = os.path.join(self.path, "lost-" + old)
+        self.assertTrue(os.path.isdir(lost))
+        self.assertEqual(files(self.path), sorted(["lock", METADATA, "lost-" + old]))
+        self.assertEqual(store.append(lines(b"new"), 1), 1)
+        return lost
+
+    def test_tornTailSameBoot(self):
+        """
+        A last record cut short, as a process killed inside its write
+        leaves (same boot, not closed): truncated, logged and counted; its
+        ids were never given, so the epoch goes on.
+        """
+        store = self.open()
+        self.appendMany(store, 4)
+        epoch = store.epoch
+        abandon(store)
+        size = os.path.getsize(self.lastSegment())
+        with open(self.lastSegment(), "ab") as f:
+            f.write(record(13, 2, chunkOf(13, 2))[:30])
+        store = self.open()
+        self.assertEqual(store.epoch, epoch)
+        self.assertEqual(os.path.getsize(self.lastSegment()), size)
+        self.assertEqual(store.report()["truncations"], 1)
+        [event] = self.logs.matching("truncated", LogLevel.warn)
+        self.assertIn("incomplete record", event["problem"])
+        self.assertHolds(store, 1, 12)
+        self.assertEqual(store.append(lines(b"x"), 1), 13)
+
+    def test_tornHeaderSameBoot(self):
+        store = self.open()
+        self.appendMany(store, 4)
+        epoch = store.epoch
+        abandon(store)
+        with open(self.lastSegment(), "ab") as f:
+            f.write(record(13, 2, chunkOf(13, 2))[:7])
+        store = self.open()
+        self.assertEqual(store.epoch, epoch)
+        self.assertEqual(store.report()["truncations"], 1)
+        self.assertHolds(store, 1, 12)
+
+    def test_truncatedMidRecordAfterAMachineStop(self):
+        """
+        A file cut inside a record after the machine stopped (a power loss,
+        another boot): truncated, and continuity is lost, since ids past
+        the cut may have been given to subscribers.
+        """
+        store = self.open()
+        self.appendMany(store, 4)
+        epoch = store.epoch
+        abandon(store)
+        os.truncate(self.lastSegment(), os.path.getsize(self.lastSegment()) - 5)
+        self.boot = "boot-2"
+        store = self.open()
+        lost = self.assertNewEpoch(store, epoch, "incomplete record")
+        self.assertEqual(store.report()["truncations"], 1)
+        # The set-aside segment was truncated to its whole records.
+        found = scan(os.path.join(lost, segmentName(1)), 1)
+        self.assertEqual((found.problem, found.segment.next), (None, 10))
+
+    def test_machineStopped(self):
+        """
+        A store open when the machine stopped may have lost what was not
+        fsynced without a trace: a new epoch.
+        """
+        store = self.open()
+        self.appendMany(store, 4)
+        self.clock.advance(1)
+        epoch = store.epoch
+        abandon(store)
+        self.boot = "boot-2"
+        self.assertNewEpoch(self.open(), epoch, "the machine stopped")
+
+    def test_noBootId(self):
+        """
+        Where there is no boot id, a store not closed cannot be told from
+        one open when the machine stopped.
+        """
+        self.boot = None
+        store = self.open()
+        self.appendMany(store, 1)
+        epoch = store.epoch
+        abandon(store)
+        self.assertNewEpoch(self.open(), epoch, "the machine stopped")
+
+    def test_machineStoppedAfterClose(self):
+        store = self.open()
+        self.appendMany(store, 4)
+        epoch = store.epoch
+        self.successResultOf(store.close())
+        self.boot = "boot-2"
+        store = self.open()
+        self.assertEqual(store.epoch, epoch)
+        self.assertHolds(store, 1, 12)
+
+    def test_garbageAppended(self):
+        """
+        Garbage after the last record: truncated, logged, and a new epoch.
+        """
+        store = self.open()
+        self.appendMany(store, 4)
+        epoch = store.epoch
+        self.successResultOf(store.close())
+        with open(self.lastSegment(), "ab") as f:
+            f.write(b"\x00garbage" * 10)
+        store = self.open()
+        self.assertEqual(store.report()["truncations"], 1)
+        [event] = self.logs.matching("truncated", LogLevel.warn)
+        self.assertIn("no record", event["problem"])
+        self.assertNewEpoch(store, epoch, "corrupt")
+
+    def test_tornTailOfAClosedStore(self):
+        """
+        A store closed cleanly has no torn tail: if it has one, something
+        else cut it.
+        """
+        store = self.open()
+        self.appendMany(store, 4)
+        epoch = store.epoch
+        self.successResultOf(store.close())
+        os.truncate(self.lastSegment(), os.path.getsize(self.lastSegment()) - 1)
+        self.assertNewEpoch(self.open(), epoch, "incomplete record")
+
+    def test_badCrc(self):
+        """
+        A flipped bit in the last segment: what follows is truncated, and a
+        new epoch begins.
+        """
+        store = self.open()
+        self.appendMany(store, 4)
+        epoch = store.epoch
+        self.successResultOf(store.close())
+        with open(self.lastSegment(), "r+b") as f:
+            f.seek(HEADER.size + 3)
+            byte = f.read(1)
+            f.seek(HEADER.size + 3)
+            f.write(bytes([byte[0] ^ 1]))
+        store = self.open()
+        [event] = self.logs.matching("truncated", LogLevel.warn)
+        self.assertEqual(event["size"], 0)
+        self.assertNewEpoch(store, epoch, "bad CRC")
+
+    def test_corruptOlderSegment(self):
+        store = self.open(segmentBytes=200)
+        self.appendMany(store, 10, size=10)
+        epoch = store.epoch
+        self.successResultOf(store.close())
+        with open(os.path.join(self.path, segments(self.path)[0]), "r+b") as f:
+            f.seek(HEADER.size + 70)
+            f.write(b"!")
+        self.assertNewEpoch(self.open(), epoch, "corrupt")
+
+    def test_missingSegment(self):
+        """
+        A segment missing between two others: a new epoch.
+        """
+        store = self.open(segmentBytes=200)
+        self.appendMany(store, 10, size=10)
+        epoch = store.epoch
+        self.successResultOf(store.close())
+        os.unlink(os.path.join(self.path, segments(self.path)[1]))
+        self.assertNewEpoch(self.open(), epoch, "missing")
+
+    def test_missingLastSegment(self):
+        store = self.open(segmentBytes=200)
+        self.appendMany(store, 10, size=10)
+        epoch = store.epoch
+        self.successResultOf(store.close())
+        os.unlink(self.lastSegment())
+        self.assertNewEpoch(self.open(), epoch, "missing at the end")
+
+    def test_missingOldestSegments(self):
+        """
+        The oldest files removed by hand are as if trimmed: the epoch goes
+        on, from the oldest left.
+        """
+        store = self.open(segmentBytes=200)
+        self.appendMany(store, 10, size=10)
+        epoch = store.epoch
+        self.successResultOf(store.close())
+        os.unlink(os.path.join(self.path, segments(self.path)[0]))
+        store = self.open(segmentBytes=200)
+        self.assertEqual(store.epoch, epoch)
+        self.assertHolds(store, 10, 30, size=10)
+
+    def test_everySegmentRemoved(self):
+        """
+        Every segment file removed: the epoch goes on, empty, and SEQ is
+        never reused.
+        """
+        store = self.open()
+        self.appendMany(store, 3)
+        epoch = store.epoch
+        self.successResultOf(store.close())
+        os.unlink(self.lastSegment())
+        store = self.open()
+        self.assertEqual((store.epoch, store.first, store.last), (epoch, 10, 9))
+        self.assertEqual(store.append(lines(b"a"), 1), 10)
+
+    def test_emptySegment(self):
+        """
+        A segment file begun and never written (a process killed between)
+        is removed.
+        """
+        store = self.open()
+        self.appendMany(store, 3)
+        epoch = store.epoch
+        abandon(store)
+        open(os.path.join(self.path, segmentName(10)), "wb").close()
+        store = self.open()
+        self.assertEqual(store.epoch, epoch)
+        self.assertHolds(store, 1, 9)
+        self.assertEqual(store.report()["truncations"], 0)
+
+    def test_metadataGarbage(self):
+        store = self.open()
+        self.appendMany(store, 3)
+        epoch = store.epoch
+        self.successResultOf(store.close())
+        with open(os.path.join(self.path, METADATA), "wb") as f:
+            f.write(b"{not json")
+        store = self.open()
+        self.assertNotEqual(store.epoch, epoch)
+        self.assertEqual(os.listdir(os.path.join(self.path, "lost-unknown")).count(METADATA), 1)
+
+    def test_metadataMissing(self):
+        store = self.open()
+        self.appendMany(store, 3)
+        epoch = store.epoch
+        self.successResultOf(store.close())
+        os.unlink(os.path.join(self.path, METADATA))
+        store = self.open()
+        self.assertNotEqual(store.epoch, epoch)
+        [event] = self.logs.matching("continuity lost", LogLevel.warn)
+        self.assertIn("metadata file is missing", event["reason"])
+
+    def test_newerFormat(self):
+        """
+        Files of a format newer than this code reads: a StoreError, and the
+        files are left as they are.
+        """
+        store = self.open()
+        self.appendMany(store, 3)
+        self.successResultOf(store.close())
+        where = os.path.join(self.path, METADATA)
+        with open(where) as f:
+            metadata = json.load(f)
+        metadata["format"] = FORMAT + 1
+        with open(where, "w") as f:
+            json.dump(metadata, f)
+        before = {name: os.path.getsize(os.path.join(self.path, name))
+                  for name in files(self.path)}
+        with self.assertRaises(StoreError) as caught:
+            self.open()
+        self.assertIn(f"format {FORMAT + 1}", str(caught.exception))
+        self.assertIn(self.path, str(caught.exception))
+        self.assertEqual({name: os.path.getsize(os.path.join(self.path, name))
+                          for name in files(self.path)}, before)
+        # And the lock was released: once the format is fixed, it opens.
+        metadata["format"] = FORMAT
+        with open(where, "w") as f:
+            json.dump(metadata, f)
+        self.assertHolds(self.open(), 1, 9)
+
+    def test_keepLost(self):
+        """
+        Only the newest keepLost folders of set-aside files are kept; with
+        0, the files are removed.
+        """
+        for round in range(3):
+            store = self.open(keepLost=1)
+            self.appendMany(store, 1)
+            abandon(store)
+            self.boot = f"boot-{round + 10}"
+        store = self.open(keepLost=1)
+        self.assertEqual(len([name for name in files(self.path) if name.startswith("lost-")]),
+                         1)
+        self.appendMany(store, 1)
+        abandon(store)
+        self.boot = "another"
+        self.open(keepLost=0)
+        self.assertEqual(files(self.path), ["lock", METADATA])
+
+    def test_notAFolder(self):
+        """
+        A store whose folder cannot be made: a StoreError naming it.
+        """
+        blocker = os.path.join(self.folder, "file")
+        open(blocker, "w").close()
+        with self.assertRaises(StoreError) as caught:
+            DiskStore.open(os.path.join(blocker, "store"), clock=self.clock)
+        self.assertIn(os.path.join(blocker, "store"), str(caught.exception))
+        self.assertIn("cannot make or write the folder", str(caught.exception))
+
+    def test_notWritable(self):
+        """
+        A folder that cannot be written: a StoreError.
+        """
+        os.mkdir(self.path)
+        os.chmod(self.folder, 0o755)
+        os.chmod(self.path, 0o555)
+        with unprivileged(), self.assertRaises(StoreError) as caught:
+            DiskStore.open(self.path, clock=self.clock)
+        self.assertIn("cannot make or write the folder", str(caught.exception))
+
+    def test_metadataUnreadable(self):
+        os.makedirs(os.path.join(self.path, METADATA))
+        with self.assertRaises(StoreError) as caught:
+            self.open()
+        self.assertIn("cannot read", str(caught.exception))
+
+
+class FailingDisk:
+    """
+    os.write and os.fsync that fail with C{error} for the store's file
+    descriptors (and only for them) while C{failing}.
+    """
+
+    def __init__(self, case: SynchronousTestCase, store: DiskStore, error: int) -> None:
+        self.store = store
+        self.error = error
+        self.failing = True
+        self.realWrite, self.realFsync = os.write, os.fsync
+        case.patch(os, "write", self.write)
+        case.patch(os, "fsync", self.fsync)
+
+    def _check(self, fd: int) -> None:
+        if self.failing and (fd == self.store._fd or fd in self.store._syncFds):
+            raise OSError(self.error, os.strerror(self.error))
+
+    def write(self, fd, data):
+        self._check(fd)
+        return self.realWrite(fd, data)
+
+    def fsync(self, fd):
+        self._check(fd)
+        return self.realFsync(fd)
+
+
+class DiskStoreFailureTests(DiskStoreTestCase):
+    """
+    A write or fsync that fails while running (a full disk, an I/O error).
+    """
+
+    def test_writeFails(self):
+        """
+        A failed write: logged once and counted; the ids go on in a new
+        epoch, not stored; the waiters for what was not fsynced fail.
+        """
+        store = self.open()
+        self.appendMany(store, 2)
+        pending = store.whenSynced(6)
+        old = store.epoch
+        disk = FailingDisk(self, store, errno.ENOSPC)
+        self.assertEqual(store.append(lines(b"a", b"b"), 2), 1)
+        epoch = store.epoch
+        self.assertNotEqual(epoch, old)
+        self.assertEqual(store.append(lines(b"c"), 1), 3)
+        self.assertEqual((store.first, store.last, store.synced), (4, 3, 0))
+        self.assertFalse(store.storing)
+        self.assertEqual(store.read(0, 100), (b"", 0, 4))
+        self.failureResultOf(pending, StoreError)
+        self.failureResultOf(store.whenSynced(2), StoreError)
+        report = store.report()
+        self.assertEqual((report["errors"], report["epochs"], report["storing"]), (1, 2, False))
+        [event] = self.logs.matching("cannot write", LogLevel.error)
+        self.assertEqual(event["error"], os.strerror(errno.ENOSPC))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # Before the retry interval, nothing is tried.
+        disk.failing = False
+        self.clock.advance(RETRY_INTERVAL - 1)
+        self.assertEqual(store.append(lines(b"d"), 1), 4)
+        self.assertFalse(store.storing)
+        # Then the store writes again, in fresh files, in the same epoch.
+        self.clock.advance(1)
+        self.assertEqual(store.append(lines(b"e", b"f"), 2), 5)
+        self.assertTrue(store.storing)
+        self.assertEqual(store.epoch, epoch)
+        self.assertEqual(store.read(0, 100), (lines(b"e", b"f"), 2, 5))
+        self.assertEqual(segments(self.path), [segmentName(5)])
+        self.assertIn("lost-" + old, files(self.path))
+        self.failureResultOf(store.whenSynced(4), StoreError)
+        synced = store.whenSynced(6)
+        self.clock.advance(1)
+        self.successResultOf(synced)
+        self.assertEqual(len(self.logs.matching("writing again", LogLevel.info)), 1)
+        # Reopened, the store goes on in that epoch.
+        store = self.reopen(store)
+        self.assertEqual((store.epoch, store.first, store.last), (epoch, 5, 6))
+
+    def test_stillFailing(self):
+        """
+        While writes still fail, a retry every RETRY_INTERVAL is counted,
+        not logged again.
+        """
+        store = self.open()
+        FailingDisk(self, store, errno.EIO)
+        store.append(lines(b"a"), 1)
+        epoch = store.epoch
+        for _ in range(3):
+            self.clock.advance(RETRY_INTERVAL)
+            store.append(lines(b"a"), 1)
+        self.assertFalse(store.storing)
+        self.assertEqual(store.epoch, epoch)
+        self.assertEqual(store.synced, 0)
+        self.assertEqual(store.report()["errors"], 4)
+        self.assertEqual(len(self.logs.matching("cannot write", LogLevel.error)), 1)
+        self.assertEqual(store.last, 4)
+        self.assertEqual(self.successResultOf(store.close()), None)
+
+    def test_restartWhileFailing(self):
+        """
+        Restarted while it could not write, a store opens its files as they
+        are: the epoch before the failure goes on, and the ids given while
+        failing (another epoch) are a gap to their subscribers.
+        """
+        store = self.open()
+        self.appendMany(store, 2)
+        old = store.epoch
+        FailingDisk(self, store, errno.ENOSPC)
+        store.append(lines(b"a"), 1)
+        self.successResultOf(store.close())
+        self.assertEqual(self.open().epoch, old)
+
+    def test_fsyncFails(self):
+        store = self.open()
+        self.appendMany(store, 2)
+        pending = store.whenSynced(6)
+        old = store.epoch
+        FailingDisk(self, store, errno.EIO)
+        self.clock.advance(1)
+        self.failureResultOf(pending, StoreError)
+        self.assertFalse(store.storing)
+        self.assertNotEqual(store.epoch, old)
+        self.assertEqual(store.append(lines(b"a"), 1), 1)
