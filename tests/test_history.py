@@ -16,8 +16,9 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -1254,3 +1255,146 @@ class DiskStoreFailureTests(DiskStoreTestCase):
         self.assertFalse(store.storing)
         self.assertNotEqual(store.epoch, old)
         self.assertEqual(store.append(lines(b"a"), 1), 1)
+
+
+line = st.binary(max_size=60).map(lambda b: b.replace(b"\n", b"."))
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """
+    A disk store through appends of every size, fsyncs, clean restarts
+    (the machine restarted or not), crashes of the process (with a torn
+    last record or not), power losses (the unsynced tail cut anywhere) and
+    garbage at the end of the last file.
+
+    Whatever happens: every SEQ given in an epoch is the one after the last
+    given in it (so ids are unique and increasing, never reused across
+    restarts); the store reads back exactly what was appended, for the
+    range it keeps; and what was kept is still kept after a restart unless
+    the epoch changed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folder = tempfile.mkdtemp(prefix="history-machine-")
+        self.path = os.path.join(self.folder, "store")
+        self.clock = Clock()
+        self.boot = "boot-0"
+        self.realBootId = diskModule.bootId
+        diskModule.bootId = lambda: self.boot
+        self.options = {"segmentBytes": 400, "maxBytes": 2000, "clock": self.clock}
+        self.store = DiskStore.open(self.path, **self.options)
+        self.given: dict[str, dict[int, bytes]] = {}
+        self.syncedSizes: dict[str, int] = {}
+
+    def teardown(self) -> None:
+        self.store._closeFiles()
+        diskModule.bootId = self.realBootId
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def lastGiven(self, epoch: str) -> int:
+        return max(self.given.get(epoch, {0: b""}))
+
+    def reopen(self, keptEpoch: bool | None) -> None:
+        """
+        Open the store again; check that it kept its epoch and messages
+        (C{keptEpoch}), or began a new one (not C{keptEpoch}), or either
+        (None).
+        """
+        before = (self.store.epoch, self.store.first, self.store.last)
+        self.store = DiskStore.open(self.path, **self.options)
+        after = (self.store.epoch, self.store.first, self.store.last)
+        if after[0] == before[0]:
+            assert keptEpoch is not False, (before, after)
+            assert after == before, (before, after)
+        else:
+            assert keptEpoch is not True, (before, after)
+            assert after[1:] == (1, 0), after
+            assert after[0] not in self.given
+        self.recordSizes()
+
+    def recordSizes(self) -> None:
+        self.syncedSizes = {name: os.path.getsize(os.path.join(self.path, name))
+                            for name in segments(self.path)}
+
+    def lastSegment(self) -> str | None:
+        names = segments(self.path)
+        return os.path.join(self.path, names[-1]) if names else None
+
+    @rule(payloads=st.lists(line, min_size=1, max_size=12))
+    def append(self, payloads):
+        data = lines(*payloads)
+        seq = self.store.append(data, len(payloads))
+        epoch = self.store.epoch
+        assert seq == self.lastGiven(epoch) + 1, (seq, self.lastGiven(epoch))
+        self.given.setdefault(epoch, {}).update(enumerate(payloads, seq))
+
+    @rule()
+    def sync(self):
+        self.clock.advance(self.store.fsyncInterval)
+        assert self.store.synced == self.store.last
+        self.recordSizes()
+
+    @rule(machineRestarted=st.booleans())
+    def restart(self, machineRestarted):
+        self.successResultOf(self.store.close())
+        if machineRestarted:
+            self.boot += "+"
+        self.reopen(keptEpoch=True)
+
+    @rule(torn=st.integers(min_value=0, max_value=40))
+    def crash(self, torn):
+        """
+        The process is killed, perhaps inside the write of a record.
+        """
+        abandon(self.store)
+        last = self.lastSegment()
+        if torn and last is not None:
+            whole = record(self.store.last + 1, 1, b"torn\n")
+            with open(last, "ab") as f:
+                f.write(whole[:min(torn, len(whole) - 1)])
+        self.reopen(keptEpoch=True)
+
+    @rule(where=st.floats(min_value=0, max_value=1))
+    def powerLoss(self, where):
+        """
+        The machine stops: the last file may lose anything after its last
+        fsync, cut anywhere.
+        """
+        abandon(self.store)
+        last = self.lastSegment()
+        if last is not None:
+            size = os.path.getsize(last)
+            synced = self.syncedSizes.get(os.path.basename(last), 0)
+            os.truncate(last, synced + int((size - synced) * where))
+        self.boot += "+"
+        self.reopen(keptEpoch=False)
+
+    @rule(garbage=st.binary(min_size=1, max_size=40))
+    def garbage(self, garbage):
+        self.successResultOf(self.store.close())
+        last = self.lastSegment()
+        if last is not None:
+            with open(last, "ab") as f:
+                f.write(garbage)
+        self.reopen(keptEpoch=None if last is not None else True)
+
+    def successResultOf(self, d):
+        results = []
+        d.addBoth(results.append)
+        assert results == [None], results
+
+    @invariant()
+    def readsBack(self):
+        store = self.store
+        assert store.last == self.lastGiven(store.epoch)
+        assert 1 <= store.first <= store.last + 1
+        assert store.synced <= store.last
+        given = self.given.get(store.epoch, {})
+        expected = [given[seq] for seq in range(store.first, store.last + 1)]
+        assert readAll(store, 0, 150) == (lines(*expected), len(expected), store.first)
+
+
+StoreMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=30,
+                                          deadline=None)
+StoreMachineTests = StoreMachine.TestCase
