@@ -12,8 +12,13 @@ import errno
 import json
 import os
 import random
+import select
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 
 from hypothesis import given, settings
@@ -1398,3 +1403,77 @@ class StoreMachine(RuleBasedStateMachine):
 StoreMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=30,
                                           deadline=None)
 StoreMachineTests = StoreMachine.TestCase
+
+
+class KillTests(SynchronousTestCase):
+    """
+    A store whose writer is killed with SIGKILL while it appends as fast as
+    it can (tests/storewriter.py).
+    """
+
+    rounds = 5
+
+    def lines(self, process: subprocess.Popen, deadline: float):
+        """
+        The lines C{process} prints, until C{deadline} or until it ends.
+        """
+        buffered = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([process.stdout], [], [], deadline - time.monotonic())
+            if not ready:
+                break
+            data = os.read(process.stdout.fileno(), 65536)
+            if not data:
+                break
+            buffered += data
+            *complete, buffered = buffered.split(b"\n")
+            yield from (line.decode() for line in complete)
+
+    def test_kill9(self):
+        """
+        After each kill the store opens in the same epoch; SEQ goes on after
+        its last record; every SEQ the writer saw synced is there; and every
+        record is intact, its ids in order.
+        """
+        from tests import storewriter
+
+        folder = folderOf(self)
+        path = os.path.join(folder, "store")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        environment = dict(os.environ, PYTHONPATH=root)
+        rng = random.Random()
+        epoch, last, expected = None, 0, b""
+        for round in range(self.rounds):
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tests.storewriter", path],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=environment, cwd=root)
+            self.addCleanup(process.wait)
+            self.addCleanup(process.kill)
+            started = time.monotonic()
+            printed = self.lines(process, started + 10)
+            header = next(printed).split()
+            self.assertEqual(header[0], "epoch", header)
+            if epoch is None:
+                epoch = header[1]
+            self.assertEqual(header[1:], [epoch, "last", str(last)], f"round {round}")
+            # Kill it at a random moment after its first fsync.
+            synced = [int(next(printed).split()[1])]
+            killAt = time.monotonic() + rng.uniform(0.0, 0.5)
+            synced.extend(int(line.split()[1]) for line in self.lines(process, killAt))
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            synced.extend(int(line.split()[1]) for line in self.lines(process, time.monotonic()
+                                                                        + 1))
+            self.assertLess(time.monotonic() - started, 10)
+
+            store = DiskStore.open(path, clock=Clock())
+            self.assertEqual(store.epoch, epoch)
+            self.assertEqual(store.report()["epochs"], 0)
+            self.assertGreaterEqual(store.last, max(synced))
+            self.assertGreater(store.last, last)
+            data, count, first = readAll(store, 0, 256 * 1024)
+            self.assertEqual((first, count), (1, store.last))
+            expected += storewriter.chunk(last + 1, store.last - last)
+            self.assertEqual(data, expected)
+            last = store.last
+            self.successResultOf(store.close())
