@@ -460,16 +460,17 @@ class DiskStore:
         Write the record of a chunk, in a new segment file if it is time.
         """
         chunk = record(seq, count, data)
+        size = len(chunk)
         fd = self._fd
         if fd is None or (self._segments[-1].size
-                          and self._segments[-1].size + len(chunk) > self.segmentBytes):
+                          and self._segments[-1].size + size > self.segmentBytes):
             fd = self._begin(seq)
         written = os.write(fd, chunk)
-        while written < len(chunk):
+        while written < size:
             written += os.write(fd, memoryview(chunk)[written:])
-        self._segments[-1].add(seq, count, len(chunk))
+        self._segments[-1].add(seq, count, size)
         self._next = seq + count
-        self._bytes += len(chunk)
+        self._bytes += size
         self._appends += 1
         self._unsynced = True
         if self._bytes > self.maxBytes or (self.maxMessages is not None
