@@ -1010,10 +1010,10 @@ class DiskStoreRecoveryTests(DiskStoreTestCase):
         self.assertEqual(store.epoch, epoch)
         self.assertHolds(store, 10, 30, size=10)
 
-    def test_everySegmentRemoved(self):
+    def test_everySegmentRemovedAfterClose(self):
         """
-        Every segment file removed: the epoch goes on, empty, and SEQ is
-        never reused.
+        Every segment file of a store closed cleanly removed: the epoch goes
+        on, empty, and SEQ is never reused.
         """
         store = self.open()
         self.appendMany(store, 3)
@@ -1023,6 +1023,40 @@ class DiskStoreRecoveryTests(DiskStoreTestCase):
         store = self.open()
         self.assertEqual((store.epoch, store.first, store.last), (epoch, 10, 9))
         self.assertEqual(store.append(lines(b"a"), 1), 10)
+
+    def test_everySegmentRemovedAfterACrash(self):
+        """
+        Every segment file of a store not closed removed: its metadata does
+        not know the last SEQ given, so a new epoch.
+        """
+        store = self.open()
+        self.appendMany(store, 3)
+        epoch = store.epoch
+        abandon(store)
+        os.unlink(self.lastSegment())
+        self.assertNewEpoch(self.open(), epoch, "no segment files")
+
+    def test_setAsideMetadataFirst(self):
+        """
+        The metadata is set aside first: a crash half way leaves no
+        metadata beside the segment files not yet moved.
+        """
+        store = self.open(segmentBytes=200)
+        self.appendMany(store, 10, size=10)
+        abandon(store)
+        moved = []
+        realRename = os.rename
+
+        def rename(source, destination):
+            if len(moved) == 1:
+                raise OSError(errno.EIO, "crash")
+            moved.append(os.path.basename(source))
+            realRename(source, destination)
+
+        self.patch(os, "rename", rename)
+        self.boot = "boot-2"
+        self.assertRaises(StoreError, self.open, segmentBytes=200)
+        self.assertEqual(moved, [METADATA])
 
     def test_emptySegment(self):
         """
@@ -1358,7 +1392,8 @@ class StoreMachine(RuleBasedStateMachine):
             whole = record(self.store.last + 1, 1, b"torn\n")
             with open(last, "ab") as f:
                 f.write(whole[:min(torn, len(whole) - 1)])
-        self.reopen(keptEpoch=True)
+        # A store with no segment file cannot tell whether it had any.
+        self.reopen(keptEpoch=True if last is not None else None)
 
     @rule(where=st.floats(min_value=0, max_value=1))
     def powerLoss(self, where):

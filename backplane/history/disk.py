@@ -313,6 +313,9 @@ class DiskStore:
         ends = self._segments[-1].next if self._segments else None
         if ends is not None and ends < self._next:
             return f"messages {ends} to {self._next - 1} are missing at the end"
+        if ends is None and not metadata["clean"]:
+            # Its "next" was written at open: later messages may have had ids.
+            return "it has no segment files, and it was not closed"
         if not metadata["clean"] and (self._boot is None or metadata.get("boot") != self._boot):
             return ("the machine stopped while the store was open, so messages written "
                     "after its last fsync may be lost")
@@ -367,8 +370,11 @@ class DiskStore:
         them, with C{keepLost} 0), keeping at most C{keepLost} such folders.
         Return the folder, or None.
         """
-        names = [name for name in os.listdir(self.path)
-                 if segmentSeq(name) is not None or name.startswith(METADATA)]
+        # The metadata first: without it, files left by a crash half way
+        # through are not mistaken for the whole store.
+        names = sorted((name for name in os.listdir(self.path)
+                        if segmentSeq(name) is not None or name.startswith(METADATA)),
+                       key=lambda name: not name.startswith(METADATA))
         if not names:
             return None
         folders = sorted((os.stat(os.path.join(self.path, name)).st_mtime, name)
