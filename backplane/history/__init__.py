@@ -23,9 +23,3 @@ __all__ = [
     "withIds",
 ]
 
-
-def _conforms(memory: MemoryHistory, disk: DiskStore) -> tuple[History, History]:
-    """
-    Both kinds of history are L{History}s (checked by mypy).
-    """
-    return memory, disk

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from backplane.history.base import Marks, StoreError, Waiters, fitLines, skipLines
+from backplane.history.base import History, Marks, StoreError, Waiters, fitLines, skipLines
 from backplane.history.ids import formatId, isEpoch, newEpoch
 from backplane.history.segments import (
     HEADER,
@@ -67,7 +67,7 @@ def _fsyncFolder(path: str) -> None:
         os.close(fd)
 
 
-class DiskStore:
+class DiskStore(History):
     """
     The history of a backplane in append-only segment files in one folder,
     which keeps its epoch across restarts (see docs/history.md).

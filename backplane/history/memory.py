@@ -8,7 +8,7 @@ from bisect import bisect_right
 
 from twisted.internet.defer import Deferred, succeed
 
-from backplane.history.base import Marks, Waiters, fitLines, skipLines
+from backplane.history.base import History, Marks, Waiters, fitLines, skipLines
 from backplane.history.ids import newEpoch
 
 #: The default bound of a memory history in bytes: 64 MiB.
@@ -18,7 +18,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 CHUNK_OVERHEAD = 100
 
 
-class MemoryHistory:
+class MemoryHistory(History):
     """
     The last messages of a backplane, in memory, as the chunks they were
     appended in; a new epoch at every start.
