@@ -649,6 +649,7 @@ class DiskStoreTests(DiskStoreTestCase):
         self.successResultOf(store.close())
         self.successResultOf(store.close())
         self.assertRaises(StoreError, store.append, lines(b"a"), 1)
+        self.assertRaises(StoreError, store.read, 0, 100)
 
     def test_closeSyncs(self):
         """

@@ -627,6 +627,8 @@ class DiskStore(History):
     # -- reading
 
     def read(self, after: int, maxBytes: int) -> tuple[bytes, int, int]:
+        if self._closed:
+            raise StoreError(f"history store {self.path}: closed")
         start = max(after + 1, self._first)
         if start >= self._next:
             return b"", 0, self._next
