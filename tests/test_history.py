@@ -800,6 +800,51 @@ class DiskStoreTests(DiskStoreTestCase):
         store = self.open()
         self.assertEqual((store.mark("pub-1"), store.mark("pub-2")), (7, 0))
 
+    def test_shortWrites(self):
+        """
+        A write that takes only part of a record is followed by another for
+        the rest.
+        """
+        realWrite = os.write
+        self.patch(os, "write", lambda fd, data: realWrite(fd, bytes(data)[:7]))
+        store = self.open()
+        self.appendMany(store, 3)
+        self.assertHolds(store, 1, 9)
+
+    def test_rotationAfterSync(self):
+        store = self.open(segmentBytes=200)
+        self.appendMany(store, 3, size=10)
+        self.clock.advance(1)
+        self.appendMany(store, 3, size=10)
+        self.clock.advance(1)
+        self.assertEqual(len(segments(self.path)), 2)
+        self.assertEqual(store.synced, 18)
+        self.assertHolds(store, 1, 18, size=10)
+
+    def test_whenSyncedAfterClose(self):
+        store = self.open()
+        self.appendMany(store, 1)
+        self.successResultOf(store.close())
+        self.successResultOf(store.whenSynced(3))
+        self.failureResultOf(store.whenSynced(4), StoreError)
+
+    def test_cannotRemove(self):
+        """
+        A segment file that cannot be removed is logged and counted, and
+        forgotten.
+        """
+        store = self.open(segmentBytes=200, maxBytes=800)
+
+        def unlink(path):
+            raise OSError(errno.EACCES, "Permission denied")
+
+        self.patch(os, "unlink", unlink)
+        self.appendMany(store, 20, size=10)
+        self.assertGreater(store.report()["errors"], 0)
+        self.assertLessEqual(store.report()["bytes"], 800)
+        [event, *_] = self.logs.matching("cannot remove", LogLevel.error)
+        self.assertEqual(event["error"], "Permission denied")
+
     def test_bad(self):
         for options in ({"maxBytes": 0}, {"segmentBytes": 0}, {"fsyncInterval": -1},
                         {"maxMessages": 0}, {"keepLost": -1}):
@@ -1084,6 +1129,49 @@ class DiskStoreRecoveryTests(DiskStoreTestCase):
         store = self.open()
         self.assertNotEqual(store.epoch, epoch)
         self.assertEqual(os.listdir(os.path.join(self.path, "lost-unknown")).count(METADATA), 1)
+
+    def test_metadataNotValid(self):
+        store = self.open()
+        self.appendMany(store, 3)
+        epoch = store.epoch
+        self.successResultOf(store.close())
+        where = os.path.join(self.path, METADATA)
+        with open(where) as f:
+            metadata = json.load(f)
+        metadata["epoch"] = "NOT AN EPOCH"
+        with open(where, "w") as f:
+            json.dump(metadata, f)
+        store = self.open()
+        self.assertNotEqual(store.epoch, epoch)
+        [event] = self.logs.matching("continuity lost", LogLevel.warn)
+        self.assertIn("not valid", event["reason"])
+
+    def test_wrongSeq(self):
+        """
+        A segment whose records do not begin at the SEQ of its name: a new
+        epoch.
+        """
+        store = self.open()
+        self.appendMany(store, 3)
+        epoch = store.epoch
+        self.successResultOf(store.close())
+        os.rename(self.lastSegment(), os.path.join(self.path, segmentName(5)))
+        self.assertNewEpoch(self.open(), epoch, "SEQ 1 where 5 was due")
+
+    def test_lostTwice(self):
+        """
+        Files set aside where a folder of that name is already: a new name.
+        """
+        store = self.open()
+        self.appendMany(store, 1)
+        epoch = store.epoch
+        abandon(store)
+        os.mkdir(os.path.join(self.path, "lost-" + epoch))
+        self.boot = "boot-2"
+        store = self.open(keepLost=3)
+        self.assertIn(f"lost-{epoch}-2", files(self.path))
+        self.assertEqual(files(os.path.join(self.path, f"lost-{epoch}-2")),
+                         [segmentName(1), METADATA])
 
     def test_metadataMissing(self):
         store = self.open()
