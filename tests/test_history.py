@@ -19,13 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from backplane.history import (
@@ -44,8 +43,8 @@ from backplane.history.base import Marks
 from backplane.history.disk import FORMAT, METADATA, RETRY_INTERVAL
 from backplane.history.memory import CHUNK_OVERHEAD
 from backplane.history.segments import HEADER, INDEX_INTERVAL, record, scan, segmentName
-
-NOBODY = 65534
+from tests.test_relay import LogCapture
+from tests.test_sinks import unprivileged
 
 
 def lines(*payloads: bytes) -> bytes:
@@ -88,18 +87,6 @@ def readAll(history, after: int = 0, maxBytes: int = 1 << 30) -> tuple[bytes, in
         total += count
         after = seq + count - 1
     return b"".join(pieces), total, firstSeq if firstSeq is not None else history.last + 1
-
-
-class LogCapture:
-    def __init__(self, case: SynchronousTestCase) -> None:
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def matching(self, text: str, level=None) -> list[dict]:
-        return [e for e in self.events
-                if text in (e.get("log_format") or "")
-                and (level is None or e.get("log_level") == level)]
 
 
 class IdTests(SynchronousTestCase):
@@ -483,24 +470,6 @@ class MemoryHistoryTests(HistoryContract, SynchronousTestCase):
         history.append(lines(b"b", b"c"), 2)
         self.assertEqual(self.successResultOf(later), None)
         self.assertEqual(history.synced, 3)
-
-
-@contextmanager
-def unprivileged():
-    """
-    Run as an unprivileged user if we are root, so that file permissions
-    apply (root may write to a read-only folder).
-    """
-    if os.geteuid() != 0:
-        yield
-        return
-    os.setegid(NOBODY)
-    os.seteuid(NOBODY)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
 
 
 def abandon(store: DiskStore) -> None:
