@@ -254,7 +254,7 @@ class LineLengthTests(SynchronousTestCase):
         for _ in range(11):
             publisher.protocol.dataReceived(b"z")
         self.assertTrue(publisher.transport.disconnecting)
-        self.assertEqual(publisher.protocol._buffer, b"")
+        self.assertEqual(publisher.protocol.framer.buffered, b"")
         publisher.protocol.dataReceived(b"\n")
         self.assertEqual(publisher.recorder.messages, [])
 
@@ -790,7 +790,7 @@ class DirectSocketTests(SynchronousTestCase):
 
         from twisted.internet import tcp
 
-        from backplane.protocols import _directSocket
+        from backplane.output import _directSocket
 
         a, b = socket.socketpair()
         self.addCleanup(a.close)
