@@ -24,7 +24,13 @@ from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRef
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -32,7 +38,7 @@ from zope.interface import implementer
 
 from backplane import BackplaneService, RelayFactory
 from backplane.protocols import BackplaneFactory
-from backplane.relay import RelayService, describeEndpoint, retryPolicy
+from backplane.relay import RelayService, retryPolicy
 from backplane.testing import Recorder
 from tests.helpers import freePort, waitUntil
 
@@ -135,17 +141,20 @@ class RetryPolicyTests(SynchronousTestCase):
         self.assertRaises(ValueError, retryPolicy, 1, 10, jitter=1.0)
 
 
-class DescribeEndpointTests(SynchronousTestCase):
-    def test_logNamesForCommonEndpoints(self):
-        fake = MemoryReactorClock()
-        for description, name in [
-            ("tcp:host=example.org:port=1600", "example.org:1600"),
-            ("tcp:127.0.0.1:1600", "127.0.0.1:1600"),
-            ("unix:path=/run/up.sock", "unix:/run/up.sock"),
-        ]:
-            endpoint = endpoints.clientFromString(fake, description)
-            self.assertEqual(describeEndpoint(endpoint), name)
-        self.assertEqual(describeEndpoint(FakeEndpoint()), "FakeEndpoint")
+class DestinationTests(SynchronousTestCase):
+    def test_withoutDescriptionTheEndpointsClassThenThePeer(self):
+        """
+        Without a description, upstream is named by its endpoint's class
+        until connected, then by its address.
+        """
+        factory = RelayFactory(makeService("IN"), "IN", clock=Clock())
+        endpoint = FakeEndpoint()
+        relay = RelayService(endpoint, factory)
+        self.assertEqual(factory.destination, "FakeEndpoint")
+        relay.startService()
+        endpoint.accept()
+        self.assertEqual(factory.destination, "10.1.2.3:1600")
+        relay.stopService()
 
     def test_descriptionGivenIsUsed(self):
         factory = RelayFactory(makeService("IN"), "IN", clock=Clock())
@@ -309,10 +318,24 @@ class ClientServiceBackoffTests(SynchronousTestCase):
         [back] = logs.matching("Relay reconnected")
         self.assertEqual(back["attempts"], 6)
         self.assertEqual(factory.stats.reconnects, 1)
-        # Nor does ClientService's own note of every retry reach the log
-        # (twistd would print it, whatever its level).
-        self.assertEqual(logs.matching("Scheduling retry"), [])
         self.assertEqual(logs.matching("could not connect"), [])
+        # ClientService notes every retry it schedules, at level info, in a
+        # namespace of its own: an observer that wants one line per change
+        # of state filters it out by namespace.
+        notes = logs.matching("Scheduling retry")
+        self.assertEqual(len(notes), 6)
+        self.assertEqual({(e["log_level"], e["log_namespace"]) for e in notes},
+                         {(LogLevel.info, "backplane.relay.RelayService")})
+        self.assertEqual(formatEvent(notes[0]),
+                         "Scheduling retry 1 to connect 10.1.2.3:1600 in 1.0 seconds.")
+        predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug)
+        predicate.setLogLevelForNamespace("backplane.relay.RelayService", LogLevel.warn)
+        shown: list[dict] = []
+        filtering = FilteringLogObserver(shown.append, [predicate])
+        for event in logs.events:
+            filtering(event)
+        self.assertEqual([e for e in shown if "Scheduling retry" in e["log_format"]], [])
+        self.assertEqual(len(shown), len(logs.events) - len(notes))
         relay.stopService()
 
     def test_firstFailureAtStartIsLoggedOnce(self):
