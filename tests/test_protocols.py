@@ -254,7 +254,7 @@ class LineLengthTests(SynchronousTestCase):
         for _ in range(11):
             publisher.protocol.dataReceived(b"z")
         self.assertTrue(publisher.transport.disconnecting)
-        self.assertEqual(publisher.protocol._buffer, b"")
+        self.assertEqual(publisher.protocol.framer.buffered, b"")
         publisher.protocol.dataReceived(b"\n")
         self.assertEqual(publisher.recorder.messages, [])
 
@@ -790,7 +790,7 @@ class DirectSocketTests(SynchronousTestCase):
 
         from twisted.internet import tcp
 
-        from backplane.protocols import _directSocket
+        from backplane.output import _directSocket
 
         a, b = socket.socketpair()
         self.addCleanup(a.close)
@@ -800,3 +800,33 @@ class DirectSocketTests(SynchronousTestCase):
         connection.TLS = True
         self.assertIsNone(_directSocket(connection))
         self.assertIsNone(_directSocket(StringTransport()))
+
+    def test_drainedReadsTwistedsBuffers(self):
+        """
+        Tripwire for the one use of Twisted's internals: C{_drained} reads a
+        C{FileDescriptor}'s unsent data from C{dataBuffer} and
+        C{_tempDataBuffer}.  If Twisted keeps it elsewhere, this fails (and
+        C{_directSocket} turns the direct write off rather than write out of
+        order).
+        """
+        import socket
+
+        from twisted.internet import tcp
+
+        from backplane.output import _drained
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        connection = tcp.Connection(a, None, reactor=MemoryReactor())
+        connection.connected = 1
+        self.assertIsInstance(connection.dataBuffer, bytes)
+        self.assertIsInstance(connection._tempDataBuffer, list)
+        self.assertTrue(_drained(connection))
+        connection.write(b"held by the transport\n")
+        self.assertFalse(_drained(connection), "written data waits in the transport")
+        connection.doWrite()
+        self.assertTrue(_drained(connection), "sent: nothing waits")
+        self.assertEqual(b.recv(100), b"held by the transport\n")
+        connection.loseConnection()
+        self.assertFalse(_drained(connection), "closing")

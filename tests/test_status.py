@@ -318,7 +318,7 @@ def test_stalledTailMissesLinesOnly(service):
     total, batch, most = 20_000, 20, 0
     for start in range(0, total, batch):
         data.publish_many(b"%08d" % i + pad for i in range(start, start + batch))
-        most = max(most, tail._waitingBytes)
+        most = max(most, tail.output.pending)
         yield deferLater(reactor, 0, lambda: None)
     assert len(recorder.messages) == total
     assert data.stats.dropped > 0
