@@ -256,7 +256,7 @@ class BackplaneProtocol(Protocol):
         stats = self.portStats
         stats.messages_in += count
         stats.bytes_in += len(data)
-        backplane.publish_lines(data, count, origin=self)
+        backplane.publishLines(data, count, origin=self)
 
     def lineTooLong(self, length: int) -> None:
         """

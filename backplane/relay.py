@@ -456,7 +456,7 @@ class Relay:
         if backplane is not None:
             count = data.count(b"\n")
             self.stats.lines_in += count
-            backplane.publish_lines(data, count, origin=self)
+            backplane.publishLines(data, count, origin=self)
 
     # Lines going upstream: ILineSink, and the buffer.
 

@@ -214,7 +214,7 @@ class WebSocketClient(WebSocketServerProtocol):  # type: ignore[misc]
         count = data.count(b"\n")
         self.portStats.messages_in += count
         self.portStats.bytes_in += len(data)
-        backplane.publish_lines(data, count, origin=self)
+        backplane.publishLines(data, count, origin=self)
 
     def lineTooLong(self, length: int) -> None:
         """

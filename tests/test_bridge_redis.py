@@ -144,7 +144,7 @@ def test_everySubscriberOfEveryNodeOnce(nodes):
         yield waitUntil(lambda: len(b.recorder.messages) == 2, what="a1 and a2 on B")
         yield b.news.publish(b"b1")
         yield waitUntil(lambda: len(a.recorder.messages) == 3, what="b1 on A")
-        yield a.news.publish_many([b"a3", b"a4"])
+        yield a.news.publishMany([b"a3", b"a4"])
         everything = [b"a1", b"a2", b"b1", b"a3", b"a4"]
         yield waitUntil(lambda: len(b.recorder.messages) == 5 and len(a.recorder.messages) == 5,
                         what="every message on both nodes")
@@ -181,7 +181,7 @@ def test_chunkIsOnePublish(nodes, redis_server):
     a, b = nodes
     plain = yield plainSubscriber(redis_server.port, CHANNEL)
     lines = [b"line %04d" % i for i in range(1000)]
-    yield a.news.publish_many(lines)
+    yield a.news.publishMany(lines)
     yield waitUntil(lambda: len(b.recorder.messages) == 1000, what="1000 lines on B")
     yield waitUntil(lambda: len(plain.messages) == 1, what="the plain subscriber's message")
     yield turn(0.1)
@@ -244,7 +244,7 @@ def test_plainSubscriberReadsNodes(nodes, redis_server):
     """
     a, b = nodes
     plain = yield plainSubscriber(redis_server.port, CHANNEL, b"backplane:LOCAL")
-    yield a.news.publish_many([b"x", b"", b"y \r"])
+    yield a.news.publishMany([b"x", b"", b"y \r"])
     yield b.news.publish(b"z")
     yield a.local.publish(b"not shared")
     yield waitUntil(lambda: len(plain.messages) == 2, what="two payloads")

@@ -254,7 +254,7 @@ class ClientServiceBackoffTests(SynchronousTestCase):
         self.assertEqual(factory.stats.state, "waiting")
         out = self.service.get("OUT")
         out.publish(b"one")
-        out.publish_many([b"two", b"three"])
+        out.publishMany([b"two", b"three"])
         self.clock.advance(1.0)
         self.endpoint.refuse()
         self.clock.advance(2.0)
@@ -477,8 +477,8 @@ class RelayDirectionsTests(SynchronousTestCase):
         protocol, transport = connectProtocol(factory)
         out = self.service.get("OUT")
         out.publish(b"a")
-        out.publish_many([b"b", b""])
-        out.publish_lines(b"c\nd\n")
+        out.publishMany([b"b", b""])
+        out.publishLines(b"c\nd\n")
         self.assertEqual(transport.value(), b"a\nb\n\nc\nd\n")
         self.assertEqual(factory.stats.lines_out, 5)
         protocol.dataReceived(b"ignored\n")  # subscribe-only: discarded
@@ -534,7 +534,7 @@ class RelayBufferTests(SynchronousTestCase):
 
     def test_bufferZeroKeepsNothing(self):
         factory = RelayFactory(self.service, subscribe_to="OUT", buffer=0, clock=Clock())
-        self.out.publish_many([b"a", b"b"])
+        self.out.publishMany([b"a", b"b"])
         self.assertEqual(factory.stats.dropped, 2)
         _protocol, transport = connectProtocol(factory)
         self.assertEqual(transport.value(), b"")
@@ -552,7 +552,7 @@ class RelayBufferTests(SynchronousTestCase):
         out = service.get("OUT")
         factory = RelayFactory(service, subscribe_to="OUT", buffer=bound, clock=Clock())
         for batch in batches:
-            out.publish_many(batch)
+            out.publishMany(batch)
         everything = [m for batch in batches for m in batch]
         kept = everything[max(len(everything) - bound, 0):] if bound else []
         self.assertEqual(factory.stats.dropped, len(everything) - len(kept))
@@ -873,7 +873,7 @@ def test_relayServiceFollowsAnUpstreamThatRestarts(upstream):
     try:
         yield waitUntil(lambda: factory.stats.attempts >= 2, what="retries while down")
         assert factory.stats.state in ("waiting", "connecting")
-        local.get("OUT").publish_many([b"early 1", b"early 2"])
+        local.get("OUT").publishMany([b"early 1", b"early 2"])
 
         yield upstream.start()
         yield waitUntil(lambda: factory.stats.state == "connected", what="connected")

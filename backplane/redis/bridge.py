@@ -406,7 +406,7 @@ class RedisBridge(Service):
         stats.messages_in += decoded.count
         stats.bytes_in += len(payload)
         try:
-            backplane.publish_lines(decoded.data, decoded.count, origin=self)
+            backplane.publishLines(decoded.data, decoded.count, origin=self)
         except Exception:
             self.log.failure("Republishing from Redis channel {channel} failed",
                              channel=channel.decode("utf-8", "replace"))
