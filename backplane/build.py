@@ -71,7 +71,7 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
             "file", i)
     if config.redis is not None and config.shared:
         # Imported only when used: txredisapi is not needed otherwise.
-        from backplane.bridge import RedisBridge
+        from backplane.redis.bridge import RedisBridge
 
         redis = config.redis
         bridge = RedisBridge(service, redis.url, names=config.shared, prefix=redis.prefix,

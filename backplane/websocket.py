@@ -30,13 +30,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from backplane.address import describePeer
+from backplane.framing import LineFramer
 from backplane.interfaces import ILineSink
-from backplane.protocols import (
-    BackplaneFactory,
-    BoundedOutput,
-    Limits,
-    firstOverlong,
-)
+from backplane.output import BoundedWriter
+from backplane.protocols import BackplaneFactory, Limits
 from backplane.service import Backplane, BackplaneService, Subscription
 
 # Close codes (RFC 6455 7.4.1).
@@ -102,7 +99,7 @@ def _isText(data: bytes) -> bool:
 
 # (mypy: autobahn's own base classes disagree on some attributes' types.)
 @implementer(ILineSink, IPushProducer)
-class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[misc]
+class WebSocketClient(WebSocketServerProtocol):  # type: ignore[misc]
     """
     One WebSocket client of a port: it may publish, subscribe, or both, with
     the semantics and limits of a line client (see the module's docstring
@@ -110,11 +107,18 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
 
     It joins its backplanes when the WebSocket opening handshake is done.
     Its C{factory} is autobahn's (the WebSocket options and timers), its
-    C{port} the L{WebSocketFactory} that counts it.
+    C{port} the L{WebSocketFactory} that counts it.  Each message is framed
+    by its L{framer} (a L{LineFramer}); what it is sent goes through its
+    L{output} (a L{BoundedWriter}), to which, as its transport's streaming
+    producer, it passes L{pauseProducing} and L{resumeProducing} on.
+
+    @ivar framer: the client's L{LineFramer}.
+    @ivar output: the client's L{BoundedWriter}, once connected.
     """
 
     # Once connected: a TCP, TLS or UNIX transport (or a StringTransport).
     transport: Any
+    output: BoundedWriter
 
     def __init__(self, port: WebSocketFactory, publish_to: Backplane | None = None,
                  subscribe_to: Backplane | None = None, limits: Limits = _LIMITS) -> None:
@@ -124,17 +128,30 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
         self.publishTo = publish_to
         self.subscribeTo = subscribe_to
         self.limits = limits
+        self.framer = LineFramer(self, limits.max_line_length)
         self._subscription: Subscription | None = None
         self._closing = False
         self._publishing = False
 
+    @property
+    def dropped(self) -> int:
+        """
+        Messages this client missed as a slow subscriber (C{slow = "drop"}).
+        """
+        return self.output.dropped
+
     def connectionMade(self) -> None:
         super().connectionMade()
         self.peer = describePeer(self.transport.getPeer())
+        backplane = self.subscribeTo
+        self.output = BoundedWriter(
+            self, self.transport, self.limits,
+            name="?" if backplane is None else backplane.name,
+            counters=(self.portStats,) if backplane is None else (self.portStats, backplane.stats))
         # A producer for max_pending; registered for every client, since
         # autobahn's dropConnection unregisters the transport's producer
         # whoever it is.
-        self._produceFor(self.transport)
+        self.transport.registerProducer(self, True)
 
     def onOpen(self) -> None:
         if self._closing:
@@ -161,13 +178,13 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
         """
         self._closing = True
         self._stopSubscribing()
-        self._sendWaiting()
+        self.output.flush()
         if self.state == _OPEN:
             self.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"server going away")
         else:
             self.transport.loseConnection()
 
-    # Publishing: messages in.
+    # Publishing: messages in, through the framer (a LinesReceiver).
 
     def onMessageFrameData(self, payload: bytes) -> None:
         # What a client that does not publish sends is read and discarded,
@@ -184,24 +201,29 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
             self._refused(self.message_data_total_length)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.publishTo is not None and not self._closing:
+            self.framer.messageReceived(payload)
+
+    def linesReceived(self, data: bytes) -> None:
+        """
+        The lines of one message: publish them together.
+        """
         backplane = self.publishTo
-        if backplane is None or self._closing:
+        if backplane is None:
             return
-        if payload[-1:] != b"\n":
-            payload += b"\n"
-        bad = firstOverlong(payload, self.limits.max_line_length)
-        if bad >= 0:
-            self._closing = True
-            self._refused(payload.find(b"\n", bad) - bad)
-            # Not published, in part or whole.
-            self.sendCloseFrame(code=MESSAGE_TOO_BIG, reasonUtf8=b"line too long")
-            return
-        if b"\r" in payload:
-            payload = payload.replace(b"\r\n", b"\n")
-        count = payload.count(b"\n")
+        count = data.count(b"\n")
         self.portStats.messages_in += count
-        self.portStats.bytes_in += len(payload)
-        backplane.publish_lines(payload, count, origin=self)
+        self.portStats.bytes_in += len(data)
+        backplane.publishLines(data, count, origin=self)
+
+    def lineTooLong(self, length: int) -> None:
+        """
+        A line of a message is longer than C{max_line_length}: none of the
+        message is published; close with 1009 (message too big).
+        """
+        self._closing = True
+        self._refused(length)
+        self.sendCloseFrame(code=MESSAGE_TOO_BIG, reasonUtf8=b"line too long")
 
     def _refused(self, length: int) -> None:
         self.portStats.overlong += 1
@@ -212,7 +234,8 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
         )
         self._stopSubscribing()
 
-    # Subscribing: messages out (ILineSink).
+    # Subscribing: messages out (ILineSink), through the writer (its
+    # OutputOwner).
 
     def deliver(self, data: bytes, count: int) -> None:
         """
@@ -225,12 +248,37 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
             return
         backplane = self.subscribeTo
         assert backplane is not None
-        self._send(backplane.encoded(data, count, encodeFrames), count)
+        self.output.deliver(backplane.encoded(data, count, encodeFrames), count)
+
+    def outputTooSlow(self) -> None:
+        """
+        Past C{max_pending} with C{slow = "disconnect"}: hand the client
+        nothing more (its writer aborts the connection).
+        """
+        self._closing = True
+        self._stopSubscribing()
+
+    def outputCaughtUp(self, missed: int) -> None:
+        """
+        The client caught up after missing messages: nothing to do (its
+        writer logged it).
+        """
 
     def _stopSubscribing(self) -> None:
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
+
+    # IPushProducer, for the transport: passed on to the writer.
+
+    def pauseProducing(self) -> None:
+        self.output.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.output.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class WebSocketFactory(BackplaneFactory):

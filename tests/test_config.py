@@ -243,7 +243,7 @@ class ConfigFileTests(ConfigTestCase):
         self.assertEqual(sink.rotateBytes, 100)
         self.assertEqual(sink.maxFiles, 10)
         self.assertTrue(sink.path.endswith("news.log"))
-        relay = service.getServiceNamed("connect[1]").factory
+        relay = service.getServiceNamed("connect[1]").relay
         self.assertEqual((relay.bufferSize, relay.maxDelay), (7, 9.0))
         self.assertIs(relay.publishTo, service.get("NEWS"))
         self.assertFalse(service.running)

@@ -169,7 +169,7 @@ def test_listenServiceStopClosesClients():
     number = port.port.getHost().port
     clients = yield gatherResults([connectClient(number) for _ in range(3)])
     yield waitUntil(lambda: len(data) == 3)
-    data.publish_many([b"last words"] * 1000)
+    data.publishMany([b"last words"] * 1000)
     yield service.stopService()
     for client in clients:
         yield client.closed
@@ -296,7 +296,7 @@ def test_directAndBufferedWritesKeepOrder(service):
             chunk = b"".join(b"%06d %s\n" % (i * 100 + j, b"z" * rng.randint(0, 300))
                              for j in range(rng.randint(1, 40)))
             expected.append(chunk)
-            data.publish_lines(chunk)
+            data.publishLines(chunk)
             if i % 50 == 0:
                 yield deferLater(reactor, 0.01, lambda: None)
                 try:
@@ -336,7 +336,7 @@ def test_smallChunkSentAtOnce(service):
     try:
         yield waitUntil(lambda: len(data) == 1)
         (protocol,) = factory.protocols
-        data.publish_lines(b"tick\n")
+        data.publishLines(b"tick\n")
         assert protocol.transport not in reactor.getWriters()
         client.settimeout(5)
         assert client.recv(100) == b"tick\n"

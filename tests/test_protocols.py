@@ -254,7 +254,7 @@ class LineLengthTests(SynchronousTestCase):
         for _ in range(11):
             publisher.protocol.dataReceived(b"z")
         self.assertTrue(publisher.transport.disconnecting)
-        self.assertEqual(publisher.protocol._buffer, b"")
+        self.assertEqual(publisher.protocol.framer.buffered, b"")
         publisher.protocol.dataReceived(b"\n")
         self.assertEqual(publisher.recorder.messages, [])
 
@@ -313,15 +313,15 @@ class SlowSubscriberTests(SynchronousTestCase):
         slow, slowOut = self.subscriber(max_pending=10)
         _quick, quickOut = self.subscriber(max_pending=10)
         slow.pauseProducing()
-        self.news.publish_lines(b"12345\n")
+        self.news.publishLines(b"12345\n")
         slow.pauseProducing()  # as a transport does on each write while full
-        self.news.publish_lines(b"123\n")
+        self.news.publishLines(b"123\n")
         self.assertFalse(slowOut.disconnecting, "10 bytes behind is allowed")
-        self.news.publish_lines(b"x\n")
+        self.news.publishLines(b"x\n")
         self.assertTrue(slowOut.disconnected, "aborted, not waiting to flush")
         self.assertEqual(self.news.stats.slow_disconnects, 1)
         self.assertEqual(len(self.news), 1)
-        self.news.publish_lines(b"y\n")
+        self.news.publishLines(b"y\n")
         self.assertEqual(quickOut.value(), b"12345\n123\nx\ny\n")
         # What waited for it, beyond the transport's buffer, went with it.
         self.assertEqual(slowOut.value(), b"")
@@ -329,26 +329,26 @@ class SlowSubscriberTests(SynchronousTestCase):
     def test_resumeResetsBacklog(self):
         protocol, transport = self.subscriber(max_pending=10)
         protocol.pauseProducing()
-        self.news.publish_lines(b"123456789\n")
+        self.news.publishLines(b"123456789\n")
         protocol.resumeProducing()
         protocol.pauseProducing()
-        self.news.publish_lines(b"123456789\n")
+        self.news.publishLines(b"123456789\n")
         self.assertFalse(transport.disconnecting)
 
     def test_dropWholeChunksAndCount(self):
         protocol, transport = self.subscriber(max_pending=10, slow="drop")
         _other, otherOut = self.subscriber(max_pending=10, slow="drop")
         protocol.pauseProducing()
-        self.news.publish_lines(b"1234\n")
-        self.news.publish_lines(b"a\nb\nc\n")  # 6 more: 11 > 10, dropped whole
-        self.news.publish_lines(b"5\n")  # fits
+        self.news.publishLines(b"1234\n")
+        self.news.publishLines(b"a\nb\nc\n")  # 6 more: 11 > 10, dropped whole
+        self.news.publishLines(b"5\n")  # fits
         self.assertFalse(transport.disconnecting)
         self.assertEqual(transport.value(), b"", "waiting for the transport to empty")
         self.assertEqual(protocol.dropped, 3)
         self.assertEqual(self.news.stats.dropped, 3)
         protocol.resumeProducing()
         self.assertEqual(transport.value(), b"1234\n5\n")
-        self.news.publish_lines(b"caught up\n")
+        self.news.publishLines(b"caught up\n")
         self.assertEqual(transport.value(), b"1234\n5\ncaught up\n")
         self.assertEqual(otherOut.value(), b"1234\na\nb\nc\n5\ncaught up\n")
 
@@ -448,10 +448,10 @@ class PendingOutputTests(SynchronousTestCase):
         80 KB behind, however much goes through: it is not disconnected.
         """
         for _ in range(8):
-            self.news.publish_lines(self.CHUNK)
+            self.news.publishLines(self.CHUNK)
         self.assertTrue(self.transport.producerPaused, "the transport's buffer is full")
         for _ in range(200):  # 2 MB, twenty times max_pending
-            self.news.publish_lines(self.CHUNK)
+            self.news.publishLines(self.CHUNK)
             self.transport.read(len(self.CHUNK))
         self.assertFalse(self.transport.aborted)
         self.assertEqual(self.news.stats.slow_disconnects, 0)
@@ -465,7 +465,7 @@ class PendingOutputTests(SynchronousTestCase):
         """
         published = 0
         while not self.transport.aborted:
-            self.news.publish_lines(self.CHUNK)
+            self.news.publishLines(self.CHUNK)
             published += 1
             self.assertLessEqual(self.transport.waiting, 65536 + len(self.CHUNK))
         self.assertEqual(self.news.stats.slow_disconnects, 1)
@@ -479,9 +479,9 @@ class PendingOutputTests(SynchronousTestCase):
         waiting for an abort.
         """
         for _ in range(12):
-            self.news.publish_lines(self.CHUNK)
+            self.news.publishLines(self.CHUNK)
         closed = self.factory.disconnectAll()
-        self.news.publish_lines(b"after the close began\n")
+        self.news.publishLines(b"after the close began\n")
         self.transport.read(10**9)
         self.assertTrue(self.transport.closed, "closed once everything was sent")
         self.assertFalse(self.transport.aborted)
@@ -500,9 +500,9 @@ class PendingOutputTests(SynchronousTestCase):
         transport.protocol = chat
         chat.makeConnection(transport)
         for _ in range(8):
-            self.news.publish_lines(self.CHUNK)
+            self.news.publishLines(self.CHUNK)
         chat.dataReceived(b"y" * 101)
-        self.news.publish_lines(b"after\n")
+        self.news.publishLines(b"after\n")
         transport.read(10**9)
         self.assertTrue(transport.closed)
         self.assertEqual(bytes(transport.received), self.CHUNK * 8)
@@ -627,7 +627,7 @@ class PortStatsTests(SynchronousTestCase):
         dropper, _ = connect(dropping)
         slow.pauseProducing()
         dropper.pauseProducing()
-        self.news.publish_lines(b"a\nb\n")
+        self.news.publishLines(b"a\nb\n")
         self.assertEqual(disconnecting.stats.slow_disconnects, 1)
         self.assertEqual(dropping.stats.dropped, 2)
         self.assertEqual((disconnecting.stats.dropped, dropping.stats.slow_disconnects), (0, 0))
@@ -790,7 +790,7 @@ class DirectSocketTests(SynchronousTestCase):
 
         from twisted.internet import tcp
 
-        from backplane.protocols import _directSocket
+        from backplane.output import _directSocket
 
         a, b = socket.socketpair()
         self.addCleanup(a.close)
@@ -800,3 +800,33 @@ class DirectSocketTests(SynchronousTestCase):
         connection.TLS = True
         self.assertIsNone(_directSocket(connection))
         self.assertIsNone(_directSocket(StringTransport()))
+
+    def test_drainedReadsTwistedsBuffers(self):
+        """
+        Tripwire for the one use of Twisted's internals: C{_drained} reads a
+        C{FileDescriptor}'s unsent data from C{dataBuffer} and
+        C{_tempDataBuffer}.  If Twisted keeps it elsewhere, this fails (and
+        C{_directSocket} turns the direct write off rather than write out of
+        order).
+        """
+        import socket
+
+        from twisted.internet import tcp
+
+        from backplane.output import _drained
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        connection = tcp.Connection(a, None, reactor=MemoryReactor())
+        connection.connected = 1
+        self.assertIsInstance(connection.dataBuffer, bytes)
+        self.assertIsInstance(connection._tempDataBuffer, list)
+        self.assertTrue(_drained(connection))
+        connection.write(b"held by the transport\n")
+        self.assertFalse(_drained(connection), "written data waits in the transport")
+        connection.doWrite()
+        self.assertTrue(_drained(connection), "sent: nothing waits")
+        self.assertEqual(b.recv(100), b"held by the transport\n")
+        connection.loseConnection()
+        self.assertFalse(_drained(connection), "closing")

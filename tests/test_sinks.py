@@ -85,7 +85,7 @@ class AppendTests(SinkTestCase):
         sink = self.sink()
         sink.startService()
         self.backplane.publish(b"new 1")
-        self.backplane.publish_many([b"", b"new \x00\xff 2"])
+        self.backplane.publishMany([b"", b"new \x00\xff 2"])
         sink.stopService()
         self.assertEqual(read(self.path), b"kept 1\nkept 2\nnew 1\n\nnew \x00\xff 2\n")
         self.assertEqual(sink.stats.lines_written, 3)
@@ -160,7 +160,7 @@ class FlushTests(SinkTestCase):
     def test_flushedOnStop(self):
         sink = self.sink(flush_interval=60.0)
         sink.startService()
-        self.backplane.publish_many([b"a", b"b"])
+        self.backplane.publishMany([b"a", b"b"])
         self.assertEqual(read(self.path), b"")
         self.assertIsNone(sink.stopService())
         self.assertEqual(read(self.path), b"a\nb\n")
@@ -264,7 +264,7 @@ class RotationTests(SinkTestCase):
         sink.startService()
         published = [b"line %03d " % n + b"x" * (n % 17) for n in range(120)]
         for n in range(0, 120, 7):
-            self.backplane.publish_many(published[n : n + 7])
+            self.backplane.publishMany(published[n : n + 7])
             if n % 21 == 0:
                 self.clock.advance(1.0)
         sink.stopService()
@@ -295,7 +295,7 @@ class RotationTests(SinkTestCase):
     def test_aLineLongerThanRotateBytesGetsAFileToItself(self):
         sink = self.sink(rotate_bytes=10)
         sink.startService()
-        self.backplane.publish_many([b"short", b"x" * 25, b"tail"])
+        self.backplane.publishMany([b"short", b"x" * 25, b"tail"])
         sink.stopService()
         self.assertEqual(read(f"{self.path}.2"), b"short\n")
         self.assertEqual(read(f"{self.path}.1"), b"x" * 25 + b"\n")
@@ -335,7 +335,7 @@ class WriteErrorTests(SinkTestCase):
         self.assertLoud(path)
         reached = self.successResultOf(self.backplane.publish(b"still delivered"))
         self.assertEqual(reached, 2)
-        self.assertEqual(self.backplane.publish_lines(b"fast\npath\n"), 2)
+        self.assertEqual(self.backplane.publishLines(b"fast\npath\n"), 2)
         self.clock.advance(1.0)
         self.clock.advance(1.0)
         self.assertEqual(other.messages, [b"still delivered", b"fast", b"path"])
@@ -420,7 +420,7 @@ class WriteErrorTests(SinkTestCase):
             return real(logfile, data)
 
         self.patch(_AppendFile, "writeSome", flaky)
-        self.backplane.publish_many([b"abcdefgh", b"ijk"])  # 9 + 4 bytes
+        self.backplane.publishMany([b"abcdefgh", b"ijk"])  # 9 + 4 bytes
         self.clock.advance(1.0)
         self.assertEqual(read(self.path), b"abc")
         self.assertEqual(sink.stats.pending, 10)
@@ -450,7 +450,7 @@ class WriteErrorTests(SinkTestCase):
             return real(logfile, data)
 
         self.patch(_AppendFile, "writeSome", flaky)
-        self.backplane.publish_many([b"abcdefgh", b"ij"])
+        self.backplane.publishMany([b"abcdefgh", b"ij"])
         self.clock.advance(1.0)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.clock.advance(1.0)
@@ -485,3 +485,32 @@ class WriteErrorTests(SinkTestCase):
         self.assertEqual(sink.stats.errors, 2)
         self.assertEqual(len([e for e in self.events
                               if "cannot be rotated" in (e.get("log_format") or "")]), 1)
+
+
+class LogFileTripwireTests(SynchronousTestCase):
+    """
+    The tripwire of C{_AppendFile}, the one use of a private method of
+    Twisted's L{LogFile}: it overrides C{_openFile} so that the file is
+    opened for appending.  If Twisted stops calling it, these fail.
+    """
+
+    def test_openFileCalledOnOpenAndRotate(self):
+        from twisted.python.logfile import LogFile
+
+        self.assertTrue(callable(getattr(LogFile, "_openFile", None)),
+                        "LogFile._openFile is gone: _AppendFile must open its file another way")
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        path = os.path.join(folder, "f.log")
+        with open(path, "wb") as f:
+            f.write(b"kept\n")
+        log = _AppendFile.fromFullPath(path)
+        self.assertEqual(log.size, 5, "opened for appending: the file was not truncated")
+        log.writeSome(memoryview(b"more\n"))
+        log.rotate()
+        log.writeSome(memoryview(b"new\n"))
+        log.close()
+        with open(path + ".1", "rb") as f:
+            self.assertEqual(f.read(), b"kept\nmore\n")
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"new\n")

@@ -170,7 +170,7 @@ class OtherSourcesTests(SynchronousTestCase):
         relayService = RelayService(FakeEndpoint(), relay, description="tcp:up:1600")
         relayService.setName("connect[1]")
         verifyObject(IStatsSource, relayService)
-        out.publish_many([b"a", b"b"])  # no upstream yet: buffered
+        out.publishMany([b"a", b"b"])  # no upstream yet: buffered
         report = relayService.report()
         self.assertEqual((report["name"], report["kind"]), ("connect[1]", "connect"))
         self.assertEqual(report["gauges"], {"buffered": 2, "connected": 0})
@@ -196,7 +196,7 @@ class OtherSourcesTests(SynchronousTestCase):
         verifyObject(IStatsSource, sink)
         self.assertEqual(sink.report()["state"], "stopped")
         sink.startService()
-        backplane.publish_many([b"one", b"two"])
+        backplane.publishMany([b"one", b"two"])
         self.assertEqual(sink.report()["gauges"], {"pending": 8})
         sink.flush()
         report = sink.report()
@@ -209,7 +209,7 @@ class OtherSourcesTests(SynchronousTestCase):
     def test_redisBridge(self):
         from twisted.internet.testing import MemoryReactorClock
 
-        from backplane.bridge import RedisBridge
+        from backplane.redis.bridge import RedisBridge
 
         service = BackplaneService()
         service.create("NEWS")

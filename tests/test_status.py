@@ -206,7 +206,7 @@ def test_tailStreamsWhatIsPublished(service):
     assert stream.retry == 2000
     assert len(data) == 1, "the tail is a subscriber"
     data.publish(b"hello")
-    data.publish_many([b"caf\xc3\xa9", b"", b"not \xff UTF-8", b"cr\rinside", b"<b>x</b>"])
+    data.publishMany([b"caf\xc3\xa9", b"", b"not \xff UTF-8", b"cr\rinside", b"<b>x</b>"])
     yield waitUntil(lambda: len(stream.lines()) == 6, what="every line at the tail")
     assert stream.lines() == ["hello", "café", "", "not \ufffd UTF-8", "cr\rinside", "<b>x</b>"]
     assert [kind for kind, _ in stream.events] == ["message", "message"], "one event a chunk"
@@ -317,8 +317,8 @@ def test_stalledTailMissesLinesOnly(service):
     pad = b"x" * 992
     total, batch, most = 20_000, 20, 0
     for start in range(0, total, batch):
-        data.publish_many(b"%08d" % i + pad for i in range(start, start + batch))
-        most = max(most, tail._waitingBytes)
+        data.publishMany(b"%08d" % i + pad for i in range(start, start + batch))
+        most = max(most, tail.output.pending)
         yield deferLater(reactor, 0, lambda: None)
     assert len(recorder.messages) == total
     assert data.stats.dropped > 0
@@ -419,7 +419,7 @@ def test_stopEndsTails():
     startMonitor(service)
     service.startService()
     _, stream = yield openTail(service, "DATA")
-    data.publish_many([b"last words"] * 1000)
+    data.publishMany([b"last words"] * 1000)
     yield service.stopService()
     yield stream.done
     assert stream.lines() == ["last words"] * 1000

@@ -240,7 +240,7 @@ class HandshakeTests(Ports, SynchronousTestCase):
 class SubscribeTests(Ports, SynchronousTestCase):
     def test_eachLineItsOwnMessageOneWritePerChunk(self):
         _protocol, transport = opened(WebSocketFactory(self.service, subscribe_to="NEWS"))
-        self.news.publish_lines(b"one\ntwo\n\nfour\n")
+        self.news.publishLines(b"one\ntwo\n\nfour\n")
         self.news.publish(b"five")
         self.assertEqual(len(transport.writes), 2)
         self.assertEqual(serverFrames(transport.value()), [
@@ -248,7 +248,7 @@ class SubscribeTests(Ports, SynchronousTestCase):
 
     def test_retainedOnOpen(self):
         last = self.service.create("LAST", retain=2)
-        last.publish_many([b"one", b"two", b"three"])
+        last.publishMany([b"one", b"two", b"three"])
         protocol = WebSocketFactory(self.service, subscribe_to="LAST").buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
@@ -259,7 +259,7 @@ class SubscribeTests(Ports, SynchronousTestCase):
 
     def test_binaryWhenNotUTF8(self):
         _protocol, transport = opened(WebSocketFactory(self.service, subscribe_to="NEWS"))
-        self.news.publish_many([b"caf\xc3\xa9", b"caf\xe9", b"\x00\x01"])
+        self.news.publishMany([b"caf\xc3\xa9", b"caf\xe9", b"\x00\x01"])
         self.assertEqual(serverFrames(transport.value()), [
             (TEXT, b"caf\xc3\xa9"), (BINARY, b"caf\xe9"), (TEXT, b"\x00\x01")])
 
@@ -272,7 +272,7 @@ class SubscribeTests(Ports, SynchronousTestCase):
         second = WebSocketFactory(self.service, subscribe_to="NEWS", publish_to="CHAT")
         clients = [opened(first, ("127.0.0.1", i)) for i in range(3)]
         clients.append(opened(second))
-        self.news.publish_lines(b"a\nb\n")
+        self.news.publishLines(b"a\nb\n")
         writes = [transport.writes for _, transport in clients]
         self.assertEqual([len(w) for w in writes], [1, 1, 1, 1])
         for w in writes:
@@ -534,7 +534,7 @@ class SlowSubscriberTests(Ports, SynchronousTestCase):
         protocol, transport = self.subscriber(max_pending=10, slow="drop")
         protocol.pauseProducing()
         self.news.publish(b"1234")  # 6
-        self.news.publish_many([b"a", b"b"])  # 6 more: 12 > 10, dropped whole
+        self.news.publishMany([b"a", b"b"])  # 6 more: 12 > 10, dropped whole
         self.news.publish(b"56")  # 4: fits
         self.assertFalse(transport.disconnecting)
         self.assertEqual(serverFrames(transport.value()), [], "waiting for the transport")

@@ -178,7 +178,7 @@ def publishWhileReading(backplane, reader, messages, size=1000, batch=20):
     """
     pad = "x" * (size - 8)
     for start in range(0, messages, batch):
-        backplane.publish_many(f"{i:08d}{pad}".encode() for i in range(start, start + batch))
+        backplane.publishMany(f"{i:08d}{pad}".encode() for i in range(start, start + batch))
         yield deferLater(reactor, 0, lambda: None)
         sent = start + batch
         yield waitUntil(lambda sent=sent: (sent - len(reader.messages)) * size <= 256 * 1024,
@@ -247,7 +247,7 @@ def test_stopClosesClients():
     number = listen(service, factory)
     clients = yield gatherResults([connectWebSocket(number) for _ in range(3)])
     yield waitUntil(lambda: len(data) == 3)
-    data.publish_many([b"last words"] * 1000)
+    data.publishMany([b"last words"] * 1000)
     yield service.stopService()
     for client in clients:
         assert (yield client.closed) == 1001
