@@ -51,6 +51,7 @@ from backplane._types import defaultReactor
 from backplane.address import describePeer
 from backplane.framing import DEFAULT_MAX_LINE_LENGTH, LineFramer
 from backplane.interfaces import ILineSink, IStatsSource
+from backplane.protocols import Limits
 from backplane.retry import DEFAULT_FACTOR as DEFAULT_FACTOR
 from backplane.retry import DEFAULT_INITIAL_DELAY as DEFAULT_INITIAL_DELAY
 from backplane.retry import DEFAULT_JITTER as DEFAULT_JITTER
@@ -765,6 +766,28 @@ class RelayFactory(ReconnectingClientFactory):
         The backplane whose lines are sent upstream.
         """
         return self.relay.subscribeTo
+
+    @property
+    def bufferSize(self) -> int:
+        """
+        The most lines of C{subscribe_to} kept while they cannot be sent.
+        """
+        return self.relay.bufferSize
+
+    @property
+    def idleTimeout(self) -> float | None:
+        """
+        Seconds of silence from upstream after which the connection is
+        dropped (L{None}: never).
+        """
+        return self.relay.idleTimeout
+
+    @property
+    def limits(self) -> Limits:
+        """
+        What upstream may send: its C{max_line_length}.
+        """
+        return Limits(max_line_length=self.relay.maxLineLength)
 
     @property
     def reactor(self) -> IReactorTime:
