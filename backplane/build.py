@@ -11,9 +11,9 @@ from twisted.application.service import IService
 from twisted.internet import endpoints
 
 from backplane._types import IBackplaneReactor, defaultReactor
-from backplane.config import BackplaneEntry, Config, readConfig
+from backplane.config import BackplaneEntry, Config, ListenEntry, readConfig
 from backplane.errors import ConfigError
-from backplane.history import History
+from backplane.history import DiskStore, History, MemoryHistory, StoreError
 from backplane.ports import ListenService
 from backplane.protocols import BackplaneFactory
 from backplane.relay import RelayFactory, RelayService
@@ -91,9 +91,7 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
     for i, clock in enumerate(config.clock, 1):
         add(TimeSource(service.get(clock.publish_to), clock.interval, clock=reactor), "clock", i)
     for i, listen in enumerate(config.listen, 1):
-        factory = _factoryType(listen.protocol)(
-            service, publish_to=listen.publish_to, subscribe_to=listen.subscribe_to,
-            limits=listen.limits)
+        factory = _factory(service, listen, reactor)
         endpoint = endpoints.serverFromString(reactor, listen.description)
         if listen.tls_client_ca is not None:
             _requireClientCertificates(endpoint, listen.tls_client_ca, config.path, i)
@@ -108,7 +106,6 @@ def _history(entry: BackplaneEntry, reactor: IBackplaneReactor,
     The history a C{[backplane.NAME]} entry asks for: in memory, on disk,
     or none.
     """
-    from backplane.history import DiskStore, MemoryHistory, StoreError
 
     if entry.store is not None:
         try:
@@ -132,6 +129,33 @@ def _requireClientCertificates(endpoint: Any, path: str, configPath: str, i: int
     except Exception as e:
         raise ConfigError(f"cannot use {path!r}: {e}", path=configPath,
                           where=f"listen[{i}].tls_client_ca") from None
+
+
+def _factory(service: BackplaneService, listen: ListenEntry,
+             reactor: IBackplaneReactor) -> BackplaneFactory:
+    """
+    The factory of a C{[[listen]]} port.
+    """
+    if listen.ids and listen.protocol == "lines":
+        from backplane.resume import ResumingFactory
+
+        return ResumingFactory(service, subscribe_to=listen.subscribe_to, limits=listen.limits,
+                               clock=reactor)
+    if listen.protocol == "sse":
+        from backplane.sse import SSEFactory
+
+        return SSEFactory(service, subscribe_to=listen.subscribe_to, limits=listen.limits,
+                          clock=reactor)
+    if listen.protocol == "websocket":
+        # Imported only when used: autobahn is big.
+        from backplane.websocket import WebSocketFactory
+
+        return WebSocketFactory(service, publish_to=listen.publish_to,
+                                subscribe_to=listen.subscribe_to, limits=listen.limits,
+                                ids=listen.ids)
+    return _factoryType(listen.protocol)(
+        service, publish_to=listen.publish_to, subscribe_to=listen.subscribe_to,
+        limits=listen.limits)
 
 
 def _factoryType(protocol: str) -> type[BackplaneFactory]:

@@ -219,8 +219,8 @@ class StatsCollector:
                 family.add_metric([backplane.name], getattr(backplane.stats, key))
             if backplane.history is not None:
                 report = backplane.history.report()
-                for key, family in history.items():
-                    family.add_metric([backplane.name], report[key])
+                for key, gauge in history.items():
+                    gauge.add_metric([backplane.name], report[key])
                 epochs.add_metric([backplane.name], {"epoch": str(report["epoch"])})
         yield subscribers
         yield publishers

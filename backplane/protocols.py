@@ -83,6 +83,9 @@ class PortStats:
         C{slow = "drop"}.
     @ivar messages_in: lines the port's clients published.
     @ivar bytes_in: bytes of those lines, delimiters included.
+    @ivar resumes: subscribers that resumed from the history (C{ids = true}).
+    @ivar gaps: subscribers told that messages they asked for are missing.
+    @ivar bad_requests: clients refused for a malformed request (C{ERR}).
     """
 
     accepted: int = 0
@@ -94,6 +97,9 @@ class PortStats:
     dropped: int = 0
     messages_in: int = 0
     bytes_in: int = 0
+    resumes: int = 0
+    gaps: int = 0
+    bad_requests: int = 0
 
 
 @implementer(ILineSink, IHandshakeListener, IPushProducer)
@@ -188,7 +194,15 @@ class BackplaneProtocol(Protocol):
                                         counters=(self.portStats, backplane.stats))
             self.transport.registerProducer(self, True)
             self._producing = True
-            self._subscription = backplane.attach(self, origin=self)
+            self.subscribe(backplane)
+
+    def subscribe(self, backplane: Backplane) -> None:
+        """
+        Start handing the client the messages of C{backplane}, its
+        C{subscribe_to}, once it has joined and its writer is ready.
+        Subclasses override it to subscribe another way (with ids, say).
+        """
+        self._subscription = backplane.attach(self, origin=self)
 
     def close(self) -> None:
         """

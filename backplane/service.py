@@ -241,6 +241,7 @@ class Backplane:
         return subscription
 
     def follow(self, sink: ILineSink, position: bytes | str | None = None, *,
+               since: int | None = None,
                origin: object = None) -> tuple[Subscription, Gap | None]:
         """
         Hand C{sink} the messages of the history after C{position}, then
@@ -253,6 +254,10 @@ class Backplane:
         holds no memory and stalls nobody) until that returns L{None}; then
         it is live, with no message missed or repeated in between.
 
+        @param since: instead of a C{position}: a SEQ of the current epoch
+            (e.g. L{History.last} when a client connected) to catch up
+            from, for a subscriber that must miss nothing published since
+            then; not counted as a resume.
         @return: the subscription, and the L{Gap} if something the client
             asked for is missing (an id older than the oldest kept, of
             another epoch, or not yet reached).
@@ -264,7 +269,11 @@ class Backplane:
         subscription = Subscription(self, ILineSink(sink).deliver, _originOf(origin), True)
         gap = None
         if position is None:
-            self._live(subscription)
+            if since is None or since >= history.last:
+                self._live(subscription)
+            else:
+                subscription.cursor = since
+                self._catchingUp += 1
             return subscription, gap
         decision = resume(history, position)
         if decision.gap:

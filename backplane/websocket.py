@@ -24,6 +24,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -31,10 +32,11 @@ from zope.interface import implementer
 
 from backplane.address import describePeer
 from backplane.framing import LineFramer
+from backplane.history import parseId
 from backplane.interfaces import ILineSink
 from backplane.output import BoundedWriter
 from backplane.protocols import BackplaneFactory, Limits
-from backplane.service import Backplane, BackplaneService, Subscription
+from backplane.service import Backplane, BackplaneService, Gap, Subscription
 
 # Close codes (RFC 6455 7.4.1).
 GOING_AWAY = 1001
@@ -132,6 +134,10 @@ class WebSocketClient(WebSocketServerProtocol):  # type: ignore[misc]
         self._subscription: Subscription | None = None
         self._closing = False
         self._publishing = False
+        # With ids (port.ids): what feeds it from the history, and where
+        # the client asked to resume (?resume=ID).
+        self.follower: Any = None
+        self._resume: str | None = None
 
     @property
     def dropped(self) -> int:
@@ -153,14 +159,54 @@ class WebSocketClient(WebSocketServerProtocol):  # type: ignore[misc]
         # whoever it is.
         self.transport.registerProducer(self, True)
 
+    def onConnect(self, request: ConnectionRequest) -> None:
+        """
+        The opening handshake's request: on an C{ids = true} port, take
+        C{?resume=ID} (refusing a malformed one with 400).
+        """
+        if not self.port.ids:
+            return None
+        values = request.params.get("resume")
+        if values:
+            position = values[-1]
+            if position != "0":
+                try:
+                    parseId(position)
+                except ValueError as e:
+                    self.portStats.bad_requests += 1
+                    raise ConnectionDeny(400, f"bad resume: {e}") from None
+            self._resume = position
+        return None
+
     def onOpen(self) -> None:
         if self._closing:
             return
         if self.publishTo is not None:
             self.publishTo.stats.publishers += 1
             self._publishing = True
-        if self.subscribeTo is not None:
-            self._subscription = self.subscribeTo.attach(self, origin=self)
+        backplane = self.subscribeTo
+        if backplane is None:
+            return
+        if not self.port.ids:
+            self._subscription = backplane.attach(self, origin=self)
+            return
+        from backplane.resume import Follower
+
+        self.follower = Follower(backplane, self, deliverGap=self.deliverGap,
+                                 paused=lambda: self.output.paused, origin=self,
+                                 peer=self.peer or "?")
+        if self._resume is not None:
+            self.portStats.resumes += 1
+        self.follower.start(self._resume)
+
+    def deliverGap(self, gap: Gap) -> None:
+        """
+        Tell the client that messages it asked for are missing: a message
+        C{GAP ASKED NEXT}.
+        """
+        self.portStats.gaps += 1
+        if self.state == _OPEN:
+            self.output.deliver(encodeFrames(b"GAP " + gap.asked + b" " + gap.next + b"\n", 1), 0)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
@@ -248,7 +294,13 @@ class WebSocketClient(WebSocketServerProtocol):  # type: ignore[misc]
             return
         backplane = self.subscribeTo
         assert backplane is not None
-        self.output.deliver(backplane.encoded(data, count, encodeFrames), count)
+        follower = self.follower
+        if follower is not None and follower.subscription is not None \
+                and follower.subscription.cursor is not None:
+            # History being replayed to this client alone.
+            self.output.deliver(encodeFrames(data, count), count)
+        else:
+            self.output.deliver(backplane.encoded(data, count, encodeFrames), count)
 
     def outputTooSlow(self) -> None:
         """
@@ -268,6 +320,8 @@ class WebSocketClient(WebSocketServerProtocol):  # type: ignore[misc]
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
+        if self.follower is not None:
+            self.follower.cancel()
 
     # IPushProducer, for the transport: passed on to the writer.
 
@@ -276,6 +330,8 @@ class WebSocketClient(WebSocketServerProtocol):  # type: ignore[misc]
 
     def resumeProducing(self) -> None:
         self.output.resumeProducing()
+        if self.follower is not None:
+            self.follower.pump()
 
     def stopProducing(self) -> None:
         pass
@@ -300,14 +356,23 @@ class WebSocketFactory(BackplaneFactory):
     protocol = WebSocketClient
 
     def __init__(self, service: BackplaneService, *, publish_to: str | None = None,
-                 subscribe_to: str | None = None, limits: Limits = _LIMITS) -> None:
+                 subscribe_to: str | None = None, limits: Limits = _LIMITS,
+                 ids: bool = False) -> None:
         """
         @param service: the registry the backplanes are looked up in.
+        @param ids: send each message as C{ID payload}, and resume a client
+            that asks with C{?resume=ID} (C{subscribe_to} needs a history,
+            and there is no C{publish_to}).
         @raise UnknownBackplane: a named backplane is not registered.
-        @raise ValueError: neither C{publish_to} nor C{subscribe_to} is given.
+        @raise ValueError: neither C{publish_to} nor C{subscribe_to} is given,
+            or C{ids} where they do not allow it.
         """
         super().__init__(service, publish_to=publish_to, subscribe_to=subscribe_to,
                          limits=limits)
+        if ids and (self.publishTo is not None or self.subscribeTo is None
+                    or self.subscribeTo.history is None):
+            raise ValueError("ids need a subscribe_to with a history, and no publish_to")
+        self.ids = ids
         # A message holds at most one line and its optional newline; a longer
         # one is refused from its frame's header, before it is read.  (A port
         # that does not publish keeps nothing of what it reads.)

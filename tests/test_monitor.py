@@ -166,7 +166,8 @@ def test_statsMatchWhatHappened(running):
     assert stats["backplanes"]["DATA"] == {
         "subscribers": 2, "publishers": 1, "retain": 0, "messages_in": 10,
         "bytes_in": sum(len(b"line %d\n" % i) for i in range(10)), "deliveries": 20,
-        "dropped": 0, "slow_disconnects": 0, "errors": 0,
+        "dropped": 0, "slow_disconnects": 0, "errors": 0, "resumes": 0, "replayed": 0, "gaps": 0,
+        "history": None,
     }
     assert stats["backplanes"]["QUIET"]["messages_in"] == 0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import freePort
-from tests.twistd import Twistd, readLines
+from tests.twistd import Twistd, readLines, wsConnect, wsReceive
 
 ID = re.compile(rb"^([0-9a-z]{1,32}):([1-9][0-9]*) (.*)$")
 
@@ -29,7 +29,7 @@ def parse(line: bytes) -> tuple[bytes, int, bytes]:
     return match.group(1), int(match.group(2)), match.group(3)
 
 
-def config(pub: int, sub: int, history: str) -> str:
+def config(pub: int, sub: int, history: str, sse: int, ws: int) -> str:
     return f"""
 [backplane.LOG]
 {history}
@@ -42,6 +42,17 @@ publish_to = "LOG"
 endpoint = "tcp:{sub}:interface=127.0.0.1"
 subscribe_to = "LOG"
 ids = true
+
+[[listen]]
+endpoint = "tcp:{sse}:interface=127.0.0.1"
+subscribe_to = "LOG"
+protocol = "sse"
+
+[[listen]]
+endpoint = "tcp:{ws}:interface=127.0.0.1"
+subscribe_to = "LOG"
+protocol = "websocket"
+ids = true
 """
 
 
@@ -51,15 +62,16 @@ class Server:
     """
 
     def __init__(self, folder: Path, history: str, name: str = "backplane") -> None:
-        self.pub, self.sub = freePort(), freePort()
+        self.pub, self.sub, self.sse, self.ws = freePort(), freePort(), freePort(), freePort()
         self.folder = folder
         self.history = history
         self.name = name
         self.twistd: Twistd | None = None
 
     def start(self) -> Server:
-        self.twistd = Twistd(self.folder, config=config(self.pub, self.sub, self.history),
-                             name=self.name).start()
+        self.twistd = Twistd(
+            self.folder, config=config(self.pub, self.sub, self.history, self.sse, self.ws),
+            name=self.name).start()
         self.twistd.waitForPort(self.pub)
         self.twistd.waitForPort(self.sub)
         return self
@@ -273,3 +285,115 @@ def test_storeKilledUnderLoad(folder):
         assert len(got) > total
         total = len(got)
     server.stop()
+
+
+def readEvents(sock: socket.socket, count: int, timeout: float = 20) -> list[dict[str, str]]:
+    """
+    Read C{count} Server-Sent Events (after the response's headers) from a
+    blocking socket: each as its fields, C{data} lines joined.
+    """
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, data = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 "), head
+    assert b"text/event-stream" in head.lower(), head
+    events: list[dict[str, str]] = []
+    deadline = time.monotonic() + timeout
+    while len(events) < count:
+        while b"\n\n" not in data:
+            assert time.monotonic() < deadline, f"only {len(events)} of {count} events"
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {len(events)} of {count} events"
+            data += chunk
+        block, _, data = data.partition(b"\n\n")
+        event: dict[str, str] = {}
+        for line in block.decode().split("\n"):
+            name, _, value = line.partition(": ")
+            if name and not line.startswith(":") and not line.startswith("retry"):
+                event[name] = event[name] + "\n" + value if name in event else value
+        if event:
+            events.append(event)
+    return events
+
+
+def sseGet(port: int, query: str = "", lastEventId: bytes | None = None) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    header = b"Last-Event-ID: " + lastEventId + b"\r\n" if lastEventId else b""
+    # HTTP/1.0, so that the stream is not chunked: easier to read here.
+    sock.sendall(b"GET /" + query.encode() + b" HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+                 b"Accept: text/event-stream\r\n" + header + b"\r\n")
+    return sock
+
+
+def test_serverSentEvents(folder):
+    """
+    An SSE port: one event a message with its id; Last-Event-ID (header or
+    query parameter) resumes; a gap is an event: gap.
+    """
+    server = Server(folder, "history = 20").start()
+    try:
+        with sseGet(server.sse) as live:
+            time.sleep(0.2)
+            server.publish([b"one", b"two\rhalf"])
+            first, second = readEvents(live, 2)
+        epoch = first["id"].split(":")[0]
+        assert first == {"id": f"{epoch}:1", "data": "one"}
+        assert second == {"id": f"{epoch}:2", "data": "two\nhalf"}
+        server.publish([b"m%d" % i for i in range(3, 31)])
+        with sseGet(server.sse, lastEventId=f"{epoch}:25".encode()) as again:
+            events = readEvents(again, 5)
+        assert [e["data"] for e in events] == ["m26", "m27", "m28", "m29", "m30"]
+        with sseGet(server.sse, query=f"?last-event-id={epoch}:2") as old:
+            events = readEvents(old, 21)
+        assert events[0] == {"event": "gap", "data": f"{epoch}:2 {epoch}:11"}
+        assert [e["id"] for e in events[1:]] == [f"{epoch}:{i}" for i in range(11, 31)]
+        with sseGet(server.sse, lastEventId=b"nonsense!") as bad:
+            bad.settimeout(10)
+            assert bad.recv(65536).startswith(b"HTTP/1.0 400 ")
+    finally:
+        server.stop()
+
+
+def test_curlIsAnSSEClient(folder):
+    """
+    C{curl -N} reads the stream as it comes.
+    """
+    import shutil
+    import subprocess
+
+    curl = shutil.which("curl")
+    assert curl is not None, "curl is needed (Debian: apt-get install curl)"
+    server = Server(folder, "history = 20").start()
+    try:
+        server.publish([b"kept"])
+        out = subprocess.run(
+            [curl, "-sN", "--max-time", "2", "-H", "Last-Event-ID: 0",
+             f"http://127.0.0.1:{server.sse}/"], capture_output=True, timeout=30)
+        assert b"data: kept\n\n" in out.stdout, out
+        assert re.search(rb"id: [0-9a-z]+:1\n", out.stdout), out
+    finally:
+        server.stop()
+
+
+def test_webSocketResume(folder):
+    """
+    A WebSocket port with ids: each message is ID payload; ?resume=ID
+    resumes; a gap is a message GAP ASKED NEXT.
+    """
+    server = Server(folder, "history = 10").start()
+    try:
+        server.publish([b"m%d" % i for i in range(1, 21)])
+        with server.subscribe(b"0") as sock:
+            epoch = parse(readLines(sock, 1)[0])[0].decode()
+        ws = wsConnect(server.ws, f"/?resume={epoch}:15")
+        messages = [wsReceive(ws)[1] for _ in range(5)]
+        assert [parse(m)[1:] for m in messages] == [(i, b"m%d" % i) for i in range(16, 21)]
+        ws.close()
+        ws = wsConnect(server.ws, f"/?resume={epoch}:3")
+        assert wsReceive(ws)[1] == f"GAP {epoch}:3 {epoch}:11".encode()
+        assert parse(wsReceive(ws)[1])[1] == 11
+        ws.close()
+    finally:
+        server.stop()
