@@ -84,7 +84,7 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
             service, connect.publish_to, subscribe_to=connect.subscribe_to,
             buffer=connect.buffer, idle_timeout=connect.idle_timeout,
             initial_delay=connect.initial_delay, max_delay=connect.max_delay,
-            max_line_length=connect.max_line_length, clock=reactor,
+            max_line_length=connect.max_line_length, clock=reactor, resume=connect.resume,
         )
         add(RelayService(endpoints.clientFromString(reactor, connect.endpoint), relay,
                          description=connect.endpoint, clock=reactor), "connect", i)

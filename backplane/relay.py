@@ -21,6 +21,7 @@ The pieces, one job each:
 from __future__ import annotations
 
 import random as _random
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -63,6 +64,11 @@ RelayState = Literal["connecting", "connected", "waiting", "stopped"]
 
 DEFAULT_BUFFER = 10000
 
+# An id at the start of a line (SPEC section 9: EPOCH:SEQ), and the room one
+# takes beyond max_line_length.
+_ID_PREFIX = re.compile(rb"^[0-9a-z]{1,32}:[1-9][0-9]{0,19} ", re.MULTILINE)
+_ID_ROOM = 54
+
 
 @dataclass
 class RelayStats:
@@ -82,6 +88,12 @@ class RelayStats:
     @ivar buffered: lines waiting in the buffer now.
     @ivar idle_timeouts: connections dropped because upstream sent nothing
         for C{idle_timeout} seconds.
+    @ivar resumes: connections on which the relay asked upstream to resume
+        after the last id it had (C{resume = true}).
+    @ivar gaps: times upstream said messages the relay asked for are
+        missing.
+    @ivar refused: lines from upstream that are not what C{resume = true}
+        expects (an id, or a control line): the connection is dropped.
     """
 
     state: RelayState = "connecting"
@@ -93,6 +105,9 @@ class RelayStats:
     dropped: int = 0
     buffered: int = 0
     idle_timeouts: int = 0
+    resumes: int = 0
+    gaps: int = 0
+    refused: int = 0
 
 
 def retryPolicy(
@@ -270,6 +285,7 @@ class Relay:
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         max_delay: float = DEFAULT_MAX_DELAY,
         clock: IReactorTime | None = None,
+        resume: bool = False,
     ) -> None:
         """
         @param service: the registry the backplanes are looked up in.
@@ -284,6 +300,10 @@ class Relay:
         @param max_delay: the longest wait between retries of whoever
             connects the relay, for log lines.
         @param clock: the reactor (L{IReactorTime}) for timeouts.
+        @param resume: upstream is a port with C{ids = true}: strip the ids
+            of its lines, remember the last, and on every connection after
+            the first send C{RESUME} with it, so that nothing is lost or
+            repeated across reconnects (SPEC section 9).
         @raise ValueError: no direction, or an option out of range.
         @raise UnknownBackplane: a named backplane is not registered.
         """
@@ -298,7 +318,13 @@ class Relay:
         self.subscribeTo = None if subscribe_to is None else service.get(subscribe_to)
         self.bufferSize = buffer
         self.idleTimeout = idle_timeout
-        self.maxLineLength = max_line_length
+        self.resume = resume
+        if resume and publish_to is None:
+            raise ValueError("resume is for what comes from upstream: it needs publish_to")
+        #: The longest line upstream may send: with ids, room for one.
+        self.maxLineLength = max_line_length + (_ID_ROOM if resume else 0)
+        #: With C{resume}: the id of the last line published from upstream.
+        self.lastId: bytes | None = None
         self.maxDelay = max_delay
         #: The clock of timeouts.
         self.clock: IReactorTime = defaultReactor() if clock is None else clock
@@ -411,8 +437,12 @@ class Relay:
         Called with each new connection before anything else is written to
         it: the place for a first line (C{protocol.sendLines(b"HELLO ...\\n")})
         or a reader of control lines (C{protocol.framer.receiver}).  The
-        plain relay says nothing.
+        plain relay says nothing; with C{resume}, it asks for what follows
+        the last id it has.
         """
+        if self.resume and self.lastId is not None:
+            self.stats.resumes += 1
+            protocol.sendLines(b"RESUME " + self.lastId + b"\n")
 
     def connectionLost(self, protocol: RelayProtocol, reason: Failure | None) -> None:
         """
@@ -454,10 +484,55 @@ class Relay:
         protocol, with the relay as their origin.
         """
         backplane = self.publishTo
-        if backplane is not None:
-            count = data.count(b"\n")
-            self.stats.lines_in += count
-            backplane.publishLines(data, count, origin=self)
+        if backplane is None:
+            return
+        if self.resume:
+            data = self._withoutIds(data)
+            if not data:
+                return
+        count = data.count(b"\n")
+        self.stats.lines_in += count
+        backplane.publishLines(data, count, origin=self)
+
+    def _withoutIds(self, data: bytes) -> bytes:
+        """
+        The payloads of a chunk of C{ID payload} lines (one regular
+        expression over the chunk), remembering the last id; control lines
+        (C{GAP}, C{ERR}) are logged and counted.  A line that is neither
+        drops the connection: upstream is not an C{ids = true} port.
+        """
+        if data.startswith((b"GAP ", b"ERR ")) or b"\nGAP " in data or b"\nERR " in data:
+            lines = data.split(b"\n")
+            lines.pop()
+            data = b"".join(line + b"\n" for line in lines if not self._control(line))
+            if not data:
+                return data
+        payloads, count = _ID_PREFIX.subn(b"", data)
+        if count != data.count(b"\n"):
+            self.stats.refused += 1
+            self.log.error(
+                "Relay to {destination}: upstream sent a line without an id; is it a port "
+                "with ids = true? Dropping the connection", destination=self.destination)
+            if self.protocol is not None:
+                self.protocol.transport.abortConnection()
+            return b""
+        start = data.rfind(b"\n", 0, len(data) - 1) + 1
+        self.lastId = data[start:data.index(b" ", start)]
+        return payloads
+
+    def _control(self, line: bytes) -> bool:
+        if line.startswith(b"GAP "):
+            self.stats.gaps += 1
+            self.log.warn("Relay to {destination}: upstream lost lines the relay asked for "
+                          "({gap})", destination=self.destination,
+                          gap=line[4:200].decode("ascii", "replace"))
+            return True
+        if line.startswith(b"ERR "):
+            self.log.error("Relay to {destination}: upstream refused: {reason}",
+                           destination=self.destination,
+                           reason=line[4:200].decode("ascii", "replace"))
+            return True
+        return False
 
     # Lines going upstream: ILineSink, and the buffer.
 
@@ -687,6 +762,7 @@ class RelayFactory(ReconnectingClientFactory):
         jitter: float = DEFAULT_JITTER,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         clock: IReactorTime | None = None,
+        resume: bool = False,
     ) -> None:
         """
         @param service: the registry the backplanes are looked up in.
@@ -694,6 +770,7 @@ class RelayFactory(ReconnectingClientFactory):
         @param subscribe_to: the backplane whose lines are sent upstream.
         @param buffer: the most lines of C{subscribe_to} kept while they
             cannot be sent (0: none are kept).
+        @param resume: see L{Relay}.
         @param idle_timeout: drop the connection (and reconnect) when upstream
             sends nothing for this many seconds; L{None}: never.
         @param initial_delay: seconds before the first retry.
@@ -708,7 +785,7 @@ class RelayFactory(ReconnectingClientFactory):
         backoffPolicy(initial_delay, max_delay, jitter=jitter)  # validates them
         self.relay = Relay(service, publish_to, subscribe_to=subscribe_to, buffer=buffer,
                            idle_timeout=idle_timeout, max_line_length=max_line_length,
-                           max_delay=max_delay, clock=clock)
+                           max_delay=max_delay, clock=clock, resume=resume)
         # ReconnectingClientFactory's knobs.
         self.initialDelay = self.delay = initial_delay
         self.maxDelay = max_delay  # type: ignore[assignment]

@@ -397,3 +397,101 @@ def test_webSocketResume(folder):
         ws.close()
     finally:
         server.stop()
+
+
+class Load:
+    """
+    A publisher that sends numbered lines at a steady rate to a port,
+    reconnecting whenever the server goes away, on a thread of its own.
+    """
+
+    def __init__(self, port: int, rate: float = 2000) -> None:
+        import threading
+
+        self.port = port
+        self.rate = rate
+        self.sent = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def start(self) -> Load:
+        self.thread.start()
+        return self
+
+    def run(self) -> None:
+        batch = max(1, int(self.rate / 100))
+        while not self.stopping.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                    while not self.stopping.is_set():
+                        sock.sendall(b"".join(b"line %d\n" % (self.sent + i)
+                                              for i in range(batch)))
+                        self.sent += batch
+                        time.sleep(0.01)
+            except OSError:
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+
+
+def test_relayResumesThroughUpstreamRestarts(folder):
+    """
+    A relay with resume = true, under steady load, through 10 restarts of
+    its upstream (SIGTERM and kill -9 in turn, the history on disk): its
+    [[file]] holds every line upstream stored, exactly once, in order.
+    """
+    upstream = Server(folder / "up", 'store = "store"\nfsync_interval = 0.05')
+    (folder / "up").mkdir()
+    upstream.start()
+    downFolder = folder / "down"
+    downFolder.mkdir()
+    downstream = Twistd(downFolder, name="down", config=f"""
+[backplane.COPY]
+
+[[connect]]
+endpoint = "tcp:host=127.0.0.1:port={upstream.sub}"
+publish_to = "COPY"
+resume = true
+initial_delay = 0.1
+max_delay = 0.5
+
+[[file]]
+subscribe_to = "COPY"
+path = "copy.log"
+flush_interval = 0.05
+""").start()
+    downstream.waitForLog("Relay connected")
+    time.sleep(0.5)  # past the port's RESUME_WAIT: the relay is live
+    load = Load(upstream.pub).start()
+    try:
+        for i in range(10):
+            time.sleep(0.6)
+            upstream.stop(signal.SIGKILL if i % 2 else signal.SIGTERM)
+            upstream.start()
+        time.sleep(0.6)
+    finally:
+        load.stop()
+    upstream.publish([b"the end"])
+    stored: list[bytes] = []
+    with upstream.subscribe(b"0") as sock:
+        buffer = b""
+        sock.settimeout(20)
+        while not stored or stored[-1] != b"the end":
+            buffer += sock.recv(65536)
+            *complete, buffer = buffer.split(b"\n")
+            stored.extend(parse(line)[2] for line in complete)
+    copy = folder / "down" / "copy.log"
+    deadline = time.monotonic() + 20
+    while not (copy.exists() and copy.read_bytes().endswith(b"the end\n")):
+        assert time.monotonic() < deadline, "the relay never caught up"
+        time.sleep(0.1)
+    downstream.stop()
+    upstream.stop()
+    assert downstream.text().count("Relay reconnected") >= 10, downstream.text()
+    lines = copy.read_bytes().split(b"\n")[:-1]
+    assert len(stored) > 1000, len(stored)
+    assert len(lines) == len(set(lines)), "a line arrived twice"
+    assert lines == stored
+    assert "GAP" not in downstream.text()
