@@ -301,7 +301,7 @@ class Backplane:
             return None
         if cursor < history.first - 1:
             # The history dropped what this subscriber had not reached.
-            asked = formatId(history.epoch, cursor)
+            asked = formatId(history.epoch, cursor) if cursor else b"0"
             subscription.cursor = history.first - 1
             self.stats.gaps += 1
             return Gap(asked, formatId(history.epoch, history.first))
