@@ -173,7 +173,7 @@ class Backplane:
 
     # Subscribing.
 
-    def subscribe(self, callback: Callback, *, origin: object = None, ids: bool = False,
+    def subscribe(self, callback: Callable[..., Any], *, origin: object = None, ids: bool = False,
                   after: bytes | str | None = None) -> Subscription:
         """
         Call C{callback(message)} for every message published from now on.
