@@ -254,6 +254,9 @@ class EventStreamResource(Resource):
                 return _text(request, 400, f"bad Last-Event-ID: {e}")
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
+        # Pages of any site may read the stream, as they may open a WebSocket
+        # port (an EventSource of another origin needs this to read it).
+        request.setHeader(b"access-control-allow-origin", b"*")
         # Nginx buffers a proxied response unless told not to.
         request.setHeader(b"x-accel-buffering", b"no")
         if request.method == b"HEAD":
