@@ -100,6 +100,7 @@ def test_statusPage(tmp_path, chromium):
 [backplane.TIME]
 retain = 1
 [backplane.NEWS]
+history = 100
 [[clock]]
 publish_to = "TIME"
 interval = 0.25
@@ -172,6 +173,15 @@ allow = ["127.0.0.1"]
                          "<script>alert(1)</script><b>not bold</b>", "", "^[[1mbold^[[0m"]
         assert driver.find_elements(By.CSS_SELECTOR, "#tail script, #tail b") == []
         assert "5 lines received" in driver.find_element(By.ID, "tail-status").text
+
+        # NEWS keeps a history: its card says what it keeps.
+        epoch = stats()["backplanes"]["NEWS"]["history"]["epoch"]
+        newsCard = driver.find_element(By.CSS_SELECTOR, '#backplanes .card[data-name="NEWS"]')
+        historyLine = waitFor("NEWS's history", lambda: (
+            text := newsCard.find_element(By.CSS_SELECTOR, ".history").text) and "5 kept" in text
+            and text)
+        assert historyLine.startswith(f"history {epoch}: ids 1–5, 5 kept"), historyLine
+        assert not timeCard.find_element(By.CSS_SELECTOR, ".history").is_displayed()
 
         time.sleep(2.5)  # one more reading of /stats, drawn
         driver.save_screenshot(str(tmp_path / "status.png"))
