@@ -495,3 +495,36 @@ flush_interval = 0.05
     assert len(lines) == len(set(lines)), "a line arrived twice"
     assert lines == stored
     assert "GAP" not in downstream.text()
+
+
+@pytest.mark.parametrize("case", ["a file", "a newer format"])
+def test_unusableStore(folder, case):
+    """
+    A store twistd cannot use is one line naming the file and the key, and
+    the service does not start; nothing of the store is destroyed.
+    """
+    store = folder / "store"
+    if case == "a file":
+        store.write_text("not a folder")
+    else:
+        server = Server(folder, 'store = "store"').start()
+        server.publish([b"kept"])
+        server.stop()
+        metadata = [p for p in store.iterdir() if p.is_file() and not p.name.endswith(".seg")
+                    and "lock" not in p.name]
+        assert metadata, list(store.iterdir())
+        for path in metadata:
+            path.write_text(path.read_text().replace('"format": 1', '"format": 99'))
+            assert '"format": 99' in path.read_text()
+    before = sorted((p.name, p.stat().st_size) for p in store.rglob("*")) if store.is_dir() \
+        else store.read_text()
+    twistd = Twistd(folder, config=config(freePort(), freePort(), 'store = "store"',
+                                          freePort(), freePort()), name="again")
+    status, output = twistd.run()
+    assert status != 0
+    assert "backplane.LOG.store" in output, output
+    assert "Traceback" not in output, output
+    assert len(output.strip().splitlines()) == 1, output
+    after = sorted((p.name, p.stat().st_size) for p in store.rglob("*")) if store.is_dir() \
+        else store.read_text()
+    assert after == before
