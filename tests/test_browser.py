@@ -180,7 +180,7 @@ allow = ["127.0.0.1"]
         historyLine = waitFor("NEWS's history", lambda: (
             text := newsCard.find_element(By.CSS_SELECTOR, ".history").text) and "5 kept" in text
             and text)
-        assert historyLine.startswith(f"history {epoch}: ids 1–5, 5 kept"), historyLine
+        assert historyLine.startswith(f"history {epoch}: ids 1\u20135, 5 kept"), historyLine
         assert not timeCard.find_element(By.CSS_SELECTOR, ".history").is_displayed()
 
         time.sleep(2.5)  # one more reading of /stats, drawn
