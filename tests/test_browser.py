@@ -247,11 +247,11 @@ def test_eventSourceResumes(tmp_path, chromium):
     reconnects by itself with Last-Event-ID, and gets every line published
     while it was away, once, in order.
     """
-    from tests.test_resume_twistd import Server
-
     import functools
     import http.server
     import threading
+
+    from tests.test_resume_twistd import Server
 
     (tmp_path / "page.html").write_text("<!doctype html><title>sse</title>")
     pages = http.server.ThreadingHTTPServer(
