@@ -26,7 +26,7 @@ from typing import Any, Literal
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[import-not-found,no-redef]
+    import tomli as tomllib
 
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor

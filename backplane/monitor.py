@@ -400,9 +400,11 @@ class MonitorService(EndpointService):
         @param clock: the time (the reactor by default).
         """
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as globalReactor
+
+            clock = globalReactor
         self.service = service
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.clock: IReactorTime = clock
         self.started: float | None = None
         self.requests = 0
         self.registry = CollectorRegistry()

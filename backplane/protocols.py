@@ -390,9 +390,12 @@ class BackplaneFactory(Factory):
                 peer=describePeer(addr) if addr else "?", limit=maxClients,
             )
             return None
-        protocol: Any = self.makeProtocol()
+        protocol = self.makeProtocol()
         protocol.factory = self
-        protocol.portStats = self.stats
+        # Its clients (BackplaneProtocol, WebSocketClient) count in this
+        # port's stats: an attribute they have, and Protocol has not.
+        counted: Any = protocol
+        counted.portStats = self.stats
         self.protocols.add(protocol)
         self.stats.accepted += 1
         return protocol

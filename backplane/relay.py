@@ -726,7 +726,7 @@ class RelayClientFactory(Factory):
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
 
-    def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:
         protocol = RelayProtocol(self.relay)
         protocol.factory = self
         return protocol
@@ -875,7 +875,7 @@ class RelayFactory(ReconnectingClientFactory):
 
     # ReconnectingClientFactory, for connectTCP and friends.
 
-    def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:
         """
         A protocol for a new connection: the backoff starts over.
         """

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
@@ -387,8 +387,16 @@ class Backplane:
             count = data.count(b"\n")
         return self._fanout(data, count, origin, None, wait=False)
 
+    @overload
     def _fanout(self, data: bytes, count: int, origin: object,
-                lines: list[bytes] | None, wait: bool) -> Any:
+                lines: list[bytes] | None, wait: Literal[True]) -> Deferred[int]: ...
+
+    @overload
+    def _fanout(self, data: bytes, count: int, origin: object,
+                lines: list[bytes] | None, wait: Literal[False]) -> int: ...
+
+    def _fanout(self, data: bytes, count: int, origin: object,
+                lines: list[bytes] | None, wait: bool) -> Deferred[int] | int:
         stats = self.stats
         stats.messages_in += count
         stats.bytes_in += len(data)

@@ -15,6 +15,8 @@ Everything here is synchronous and deterministic: no reactor runs.
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
@@ -189,7 +191,7 @@ def sentLines(transport: StringTransport) -> list[bytes]:
     """
     The complete lines written to C{transport} so far, without delimiters.
     """
-    data = transport.value()
+    data = cast(bytes, transport.value())  # StringTransport.value is unannotated.
     return data.split(b"\n")[:-1]
 
 

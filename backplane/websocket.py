@@ -99,9 +99,8 @@ def _isText(data: bytes) -> bool:
     return True
 
 
-# (mypy: autobahn's own base classes disagree on some attributes' types.)
 @implementer(ILineSink, IPushProducer)
-class WebSocketClient(WebSocketServerProtocol):  # type: ignore[misc]
+class WebSocketClient(WebSocketServerProtocol):
     """
     One WebSocket client of a port: it may publish, subscribe, or both, with
     the semantics and limits of a line client (see the module's docstring

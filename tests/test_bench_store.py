@@ -26,7 +26,8 @@ class StoreBenchTests(SynchronousTestCase):
         for count in store.CHUNKS:
             lines = f"{store.LINES[count] // 100 // count * count:,}"
             for what in ("disk append", "memory append"):
-                self.assertEqual(rows[(*what.split(), str(count))][3], lines)
+                key = (*what.split(), str(count))
+                self.assertEqual(rows[key][3], lines)
             self.assertIn(("withIds", str(count), lines), rows)
         replayed = f"{store.REPLAY_LINES // 100:,}"
         self.assertEqual(rows[("disk", "read", "256")][4], replayed)

@@ -6,6 +6,9 @@ included).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from twisted.internet.defer import fail, succeed
@@ -13,7 +16,7 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -21,9 +24,11 @@ from zope.interface import implementer
 from backplane import BackplaneService, PublishToFactory
 from backplane.redis.address import RedisAddress, parseURL
 from backplane.redis.bridge import RedisBridge
+from backplane.redis.link import Publisher, Subscriber
 from backplane.redis.wire import MARK, decode, defaultNodeId, encode, encodeTag
 from backplane.testing import Recorder, connect
 from tests.redis_helpers import encodeCommand
+from tests.test_relay import LogCapture
 
 lines = st.lists(st.binary().map(lambda b: b.replace(b"\n", b"")), min_size=1, max_size=20)
 nodeIds = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1,
@@ -139,8 +144,10 @@ class WireFormatTests(SynchronousTestCase):
         a missing final newline added; an unknown version, or no node id,
         makes the payload unreadable (L{None}).
         """
-        self.assertEqual(decode(b"\x1ebackplane/1 A").count, 0)  # type: ignore[union-attr]
-        self.assertEqual(decode(b"\x1ebackplane/1 A\n").count, 0)  # type: ignore[union-attr]
+        for tagOnly in (b"\x1ebackplane/1 A", b"\x1ebackplane/1 A\n"):
+            decoded = decode(tagOnly)
+            assert decoded is not None
+            self.assertEqual(decoded.count, 0)
         decoded = decode(b"\x1ebackplane/1 A\nx\r\ny")
         assert decoded is not None
         self.assertEqual((decoded.node, decoded.data), (b"A", b"x\r\ny\n"))
@@ -243,9 +250,10 @@ class FakeEndpoint:
 
     def __init__(self) -> None:
         self.refusing = False
-        self.transport = StringTransportWithDisconnection
+        self.transport: Callable[[], StringTransportWithDisconnection] = (
+            StringTransportWithDisconnection)
         self.attempts = 0
-        self.protocols: list = []
+        self.protocols: list[Publisher | Subscriber] = []
 
     def connect(self, factory):
         self.attempts += 1
@@ -258,7 +266,7 @@ class FakeEndpoint:
         self.protocols.append(gate.protocol)
         return succeed(gate)
 
-    def latest(self, name: str):
+    def latest(self, name: str) -> Publisher | Subscriber:
         return [p for p in self.protocols if p.link.name == name][-1]
 
 
@@ -299,9 +307,7 @@ class BridgeTests(SynchronousTestCase):
         self.news = self.service.create("NEWS")
         self.sport = self.service.create("SPORT")
         self.recorder = Recorder.on(self.news)
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = LogCapture(self).events
 
     def bridge(self, **options) -> RedisBridge:
         options = {"names": ["NEWS", "SPORT"], "node_id": "me", "initial_delay": 1.0,
@@ -319,11 +325,11 @@ class BridgeTests(SynchronousTestCase):
         protocol.dataReceived(data)
         self.clock.advance(0)
 
-    def logged(self, level: str) -> list[dict]:
+    def logged(self, level: str) -> list[LogEvent]:
         return [e for e in self.events
                 if isinstance(e.get("log_source"), RedisBridge) and e["log_level"].name == level]
 
-    def up(self) -> tuple:
+    def up(self) -> tuple[Publisher | Subscriber, Publisher | Subscriber]:
         """
         Answer the handshakes of the latest connections: log in, then PING
         (publisher) or SUBSCRIBE (subscriber).
@@ -605,8 +611,10 @@ class BridgeTests(SynchronousTestCase):
         Bad arguments are refused at once; an unknown backplane raises a
         KeyError.
         """
-        for options in [{"initial_delay": 0}, {"initial_delay": 5, "max_delay": 1},
-                        {"queue": 0}, {"timeout": 0}, {"node_id": "a b"}]:
+        badOptions: list[dict[str, Any]] = [
+            {"initial_delay": 0}, {"initial_delay": 5, "max_delay": 1},
+            {"queue": 0}, {"timeout": 0}, {"node_id": "a b"}]
+        for options in badOptions:
             self.assertRaises(ValueError, self.bridge, **options)
         self.assertRaises(ValueError, RedisBridge, self.service, "http://h", names=[])
         self.assertRaises(KeyError, self.bridge, names=["NOPE"])

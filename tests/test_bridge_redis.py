@@ -8,6 +8,7 @@ paused under them.
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -15,7 +16,8 @@ from twisted.internet import endpoints, reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
+from zope.interface import implementer
 
 from backplane import BackplaneService, PublishToFactory, SubscribeToFactory
 from backplane.redis.bridge import RedisBridge
@@ -33,14 +35,13 @@ class Node:
     each, and a bridge to Redis.
     """
 
-    def __init__(self, url: str, name: str, **options: object) -> None:
+    def __init__(self, url: str, name: str, **options: Any) -> None:
         self.name = name
         self.service = BackplaneService()
         self.news = self.service.create("NEWS")
         self.local = self.service.create("LOCAL")
         options = {"initial_delay": 0.05, "max_delay": 0.2, "timeout": 2.0, **options}
-        self.bridge = RedisBridge(self.service, url, names=["NEWS"], node_id=name,
-                                  **options)  # type: ignore[arg-type]
+        self.bridge = RedisBridge(self.service, url, names=["NEWS"], node_id=name, **options)
         self.bridge.setServiceParent(self.service)
         self.recorder = Recorder.on(self.news)
 
@@ -51,6 +52,7 @@ class Node:
         return self.service.stopService()
 
 
+@implementer(ILogObserver)
 class BridgeLog:
     """
     The events that RedisBridges log, while the test runs; and any error
@@ -59,16 +61,16 @@ class BridgeLog:
     """
 
     def __init__(self) -> None:
-        self.events: list[dict] = []
-        self.errors: list[dict] = []
+        self.events: list[LogEvent] = []
+        self.errors: list[LogEvent] = []
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: LogEvent) -> None:
         if isinstance(event.get("log_source"), RedisBridge):
             self.events.append(event)
         if "log_failure" in event or event["log_level"] >= LogLevel.error:
             self.errors.append(event)
 
-    def of(self, node: Node, level: str | None = None) -> list[dict]:
+    def of(self, node: Node, level: str | None = None) -> list[LogEvent]:
         return [e for e in self.events if e["log_source"] is node.bridge
                 and (level is None or e["log_level"].name == level)]
 

@@ -121,7 +121,8 @@ allow = ["127.0.0.1"]
 
     def stats() -> dict[str, Any]:
         with urllib.request.urlopen(base + "stats", timeout=10) as response:
-            return json.load(response)
+            document: dict[str, Any] = json.load(response)
+            return document
 
     try:
         twistd.waitForPort(monitorPort)

@@ -67,7 +67,7 @@ class ConfigTestCase(SynchronousTestCase):
 
     def assertConfigError(self, text: str, *fragments: str) -> ConfigError:
         path = self.write(text)
-        error = self.assertRaises(ConfigError, read_config, path)
+        error: ConfigError = self.assertRaises(ConfigError, read_config, path)
         message = str(error)
         self.assertTrue(message.startswith(path + ": "), message)
         for fragment in fragments:
@@ -552,6 +552,7 @@ class RedisConfigTests(SynchronousTestCase):
             "redis": {"url": "redis://10.0.0.5:6380/0", "prefix": "prod:", "max_delay": 5},
         })
         self.assertEqual(config.shared, ["NEWS"])
+        assert config.redis is not None
         self.assertEqual(config.redis.url, "redis://10.0.0.5:6380/0")
         self.assertEqual(config.redis.prefix, "prod:")
         self.assertEqual(config.redis.max_delay, 5.0)

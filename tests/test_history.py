@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,6 +31,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from backplane.history import (
     DiskStore,
+    History,
     MemoryHistory,
     Resume,
     StoreError,
@@ -118,7 +121,7 @@ class IdTests(SynchronousTestCase):
         """
         Every malformed id is a ValueError whose message says what is wrong.
         """
-        cases = {
+        cases: dict[bytes | str, str] = {
             b"abc": "no ':'",
             b"": "no ':'",
             b":1": "epoch",
@@ -273,12 +276,19 @@ class MarksTests(SynchronousTestCase):
         self.assertFalse(marks.dirty)
 
 
-class HistoryContract:
+if TYPE_CHECKING:
+    # The contract's tests run as a SynchronousTestCase's, mixed in.
+    _ContractBase = SynchronousTestCase
+else:
+    _ContractBase = object
+
+
+class HistoryContract(_ContractBase):
     """
     What every history does; C{makeHistory(maxMessages)} makes one.
     """
 
-    def makeHistory(self, maxMessages: int = 1_000_000):
+    def makeHistory(self, maxMessages: int = 1_000_000) -> History:
         raise NotImplementedError()
 
     def test_empty(self):
@@ -393,7 +403,7 @@ class HistoryContract:
         """
         history = self.makeHistory()
         history.append(lines(b"a"), 1)
-        fired = []
+        fired: list[None] = []
         history.whenSynced(1).addCallback(fired.append)
         history.close()
         self.assertEqual(fired, [None])
@@ -500,7 +510,7 @@ class DiskStoreTestCase(SynchronousTestCase):
         self.path = os.path.join(self.folder, "store")
         self.clock = Clock()
         self.logs = LogCapture(self)
-        self.boot = "boot-1"
+        self.boot: str | None = "boot-1"
         self.patch(diskModule, "bootId", lambda: self.boot)
         self.stores: list[DiskStore] = []
         self.addCleanup(self._closeAll)
@@ -809,8 +819,11 @@ class DiskStoreTests(DiskStoreTestCase):
 
         self.patch(os, "unlink", unlink)
         self.appendMany(store, 20, size=10)
-        self.assertGreater(store.report()["errors"], 0)
-        self.assertLessEqual(store.report()["bytes"], 800)
+        report = store.report()
+        errors, size = report["errors"], report["bytes"]
+        assert isinstance(errors, int) and isinstance(size, int)
+        self.assertGreater(errors, 0)
+        self.assertLessEqual(size, 800)
         [event, *_] = self.logs.matching("cannot remove", LogLevel.error)
         self.assertEqual(event["error"], "Permission denied")
 
@@ -1059,7 +1072,7 @@ class DiskStoreRecoveryTests(DiskStoreTestCase):
         store = self.open(segmentBytes=200)
         self.appendMany(store, 10, size=10)
         abandon(store)
-        moved = []
+        moved: list[str] = []
         realRename = os.rename
 
         def rename(source, destination):
@@ -1379,7 +1392,8 @@ class StoreMachine(RuleBasedStateMachine):
         self.boot = "boot-0"
         self.realBootId = diskModule.bootId
         diskModule.bootId = lambda: self.boot
-        self.options = {"segmentBytes": 400, "maxBytes": 2000, "clock": self.clock}
+        self.options: dict[str, Any] = {"segmentBytes": 400, "maxBytes": 2000,
+                                        "clock": self.clock}
         self.store = DiskStore.open(self.path, **self.options)
         self.given: dict[str, dict[int, bytes]] = {}
         self.syncedSizes: dict[str, int] = {}
@@ -1478,7 +1492,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.reopen(keptEpoch=None if last is not None else True)
 
     def successResultOf(self, d):
-        results = []
+        results: list[object] = []
         d.addBoth(results.append)
         assert results == [None], results
 
@@ -1506,16 +1520,18 @@ class KillTests(SynchronousTestCase):
 
     rounds = 5
 
-    def lines(self, process: subprocess.Popen, deadline: float):
+    def lines(self, process: subprocess.Popen[bytes], deadline: float) -> Iterator[str]:
         """
         The lines C{process} prints, until C{deadline} or until it ends.
         """
+        stdout = process.stdout
+        assert stdout is not None
         buffered = b""
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([process.stdout], [], [], deadline - time.monotonic())
+            ready, _, _ = select.select([stdout], [], [], deadline - time.monotonic())
             if not ready:
                 break
-            data = os.read(process.stdout.fileno(), 65536)
+            data = os.read(stdout.fileno(), 65536)
             if not data:
                 break
             buffered += data

@@ -8,8 +8,9 @@ import socket
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -17,6 +18,7 @@ from backplane.interfaces import ILineSink
 from backplane.output import BoundedWriter
 from backplane.protocols import Limits, PortStats
 from backplane.service import BackplaneStats
+from tests.test_relay import LogCapture
 
 
 class Owner:
@@ -55,6 +57,7 @@ class Writes(StringTransport):
         super().write(data)
         self.sinceResume += len(data)
         if self.bufferSize is not None and self.sinceResume > self.bufferSize:
+            assert self.producer is not None
             self.producer.pauseProducing()
 
     def writeSequence(self, data):
@@ -63,6 +66,7 @@ class Writes(StringTransport):
 
     def resume(self):
         self.sinceResume = 0
+        assert self.producer is not None
         self.producer.resumeProducing()
 
 
@@ -72,9 +76,7 @@ class WriterTests(SynchronousTestCase):
         self.transport = Writes()
         self.portStats = PortStats()
         self.backplaneStats = BackplaneStats()
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = LogCapture(self).events
 
     def writer(self, **limits) -> BoundedWriter:
         writer = BoundedWriter(self.owner, self.transport, Limits(**limits), name="NEWS",
@@ -220,7 +222,7 @@ class DirectSocketTests(SynchronousTestCase):
         self.server, self.client = socket.socketpair()
         self.addCleanup(self.server.close)
         self.addCleanup(self.client.close)
-        self.connection = tcp.Connection(self.server, None, reactor=MemoryReactor())
+        self.connection = tcp.Connection(self.server, Protocol(), reactor=MemoryReactor())
         self.connection.connected = 1
         self.writer = BoundedWriter(Owner(), self.connection, Limits(), name="NEWS")
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IProtocol, ISSLTransport
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,7 +25,14 @@ from backplane import (
     SubscribeTo,
     SubscribeToFactory,
 )
-from backplane.protocols import BackplaneFactory, Limits, PortStats, firstOverlong, isAllowed
+from backplane.address import isAllowed
+from backplane.protocols import (
+    BackplaneFactory,
+    BackplaneProtocol,
+    Limits,
+    PortStats,
+    firstOverlong,
+)
 from backplane.testing import Recorder, connect, disconnect, sentLines
 
 
@@ -53,9 +61,11 @@ class Publisher:
         self.service = BackplaneService()
         self.backplane = self.service.create("IN")
         self.recorder = Recorder.on(self.backplane)
-        self.protocol, self.transport = connect(
+        protocol, self.transport = connect(
             PublishToFactory(self.service, "IN", limits=limits)
         )
+        assert isinstance(protocol, PublishTo)
+        self.protocol = protocol
 
 
 STREAM = (
@@ -102,8 +112,8 @@ class FramingTests(SynchronousTestCase):
         service = BackplaneService()
         service.create("IN")
         _subscriber, out = connect(SubscribeToFactory(service, "IN"))
-        writes = []
-        out.write = writes.append
+        writes: list[bytes] = []
+        self.patch(out, "write", writes.append)
         publisher, _ = connect(PublishToFactory(service, "IN"))
         publisher.dataReceived(b"a\nb\nc\nhal")
         publisher.dataReceived(b"f\nd\n")
@@ -379,7 +389,7 @@ class SlowReaderTransport(FileDescriptor):
         self.received = bytearray()
         self.aborted = False
         self.closed = False
-        self.protocol = None
+        self.protocol: IProtocol | None = None
         self._quota = 0
 
     def writeSomeData(self, data) -> int:
@@ -399,6 +409,7 @@ class SlowReaderTransport(FileDescriptor):
             if isinstance(result, Exception):
                 self.closed = True
                 self.connected = 0
+                assert self.protocol is not None
                 self.protocol.connectionLost(Failure(result))
             elif not (self.waiting and self._quota):
                 break
@@ -414,6 +425,7 @@ class SlowReaderTransport(FileDescriptor):
     def abortConnection(self) -> None:
         self.aborted = True
         self.connected = 0
+        assert self.protocol is not None
         self.protocol.connectionLost(Failure(ConnectionDone()))
 
     def getPeer(self) -> IPv4Address:
@@ -437,7 +449,9 @@ class PendingOutputTests(SynchronousTestCase):
         self.news = self.service.create("NEWS")
         self.factory = SubscribeToFactory(self.service, "NEWS",
                                           limits=Limits(max_pending=100_000))
-        self.protocol = self.factory.buildProtocol(None)
+        protocol = self.factory.buildProtocol(None)
+        assert isinstance(protocol, SubscribeTo)
+        self.protocol = protocol
         self.transport = SlowReaderTransport()
         self.transport.protocol = self.protocol
         self.protocol.makeConnection(self.transport)
@@ -497,6 +511,7 @@ class PendingOutputTests(SynchronousTestCase):
         factory = BackplaneFactory(self.service, publish_to="NEWS", subscribe_to="NEWS",
                                    limits=Limits(max_line_length=100))
         chat, transport = factory.buildProtocol(None), SlowReaderTransport()
+        assert chat is not None
         transport.protocol = chat
         chat.makeConnection(transport)
         for _ in range(8):
@@ -578,6 +593,7 @@ class NoDelayTests(SynchronousTestCase):
         for factory, expected in [(SubscribeToFactory(service, "NEWS"), True),
                                   (PublishToFactory(service, "NEWS"), False)]:
             protocol = factory.buildProtocol(None)
+            assert protocol is not None
             transport = TCPish()
             protocol.makeConnection(transport)
             self.assertEqual(transport.noDelay, expected)
@@ -625,6 +641,7 @@ class PortStatsTests(SynchronousTestCase):
                                       limits=Limits(max_pending=1, slow="drop"))
         slow, _ = connect(disconnecting)
         dropper, _ = connect(dropping)
+        assert isinstance(slow, SubscribeTo) and isinstance(dropper, SubscribeTo)
         slow.pauseProducing()
         dropper.pauseProducing()
         self.news.publishLines(b"a\nb\n")
@@ -728,6 +745,7 @@ class TLSHandshakeTests(SynchronousTestCase):
 
     def test_joinsAfterHandshake(self):
         protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert isinstance(protocol, BackplaneProtocol)
         transport = tlsTransport()
         protocol.makeConnection(transport)
         self.news.publish(b"before")
@@ -744,6 +762,7 @@ class TLSHandshakeTests(SynchronousTestCase):
 
     def test_handshakeNeverCompleted(self):
         protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert isinstance(protocol, BackplaneProtocol)
         protocol.makeConnection(tlsTransport())
         self.assertEqual(self.factory.clients, 1)
         protocol.connectionLost(Failure(ConnectionDone()))
@@ -753,6 +772,7 @@ class TLSHandshakeTests(SynchronousTestCase):
 
     def test_handshakeAfterCloseIgnored(self):
         protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert isinstance(protocol, BackplaneProtocol)
         protocol.makeConnection(tlsTransport())
         protocol.connectionLost(Failure(ConnectionDone()))
         protocol.handshakeCompleted()
@@ -764,6 +784,7 @@ class TLSHandshakeTests(SynchronousTestCase):
         C{loseConnection}, as a TLS transport closes only without one.
         """
         protocol, transport = connect(self.factory)
+        assert isinstance(protocol, BackplaneProtocol)
         protocol.close()
         self.assertIsNone(transport.producer)
         self.assertTrue(transport.disconnecting)
@@ -795,7 +816,7 @@ class DirectSocketTests(SynchronousTestCase):
         a, b = socket.socketpair()
         self.addCleanup(a.close)
         self.addCleanup(b.close)
-        connection = tcp.Connection(a, None, reactor=MemoryReactor())
+        connection = tcp.Connection(a, Protocol(), reactor=MemoryReactor())
         self.assertIs(_directSocket(connection), a)
         connection.TLS = True
         self.assertIsNone(_directSocket(connection))
@@ -818,7 +839,7 @@ class DirectSocketTests(SynchronousTestCase):
         a, b = socket.socketpair()
         self.addCleanup(a.close)
         self.addCleanup(b.close)
-        connection = tcp.Connection(a, None, reactor=MemoryReactor())
+        connection = tcp.Connection(a, Protocol(), reactor=MemoryReactor())
         connection.connected = 1
         self.assertIsInstance(connection.dataBuffer, bytes)
         self.assertIsInstance(connection._tempDataBuffer, list)

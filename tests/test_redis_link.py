@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from automat import NoTransition
 from twisted.application.internet import ClientService
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 from txredisapi import BaseRedisProtocol
+from zope.interface import implementer
 
 from backplane.redis.link import HealthCheck, InlineParsing
 from tests.redis_helpers import encodeCommand
@@ -210,9 +213,11 @@ class ClientServiceTests(SynchronousTestCase):
         """
         transports: list[StringTransportWithDisconnection] = []
 
+        @implementer(IStreamClientEndpoint)
         class Endpoint:
-            def connect(self, factory: Factory) -> Deferred[Protocol]:
-                protocol = factory.buildProtocol(None)
+            def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+                protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 6379))
+                assert protocol is not None
                 transport = StringTransportWithDisconnection()
                 transport.protocol = protocol
                 protocol.makeConnection(transport)

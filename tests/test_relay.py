@@ -21,12 +21,15 @@ from twisted.internet import endpoints, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.internet.task import Clock
+from twisted.internet.tcp import Port
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
+    LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
@@ -35,7 +38,7 @@ from twisted.logger import (
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
+from zope.interface import implementer, provider
 
 from backplane import BackplaneService, RelayFactory
 from backplane.protocols import BackplaneFactory
@@ -94,11 +97,11 @@ class FakeEndpoint:
     """
 
     def __init__(self) -> None:
-        self.attempts: list[tuple[object, Deferred]] = []
+        self.attempts: list[tuple[IProtocolFactory, Deferred[IProtocol]]] = []
         self.transports: list[StringTransport] = []
 
-    def connect(self, factory):
-        d: Deferred = Deferred()
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        d: Deferred[IProtocol] = Deferred()
         self.attempts.append((factory, d))
         return d
 
@@ -108,6 +111,7 @@ class FakeEndpoint:
     def accept(self):
         factory, d = self.attempts[-1]
         protocol = factory.buildProtocol(UPSTREAM)
+        assert protocol is not None
         transport = KeepAliveTransport(peerAddress=UPSTREAM)
         protocol.makeConnection(transport)
         self.transports.append(transport)
@@ -117,11 +121,16 @@ class FakeEndpoint:
 
 class LogCapture:
     def __init__(self, testCase: SynchronousTestCase) -> None:
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        testCase.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events: list[LogEvent] = []
 
-    def matching(self, text: str, level=None) -> list[dict]:
+        @provider(ILogObserver)
+        def observe(event: LogEvent) -> None:
+            self.events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        testCase.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def matching(self, text: str, level: LogLevel | None = None) -> list[LogEvent]:
         return [e for e in self.events
                 if text in (e.get("log_format") or "")
                 and (level is None or e.get("log_level") == level)]
@@ -338,8 +347,13 @@ class ClientServiceBackoffTests(SynchronousTestCase):
                          "Scheduling retry 1 to connect 10.1.2.3:1600 in 1.0 seconds.")
         predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug)
         predicate.setLogLevelForNamespace("backplane.relay.RelayService", LogLevel.warn)
-        shown: list[dict] = []
-        filtering = FilteringLogObserver(shown.append, [predicate])
+        shown: list[LogEvent] = []
+
+        @provider(ILogObserver)
+        def show(event: LogEvent) -> None:
+            shown.append(event)
+
+        filtering = FilteringLogObserver(show, [predicate])
         for event in logs.events:
             filtering(event)
         self.assertEqual([e for e in shown if "Scheduling retry" in e["log_format"]], [])
@@ -378,7 +392,10 @@ class ReconnectingClientFactoryTests(SynchronousTestCase):
 
         self.connector.connect = connect
 
-    def fail(self) -> float:
+    def refuseAttempt(self) -> float:
+        """
+        Refuse the attempt under way, and wait the delay before the next one.
+        """
         self.factory.clientConnectionFailed(
             self.connector, Failure(ConnectionRefusedError("refused")))
         [delay] = pendingDelays(self.reactor)
@@ -394,7 +411,7 @@ class ReconnectingClientFactoryTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"up\n")
 
     def test_retriesItselfGrowingCappedAndResetAfterAConnection(self):
-        delays = [self.fail() for _ in range(6)]
+        delays = [self.refuseAttempt() for _ in range(6)]
         self.assertEqual(self.reconnects, 6)
         self.assertEqual(self.factory.stats.attempts, 7)
         self.assertLessEqual(delays[0], 2.0)  # Twisted < 24 grows before the first
@@ -413,14 +430,14 @@ class ReconnectingClientFactoryTests(SynchronousTestCase):
         self.factory.jitter = 0.1
         random.seed(11)
         try:
-            delays = {self.fail() for _ in range(5)}
+            delays = {self.refuseAttempt() for _ in range(5)}
         finally:
             random.seed()
         self.assertEqual(len(delays), 5)
         self.assertFalse(delays & {1.0, 2.0, 4.0, 5.0})
 
     def test_stopTrying(self):
-        self.fail()
+        self.refuseAttempt()
         self.factory.stopTrying()
         self.assertEqual(self.factory.stats.state, "stopped")
         self.factory.clientConnectionFailed(self.connector, Failure(ConnectionRefusedError()))
@@ -768,9 +785,13 @@ class RelayFactoryConnectTCPTests(SynchronousTestCase):
         self.assertEqual(relay.stats.state, "waiting")
         out.publish(b"while away")
         self.assertEqual(relay.stats.buffered, 1)
-        reconnects = []
-        connector.connect = lambda: (reconnects.append(1),  # type: ignore[method-assign]
-                                     factory.startedConnecting(connector))
+        reconnects: list[int] = []
+
+        def connect() -> None:
+            reconnects.append(1)
+            factory.startedConnecting(connector)
+
+        connector.connect = connect
         reactor.advance(pendingDelays(reactor)[0])
         self.assertEqual(reconnects, [1])
         self.assertEqual((relay.stats.attempts, relay.stats.state), (2, "connecting"))
@@ -838,7 +859,7 @@ class Upstream:
         self.factory = WrappingFactory(
             BackplaneFactory(self.service, publish_to="FROM", subscribe_to="TO"))
         self.portNumber = freePort()
-        self.port = None
+        self.port: Port | None = None
 
     @pytest_twisted.inlineCallbacks
     def start(self):
@@ -847,6 +868,7 @@ class Upstream:
 
     @pytest_twisted.inlineCallbacks
     def stop(self):
+        assert self.port is not None
         yield self.port.stopListening()
         for wrapper in list(self.factory.protocols):
             wrapper.transport.loseConnection()
@@ -903,7 +925,9 @@ def test_relayServiceFollowsAnUpstreamThatRestarts(upstream):
         assert factory.stats.dropped == 0
     finally:
         yield local.stopService()
-    assert factory.stats.state == "stopped"
+    # Read afresh: mypy would narrow stats.state by the first assert, across the yields.
+    stats = factory.stats
+    assert stats.state == "stopped"
 
 
 @pytest_twisted.inlineCallbacks

@@ -4,14 +4,15 @@ The Python API of SPEC §3: the registry and the backplane, as a user calls them
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, fail
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
+from zope.interface import implementer, provider
 
 import backplane
 from backplane import Backplane, BackplaneService
+from backplane.errors import BackplaneExists, UnknownBackplane
 from backplane.interfaces import ILineSink
-from backplane.service import BackplaneExists, UnknownBackplane
+from backplane.service import Subscription
 from backplane.testing import AsyncRecorder, Recorder
 
 
@@ -29,12 +30,17 @@ class CapturedLog:
     Collects log events emitted while a test runs.
     """
 
-    def __init__(self, case):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+    def __init__(self, case: SynchronousTestCase) -> None:
+        self.events: list[LogEvent] = []
 
-    def failures(self):
+        @provider(ILogObserver)
+        def observe(event: LogEvent) -> None:
+            self.events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        case.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def failures(self) -> list[LogEvent]:
         return [e for e in self.events if "log_failure" in e]
 
 
@@ -188,9 +194,10 @@ class PublishTests(SynchronousTestCase):
 
     def test_subscriberCancelsAnotherDuringDelivery(self):
         second = Recorder()
-        subscription = None
+        subscription: Subscription | None = None
 
         def first(message):
+            assert subscription is not None
             subscription.cancel()
 
         self.backplane.subscribe(first)
@@ -370,9 +377,14 @@ class EncodedTests(SynchronousTestCase):
         self.assertEqual(len(self.calls), 4, "forgotten after the fan-out")
 
     def test_eachEncoderItsOwn(self):
-        lower = []
+        lower: list[bytes] = []
+
+        def keep(data: bytes, count: int) -> bytes:
+            lower.append(data)
+            return data
+
         self.backplane.attach(EncodingSink(self.backplane, self.upper))
-        self.backplane.attach(EncodingSink(self.backplane, lambda d, c: lower.append(d) or d))
+        self.backplane.attach(EncodingSink(self.backplane, keep))
         self.backplane.publishLines(b"Aa\n")
         self.assertEqual(len(self.calls), 1)
         self.assertEqual(lower, [b"Aa\n"])
@@ -489,8 +501,8 @@ class StopOrderTests(SynchronousTestCase):
         The last child added stops first, and the next only once it has
         finished: ports (added last) close before sinks (added first) flush.
         """
-        events = []
-        waits = {}
+        events: list[str | None] = []
+        waits: dict[str | None, Deferred[None]] = {}
 
         class Child(MultiService):
             def __init__(self, name):

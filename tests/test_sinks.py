@@ -15,13 +15,15 @@ import stat
 import tempfile
 from contextlib import contextmanager
 
+from twisted.application.service import IService
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from backplane import BackplaneService, FileSink, PublishToFactory
 from backplane.sinks import _AppendFile
 from backplane.testing import Recorder, connect
+from tests.test_relay import LogCapture
 
 NOBODY = 65534
 
@@ -58,9 +60,7 @@ class SinkTestCase(SynchronousTestCase):
         self.service = BackplaneService()
         self.backplane = self.service.create("LOGGER")
         self.clock = Clock()
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = LogCapture(self).events
 
     def _removeFolder(self) -> None:
         for root, dirs, _ in os.walk(self.folder):
@@ -71,10 +71,15 @@ class SinkTestCase(SynchronousTestCase):
     def sink(self, path=None, **options) -> FileSink:
         options.setdefault("clock", self.clock)
         sink = FileSink(self.backplane, path or self.path, **options)
-        self.addCleanup(lambda: sink.running and sink.stopService())
+
+        def stop() -> None:
+            if sink.running:
+                sink.stopService()
+
+        self.addCleanup(stop)
         return sink
 
-    def critical(self) -> list[dict]:
+    def critical(self) -> list[LogEvent]:
         return [e for e in self.events if e.get("log_level") == LogLevel.critical]
 
 
@@ -162,7 +167,9 @@ class FlushTests(SinkTestCase):
         sink.startService()
         self.backplane.publishMany([b"a", b"b"])
         self.assertEqual(read(self.path), b"")
-        self.assertIsNone(sink.stopService())
+        # An IService may return a Deferred from stopService: a FileSink does not.
+        service: IService = sink
+        self.assertIsNone(service.stopService())
         self.assertEqual(read(self.path), b"a\nb\n")
         self.assertEqual(self.clock.getDelayedCalls(), [])
 

@@ -22,7 +22,7 @@ import random as _random
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -422,9 +422,11 @@ class RedisBridge(Service):
         address = self.address
         if address.password is None:
             return succeed(None)
+        # txredisapi is untyped: its commands return Deferreds of Any.
         if address.username:
-            return protocol.execute_command("AUTH", address.username, address.password)
-        return protocol.execute_command("AUTH", address.password)
+            return cast(Deferred[object],
+                        protocol.execute_command("AUTH", address.username, address.password))
+        return cast(Deferred[object], protocol.execute_command("AUTH", address.password))
 
     def _preparePublisher(self, protocol: Any) -> Deferred[object]:
         return self._login(protocol).addCallback(lambda _: protocol.ping())

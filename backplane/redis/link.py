@@ -402,7 +402,7 @@ class InlineParsing:
             super().dataReceived(extra)  # type: ignore[misc]
 
 
-class Publisher(InlineParsing, RedisProtocol):  # type: ignore[misc,valid-type]
+class Publisher(InlineParsing, RedisProtocol):  # type: ignore[misc]
     """
     The publishing connection.
     """
@@ -416,7 +416,7 @@ class Publisher(InlineParsing, RedisProtocol):  # type: ignore[misc,valid-type]
         super().connectionLost(why)
 
 
-class Subscriber(InlineParsing, SubscriberProtocol):  # type: ignore[misc,valid-type]
+class Subscriber(InlineParsing, SubscriberProtocol):  # type: ignore[misc]
     """
     The subscribed connection: each message goes to C{received(channel,
     payload)}.
