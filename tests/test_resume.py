@@ -16,7 +16,7 @@ from backplane.history import MemoryHistory, formatId
 from backplane.interfaces import ILineSink
 from backplane.protocols import Limits
 from backplane.relay import Relay
-from backplane.resume import RESUME_WAIT, ResumingFactory
+from backplane.resume import RESUME_WAIT, ResumingFactory, ResumingProtocol
 from backplane.service import Gap
 from backplane.testing import IdRecorder, connect, disconnect, sentLines
 
@@ -208,6 +208,7 @@ class ResumingProtocolTests(SynchronousTestCase):
         """
         self.news.publishMany([b"%04d" % i for i in range(100)])
         protocol, transport = connect(self.factory)
+        assert isinstance(protocol, ResumingProtocol) and transport.producer is not None
         transport.producer.pauseProducing()
         protocol.dataReceived(b"RESUME 0\n")
         self.assertEqual(transport.value(), b"", "nothing written while paused")
@@ -217,6 +218,7 @@ class ResumingProtocolTests(SynchronousTestCase):
         lines = sentLines(transport)
         self.assertEqual(len(lines), 101)
         self.assertEqual(lines[-1], self.mid(101) + b" live")
+        assert protocol.output is not None
         self.assertEqual(protocol.output.pending, 0)
 
     def test_disconnectWhileWaiting(self) -> None:
