@@ -89,7 +89,7 @@ class Recorder:
 class IdRecorder:
     """
     A subscriber of a backplane with a history that records each message
-    with its id, and each gap: for testing code that resumes.
+    with its id, and each gap: for testing code that resumes::
 
         history = MemoryHistory(100)
         news = service.create("NEWS", history=history)
