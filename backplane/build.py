@@ -141,6 +141,12 @@ def _factory(service: BackplaneService, listen: ListenEntry,
 
         return ResumingFactory(service, subscribe_to=listen.subscribe_to, limits=listen.limits,
                                clock=reactor)
+    if listen.acks:
+        from backplane.acks import AckingFactory
+
+        return AckingFactory(service, publish_to=listen.publish_to, limits=listen.limits,
+                             ack_lines=listen.ack_lines, ack_interval=listen.ack_interval,
+                             clock=reactor)
     if listen.protocol == "sse":
         from backplane.sse import SSEFactory
 

@@ -121,6 +121,10 @@ class ListenEntry:
                      "Server-Sent Events (subscribe only)")
     ids: bool = _option(
         False, doc="send each message with its id, and take RESUME (subscribe_to needs a history)")
+    acks: bool = _option(
+        False, doc="acknowledge publishers' lines with ACK N, and take HELLO (publish_to only)")
+    ack_lines: int = _option(1000, minimum=1, doc="an ACK at least every this many lines")
+    ack_interval: float = _option(1.0, above=0.0, doc="an ACK at least this often (seconds)")
     max_line_length: int = _option(DEFAULT_MAX_LINE_LENGTH, minimum=1)
     max_pending: int = _option(DEFAULT_MAX_PENDING, minimum=0)
     slow: Literal["disconnect", "drop"] = _option("disconnect")
@@ -491,6 +495,9 @@ class _Parser:
             if entry.protocol == "sse" and (entry.publish_to or not entry.subscribe_to):
                 raise self.error(where, "an sse port only serves a backplane: it needs "
                                         "subscribe_to and no publish_to")
+            if entry.acks and (entry.subscribe_to or entry.protocol != "lines"):
+                raise self.error(f"{where}.acks", "acks are for a lines port that only publishes: "
+                                                  "remove subscribe_to, or acks")
             if not entry.ids:
                 continue
             if entry.publish_to is not None:

@@ -86,6 +86,11 @@ class PortStats:
     @ivar resumes: subscribers that resumed from the history (C{ids = true}).
     @ivar gaps: subscribers told that messages they asked for are missing.
     @ivar bad_requests: clients refused for a malformed request (C{ERR}).
+    @ivar acknowledged: lines acknowledged to publishers (C{acks = true}).
+    @ivar deduplicated: lines publishers resent that were already published,
+        skipped.
+    @ivar store_failures: connections closed because the store did not keep
+        their lines, so they could not be acknowledged.
     """
 
     accepted: int = 0
@@ -100,6 +105,9 @@ class PortStats:
     resumes: int = 0
     gaps: int = 0
     bad_requests: int = 0
+    acknowledged: int = 0
+    deduplicated: int = 0
+    store_failures: int = 0
 
 
 @implementer(ILineSink, IHandshakeListener, IPushProducer)

@@ -21,6 +21,9 @@ from backplane.interfaces import ILineSink
 Callback = Callable[[bytes], Any]
 T = TypeVar("T")
 
+#: The most publisher ids whose marks a backplane without a history keeps.
+MAX_MARKS = 100_000
+
 # The most bytes of history a callback subscriber's replay reads at once.
 _REPLAY_CHUNK = 256 * 1024
 
@@ -150,6 +153,8 @@ class Backplane:
         # Line sinks handed messages with their ids, once live.
         self._idSinks: dict[Subscription, None] = {}
         self._idSinkList: tuple[Subscription, ...] | None = ()
+        # mark(): publishers' high-water marks, without a history.
+        self._marks: dict[str, int] = {}
         # encoded(): each encoder's result for the chunk being handed out.
         self._encoded: dict[Callable[[bytes, int], Any], tuple[bytes, Any]] = {}
 
@@ -170,6 +175,32 @@ class Backplane:
         How many messages are replayed to a new subscriber.
         """
         return 0 if self._retained is None else self._retained.maxlen or 0
+
+    # Publishers' high-water marks (acknowledged publishing).
+
+    def mark(self, publisherId: str) -> int:
+        """
+        How many lines of publisher C{publisherId} this backplane has
+        published (0 for an id it does not know): kept in its history's
+        store when it has one, so that it survives restarts; in memory (the
+        last L{MAX_MARKS} ids) otherwise.
+        """
+        if self.history is not None:
+            return self.history.mark(publisherId)
+        return self._marks.get(publisherId, 0)
+
+    def setMark(self, publisherId: str, count: int) -> None:
+        """
+        Record that C{count} lines of publisher C{publisherId} are published.
+        """
+        if self.history is not None:
+            self.history.setMark(publisherId, count)
+            return
+        marks = self._marks
+        marks.pop(publisherId, None)
+        marks[publisherId] = count
+        if len(marks) > MAX_MARKS:
+            del marks[next(iter(marks))]
 
     # Subscribing.
 
@@ -364,7 +395,7 @@ class Backplane:
         return self._fanout(data, len(batch), None, batch, wait=True)
 
     def publishLines(self, data: bytes, count: int | None = None, *,
-                     origin: object = None) -> int:
+                     origin: object = None, mark: tuple[str, int] | None = None) -> int:
         """
         Deliver a chunk of complete lines, as read from the network.
 
@@ -377,6 +408,9 @@ class Backplane:
         @param count: the number of messages in C{data}, if the caller knows.
         @param origin: the publisher; subscribers with the same origin are
             skipped.
+        @param mark: C{(publisherId, count)}: this chunk ends that
+            publisher's first C{count} lines (L{setMark}), kept with the
+            chunk in the history (acknowledged publishing).
         @return: the number of subscribers the chunk was handed to.
         """
         if not data:
@@ -385,7 +419,15 @@ class Backplane:
             raise ValueError("publishLines takes complete lines, each ending with b'\\n'")
         if count is None:
             count = data.count(b"\n")
+        if mark is not None:
+            if self.history is None:
+                self.setMark(*mark)
+            else:
+                self._mark = mark
         return self._fanout(data, count, origin, None, wait=False)
+
+    # A mark to keep with the next chunk (publishLines to _fanout).
+    _mark: tuple[str, int] | None = None
 
     @overload
     def _fanout(self, data: bytes, count: int, origin: object,
@@ -403,7 +445,9 @@ class Backplane:
         reached = 0
         history = self.history
         if history is not None:
-            first = history.append(data, count)
+            mark, self._mark = self._mark, None
+            first = history.append(data, count, mark) if mark is not None \
+                else history.append(data, count)
             idSinks = self._idSinkList
             if idSinks is None:
                 idSinks = self._idSinkList = tuple(self._idSinks)

@@ -66,13 +66,17 @@ class History(Protocol):
         The highest SEQ that is durable (for a memory history: C{last}).
         """
 
-    def append(self, data: bytes, count: int) -> int:
+    def append(self, data: bytes, count: int, mark: tuple[str, int] | None = None) -> int:
         """
         Keep a chunk of C{count} messages; return the SEQ of its first one
         (the others follow it).  Costs the same whatever C{count} is.
 
         @param data: C{count} complete lines, each followed by C{b"\\n"};
             never empty.
+        @param mark: C{(publisherId, count)}: the chunk ends that
+            publisher's first C{count} lines; kept as L{setMark} does, and
+            on disk exactly with the chunk (so a publisher's resent lines are
+            recognised even after a C{kill -9}).
         """
 
     def read(self, after: int, maxBytes: int) -> tuple[bytes, int, int]:

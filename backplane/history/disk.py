@@ -23,7 +23,10 @@ from backplane.history.ids import formatId, isEpoch, newEpoch
 from backplane.history.segments import (
     HEADER,
     INDEX_INTERVAL,
+    MARK_HEADER,
+    MARK_MAGIC,
     Segment,
+    markRecord,
     record,
     scan,
     segmentName,
@@ -31,7 +34,9 @@ from backplane.history.segments import (
 )
 
 #: The version of the files this module writes and reads.
-FORMAT = 1
+FORMAT = 2
+#: The formats this version reads (1: no mark records).
+FORMATS = (1, 2)
 #: The default bound of a store's segment files: 1 GiB.
 DEFAULT_MAX_BYTES = 1024 * 1024 * 1024
 #: The default size at which a new segment file is begun: 16 MiB.
@@ -262,7 +267,7 @@ class DiskStore(History):
                              f"newer than this version of backplane reads ({FORMAT}); "
                              f"they are left as they are")
         epoch, nextSeq = metadata.get("epoch"), metadata.get("next")
-        if version != FORMAT or not isinstance(epoch, str) or not isEpoch(epoch) \
+        if version not in FORMATS or not isinstance(epoch, str) or not isEpoch(epoch) \
                 or not isinstance(nextSeq, int) or nextSeq < 1 \
                 or not isinstance(metadata.get("clean"), bool) \
                 or not isinstance(metadata.get("marks"), dict):
@@ -307,6 +312,11 @@ class DiskStore(History):
                 if metadata["clean"] or metadata.get("boot") != self._boot \
                         or self._boot is None:
                     return f"{where} ends in an incomplete record"
+            for publisherId, mark in found.marks.items():
+                # A mark record is on disk with its lines; the metadata's
+                # marks are as of the last fsync.
+                if mark > self._marks.get(publisherId):
+                    self._marks.set(publisherId, mark)
             if found.segment.size:
                 self._segments.append(found.segment)
                 self._bytes += found.segment.size
@@ -444,7 +454,8 @@ class DiskStore(History):
         """
         return not self._broken
 
-    def append(self, data: bytes, count: int) -> int:
+    def append(self, data: bytes, count: int,
+               mark: tuple[str, int] | None = None) -> int:
         if self._closed:
             raise StoreError(f"history store {self.path}: closed")
         seq = self._next
@@ -455,17 +466,25 @@ class DiskStore(History):
                 self._appends += 1
             return seq
         try:
-            self._write(seq, data, count)
+            self._write(seq, data, count, mark)
         except OSError as e:
             self._fail(e)
-            return self.append(data, count)
+            return self.append(data, count, mark)
         return seq
 
-    def _write(self, seq: int, data: bytes, count: int) -> None:
+    def _write(self, seq: int, data: bytes, count: int,
+               mark: tuple[str, int] | None = None) -> None:
         """
-        Write the record of a chunk, in a new segment file if it is time.
+        Write the record of a chunk (and of its publisher's mark, in the
+        same C{write}), in a new segment file if it is time.
         """
         chunk = record(seq, count, data)
+        extra = 0
+        if mark is not None:
+            marking = markRecord(*mark)
+            extra = len(marking)
+            chunk += marking
+            self._marks.set(*mark)
         size = len(chunk)
         fd = self._fd
         if fd is None or (self._segments[-1].size
@@ -474,7 +493,9 @@ class DiskStore(History):
         written = os.write(fd, chunk)
         while written < size:
             written += os.write(fd, memoryview(chunk)[written:])
-        self._segments[-1].add(seq, count, size)
+        self._segments[-1].add(seq, count, size - extra)
+        if extra:
+            self._segments[-1].extend(extra)
         self._next = seq + count
         self._bytes += size
         self._appends += 1
@@ -643,6 +664,10 @@ class DiskStore(History):
         count = 0
         position = 0
         while position + HEADER.size <= len(data) and room > 0:
+            if data[position:position + 4] == MARK_MAGIC:
+                _, length, _, _ = MARK_HEADER.unpack_from(data, position)
+                position += MARK_HEADER.size + length
+                continue
             _, seq, lines, length, _ = HEADER.unpack_from(data, position)
             begin = position + HEADER.size
             position = end = begin + length

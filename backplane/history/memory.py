@@ -71,7 +71,9 @@ class MemoryHistory(History):
     def synced(self) -> int:
         return self._next - 1
 
-    def append(self, data: bytes, count: int) -> int:
+    def append(self, data: bytes, count: int, mark: tuple[str, int] | None = None) -> int:
+        if mark is not None:
+            self.setMark(*mark)
         seq = self._next
         self._seqs.append(seq)
         self._data.append(data)
