@@ -23,6 +23,10 @@ from backplane.service import Backplane, BackplaneService, Gap, Subscription
 #: The most bytes of history read for a subscriber at once.
 REPLAY_CHUNK = 64 * 1024
 
+#: The most chunks of history handed to one subscriber in one turn of the
+#: reactor: then it lets the others (and the publishers) have theirs.
+REPLAY_BURST = 4
+
 #: Seconds an C{ids = true} line client has to send C{RESUME} before it is
 #: taken to want live messages only (it misses none published meanwhile).
 RESUME_WAIT = 0.25
@@ -48,14 +52,17 @@ class Follower:
 
     def __init__(self, backplane: Backplane, sink: ILineSink, *,
                  deliverGap: Callable[[Gap], None], paused: Callable[[], bool],
-                 origin: object = None, peer: str = "?") -> None:
+                 origin: object = None, peer: str = "?",
+                 clock: IReactorTime | None = None) -> None:
         self.backplane = backplane
         self.sink = sink
         self.deliverGap = deliverGap
         self.paused = paused
         self.origin = origin
         self.peer = peer
+        self.clock = clock
         self.subscription: Subscription | None = None
+        self._later: IDelayedCall | None = None
 
     def start(self, position: bytes | str | None = None, *, since: int | None = None) -> None:
         """
@@ -72,10 +79,19 @@ class Follower:
 
     def pump(self) -> None:
         """
-        Hand the subscriber history while it has room, until it is live.
+        Hand the subscriber history while it has room, until it is live: at
+        most L{REPLAY_BURST} chunks in one turn of the reactor, so that a
+        long replay to a fast reader never stalls the rest of the service.
         """
+        self._later = None
         subscription = self.subscription
+        burst = REPLAY_BURST
         while subscription is not None and subscription.cursor is not None and not self.paused():
+            if not burst:
+                clock = self.clock if self.clock is not None else defaultReactor()
+                self._later = clock.callLater(0, self.pump)
+                return
+            burst -= 1
             pulled = subscription.pull(REPLAY_CHUNK)
             if pulled is None:
                 break
@@ -99,6 +115,9 @@ class Follower:
         subscription, self.subscription = self.subscription, None
         if subscription is not None:
             subscription.cancel()
+        if self._later is not None and self._later.active():
+            self._later.cancel()
+        self._later = None
 
 
 class ResumingProtocol(BackplaneProtocol):
@@ -129,7 +148,8 @@ class ResumingProtocol(BackplaneProtocol):
         assert backplane.history is not None
         self._since = backplane.history.last
         self.follower = Follower(backplane, self, deliverGap=self.deliverGap,
-                                 paused=self._outputPaused, origin=self, peer=self.peer)
+                                 paused=self._outputPaused, origin=self, peer=self.peer,
+                                 clock=self.clock)
         clock = self.clock if self.clock is not None else defaultReactor()
         self._waiting = clock.callLater(RESUME_WAIT, self._start, None)
 

@@ -1586,3 +1586,24 @@ class KillTests(SynchronousTestCase):
             self.assertEqual(data, expected)
             last = store.last
             self.successResultOf(store.close())
+
+
+class MemoryBoundTests(SynchronousTestCase):
+    """
+    A memory history lets go of what it drops at once: the memory it holds
+    follows its bounds, not twice them.
+    """
+
+    def test_droppedChunksReleased(self) -> None:
+        import tracemalloc
+
+        history = MemoryHistory(10)
+        tracemalloc.start()
+        try:
+            for i in range(2000):
+                history.append(b"%05d" % i + b"x" * 10_000 + b"\n", 1)
+            held, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(history.report()["messages"], 10)
+        self.assertLess(held, 30 * 10_006, f"{held} bytes held for 10 messages of 10 kB")

@@ -141,7 +141,7 @@ class ResumingProtocolTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.service = BackplaneService()
-        self.history = MemoryHistory(100)
+        self.history = MemoryHistory(1000)
         self.news = self.service.create("NEWS", history=self.history)
         self.factory = ResumingFactory(self.service, subscribe_to="NEWS",
                                        limits=Limits(max_pending=100), clock=self.clock)
@@ -220,6 +220,28 @@ class ResumingProtocolTests(SynchronousTestCase):
         self.assertEqual(lines[-1], self.mid(101) + b" live")
         assert protocol.output is not None
         self.assertEqual(protocol.output.pending, 0)
+
+    def test_replayTakesTurns(self) -> None:
+        """
+        A long replay to a client that reads as fast as it is written goes
+        a few chunks a turn of the reactor, so that the service serves the
+        others (and its publishers) in between.
+        """
+        self.news.publishMany([b"%04d" % i + b"x" * 1019 for i in range(300)])
+        protocol, transport = connect(self.factory)
+        protocol.dataReceived(b"RESUME 0\n")
+        first = len(sentLines(transport))
+        self.assertGreater(first, 0)
+        self.assertLess(first, 300, "not all in one turn")
+        self.news.publish(b"live")
+        for _ in range(10):
+            self.clock.advance(0)
+        lines = sentLines(transport)
+        self.assertEqual([line.split(b" ")[0] for line in lines],
+                         [self.mid(i) for i in range(1, 302)])
+        self.assertEqual(lines[-1], self.mid(301) + b" live")
+        disconnect(protocol, transport)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_disconnectWhileWaiting(self) -> None:
         protocol, transport = connect(self.factory)

@@ -127,6 +127,11 @@ class MemoryHistory(History):
         self._setHead(head)
 
     def _setHead(self, head: int) -> None:
+        # Let go of the dropped chunks' data at once: until the list is
+        # compacted only their slots remain, so memory follows maxBytes.
+        data = self._data
+        for index in range(self._head, min(head, len(data))):
+            data[index] = b""
         if head > 1024 and head * 2 > len(self._seqs):
             del self._seqs[:head]
             del self._data[:head]
