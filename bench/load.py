@@ -195,6 +195,26 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class Companion:
+    """
+    A process that runs beside the subscribers and the publisher of a
+    fan-out run, on the generator's CPUs: e.g. a client that replays a
+    history while the subscribers receive live messages.
+
+    C{main} is a L{child} function, called as C{main(*args, load, shared,
+    conn=...)}: it should wait for C{shared.go}, do its work, send
+    C{("result", dict)} on C{conn} and then L{Shared.await_stop}.  The
+    subscribers are all done once C{min(shared.progress) >= load.messages}.
+    Its figures are in the run's row as C{NAME_figure}, and its C{status}
+    (C{"ok"} or what went wrong) joins the run's too.
+    """
+
+    name: str
+    main: Callable[..., None]
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
 class Load:
     """
     What one fan-out run does.
@@ -745,7 +765,8 @@ def _stop(processes: Sequence[multiprocessing.process.BaseProcess], shared: Shar
 
 
 def run_fanout(target: Target, load: Load, placement: Placement,
-               groups: Sequence[Subscribers] = (), timeout: float = 900.0) -> dict[str, object]:
+               groups: Sequence[Subscribers] = (), timeout: float = 900.0,
+               companions: Sequence[Companion] = ()) -> dict[str, object]:
     """
     One measured fan-out run: S subscribers, one publisher (on
     C{target.publish}), M messages.
@@ -757,6 +778,8 @@ def run_fanout(target: Target, load: Load, placement: Placement,
     @param groups: the subscribers, if not all C{load.subscribers} on
         C{target.subscribe}; their counts must add up to C{load.subscribers}.
         Each named group's figures are in the row too.
+    @param companions: more processes that run beside them (see
+        L{Companion}); the run waits for their results too.
     @raise GeneratorError: the generator could not set up or run.
     """
     groups = tuple(groups) or (target.subscribers(load.subscribers),)
@@ -780,10 +803,16 @@ def run_fanout(target: Target, load: Load, placement: Placement,
             args=(target, load, shared, load.subscribers),
             kwargs={"placement": placement, "conn": mailbox.pipe("pub")},
         ))
+        processes += [
+            CONTEXT.Process(target=companion.main, name=companion.name, daemon=True,
+                            args=(*companion.args, load, shared),
+                            kwargs={"placement": placement, "conn": mailbox.pipe(companion.name)})
+            for companion in companions
+        ]
 
         def body() -> dict[str, object]:
             return _coordinate(target, load, groups, shared, mailbox, processes, timeout,
-                               stalled)
+                               stalled, [c.name for c in companions])
 
         return run_processes(processes, shared, body)
     finally:
@@ -793,7 +822,8 @@ def run_fanout(target: Target, load: Load, placement: Placement,
 
 def _coordinate(target: Target, load: Load, groups: Sequence[Subscribers], shared: Shared,
                 mailbox: Mailbox, processes: Sequence[multiprocessing.process.BaseProcess],
-                timeout: float, stalled: Sequence[socket.socket]) -> dict[str, object]:
+                timeout: float, stalled: Sequence[socket.socket],
+                companions: Sequence[str] = ()) -> dict[str, object]:
     generator = [p.pid for p in processes if p.pid is not None]
     deadline = time.monotonic() + load.setup_timeout + 30
     while not any(m == ("ready",) for _, m in mailbox.receive(1.0)):
@@ -807,7 +837,7 @@ def _coordinate(target: Target, load: Load, groups: Sequence[Subscribers], share
     results: dict[str, dict[str, Any]] = {}
     after = None
     deadline = time.monotonic() + timeout
-    workers = len(processes) - 1
+    workers = len(processes) - 1 - len(companions)
     while len(results) < len(processes):
         if time.monotonic() > deadline:
             shared.stop.value = 1
@@ -824,8 +854,16 @@ def _coordinate(target: Target, load: Load, groups: Sequence[Subscribers], share
     rss = rss_kib(target.pids[0])
     usage.update(server_rss_kib=rss, server_rss_growth_kib=rss - rss_before)
     disconnected = sum(_disconnected(sock) for sock in stalled)
-    return _fanout_result(target, load, groups, results, max(done.values()), usage,
-                          disconnected)
+    beside = {name: results.pop(name) for name in companions}
+    row = _fanout_result(target, load, groups, results, max(done.values()), usage,
+                         disconnected)
+    for name, result in beside.items():
+        status = result.get("status", "ok")
+        row.update({f"{name}_{k}": v for k, v in result.items()})
+        if status != "ok":
+            row["status"] = ", ".join(s for s in (str(row["status"]), f"{name} {status}")
+                                      if s != "ok")
+    return row
 
 
 def _disconnected(sock: socket.socket) -> bool:
