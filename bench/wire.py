@@ -243,6 +243,75 @@ class LineCounter:
         self.latencies.append(now - sent)
 
 
+class IdLineCounter:
+    """
+    Counts the lines of a stream with ids (an C{ids = true} port's C{EPOCH:SEQ
+    payload} lines), as a client that replays a history reads them, in bulk:
+    C{bytes.count(b"\n")} a chunk, and only the last complete line of a
+    chunk is parsed.  Its id must be of the first line's epoch and its SEQ
+    the first line's plus the lines counted since, so a lost, repeated or
+    extra line (a C{GAP}, an C{ERR}) shows up as a sequence error or a bad
+    line.  The payloads are not looked at: a history holds the probes of
+    the runs that filled it beside their messages.
+
+    @ivar first: the SEQ of the first line (0 until it has come, or if it
+        was not an id line).
+    @ivar last: the SEQ of the latest line checked (0: none).
+    """
+
+    __slots__ = ("_carry", "bad", "epoch", "first", "last", "received", "sequence_errors")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.first = 0
+        self.last = 0
+        self.epoch = b""
+        self.bad = 0
+        self.sequence_errors = 0
+        # The stream's bytes after its last newline so far.
+        self._carry = b""
+
+    def feed(self, buffer: bytearray, n: int) -> None:
+        """
+        Count the first C{n} bytes of C{buffer}.
+        """
+        end = buffer.rfind(b"\n", 0, n)
+        if end < 0:
+            self._carry += bytes(buffer[:n])
+            return
+        if not self.received:
+            head = self._carry + bytes(buffer[:buffer.find(b"\n", 0, n)])
+            parsed = self._parse(head)
+            if parsed is None:
+                self.bad += 1
+            else:
+                self.epoch, self.first = parsed
+        self.received += buffer.count(b"\n", 0, end + 1)
+        start = buffer.rfind(b"\n", 0, end) + 1
+        line = bytes(buffer[start:end]) if start else self._carry + bytes(buffer[:end])
+        self._carry = bytes(buffer[end + 1:n])
+        parsed = self._parse(line)
+        if parsed is None:
+            self.bad += 1
+            return
+        epoch, self.last = parsed
+        if self.first and (epoch != self.epoch
+                           or self.last != self.first + self.received - 1):
+            self.sequence_errors += 1
+
+    @staticmethod
+    def _parse(line: bytes) -> tuple[bytes, int] | None:
+        # The epoch and SEQ of an "EPOCH:SEQ payload" line, or None.
+        space = line.find(b" ")
+        colon = line.find(b":", 0, space)
+        if space < 0 or colon <= 0:
+            return None
+        try:
+            return line[:colon], int(line[colon + 1:space])
+        except ValueError:
+            return None
+
+
 class FrameCounter:
     """
     Counts fixed-size frames (a Redis C{message} push a payload) by bytes,
