@@ -38,7 +38,7 @@ from typing import Any
 
 from bench.procfs import Snapshot, rss_kib
 from bench.servers import die_with_parent
-from bench.stats import latency_summary
+from bench.stats import latency_summary, message_latency_summary
 from bench.wire import (
     LINES,
     MAX_UPGRADE_RESPONSE,
@@ -132,12 +132,14 @@ class Subscribers:
     count: int
     channel: bytes = b"bench"
 
-    def counter(self, size: int, latencies: array[int]) -> Any:
+    def counter(self, size: int, latencies: array[int],
+                spans: array[int] | None = None) -> Any:
         """
-        A counter for one subscriber of this group (see L{bench.wire}).
+        A counter for one subscriber of this group (see L{bench.wire}); on
+        a line stream, with C{spans} if given.
         """
         if self.protocol == "lines":
-            return LineCounter(size, latencies)
+            return LineCounter(size, latencies, spans)
         if self.protocol == "websocket":
             return WebSocketCounter(size, latencies)
         return FrameCounter(resp_framing(self.channel, size), size, latencies)
@@ -232,6 +234,9 @@ class Load:
         small receive buffer first, and are not counted).
     @ivar stall_timeout: a run without progress for this long ends as
         C{stalled}.
+    @ivar spans: also estimate every message's latency, not only the last
+        of each chunk's (line subscribers; see L{LineCounter}): C{msg_lat_*}
+        in the row.
     """
 
     subscribers: int
@@ -245,6 +250,7 @@ class Load:
     stalled: int = 0
     stall_timeout: float = 10.0
     setup_timeout: float = 120.0
+    spans: bool = False
 
 
 class Shared:
@@ -416,15 +422,19 @@ def subscriber_process(index: int, part: Sequence[tuple[int, int]],
     complete (or stalled, or told to stop), then C{("result", dict)}, whose
     lists have one item for each group: C{received} (a count for each of
     its subscribers here), C{latencies} (an C{array("q")} as bytes),
-    C{last_receive}, C{reads}, C{disconnects}, C{bad}, C{sequence_errors}.
+    C{last_receive}, C{reads}, C{disconnects}, C{bad}, C{sequence_errors};
+    and C{spans}, every group's together (bytes, empty unless
+    C{load.spans}).
     """
     latencies = {g: array("q") for g, _ in part}
+    spans = {g: array("q") for g, _ in part} if load.spans else {}
     mine: list[tuple[int, socket.socket, Any]] = []
     try:
         for g, count in part:
             for sock in connect_subscribers(replace(groups[g], count=count),
                                             load.setup_timeout):
-                mine.append((g, sock, groups[g].counter(load.size, latencies[g])))
+                mine.append((g, sock, groups[g].counter(load.size, latencies[g],
+                                                        spans.get(g))))
     except SETUP_ERRORS as e:
         conn.send(("error", f"cannot connect its subscribers: {type(e).__name__}: {e}"))
         return
@@ -494,6 +504,7 @@ def subscriber_process(index: int, part: Sequence[tuple[int, int]],
         "last_receive": last,
         "latencies": [latencies[g].tobytes() if g in latencies else b""
                       for g in range(len(groups))],
+        "spans": b"".join(spans[g].tobytes() for g in spans),
     }))
     shared.await_stop()
 
@@ -921,6 +932,11 @@ def _fanout_result(target: Target, load: Load, groups: Sequence[Subscribers],
         "reads": sum(sum(r["reads"]) for r in results.values()),
     }
     row.update(latency_summary(latencies))
+    if load.spans:
+        spans: array[int] = array("q")
+        for result in results.values():
+            spans.frombytes(result["spans"])
+        row.update(message_latency_summary(spans))
     for group, figures in zip(groups, per_group, strict=True):
         if group.name:
             row.update({f"{group.name}_{k}": v for k, v in figures.items()})
