@@ -74,12 +74,14 @@ def history_ratios(runs: Sequence[Row]) -> list[Row]:
 def replay_deltas(runs: Sequence[Row]) -> list[Row]:
     """
     What a replay beside the live subscribers changed, paired by repeat:
-    their p50 and p99 latency with the replay minus without (µs), and the
+    their p50 and p99 latency (of each chunk's last message, and estimated
+    for every message) with the replay minus without (µs), and the
     server's CPU with the replay minus without (in percent of one CPU).
     """
     measured = {(r["repeat"], r.get("kind")): r for r in runs
                 if r["scenario"] == "replay" and "lat_p99_us" in r}
     deltas: dict[str, list[float]] = {"lat_p50_us": [], "lat_p99_us": [],
+                                      "msg_lat_p50_us": [], "msg_lat_p99_us": [],
                                       "server_cpu_pct": []}
     for (repeat, kind), row in measured.items():
         other = measured.get((repeat, "live"))
@@ -421,17 +423,21 @@ def replay_table(summary: Sequence[Row], deltas: Sequence[Row]) -> str:
     rows = [[
         r["kind"], cell(r, "S"), cell(r, "rate", si), cell(r, "lat_p50_us"),
         cell(r, "lat_p99_us"), worst(r, "lat_max_us"), cell(r, "lat_samples", si, ranged=False),
+        cell(r, "msg_lat_p50_us"), cell(r, "msg_lat_p99_us"),
         *(cell(r, field, ranged=False)
           for field in ("server_cpu_pct", "gen_cpu_pct", "host_other_pct")),
         cell(r, "replay_lines", si, ranged=False), cell(r, "replay_seconds", ranged=False),
         cell(r, "replay_lines_per_s", si), worst(r, "lost"), r.get("status", "-"),
     ] for r in _scenario(summary, "replay") if r["kind"] != "fill"]
     lines.append(render(["subscribers", "S", "msgs/s", "p50 µs", "p99 µs", "max µs", "samples",
-                         "srv CPU%", "gen CPU%", "other%", "replayed lines", "replay s",
-                         "replay lines/s", "lost", "status"], rows))
+                         "msg p50 µs", "msg p99 µs", "srv CPU%", "gen CPU%", "other%",
+                         "replayed lines", "replay s", "replay lines/s", "lost", "status"],
+                        rows))
     for d in deltas:
         lines.append(f"\nWith the replay - without, paired by repeat: p99 "
-                     f"{cell(d, 'lat_p99_us')} µs, p50 {cell(d, 'lat_p50_us')} µs, "
+                     f"{cell(d, 'lat_p99_us')} µs, p50 {cell(d, 'lat_p50_us')} µs; "
+                     f"every message: p99 {cell(d, 'msg_lat_p99_us')} µs, "
+                     f"p50 {cell(d, 'msg_lat_p50_us')} µs; "
                      f"server CPU {cell(d, 'server_cpu_pct')} points of one CPU")
     return "\n".join(lines)
 

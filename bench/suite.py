@@ -338,11 +338,15 @@ class Suite:
         second to 100 live subscribers for a few seconds without, then with
         (the order alternates between repeats) a client on an C{ids = true}
         port that sends C{RESUME 0} as the live messages start and reads
-        the whole history (up to its last line when the run starts).
+        the whole history (up to its last line when the run starts).  The
+        live subscribers' latency is also estimated for every message
+        (C{msg_lat_*}, see L{bench.wire.LineCounter}), since a stall holds
+        many messages back but shows in few chunks.
         """
         lines = self.history_lines(REPLAY_LINES)
         seconds = REPLAY_SECONDS[self.options.quick]
-        live = self.load(LATENCY_SUBSCRIBERS, round(LATENCY_RATE * seconds), rate=LATENCY_RATE)
+        live = self.load(LATENCY_SUBSCRIBERS, round(LATENCY_RATE * seconds), rate=LATENCY_RATE,
+                         spans=True)
         for repeat in range(1, self.options.repeat + 1):
             store = {"STORE": {"store": f"store-replay-{repeat}"}}
             with self.backplanes("replay", store, ids=("STORE",), monitor=True) as server:

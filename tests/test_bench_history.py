@@ -151,6 +151,8 @@ class HistorySuiteTests(SynchronousTestCase):
         for kind in ("live", "live + replay"):
             self.assertDelivered(replay[kind], 4, 1000)
             self.assertGreater(replay[kind]["lat_samples"], 0)
+            self.assertIn("msg_lat_p99_us", replay[kind])
+            self.assertLessEqual(replay[kind]["msg_lat_messages"], 4 * 1000)
             self.assertGreaterEqual(replay[kind]["history_messages"], 4000)
         replayed = replay["live + replay"]
         # RESUME 0: every line the store keeps, from SEQ 1, up to the last
