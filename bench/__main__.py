@@ -1,5 +1,5 @@
 """
-C{python -m bench fanout|stalled|nodes|websocket [options]}: run a suite,
+C{python -m bench fanout|stalled|nodes|websocket|history [options]}: run a suite,
 print its tables, write its JSON file (and, for C{fanout}, its plot).
 C{python -m bench store}: the history store in-process (L{bench.store}).
 """
@@ -22,7 +22,7 @@ from bench import store
 from bench.load import Placement
 from bench.report import document, plot, tables, write_json
 from bench.servers import ServerError, redis_path, redis_version
-from bench.suite import POLICIES, SCENARIOS, Options, Suite
+from bench.suite import HISTORY_SCENARIOS, POLICIES, SCENARIOS, Options, Suite
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # Each command's method of Suite, and the server processes it runs.
@@ -31,6 +31,7 @@ COMMANDS = {
     "stalled": ("stalled", "backplane"),
     "nodes": ("nodes", "nodes A and B, their Redis, and the single node"),
     "websocket": ("websocket", "backplane"),
+    "history": ("history_suite", "backplane"),
 }
 
 
@@ -85,6 +86,14 @@ def parser() -> argparse.ArgumentParser:
         "websocket", parents=[common],
         help="1,000 WebSocket subscribers beside 1,000 line subscribers, then each alone",
     )
+    history = commands.add_parser(
+        "history", parents=[common],
+        help="backplanes with a history: fan-out without / with a memory history / with a "
+             "store, a replay of 1 M lines beside live subscribers, memory a kept line",
+    )
+    history.add_argument("--only", action="append", choices=list(HISTORY_SCENARIOS),
+                         default=[],
+                         help="run only this scenario (may be given more than once)")
     store.addParser(commands)
     return main
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from bench.procfs import Snapshot, rss_kib
 from bench.servers import die_with_parent
-from bench.stats import latency_summary
+from bench.stats import latency_summary, message_latency_summary
 from bench.wire import (
     LINES,
     MAX_UPGRADE_RESPONSE,
@@ -132,12 +132,14 @@ class Subscribers:
     count: int
     channel: bytes = b"bench"
 
-    def counter(self, size: int, latencies: array[int]) -> Any:
+    def counter(self, size: int, latencies: array[int],
+                spans: array[int] | None = None) -> Any:
         """
-        A counter for one subscriber of this group (see L{bench.wire}).
+        A counter for one subscriber of this group (see L{bench.wire}); on
+        a line stream, with C{spans} if given.
         """
         if self.protocol == "lines":
-            return LineCounter(size, latencies)
+            return LineCounter(size, latencies, spans)
         if self.protocol == "websocket":
             return WebSocketCounter(size, latencies)
         return FrameCounter(resp_framing(self.channel, size), size, latencies)
@@ -195,6 +197,26 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class Companion:
+    """
+    A process that runs beside the subscribers and the publisher of a
+    fan-out run, on the generator's CPUs: e.g. a client that replays a
+    history while the subscribers receive live messages.
+
+    C{main} is a L{child} function, called as C{main(*args, load, shared,
+    conn=...)}: it should wait for C{shared.go}, do its work, send
+    C{("result", dict)} on C{conn} and then L{Shared.await_stop}.  The
+    subscribers are all done once C{min(shared.progress) >= load.messages}.
+    Its figures are in the run's row as C{NAME_figure}, and its C{status}
+    (C{"ok"} or what went wrong) joins the run's too.
+    """
+
+    name: str
+    main: Callable[..., None]
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
 class Load:
     """
     What one fan-out run does.
@@ -212,6 +234,9 @@ class Load:
         small receive buffer first, and are not counted).
     @ivar stall_timeout: a run without progress for this long ends as
         C{stalled}.
+    @ivar spans: also estimate every message's latency, not only the last
+        of each chunk's (line subscribers; see L{LineCounter}): C{msg_lat_*}
+        in the row.
     """
 
     subscribers: int
@@ -225,6 +250,7 @@ class Load:
     stalled: int = 0
     stall_timeout: float = 10.0
     setup_timeout: float = 120.0
+    spans: bool = False
 
 
 class Shared:
@@ -396,15 +422,19 @@ def subscriber_process(index: int, part: Sequence[tuple[int, int]],
     complete (or stalled, or told to stop), then C{("result", dict)}, whose
     lists have one item for each group: C{received} (a count for each of
     its subscribers here), C{latencies} (an C{array("q")} as bytes),
-    C{last_receive}, C{reads}, C{disconnects}, C{bad}, C{sequence_errors}.
+    C{last_receive}, C{reads}, C{disconnects}, C{bad}, C{sequence_errors};
+    and C{spans}, every group's together (bytes, empty unless
+    C{load.spans}).
     """
     latencies = {g: array("q") for g, _ in part}
+    spans = {g: array("q") for g, _ in part} if load.spans else {}
     mine: list[tuple[int, socket.socket, Any]] = []
     try:
         for g, count in part:
             for sock in connect_subscribers(replace(groups[g], count=count),
                                             load.setup_timeout):
-                mine.append((g, sock, groups[g].counter(load.size, latencies[g])))
+                mine.append((g, sock, groups[g].counter(load.size, latencies[g],
+                                                        spans.get(g))))
     except SETUP_ERRORS as e:
         conn.send(("error", f"cannot connect its subscribers: {type(e).__name__}: {e}"))
         return
@@ -474,6 +504,7 @@ def subscriber_process(index: int, part: Sequence[tuple[int, int]],
         "last_receive": last,
         "latencies": [latencies[g].tobytes() if g in latencies else b""
                       for g in range(len(groups))],
+        "spans": b"".join(spans[g].tobytes() for g in spans),
     }))
     shared.await_stop()
 
@@ -745,7 +776,8 @@ def _stop(processes: Sequence[multiprocessing.process.BaseProcess], shared: Shar
 
 
 def run_fanout(target: Target, load: Load, placement: Placement,
-               groups: Sequence[Subscribers] = (), timeout: float = 900.0) -> dict[str, object]:
+               groups: Sequence[Subscribers] = (), timeout: float = 900.0,
+               companions: Sequence[Companion] = ()) -> dict[str, object]:
     """
     One measured fan-out run: S subscribers, one publisher (on
     C{target.publish}), M messages.
@@ -757,6 +789,8 @@ def run_fanout(target: Target, load: Load, placement: Placement,
     @param groups: the subscribers, if not all C{load.subscribers} on
         C{target.subscribe}; their counts must add up to C{load.subscribers}.
         Each named group's figures are in the row too.
+    @param companions: more processes that run beside them (see
+        L{Companion}); the run waits for their results too.
     @raise GeneratorError: the generator could not set up or run.
     """
     groups = tuple(groups) or (target.subscribers(load.subscribers),)
@@ -780,10 +814,16 @@ def run_fanout(target: Target, load: Load, placement: Placement,
             args=(target, load, shared, load.subscribers),
             kwargs={"placement": placement, "conn": mailbox.pipe("pub")},
         ))
+        processes += [
+            CONTEXT.Process(target=companion.main, name=companion.name, daemon=True,
+                            args=(*companion.args, load, shared),
+                            kwargs={"placement": placement, "conn": mailbox.pipe(companion.name)})
+            for companion in companions
+        ]
 
         def body() -> dict[str, object]:
             return _coordinate(target, load, groups, shared, mailbox, processes, timeout,
-                               stalled)
+                               stalled, [c.name for c in companions])
 
         return run_processes(processes, shared, body)
     finally:
@@ -793,7 +833,8 @@ def run_fanout(target: Target, load: Load, placement: Placement,
 
 def _coordinate(target: Target, load: Load, groups: Sequence[Subscribers], shared: Shared,
                 mailbox: Mailbox, processes: Sequence[multiprocessing.process.BaseProcess],
-                timeout: float, stalled: Sequence[socket.socket]) -> dict[str, object]:
+                timeout: float, stalled: Sequence[socket.socket],
+                companions: Sequence[str] = ()) -> dict[str, object]:
     generator = [p.pid for p in processes if p.pid is not None]
     deadline = time.monotonic() + load.setup_timeout + 30
     while not any(m == ("ready",) for _, m in mailbox.receive(1.0)):
@@ -807,7 +848,7 @@ def _coordinate(target: Target, load: Load, groups: Sequence[Subscribers], share
     results: dict[str, dict[str, Any]] = {}
     after = None
     deadline = time.monotonic() + timeout
-    workers = len(processes) - 1
+    workers = len(processes) - 1 - len(companions)
     while len(results) < len(processes):
         if time.monotonic() > deadline:
             shared.stop.value = 1
@@ -824,8 +865,16 @@ def _coordinate(target: Target, load: Load, groups: Sequence[Subscribers], share
     rss = rss_kib(target.pids[0])
     usage.update(server_rss_kib=rss, server_rss_growth_kib=rss - rss_before)
     disconnected = sum(_disconnected(sock) for sock in stalled)
-    return _fanout_result(target, load, groups, results, max(done.values()), usage,
-                          disconnected)
+    beside = {name: results.pop(name) for name in companions}
+    row = _fanout_result(target, load, groups, results, max(done.values()), usage,
+                         disconnected)
+    for name, result in beside.items():
+        status = result.get("status", "ok")
+        row.update({f"{name}_{k}": v for k, v in result.items()})
+        if status != "ok":
+            row["status"] = ", ".join(s for s in (str(row["status"]), f"{name} {status}")
+                                      if s != "ok")
+    return row
 
 
 def _disconnected(sock: socket.socket) -> bool:
@@ -883,6 +932,11 @@ def _fanout_result(target: Target, load: Load, groups: Sequence[Subscribers],
         "reads": sum(sum(r["reads"]) for r in results.values()),
     }
     row.update(latency_summary(latencies))
+    if load.spans:
+        spans: array[int] = array("q")
+        for result in results.values():
+            spans.frombytes(result["spans"])
+        row.update(message_latency_summary(spans))
     for group, figures in zip(groups, per_group, strict=True):
         if group.name:
             row.update({f"{group.name}_{k}": v for k, v in figures.items()})

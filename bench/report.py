@@ -61,6 +61,38 @@ def websocket_ratios(runs: Sequence[Row]) -> list[Row]:
     return _ratios(runs, "websocket", "S", "kind", "websocket", "lines")
 
 
+def history_ratios(runs: Sequence[Row]) -> list[Row]:
+    """
+    With a memory history / with no history, and with a store / with no
+    history, for delivered msgs/s and server CPU per delivery, by
+    subscriber count, from runs of the same repeat (and the same server).
+    """
+    return [{"kind": kind, **ratio} for kind in ("history", "store")
+            for ratio in _ratios(runs, "history", "S", "kind", kind, "no history")]
+
+
+def replay_deltas(runs: Sequence[Row]) -> list[Row]:
+    """
+    What a replay beside the live subscribers changed, paired by repeat:
+    their p50 and p99 latency (of each chunk's last message, and estimated
+    for every message) with the replay minus without (µs), and the
+    server's CPU with the replay minus without (in percent of one CPU).
+    """
+    measured = {(r["repeat"], r.get("kind")): r for r in runs
+                if r["scenario"] == "replay" and "lat_p99_us" in r}
+    deltas: dict[str, list[float]] = {"lat_p50_us": [], "lat_p99_us": [],
+                                      "msg_lat_p50_us": [], "msg_lat_p99_us": [],
+                                      "server_cpu_pct": []}
+    for (repeat, kind), row in measured.items():
+        other = measured.get((repeat, "live"))
+        if kind != "live + replay" or other is None:
+            continue
+        for field, values in deltas.items():
+            if field in row and field in other:
+                values.append(round(row[field] - other[field], 1))
+    return [{f: spread(v) for f, v in deltas.items() if v}] if deltas["lat_p99_us"] else []
+
+
 def _ratios(runs: Sequence[Row], scenario: str, by: str, versus: str, numerator: object,
             denominator: object) -> list[Row]:
     measured = {(r["repeat"], r.get(by), r.get(versus)): r for r in runs
@@ -93,6 +125,10 @@ def document(meta: Row, runs: Sequence[Row], skipped: dict[str, dict[str, str]])
         result["nodes_ratios"] = nodes_ratios(runs)
     if any(r["scenario"] == "websocket" for r in runs):
         result["websocket_ratios"] = websocket_ratios(runs)
+    if any(r["scenario"] == "history" for r in runs):
+        result["history_ratios"] = history_ratios(runs)
+    if any(r["scenario"] == "replay" for r in runs):
+        result["replay_deltas"] = replay_deltas(runs)
     return result
 
 
@@ -345,6 +381,84 @@ def websocket_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
     return "\n".join(lines).rstrip()
 
 
+def history_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
+    """
+    Fan-out to plain subscribers of a backplane without a history, with a
+    memory history and with a store: throughput, CPU, latency (queueing at
+    full speed) and loss, with ratios to no history.
+    """
+    versus = {(r["kind"], r["S"]): r for r in ratios}
+    rows = []
+    for r in _scenario(summary, "history"):
+        ratio = versus.get((r["kind"], r["S"]), {})
+        rows.append([
+            r["kind"], cell(r, "S"), cell(r, "delivered_msgs_per_s", si),
+            cell(ratio, "delivered_msgs_per_s") if ratio else "",
+            cell(r, "server_cpu_us_per_delivery"),
+            cell(ratio, "server_cpu_us_per_delivery") if ratio else "",
+            *(cell(r, field, ranged=False)
+              for field in ("server_cpu_pct", "gen_cpu_pct", "host_other_pct")),
+            cell(r, "lat_p50_us", scale=1e-3, ranged=False),
+            cell(r, "lat_p99_us", scale=1e-3, ranged=False), worst(r, "lost"),
+            r.get("status", "-"),
+        ])
+    return render(["backplane", "S", "delivered msgs/s", "x no history", "CPU µs/delivery",
+                   "x no history", "srv CPU%", "gen CPU%", "other%", "p50 ms", "p99 ms", "lost",
+                   "status"], rows)
+
+
+def replay_table(summary: Sequence[Row], deltas: Sequence[Row]) -> str:
+    """
+    The live subscribers' latency at a fixed rate without and with a client
+    that replays the history, the replay's rate, and (above) the fill of
+    the history.
+    """
+    lines = []
+    for r in _scenario(summary, "replay"):
+        if r["kind"] == "fill":
+            lines.append(f"Filled with {cell(r, 'published', si, ranged=False)} lines "
+                         f"(S = 1, full speed): {cell(r, 'delivered_msgs_per_s', si)} msgs/s, "
+                         f"{cell(r, 'server_cpu_us_per_delivery')} CPU µs/delivery; "
+                         f"{r.get('status', '-')}")
+    rows = [[
+        r["kind"], cell(r, "S"), cell(r, "rate", si), cell(r, "lat_p50_us"),
+        cell(r, "lat_p99_us"), worst(r, "lat_max_us"), cell(r, "lat_samples", si, ranged=False),
+        cell(r, "msg_lat_p50_us"), cell(r, "msg_lat_p99_us"),
+        *(cell(r, field, ranged=False)
+          for field in ("server_cpu_pct", "gen_cpu_pct", "host_other_pct")),
+        cell(r, "replay_lines", si, ranged=False), cell(r, "replay_seconds", ranged=False),
+        cell(r, "replay_lines_per_s", si), worst(r, "lost"), r.get("status", "-"),
+    ] for r in _scenario(summary, "replay") if r["kind"] != "fill"]
+    lines.append(render(["subscribers", "S", "msgs/s", "p50 µs", "p99 µs", "max µs", "samples",
+                         "msg p50 µs", "msg p99 µs", "srv CPU%", "gen CPU%", "other%",
+                         "replayed lines", "replay s", "replay lines/s", "lost", "status"],
+                        rows))
+    for d in deltas:
+        lines.append(f"\nWith the replay - without, paired by repeat: p99 "
+                     f"{cell(d, 'lat_p99_us')} µs, p50 {cell(d, 'lat_p50_us')} µs; "
+                     f"every message: p99 {cell(d, 'msg_lat_p99_us')} µs, "
+                     f"p50 {cell(d, 'msg_lat_p50_us')} µs; "
+                     f"server CPU {cell(d, 'server_cpu_pct')} points of one CPU")
+    return "\n".join(lines)
+
+
+def memory_table(summary: Sequence[Row]) -> str:
+    """
+    The server's memory as each backplane is filled: its VmRSS, its growth
+    over the step's baseline, per line the history keeps.
+    """
+    rows = [[
+        r["kind"], cell(r, "published", si, ranged=False),
+        cell(r, "history_messages", si, ranged=False),
+        cell(r, "rss_kib", scale=1 / 1024, ranged=False),
+        cell(r, "rss_growth_kib", scale=1 / 1024), cell(r, "rss_bytes_per_line"),
+        cell(r, "history_bytes_per_line", ranged=False),
+        cell(r, "delivered_msgs_per_s", si, ranged=False), r.get("status", "-"),
+    ] for r in _scenario(summary, "memory")]
+    return render(["backplane", "lines published", "lines kept", "RSS MiB", "growth MiB",
+                   "RSS B/kept line", "history's B/line", "fill msgs/s", "status"], rows)
+
+
 def heading(meta: Row) -> str:
     """
     Where and how the figures were measured.
@@ -391,6 +505,18 @@ def tables(data: Row) -> str:
         parts.append("WebSocket and line subscribers of one backplane, one publisher on a "
                      "line port, full speed, B = 64\n"
                      + websocket_table(summary, data.get("websocket_ratios", [])))
+    if "history" in scenarios:
+        parts.append("Fan-out to plain subscribers of a backplane without a history, with "
+                     "history = 1000000 (memory) and with a store, one server, full speed, "
+                     "B = 64\n" + history_table(summary, data.get("history_ratios", [])))
+    if "replay" in scenarios:
+        parts.append("A store's history replayed (RESUME 0 on an ids port) beside 100 live "
+                     "subscribers at a fixed rate\n"
+                     + replay_table(summary, data.get("replay_deltas", [])))
+    if "memory" in scenarios:
+        parts.append("Server memory (VmRSS) as each backplane is filled, one server; growth "
+                     "over: the fresh server (no history), the server with the memory history "
+                     "empty (history), the step before (store)\n" + memory_table(summary))
     generator = [r["gen_cpu_pct"]["max"] for r in summary if isinstance(r.get("gen_cpu_pct"), dict)]
     if generator:
         parts.append(f"Load generator: at most {max(generator):.0f}% of one CPU "

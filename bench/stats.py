@@ -40,6 +40,51 @@ def latency_summary(samples_ns: Iterable[int], prefix: str = "lat") -> dict[str,
     return summary
 
 
+# The most points a chunk of many messages becomes in
+# message_latency_summary.
+SPAN_POINTS = 32
+
+
+def message_latency_summary(spans: Sequence[int],
+                            prefix: str = "msg_lat") -> dict[str, float | int]:
+    """
+    Every message's latency, estimated from chunks (see
+    L{bench.wire.LineCounter}): C{spans} is, for each chunk, its lines and
+    the latencies (ns) of its first and last lines.  The messages of a chunk
+    were received together and sent in order, so their latencies are taken
+    to run evenly from the first's to the last's (exact at a fixed rate).
+
+    @return: in µs, C{{prefix}_p50_us}, C{{prefix}_p99_us} and
+        C{{prefix}_max_us}, each message weighing the same, and
+        C{{prefix}_messages}, the messages counted; only the latter (0)
+        without chunks.
+    """
+    points: list[tuple[int, float]] = []
+    total = 0
+    for i in range(0, len(spans) - 2, 3):
+        lines, first, last = spans[i], spans[i + 1], spans[i + 2]
+        total += lines
+        if lines == 1 or first == last:
+            points.append((last, lines))
+            continue
+        n = min(lines, SPAN_POINTS)
+        points += [(last + (first - last) * j // (n - 1), lines / n) for j in range(n)]
+    summary: dict[str, float | int] = {f"{prefix}_messages": total}
+    if not points:
+        return summary
+    points.sort()
+    for q, name in ((50, "p50"), (99, "p99")):
+        # By nearest rank, as percentile(): the smallest latency that at
+        # least q% of the messages have or less.
+        goal, reached, index = q / 100 * total - 1e-9, 0.0, -1
+        while reached < goal:
+            index += 1
+            reached += points[index][1]
+        summary[f"{prefix}_{name}_us"] = round(points[max(0, index)][0] / 1000, 1)
+    summary[f"{prefix}_max_us"] = round(points[-1][0] / 1000, 1)
+    return summary
+
+
 def spread(values: Sequence[float]) -> dict[str, float]:
     """
     The median, minimum and maximum of repeated measurements.

@@ -12,14 +12,18 @@ C{nodes} and C{websocket}, in an order that alternates between repeats).
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from bench.fanin import FanInLoad, run_fanin
+from bench.history import history_report, replayer
 from bench.idle import IdleLoad, run_idle
 from bench.load import GeneratorError, Load, Placement, Subscribers, Target, run_fanout
+from bench.procfs import rss_kib
 from bench.servers import (
     BACKLOG,
     Server,
@@ -65,6 +69,29 @@ NODES_SUBSCRIBERS = (100, 1000)
 WEBSOCKET_SUBSCRIBERS = 1000
 WEBSOCKET_MESSAGES = 30_000
 NO_REDIS = "redis-server is not on PATH"
+# history: its scenarios, and the Suite method of each.
+HISTORY_SCENARIOS = {"history": "history_fanout", "replay": "replay", "memory": "memory"}
+HISTORY_SUBSCRIBERS = (100, 1000)
+# The memory history's bound (history = N), and the lines of the replay's
+# store; --quick divides both.
+HISTORY_MESSAGES = 1_000_000
+REPLAY_LINES = 1_000_000
+HISTORY_QUICK_DIVISOR = 10
+# The fan-out runs with a history: the kind of run, its backplane (all on
+# one server) and that backplane's options; a store's folder is named
+# after the backplane and the repeat.
+HISTORY_KINDS: dict[str, tuple[str, dict[str, object]]] = {
+    "no history": ("PLAIN", {}),
+    "history": ("MEMORY", {"history": HISTORY_MESSAGES}),
+    "store": ("STORE", {"store": None}),
+}
+# Seconds of live traffic (10,000 msgs/s to 100 subscribers) without and
+# with a replay: full, --quick.
+REPLAY_SECONDS = {False: 5, True: 2}
+# history_bytes of the memory run's history: room for every line it is
+# given (the default, 64 MiB, holds 1 M lines of 64 bytes with little to
+# spare), so that the message count is what binds.
+MEMORY_HISTORY_BYTES = 256 * 1024 * 1024
 
 # Log lines worth a look: errors, and clients the server cut off or refused.
 LOG_PROBLEMS = ("Traceback", "Unhandled", "Disconnecting", "Refusing", "CRITICAL", "critical",
@@ -110,6 +137,25 @@ class Running:
 
 
 @dataclass
+class Backplanes:
+    """
+    A backplane server with several backplanes, each with a publish port
+    and a subscribe port.
+
+    @ivar running: each backplane's server and ports, by name.
+    @ivar ids: the C{ids = true} subscribe port of each backplane that has one.
+    @ivar histories: the backplanes that keep a history (C{history} or C{store}).
+    @ivar monitor: the port of its C{[monitor]} (C{/stats}), 0 if none.
+    """
+
+    server: Server
+    running: dict[str, Running]
+    ids: dict[str, int]
+    histories: tuple[str, ...]
+    monitor: int
+
+
+@dataclass
 class Suite:
     """
     Runs scenarios and collects their rows in L{runs}; a scenario that could
@@ -128,6 +174,13 @@ class Suite:
         """
         for scenario in self.options.only or SCENARIOS:
             getattr(self, scenario)()
+
+    def history_suite(self) -> None:
+        """
+        The scenarios of C{python -m bench history} (all, or C{options.only}).
+        """
+        for scenario in self.options.only or HISTORY_SCENARIOS:
+            getattr(self, HISTORY_SCENARIOS[scenario])()
 
     # The scenarios.
 
@@ -255,7 +308,125 @@ class Suite:
                                  run_fanout(t, load, self.placement, groups),
                                  kind=kind)
 
+    def history_fanout(self) -> None:
+        """
+        Full speed, one publisher, S = 100 and 1000 plain subscribers, to a
+        backplane without a history, with C{history = 1000000} and with a
+        store (the default C{fsync_interval}), all three on one server; the
+        order of the three rotates between repeats.
+        """
+        kinds = list(HISTORY_KINDS)
+        for repeat in range(1, self.options.repeat + 1):
+            backplanes = {name: {k: v if v is not None else f"store-{name}-{repeat}"
+                                 for k, v in options.items()}
+                          for name, options in HISTORY_KINDS.values()}
+            with self.backplanes("history", backplanes) as server:
+                for running in server.running.values():
+                    self.warm_up(running)
+                shift = (repeat - 1) % len(kinds)
+                for subscribers in HISTORY_SUBSCRIBERS:
+                    load = self.load(subscribers, self.messages(FANOUT_MESSAGES[subscribers]))
+                    for kind in kinds[shift:] + kinds[:shift]:
+                        self.measure("history", repeat, server.running[HISTORY_KINDS[kind][0]],
+                                     partial(run_fanout, load=load, placement=self.placement),
+                                     kind=kind)
+
+    def replay(self) -> None:
+        """
+        A store filled with 1,000,000 lines (--quick: 100,000) through its
+        publish port at full speed (one subscriber), then 10,000 messages a
+        second to 100 live subscribers for a few seconds without, then with
+        (the order alternates between repeats) a client on an C{ids = true}
+        port that sends C{RESUME 0} as the live messages start and reads
+        the whole history (up to its last line when the run starts).  The
+        live subscribers' latency is also estimated for every message
+        (C{msg_lat_*}, see L{bench.wire.LineCounter}), since a stall holds
+        many messages back but shows in few chunks.
+        """
+        lines = self.history_lines(REPLAY_LINES)
+        seconds = REPLAY_SECONDS[self.options.quick]
+        live = self.load(LATENCY_SUBSCRIBERS, round(LATENCY_RATE * seconds), rate=LATENCY_RATE,
+                         spans=True)
+        for repeat in range(1, self.options.repeat + 1):
+            store = {"STORE": {"store": f"store-replay-{repeat}"}}
+            with self.backplanes("replay", store, ids=("STORE",), monitor=True) as server:
+                running = server.running["STORE"]
+                self.measure("replay", repeat, running,
+                             partial(run_fanout, load=self.load(1, lines),
+                                     placement=self.placement),
+                             kind="fill")
+                runs = [("live", False), ("live + replay", True)]
+                for kind, replaying in runs if repeat % 2 else runs[::-1]:
+                    history = history_report(server.monitor, "STORE")
+                    companions = ((replayer(server.ids["STORE"], history["last"]),)
+                                  if replaying else ())
+                    self.measure("replay", repeat, running,
+                                 partial(run_fanout, load=live, placement=self.placement,
+                                         companions=companions),
+                                 kind=kind, history_messages=history["messages"])
+
+    def memory(self) -> None:
+        """
+        The server's memory (VmRSS) for a history of 1,000,000 lines of 64
+        bytes (--quick: 100,000), against the same server with the history
+        empty.  One server, no warm-up, filled at full speed through each
+        backplane's publish port (one subscriber), in this order: a
+        backplane without a history (the baseline: what a fill leaves
+        behind by itself), the memory history (C{history = N}), the memory
+        history again (N more lines: it drops the oldest as it goes), a
+        store.
+        """
+        lines = self.history_lines(HISTORY_MESSAGES)
+        fill = self.load(1, lines)
+        for repeat in range(1, self.options.repeat + 1):
+            backplanes: dict[str, dict[str, object]] = {
+                "PLAIN": {},
+                "MEMORY": {"history": lines, "history_bytes": MEMORY_HISTORY_BYTES},
+                "STORE": {"store": f"store-memory-{repeat}"},
+            }
+            with self.backplanes("memory", backplanes, monitor=True) as server:
+                # The baseline of each step: the server fresh, then as the
+                # fill without a history left it (the memory history empty),
+                # then (0) as the step before left it.
+                baselines = {"PLAIN": rss_kib(server.server.pid)}
+                steps = [("no history", "PLAIN"), ("history", "MEMORY"),
+                         ("history, refilled", "MEMORY"), ("store", "STORE")]
+                for kind, name in steps:
+                    self.measure("memory", repeat, server.running[name],
+                                 partial(self.fill_memory, load=fill, server=server,
+                                         backplane=name, baseline=baselines.get(name, 0)),
+                                 kind=kind)
+                    baselines.setdefault("MEMORY", rss_kib(server.server.pid))
+
     # Helpers.
+
+    def history_lines(self, full: int) -> int:
+        """
+        The lines of a history run: C{full}, or a tenth of it with --quick.
+        """
+        return full // HISTORY_QUICK_DIVISOR if self.options.quick else full
+
+    def fill_memory(self, target: Target, load: Load, server: Backplanes, backplane: str,
+                    baseline: int) -> dict[str, object]:
+        """
+        Fill C{backplane} (a fan-out run), then note the server's VmRSS, its
+        growth over C{baseline} (KiB; 0: over what it was before this run),
+        and, if the backplane keeps a history, what the history says it
+        keeps and the growth per line kept.
+        """
+        before = rss_kib(server.server.pid)
+        row = run_fanout(target, load, self.placement)
+        rss = rss_kib(server.server.pid)
+        baseline = baseline or before
+        row.update(rss_kib=rss, rss_baseline_kib=baseline, rss_growth_kib=rss - baseline)
+        if backplane in server.histories:
+            history = history_report(server.monitor, backplane)
+            kept = history["messages"]
+            row.update(history_messages=kept, history_bytes=history["bytes"],
+                       rss_bytes_per_line=round((rss - baseline) * 1024 / max(1, kept), 1),
+                       history_bytes_per_line=round(history["bytes"] / max(1, kept), 1))
+        return row
+
 
     @staticmethod
     def split(pair: Running, b: int, subscribers: int) -> tuple[Subscribers, ...]:
@@ -387,6 +558,58 @@ class Suite:
                                   subscribers - subscribers // 2))
         run_fanout(target, self.load(subscribers, messages), self.placement, groups)
 
+    @contextlib.contextmanager
+    def backplanes(self, name: str, backplanes: Mapping[str, Mapping[str, object]],
+                   ids: Sequence[str] = (), monitor: bool = False) -> Iterator[Backplanes]:
+        """
+        Start a backplane server with several backplanes (C{backplanes}: the
+        options of each, e.g. C{{"history": 1000000}}), each with a publish
+        port and a subscribe port, an C{ids = true} subscribe port for each
+        of C{ids}, and a C{[monitor]} if C{monitor}; on exit, stop it and
+        remove the folders of its stores.
+        """
+        ports: list[int] = []
+        listen: list[dict[str, object]] = []
+        running: dict[str, tuple[int, int]] = {}
+        id_ports: dict[str, int] = {}
+        for backplane in backplanes:
+            publish, subscribe = free_port(), free_port()
+            running[backplane] = (publish, subscribe)
+            listen += [
+                {"endpoint": endpoint(publish), "publish_to": backplane, "backlog": BACKLOG},
+                {"endpoint": endpoint(subscribe), "subscribe_to": backplane,
+                 "backlog": BACKLOG},
+            ]
+            ports += [publish, subscribe]
+            if backplane in ids:
+                id_ports[backplane] = free_port()
+                listen.append({"endpoint": endpoint(id_ports[backplane]),
+                               "subscribe_to": backplane, "ids": True, "backlog": BACKLOG})
+                ports.append(id_ports[backplane])
+        monitor_port = free_port() if monitor else 0
+        sections = {"monitor": {"endpoint": endpoint(monitor_port)}} if monitor else None
+        if monitor:
+            ports.append(monitor_port)
+        config = toml_config(backplanes, sections, listen=listen)
+        stores = [self.folder / str(options["store"]) for options in backplanes.values()
+                  if "store" in options]
+        try:
+            server = backplane_server(self.folder, name, config, ports, self.options.reactor,
+                                      self.placement.server).start()
+            with server:
+                yield Backplanes(
+                    server,
+                    {b: Running(server, Target("backplane", "lines", publish, subscribe,
+                                               (server.pid,)))
+                     for b, (publish, subscribe) in running.items()},
+                    id_ports,
+                    tuple(b for b, options in backplanes.items()
+                          if "history" in options or "store" in options),
+                    monitor_port)
+        finally:
+            for store in stores:
+                shutil.rmtree(store, ignore_errors=True)
+
     def start_redis(self) -> Server:
         """
         Start a private Redis.
@@ -450,7 +673,9 @@ def _progress(row: dict[str, object]) -> None:
     figures = []
     for field_, unit in (("delivered_msgs_per_s", "msgs/s"), ("lines_per_s", "lines/s"),
                          ("server_cpu_us_per_delivery", "µs CPU/delivery"),
-                         ("lat_p99_us", "µs p99"), ("rss_per_subscriber_bytes", "B/subscriber")):
+                         ("lat_p99_us", "µs p99"), ("rss_per_subscriber_bytes", "B/subscriber"),
+                         ("replay_lines_per_s", "lines/s replayed"),
+                         ("rss_bytes_per_line", "B RSS/kept line")):
         if field_ in row:
             figures.append(f"{row[field_]} {unit}")
     labels = " ".join(f"{k}={row[k]}" for k in ("kind", "S", "P", "rate", "policy", "stalled")

@@ -163,20 +163,31 @@ class LineCounter:
     Until the first data line has arrived, chunks are read line by line, so
     that probe lines are told apart (L{attached} is set by the first) and
     never counted.
+
+    A chunk's last line is its freshest message, so these samples leave
+    out how long the older messages of a chunk waited: with C{spans}, the
+    first complete line of each sampled chunk is parsed too, and the chunk
+    is noted as three numbers, its lines and the latencies (ns) of its first
+    and last complete lines, from which L{bench.stats.message_latency_summary}
+    estimates every message's latency.
     """
 
     __slots__ = (
         "_carry", "_settled", "aligned", "attached", "bad", "latencies", "received",
-        "sequence_errors", "size",
+        "sequence_errors", "size", "spans",
     )
 
-    def __init__(self, size: int, latencies: array[int]) -> None:
+    def __init__(self, size: int, latencies: array[int],
+                 spans: array[int] | None = None) -> None:
         """
         @param size: the payload size.
         @param latencies: receives one latency sample (ns) a chunk.
+        @param spans: if given, receives lines, first and last latency (ns)
+            of every sampled chunk.
         """
         self.size = size
         self.latencies = latencies
+        self.spans = spans
         self.received = 0
         self.bad = 0
         self.sequence_errors = 0
@@ -206,7 +217,14 @@ class LineCounter:
         if not (buffer[start - 1] == _NEWLINE if start else aligned):
             self.bad += 1  # a longer line: merged or corrupt
             return
-        self._check(buffer, start, now)
+        if self._check(buffer, start, now) and self.spans is not None:
+            first = 0 if aligned else min(buffer.find(b"\n", 0, n) + 1, start)
+            try:
+                sent = int(buffer[first + 21:first + 37], 16) if buffer[first] == _M else -1
+            except ValueError:
+                sent = -1  # not a payload: the last line's check counts what is bad
+            if sent >= 0:
+                self.spans.extend((lines, now - sent, self.latencies[-1]))
 
     def _feedProbes(self, data: bytes, now: int) -> None:
         # Before the first data line: probes, one by one.  From the first
@@ -228,19 +246,90 @@ class LineCounter:
             self._settled = True
             self.feed(rest, len(rest), now)
 
-    def _check(self, data: bytes | bytearray, start: int, now: int) -> None:
+    def _check(self, data: bytes | bytearray, start: int, now: int) -> bool:
+        # Check the line at start, and sample its latency: whether it could.
         if data[start] != _M:
             self.bad += 1
-            return
+            return False
         try:
             seq = int(data[start + 5:start + 21], 16)
             sent = int(data[start + 21:start + 37], 16)
         except ValueError:
             self.bad += 1
-            return
+            return False
         if seq != self.received - 1:
             self.sequence_errors += 1
         self.latencies.append(now - sent)
+        return True
+
+
+class IdLineCounter:
+    """
+    Counts the lines of a stream with ids (an C{ids = true} port's C{EPOCH:SEQ
+    payload} lines), as a client that replays a history reads them, in bulk:
+    C{bytes.count(b"\n")} a chunk, and only the last complete line of a
+    chunk is parsed.  Its id must be of the first line's epoch and its SEQ
+    the first line's plus the lines counted since, so a lost, repeated or
+    extra line (a C{GAP}, an C{ERR}) shows up as a sequence error or a bad
+    line.  The payloads are not looked at: a history holds the probes of
+    the runs that filled it beside their messages.
+
+    @ivar first: the SEQ of the first line (0 until it has come, or if it
+        was not an id line).
+    @ivar last: the SEQ of the latest line checked (0: none).
+    """
+
+    __slots__ = ("_carry", "bad", "epoch", "first", "last", "received", "sequence_errors")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.first = 0
+        self.last = 0
+        self.epoch = b""
+        self.bad = 0
+        self.sequence_errors = 0
+        # The stream's bytes after its last newline so far.
+        self._carry = b""
+
+    def feed(self, buffer: bytearray, n: int) -> None:
+        """
+        Count the first C{n} bytes of C{buffer}.
+        """
+        end = buffer.rfind(b"\n", 0, n)
+        if end < 0:
+            self._carry += bytes(buffer[:n])
+            return
+        if not self.received:
+            head = self._carry + bytes(buffer[:buffer.find(b"\n", 0, n)])
+            parsed = self._parse(head)
+            if parsed is None:
+                self.bad += 1
+            else:
+                self.epoch, self.first = parsed
+        self.received += buffer.count(b"\n", 0, end + 1)
+        start = buffer.rfind(b"\n", 0, end) + 1
+        line = bytes(buffer[start:end]) if start else self._carry + bytes(buffer[:end])
+        self._carry = bytes(buffer[end + 1:n])
+        parsed = self._parse(line)
+        if parsed is None:
+            self.bad += 1
+            return
+        epoch, self.last = parsed
+        if self.first and (epoch != self.epoch
+                           or self.last != self.first + self.received - 1):
+            self.sequence_errors += 1
+
+    @staticmethod
+    def _parse(line: bytes) -> tuple[bytes, int] | None:
+        # The epoch and SEQ of an "EPOCH:SEQ payload" line, or None.
+        space = line.find(b" ")
+        colon = line.find(b":", 0, space)
+        if space < 0 or colon <= 0:
+            return None
+        try:
+            return line[:colon], int(line[colon + 1:space])
+        except ValueError:
+            return None
 
 
 class FrameCounter:

@@ -118,6 +118,29 @@ class LineCounterTests(SynchronousTestCase):
         feedInChunks(counter, lines(1, 30), 30 * (SIZE + 1))
         self.assertEqual((counter.received, len(latencies)), (31, 2))
 
+    def test_spans(self):
+        """
+        With spans, a sampled chunk is noted as its lines and the latencies
+        of its first and last complete lines, in whatever reads it comes.
+        """
+        sent = [10**6 * (1 + seq) for seq in range(11)]
+        data = b"".join(wire.payload(0, seq, sent[seq], SIZE) + b"\n" for seq in range(11))
+        latencies, spans = array("q"), array("q")
+        counter = wire.LineCounter(SIZE, latencies, spans)
+        feedInChunks(counter, wire.probe(0), 100)
+        buffer = bytearray(data)
+        counter.feed(buffer, SIZE + 1, 10**8)  # one line
+        counter.feed(buffer[SIZE + 1:], 5 * (SIZE + 1) + 10, 2 * 10**8)  # 5 and a part
+        counter.feed(buffer[6 * (SIZE + 1) + 10:], 5 * (SIZE + 1) - 10, 3 * 10**8)  # the rest
+        self.assertEqual((counter.received, counter.bad, counter.sequence_errors), (11, 0, 0))
+        self.assertEqual(list(spans), [
+            1, 10**8 - sent[0], 10**8 - sent[0],
+            5, 2 * 10**8 - sent[1], 2 * 10**8 - sent[5],
+            # The first line of the third read began in the second.
+            5, 3 * 10**8 - sent[7], 3 * 10**8 - sent[10],
+        ])
+        self.assertEqual(list(latencies), [spans[2], spans[5], spans[8]])
+
     def test_missingLine(self):
         """
         A lost line (10) shows as a sequence error on the next chunk's last
@@ -413,6 +436,22 @@ class StatsTests(SynchronousTestCase):
         self.assertEqual(summary, {"lat_samples": 3, "lat_p50_us": 2.0, "lat_p99_us": 3.0,
                                    "lat_max_us": 3.0})
         self.assertEqual(stats.latency_summary([], "x"), {"x_samples": 0})
+
+    def test_messageLatency(self):
+        """
+        Every message weighs the same: a chunk of ten messages received
+        together, sent 1 ms apart, counts ten times as much as a chunk of
+        one, its latencies running evenly from its first's to its last's.
+        """
+        spans = [1, 100_000, 100_000, 10, 10_000_000, 1_000_000]
+        self.assertEqual(stats.message_latency_summary(spans), {
+            "msg_lat_messages": 11, "msg_lat_p50_us": 5000.0, "msg_lat_p99_us": 10000.0,
+            "msg_lat_max_us": 10000.0})
+        # A chunk of many: at most SPAN_POINTS points, each weighing as much.
+        many = stats.message_latency_summary([1000, 1000_000, 0] + [1, 5_000_000, 5_000_000] * 9)
+        self.assertEqual((many["msg_lat_messages"], many["msg_lat_p50_us"],
+                          many["msg_lat_p99_us"]), (1009, 516.1, 1000.0))
+        self.assertEqual(stats.message_latency_summary([], "x"), {"x_messages": 0})
 
     def test_aggregate(self):
         runs = [
