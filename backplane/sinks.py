@@ -290,6 +290,23 @@ class FileSink(Service):
         self._errorsSinceOk = 0
         self._droppedSinceOk = 0
 
+    def reopen(self) -> None:
+        """
+        Write what waits, close the file and open its path again: what
+        C{logrotate} expects after it has moved the file away (the twistd
+        plugin does it on SIGHUP).  Never raises: a failure is logged and
+        counted, and the lines wait for the next flush.
+        """
+        self.flush()
+        self._close()
+        if self.running:
+            try:
+                self._open()
+            except Exception:
+                self._failed(Failure())
+                return
+        self.log.info("File sink {path} reopened", path=self.path)
+
     def _open(self) -> None:
         logfile = _AppendFile.fromFullPath(
             self.path, rotateLength=self.rotateBytes or None, maxRotatedFiles=self.maxFiles

@@ -5,16 +5,20 @@ The twistd plugin's options and service: C{twistd backplane [--config FILE] [--c
 from __future__ import annotations
 
 import resource
+import signal
 import sys
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.python import usage
 
+from backplane._types import defaultReactor
 from backplane.build import buildService
 from backplane.config import Config, defaultConfig, readConfig
 from backplane.errors import ConfigError
+from backplane.sinks import FileSink
 
 
 class Options(usage.Options):
@@ -69,6 +73,37 @@ class _Twistd(MultiService):
         super().__init__()
         self.nodaemon = nodaemon
 
+    def startService(self) -> None:
+        super().startService()
+        self.installSignals()
+
+    def installSignals(self) -> None:
+        """
+        SIGHUP (and SIGUSR1, unless twistd rotates its log file with it)
+        reopens every C{[[file]]} sink, after writing what waits: what
+        C{logrotate}'s C{postrotate} sends.  Without this, either signal
+        would end the process at once, losing what waits to be written.
+        """
+        reactor = cast(IReactorThreads, defaultReactor())
+
+        def handler(number: int, frame: object) -> None:
+            # In a signal handler: do the work on the reactor's next turn.
+            reactor.callFromThread(self.reopen, signal.Signals(number).name)
+
+        signal.signal(signal.SIGHUP, handler)
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGUSR1, handler)
+
+    def reopen(self, why: str = "SIGHUP") -> None:
+        """
+        Reopen every file sink of the service.
+        """
+        sinks = [child for service in self for child in _descendants(service)
+                 if isinstance(child, FileSink)]
+        self.log.info("{signal}: reopening {count} file sinks", signal=why, count=len(sinks))
+        for sink in sinks:
+            sink.reopen()
+
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
@@ -77,6 +112,14 @@ class _Twistd(MultiService):
             if self.nodaemon:
                 _exit(f"backplane: {e}", 1)
             raise
+
+
+def _descendants(service: Any) -> list[Any]:
+    found = [service]
+    if isinstance(service, MultiService):
+        for child in service:
+            found.extend(_descendants(child))
+    return found
 
 
 log = Logger()

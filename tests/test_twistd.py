@@ -502,3 +502,46 @@ max_line_length = 10
     assert overlong["limit"] == 10
     assert overlong["peer"].startswith("127.0.0.1:")
     assert records[-1]["message"] == "Server Shut Down."
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1])
+def test_signalReopensFileSinks(tmp_path, sig):
+    """
+    logrotate's way, under load: the file is moved away, then SIGHUP (or
+    SIGUSR1, with twistd logging to standard output): the process goes on,
+    writes on to a new file at the same path, and loses no line.
+    """
+    port = freePort()
+    twistd = Twistd(tmp_path, config=f"""
+[backplane.LOG]
+[[listen]]
+endpoint = "tcp:{port}:interface=127.0.0.1"
+publish_to = "LOG"
+[[file]]
+subscribe_to = "LOG"
+path = "log.txt"
+flush_interval = 0.05
+""").start()
+    try:
+        twistd.waitForPort(port)
+        with socket.create_connection(("127.0.0.1", port)) as publisher:
+            n = 0
+            for round in range(3):
+                for _ in range(20):
+                    publisher.sendall(b"".join(b"line %d\n" % (n + i) for i in range(100)))
+                    n += 100
+                    time.sleep(0.005)
+                (tmp_path / "log.txt").rename(tmp_path / f"log.txt.{round}")
+                twistd.sendSignal(sig)
+                twistd.signalled = None
+                twistd.waitForLog(f"{signal.Signals(sig).name}: reopening 1 file sinks")
+                assert twistd.process is not None and twistd.process.poll() is None
+            publisher.sendall(b"the end\n")
+        time.sleep(0.3)
+        twistd.stop()
+    finally:
+        twistd.kill()
+    written = b"".join((tmp_path / f"log.txt.{i}").read_bytes() for i in range(3))
+    written += (tmp_path / "log.txt").read_bytes()
+    assert written.split(b"\n")[:-1] == [b"line %d" % i for i in range(n)] + [b"the end"]
+    assert all((tmp_path / f"log.txt.{i}").stat().st_size > 0 for i in range(3))
