@@ -91,6 +91,8 @@ class LineFramer:
     @ivar maxLineLength: the longest line, in bytes without the C{\\n}.
     """
 
+    __slots__ = ("_buffer", "maxLineLength", "receiver")
+
     def __init__(self, receiver: LinesReceiver,
                  maxLineLength: int = DEFAULT_MAX_LINE_LENGTH) -> None:
         if maxLineLength < 1:

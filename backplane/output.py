@@ -141,6 +141,10 @@ class BoundedWriter:
 
     log = Logger()
 
+    # One a subscriber: slots keep each small (see docs/performance.md, idle).
+    __slots__ = ("_maxPending", "_missed", "_paused", "_socket", "_waiting", "_waitingBytes",
+                 "counters", "dropped", "limits", "name", "owner", "transport")
+
     def __init__(self, owner: OutputOwner, transport: OutputTransport, limits: Limits, *,
                  name: str, counters: Sequence[SlowCounters] = ()) -> None:
         """
