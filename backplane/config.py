@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import os
 import re
+import stat
 import sys
 import types
 import typing
@@ -36,6 +38,14 @@ from backplane.errors import ConfigError
 from backplane.protocols import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_PENDING, Limits
 from backplane.redis.address import parseURL
 
+#: Bounds that keep a config from asking for more than a process can give
+#: (docs/limits.md): what start-up would fail on, --check refuses.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_KEY_FILE_BYTES = 1024 * 1024
+MAX_RETAIN = 1_000_000
+MAX_HISTORY = 100_000_000
+MIN_INTERVAL = 0.001
+
 #: The defaults of a backplane's history (SPEC section 9; docs/configuration.md).
 DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
 DEFAULT_STORE_BYTES = 1024 * 1024 * 1024
@@ -43,7 +53,8 @@ DEFAULT_FSYNC_INTERVAL = 0.1
 
 
 def _option(default: Any = dataclasses.MISSING, *, doc: str = "", minimum: float | None = None,
-            above: float | None = None, parse: Callable[[Any], Any] | None = None) -> Any:
+            above: float | None = None, maximum: float | None = None,
+            parse: Callable[[Any], Any] | None = None) -> Any:
     """
     A config key: its default, and the bounds its value must respect.
 
@@ -52,7 +63,7 @@ def _option(default: Any = dataclasses.MISSING, *, doc: str = "", minimum: float
         L{ValueError} with a message saying what is wrong with it.
     """
     return field(default=default, metadata={"doc": doc, "minimum": minimum, "above": above,
-                                            "parse": parse})
+                                            "maximum": maximum, "parse": parse})
 
 
 def _networks(value: Any) -> tuple[Network, ...]:
@@ -85,10 +96,12 @@ class BackplaneEntry:
     """
 
     name: str = field(metadata={"internal": True})
-    retain: int = _option(0, minimum=0, doc="replay the last N messages to each new subscriber")
+    retain: int = _option(0, minimum=0, maximum=MAX_RETAIN,
+                          doc="replay the last N messages to each new subscriber")
     shared: bool = _option(False, doc="shared with other nodes through [redis]")
     history: int = _option(
-        0, minimum=0, doc="keep the last N messages in memory, with ids, for RESUME (0: none)")
+        0, minimum=0, maximum=MAX_HISTORY,
+        doc="keep the last N messages in memory, with ids, for RESUME (0: none)")
     history_bytes: int = _option(
         DEFAULT_HISTORY_BYTES, minimum=1, doc="the most bytes a memory history keeps")
     store: str | None = _option(
@@ -129,7 +142,8 @@ class ListenEntry:
     max_pending: int = _option(DEFAULT_MAX_PENDING, minimum=0)
     slow: Literal["disconnect", "drop"] = _option("disconnect")
     max_clients: int | None = _option(None, minimum=0)
-    backlog: int = _option(511, minimum=1, doc="the listen queue of a tcp, ssl or unix port")
+    backlog: int = _option(511, minimum=1, maximum=65535,
+                           doc="the listen queue of a tcp, ssl or unix port")
     allow: tuple[Network, ...] | None = _option(
         None, parse=_networks, doc="the networks clients may connect from (default: any)")
     tls_client_ca: str | None = _option(
@@ -185,7 +199,7 @@ class ClockEntry:
     """
 
     publish_to: str = _option(doc="the backplane the time is published to")
-    interval: float = _option(1.0, above=0.0)
+    interval: float = _option(1.0, minimum=MIN_INTERVAL, maximum=86400.0)
 
 
 @dataclass(frozen=True)
@@ -291,17 +305,38 @@ def readConfig(path: str | Path) -> Config:
     """
     name = str(path)
     try:
-        with open(path, "rb") as f:
-            document = tomllib.load(f)
+        text = readBounded(path, MAX_CONFIG_BYTES).decode("utf-8")
+        document = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError("no such file", path=name) from None
     except OSError as e:
         raise ConfigError(f"cannot read it: {e.strerror}", path=name) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"not valid TOML: {e}", path=name) from None
-    except UnicodeDecodeError:
-        raise ConfigError("not valid TOML: the file is not UTF-8", path=name) from None
+    except ValueError as e:  # too big, not a regular file
+        if isinstance(e, (tomllib.TOMLDecodeError, UnicodeDecodeError)):
+            reason = ("the file is not UTF-8" if isinstance(e, UnicodeDecodeError) else str(e))
+            raise ConfigError(f"not valid TOML: {reason}", path=name) from None
+        raise ConfigError(str(e), path=name) from None
+    except RecursionError:
+        raise ConfigError("not valid TOML: its arrays or tables are nested too deeply",
+                          path=name) from None
     return parseConfig(document, path=name, folder=Path(path).resolve().parent)
+
+
+def readBounded(path: str | Path, limit: int) -> bytes:
+    """
+    The bytes of a regular file of at most C{limit} bytes: never reads more
+    (a path to C{/dev/zero} or a pipe is refused, not read for ever).
+
+    @raise OSError: it cannot be read.
+    @raise ValueError: it is not a regular file, or it is bigger.
+    """
+    with open(path, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError("not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"bigger than {limit:,} bytes")
+    return data
 
 
 def parseConfig(document: Mapping[str, Any], *, path: str = "<config>",
@@ -435,6 +470,10 @@ class _Parser:
             raise self.error(where, f"must be {minimum} or more, not {value}")
         if above is not None and not value > above:
             raise self.error(where, f"must be more than {above}, not {value}")
+        maximum = spec.metadata.get("maximum")
+        if maximum is not None and value > maximum:
+            shown = int(maximum) if float(maximum).is_integer() else maximum
+            raise self.error(where, f"must be {shown} or less, not {value}")
         return value
 
     def references(self, config: Config) -> None:
@@ -519,6 +558,13 @@ class _Parser:
 
     def endpoint(self, description: str, parse: Any, where: str,
                  parsed: str | None = None) -> Any:
+        # What Twisted's parser accepts but start-up would not: a port out
+        # of range, an interface that is no address, a key file that never
+        # ends.
+        problem = _endpointProblem(parsed or description, self.folder,
+                                   parse is endpoints.serverFromString)
+        if problem is not None:
+            raise self.error(where, f"cannot use endpoint {description!r}: {problem}")
         # Parsing builds the endpoint (reading any certificate it names)
         # without listening or connecting; a memory reactor keeps it so, and
         # leaves the choice of the real reactor to twistd.
@@ -544,6 +590,47 @@ class _Parser:
         except Exception as e:
             raise self.error(f"{where}.tls_client_ca",
                              f"cannot use {entry.tls_client_ca!r}: {_explain(e)}") from None
+
+
+_FILE_PARAMETERS = ("privateKey", "certKey", "extraCertChain", "dhParameters", "certificate",
+                    "caCertsDir")
+
+
+def _endpointProblem(description: str, folder: Path, server: bool) -> str | None:
+    """
+    What is wrong with an endpoint description that Twisted's parser lets
+    through, or L{None}.
+    """
+    fields = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", description)]
+    kind = fields[0].lower()
+    positional = [part for part in fields[1:] if "=" not in part]
+    keywords = dict(part.split("=", 1) for part in fields[1:] if "=" in part)
+    if kind in ("tcp", "tcp6", "ssl", "tls"):
+        # Servers: tcp:PORT; clients: tcp:HOST:PORT, tls:HOST:PORT.
+        where = 0 if server else 1
+        port = keywords.get("port", positional[where] if len(positional) > where else None)
+        if port is not None and not (port.isdigit() and int(port) <= 65535):
+            return f"the port must be a number from 0 to 65535, not {port[:40]!r}"
+        interface = keywords.get("interface")
+        if interface is not None:
+            try:
+                ipaddress.ip_address(interface)
+            except ValueError:
+                return f"interface must be an IP address, not {interface[:60]!r}"
+        backlog = keywords.get("backlog")
+        if backlog is not None and not (backlog.isdigit() and 1 <= int(backlog) <= 65535):
+            return f"backlog must be a number from 1 to 65535, not {backlog[:40]!r}"
+    for key in _FILE_PARAMETERS:
+        if key in keywords and key != "caCertsDir":
+            path = folder / keywords[key]
+            try:
+                readBounded(path, MAX_KEY_FILE_BYTES)
+            except FileNotFoundError:
+                continue  # Twisted's own message names it
+            except (OSError, ValueError) as e:
+                reason = e.strerror if isinstance(e, OSError) else str(e)
+                return f"{key} {keywords[key][:80]!r}: {reason}"
+    return None
 
 
 def _explain(error: Exception) -> str:

@@ -150,7 +150,7 @@ class ConfigFileTests(ConfigTestCase):
 
     def test_outOfRange(self):
         self.assertConfigError('[backplane.A]\n[[clock]]\npublish_to = "A"\ninterval = 0\n',
-                               "clock[1].interval: must be more than 0.0")
+                               "clock[1].interval: must be 0.001 or more, not 0.0")
         self.assertConfigError('[backplane.A]\nretain = -1\n',
                                "backplane.A.retain: must be 0 or more")
 

@@ -10,6 +10,7 @@ import socket
 import ssl
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from twisted.application.service import IServiceMaker, MultiService
@@ -545,3 +546,49 @@ flush_interval = 0.05
     written += (tmp_path / "log.txt").read_bytes()
     assert written.split(b"\n")[:-1] == [b"line %d" % i for i in range(n)] + [b"the end"]
     assert all((tmp_path / f"log.txt.{i}").stat().st_size > 0 for i in range(3))
+
+
+LISTEN = '[backplane.A]\n[[listen]]\nsubscribe_to = "A"\nendpoint = '
+HOSTILE_CONFIGS = {
+    "nested arrays": ("a = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    "a huge port": (LISTEN + '"tcp:99999999"\n', "the port must be a number from 0 to 65535"),
+    "a bad interface": (LISTEN + '"tcp:1500:interface=999.1.1.1"\n',
+                        "interface must be an IP address"),
+    "a huge backlog": (LISTEN + '"tcp:1500:backlog=99999999"\n', "backlog must be a number"),
+    "a key file that never ends": (LISTEN + '"ssl:1500:privateKey=/dev/zero:certKey=/dev/zero"\n',
+                                   "privateKey '/dev/zero': not a regular file"),
+    "a tiny interval": ('[backplane.A]\n[[clock]]\npublish_to = "A"\ninterval = 1e-300\n',
+                        "clock[1].interval: must be 0.001 or more"),
+    "a huge retain": ('[backplane.A]\nretain = 9223372036854775807\n',
+                      "backplane.A.retain: must be 1000000 or less"),
+    "a huge history": ('[backplane.A]\nhistory = 9223372036854775807\n',
+                       "backplane.A.history: must be 100000000 or less"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_CONFIGS))
+def test_checkHostile(tmp_path, case):
+    """
+    --check is as strict as start-up, and quick: each hostile file is one
+    line naming what is wrong, in seconds, without a traceback.
+    """
+    text, fragment = HOSTILE_CONFIGS[case]
+    started = time.monotonic()
+    status, output = Twistd(tmp_path, "--check", config=text).run(timeout=20)
+    assert status == 1, output
+    assert fragment in output, output
+    assert "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1, output[:2000]
+    assert time.monotonic() - started < 10
+
+
+def test_configFileBounded(tmp_path):
+    """
+    A config file that is not a regular file (a device, a pipe) or is
+    bigger than 1 MiB is refused without being read to its end.
+    """
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"# " + b"x" * (1024 * 1024) + b"\n")
+    for path, fragment in ((big, "bigger than"), (Path("/dev/zero"), "not a regular file")):
+        status, output = Twistd(tmp_path, "--check", "--config", str(path)).run(timeout=20)
+        assert status == 1 and fragment in output, output
