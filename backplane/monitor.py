@@ -95,6 +95,7 @@ SOURCE_HELP = {
     ("monitor", "tails_opened"): "Live tails (tail/NAME) opened.",
     ("monitor", "tails_refused"): "Live tails refused: max_tails were open.",
     ("monitor", "tail_dropped"): "Lines live tails missed, being more than max_pending behind.",
+    ("monitor", "tails_cut_off"): "Live tails cut off: their connection stayed full.",
     ("monitor", "tails"): "Live tails open now.",
 }
 
@@ -501,7 +502,8 @@ class MonitorService(EndpointService):
             "counters": {"requests": self.requests, "disallowed": self.factory.disallowed,
                          "tails_opened": tails.stats.accepted,
                          "tails_refused": tails.stats.refused,
-                         "tail_dropped": tails.stats.dropped},
+                         "tail_dropped": tails.stats.dropped,
+                         "tails_cut_off": tails.stats.slow_disconnects},
             "gauges": {"tails": len(tails.clients)},
             "info": {"endpoint": self.description, "tail": tails.enabled},
         }

@@ -47,6 +47,10 @@ from backplane.service import Backplane, BackplaneService, Subscription
 TAIL_MAX_PENDING = 256 * 1024
 DEFAULT_MAX_TAILS = 16
 HEARTBEAT_INTERVAL = 15.0
+#: Heartbeats in a row a tail may find its connection full (not read at
+#: all) before it is cut off, so that tails nobody reads cannot hold every
+#: place of max_tails.
+STALLED_BEATS = 2
 RETRY_MILLISECONDS = 2000
 
 
@@ -119,6 +123,7 @@ class TailClient:
                                     counters=(tails.stats, backplane.stats))
         self._subscription: Subscription | None = None
         self._closing = False
+        self._stalledBeats = 0
 
     def start(self) -> None:
         """
@@ -143,8 +148,21 @@ class TailClient:
         Send a comment, which a browser ignores (unless the connection's
         buffer is full: then there is no need).
         """
-        if not self._closing and not self.output.paused:
+        if self._closing:
+            return
+        if not self.output.paused:
+            self._stalledBeats = 0
             self.output.deliver(b":\n\n", 0)
+            return
+        self._stalledBeats += 1
+        if self._stalledBeats >= STALLED_BEATS:
+            self.log.warn("Cutting off the tail of {name} to {peer}: it has read nothing for "
+                          "{beats} heartbeats", name=self.subscribeTo.name, peer=self.peer,
+                          beats=self._stalledBeats)
+            self.tails.stats.slow_disconnects += 1
+            self._stop()
+            self.output.discard()
+            self.transport.abortConnection()
 
     def outputCaughtUp(self, missed: int) -> None:
         """

@@ -343,6 +343,40 @@ def test_stalledTailMissesLinesOnly(service):
 
 
 @pytest_twisted.inlineCallbacks
+def test_stalledTailCutOff():
+    """
+    A tail whose connection stays full for two heartbeats (nobody reads
+    it) is cut off: it cannot hold a place of max_tails for ever.
+    """
+    service = BackplaneService()
+    data = service.create("DATA")
+    monitor = startMonitor(service, max_tails=1)
+    service.startService()
+    try:
+        _, stream = yield openTail(service, "DATA")
+        (tail,) = monitor.tails.clients
+        stream.transport.pauseProducing()
+        pad = b"x" * 992
+        for start in range(0, 4000, 20):
+            data.publishMany(b"%08d" % i + pad for i in range(start, start + 20))
+            yield deferLater(reactor, 0, lambda: None)
+            if tail.output.paused:
+                break
+        assert tail.output.paused
+        monitor.tails.heartbeat()
+        assert monitor.tails.clients == {tail}, "one full heartbeat is not enough"
+        monitor.tails.heartbeat()
+        assert monitor.tails.clients == set()
+        assert len(data) == 0
+        assert monitor.tails.stats.slow_disconnects == 1
+        _, again = yield openTail(service, "DATA")
+        data.publish(b"for the next one")
+        yield waitUntil(lambda: again.lines()[-1:] == ["for the next one"])
+    finally:
+        yield service.stopService()
+
+
+@pytest_twisted.inlineCallbacks
 def test_maxTails():
     service = BackplaneService()
     data = service.create("DATA")
