@@ -7,16 +7,18 @@ port.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import (
+    IAddress,
     IListeningPort,
     IProtocolFactory,
     IReactorTime,
     IStreamServerEndpoint,
 )
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -25,6 +27,43 @@ from backplane.address import describePeer
 from backplane.errors import CannotListen
 from backplane.interfaces import IStatsSource
 from backplane.protocols import BackplaneFactory
+
+
+class _Refused(Protocol):
+    """
+    A connection its factory refused: closed as soon as it is made.
+    """
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.abortConnection()
+
+
+class _ClosingRefusals(Factory):
+    """
+    A factory whose refusals (L{None} from C{buildProtocol}) close the
+    connection at once on every transport.
+
+    A plain TCP port closes a connection whose factory returns L{None}; a
+    TLS port would instead fail with the L{None} and leave the connection
+    open, so a refused client could complete its handshake and hold the
+    connection past C{max_clients}.  Here it gets a protocol that aborts it.
+    """
+
+    noisy = False
+
+    def __init__(self, factory: IProtocolFactory) -> None:
+        self.wrappedFactory = factory
+
+    def doStart(self) -> None:
+        self.wrappedFactory.doStart()
+
+    def doStop(self) -> None:
+        self.wrappedFactory.doStop()
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        protocol: Any = self.wrappedFactory.buildProtocol(cast(IAddress, addr))
+        return _Refused() if protocol is None else protocol
 
 
 class EndpointService(Service):
@@ -83,7 +122,7 @@ class EndpointService(Service):
             else:  # an endpoint that listens asynchronously
                 self._listened(result)
 
-        self._listening = self.endpoint.listen(self.factory)
+        self._listening = self.endpoint.listen(_ClosingRefusals(self.factory))
         self._listening.addBoth(settled)
         synchronous = False
         if not outcome:

@@ -169,3 +169,22 @@ def test_sslEndpointTripwire(tmp_path):
         "SSL4ServerEndpoint changed: requireClientCertificates must find another way"
     requireClientCertificates(endpoint, loadCertificates(str(certs.ca.path)))
     assert endpoint._sslContextFactory.requireCertificate
+
+
+@pytest_twisted.inlineCallbacks
+def test_refusedTLSClientIsClosed(service, certs):
+    """
+    A TLS client past max_clients is closed at once, as a plain TCP one is:
+    it cannot complete its handshake and hold a connection beyond the limit.
+    """
+    from backplane.protocols import Limits
+
+    port = tlsPort(service, certs, subscribe_to="DATA", limits=Limits(max_clients=1))
+    first = yield connectTLS(port, certs)
+    yield waitUntil(lambda: len(service.get("DATA")) == 1, what="the first client")
+    second = yield connectTLS(port, certs)
+    yield waitUntil(lambda: second.closed.called, timeout=10, what="the refused client closed")
+    assert port.factory.stats.refused == 1
+    assert not first.closed.called
+    service.get("DATA").publish(b"still served")
+    yield waitUntil(lambda: first.lines == [b"still served"])
