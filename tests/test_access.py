@@ -8,6 +8,7 @@ runs PSUBSCRIBE and PUBLISH over a blocking socket.
 
 from __future__ import annotations
 
+import hashlib
 import socket
 
 from hypothesis import given, settings
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from backplane.auth.glob import MAX_NESTING, compileGlob, globMatch
+from backplane.auth.identity import QUOTE_LIMIT, AccessDenied, Identity, Permissions, quote
+from backplane.auth.users import User, Users, hashToken, newToken
 
 
 def redisStringMatch(pattern: bytes, string: bytes) -> bool:
@@ -287,3 +290,128 @@ def test_globMatchAsRealRedis(redis_server) -> None:
             wrong += [(pattern[:30], name[:30], pattern in matched) for pattern in ordered
                       if (pattern in matched) != globMatch(pattern, name)]
     assert not wrong, wrong[:20]
+
+
+class PermissionsTests(SynchronousTestCase):
+    def test_namesAndPatterns(self) -> None:
+        permissions = Permissions(publish=("CHAT", "chat.*"), subscribe=("*",))
+        self.assertTrue(permissions.mayPublish("CHAT"))
+        self.assertTrue(permissions.mayPublish("chat.room"))
+        self.assertTrue(permissions.mayPublish(b"chat.room"))
+        self.assertFalse(permissions.mayPublish("chat"))
+        self.assertFalse(permissions.mayPublish("TIME"))
+        self.assertTrue(permissions.maySubscribe("TIME"))
+
+    def test_nothingByDefault(self) -> None:
+        self.assertFalse(Permissions().mayPublish("A"))
+        self.assertFalse(Permissions().maySubscribe("A"))
+        self.assertFalse(Permissions(publish=("A",)).maySubscribe("A"))
+
+
+class AccessDeniedTests(SynchronousTestCase):
+    def test_fields(self) -> None:
+        denied = AccessDenied("unknown token", code="unknown")
+        self.assertEqual((denied.reason, denied.status, denied.code),
+                         ("unknown token", 401, "unknown"))
+        self.assertEqual(str(denied), "unknown token")
+        self.assertEqual(repr(denied), "AccessDenied('unknown token', 401, code='unknown')")
+        self.assertEqual(AccessDenied("no", 403).status, 403)
+
+    def test_onlyAuthStatuses(self) -> None:
+        self.assertRaises(ValueError, AccessDenied, "no", 500)
+
+    def test_quoteIsShortAndOneLine(self) -> None:
+        self.assertEqual(quote("chat"), "'chat'")
+        self.assertEqual(quote(b"a\nb\xff\x1b"), "'a\\nb\ufffd\\x1b'")
+        long = quote("x" * 1000)
+        self.assertLessEqual(len(long), QUOTE_LIMIT + 5)
+        self.assertTrue(long.endswith("..."))
+
+
+TOKEN = "s3cret-token-for-alice"
+ALICE = User("alice", Permissions(("chat.*",), ("*",)),
+             tokenSha256=hashlib.sha256(TOKEN.encode()).digest())
+BOB = User("bob", Permissions((), ("TIME",)), cert="bob.example.com")
+CAROL = User("carol", Permissions(("LOGS",)), tokenSha256=hashlib.sha256(b"carol").digest(),
+             cert="carol")
+
+
+class UsersTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.users = Users([ALICE, BOB, CAROL])
+
+    def test_hashToken(self) -> None:
+        self.assertEqual(hashToken(TOKEN), hashlib.sha256(TOKEN.encode()).hexdigest())
+        self.assertEqual(hashToken(b"abc"), hashToken("abc"))
+        self.assertEqual(hashToken("café"), hashlib.sha256("café".encode()).hexdigest())
+
+    def test_newToken(self) -> None:
+        tokens = {newToken() for _ in range(20)}
+        self.assertEqual(len(tokens), 20)
+        for token in tokens:
+            self.assertEqual(len(token), 43)
+            self.assertRegex(token, r"^[A-Za-z0-9_-]+$")
+
+    def test_authenticate(self) -> None:
+        identity = self.users.authenticate(TOKEN)
+        self.assertEqual(identity, Identity("alice", ALICE.permissions, None))
+        self.assertEqual(self.users.authenticate(TOKEN.encode()), identity)
+        self.assertEqual(self.users.authenticate("carol").name, "carol")
+
+    def test_unknown(self) -> None:
+        self.assertIsNone(self.users.authenticate("nope"))
+        self.assertIsNone(self.users.authenticate(TOKEN + " "))
+        self.assertIsNone(self.users.authenticate(""))
+        self.assertIsNone(self.users.authenticate(hashToken(TOKEN)), "the hash is no token")
+
+    def test_comparedInConstantTime(self) -> None:
+        """
+        Every user's digest is compared with hmac.compare_digest, all of
+        them, however early the match.
+        """
+        import hmac
+
+        calls = []
+        original = hmac.compare_digest
+
+        def compare(a: bytes, b: bytes) -> bool:
+            calls.append((a, b))
+            return original(a, b)
+
+        self.patch(hmac, "compare_digest", compare)
+        self.users.authenticate(TOKEN)
+        self.assertEqual(len(calls), 2, "alice and carol have tokens")
+        self.assertEqual(calls[0][0], hashlib.sha256(TOKEN.encode()).digest())
+
+    def test_fromCertificate(self) -> None:
+        self.assertEqual(self.users.fromCertificate("bob.example.com"),
+                         Identity("bob", BOB.permissions))
+        self.assertEqual(self.users.fromCertificate("carol").name, "carol")
+        self.assertIsNone(self.users.fromCertificate("BOB.example.com"))
+        self.assertIsNone(self.users.fromCertificate("alice"))
+        self.assertIsNone(self.users.fromCertificate(""))
+        self.assertIsNone(self.users.fromCertificate(None))
+
+    def test_registry(self) -> None:
+        self.assertEqual(len(self.users), 3)
+        self.assertEqual([user.name for user in self.users], ["alice", "bob", "carol"])
+        self.assertIn("bob", self.users)
+        self.assertIs(self.users.get("bob"), BOB)
+        self.assertIsNone(self.users.get("dave"))
+
+    def test_unique(self) -> None:
+        self.assertRaises(ValueError, Users, [ALICE, User("alice", Permissions())])
+        error = self.assertRaises(ValueError, Users,
+                                  [BOB, User("b2", Permissions(), cert=BOB.cert)])
+        self.assertIn("same cert", str(error))
+        error = self.assertRaises(ValueError, Users, [
+            ALICE, User("a2", Permissions(), tokenSha256=ALICE.tokenSha256)])
+        self.assertIn("token of another user", str(error))
+
+    def test_digestSize(self) -> None:
+        self.assertRaises(ValueError, User, "x", Permissions(), tokenSha256=b"short")
+
+    def test_reprHidesTheDigest(self) -> None:
+        assert ALICE.tokenSha256 is not None
+        self.assertNotIn(ALICE.tokenSha256.hex()[:16], repr(ALICE))
+        self.assertNotIn(repr(ALICE.tokenSha256)[:16], repr(ALICE))

@@ -2,6 +2,9 @@
 Access control (SPEC section 11): who may connect, publish and subscribe.
 
   - L{globMatch}: Redis glob patterns, as C{PSUBSCRIBE} matches them.
+  - L{Permissions}, L{Identity}, L{AccessDenied}: what a client may do, who
+    it is, and the one refusal.
+  - L{User}, L{Users}, L{hashToken}, L{newToken}: the C{[[user]]} tables.
 
 Each name is loaded from its module on first use.
 """
@@ -13,15 +16,31 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from backplane.auth.glob import compileGlob, globMatch
+    from backplane.auth.identity import AccessDenied, Identity, Permissions
+    from backplane.auth.users import User, Users, hashToken, newToken
 
 _WHERE = {
+    "AccessDenied": "backplane.auth.identity",
+    "Identity": "backplane.auth.identity",
+    "Permissions": "backplane.auth.identity",
+    "User": "backplane.auth.users",
+    "Users": "backplane.auth.users",
     "compileGlob": "backplane.auth.glob",
     "globMatch": "backplane.auth.glob",
+    "hashToken": "backplane.auth.users",
+    "newToken": "backplane.auth.users",
 }
 
 __all__ = [
+    "AccessDenied",
+    "Identity",
+    "Permissions",
+    "User",
+    "Users",
     "compileGlob",
     "globMatch",
+    "hashToken",
+    "newToken",
 ]
 
 
