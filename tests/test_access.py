@@ -8,16 +8,35 @@ runs PSUBSCRIBE and PUBLISH over a blocking socket.
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
+import hmac
+import json
 import socket
+from typing import Any
 
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from backplane.auth.glob import MAX_NESTING, compileGlob, globMatch
 from backplane.auth.identity import QUOTE_LIMIT, AccessDenied, Identity, Permissions, quote
+from backplane.auth.signed import (
+    ANONYMOUS,
+    DEFAULT_LEEWAY,
+    MAX_KEY_FILE,
+    JWTVerifier,
+    KeyFileError,
+    loadKey,
+)
 from backplane.auth.users import User, Users, hashToken, newToken
+from tests.helpers import tempDir
 
 
 def redisStringMatch(pattern: bytes, string: bytes) -> bool:
@@ -415,3 +434,329 @@ class UsersTests(SynchronousTestCase):
         assert ALICE.tokenSha256 is not None
         self.assertNotIn(ALICE.tokenSha256.hex()[:16], repr(ALICE))
         self.assertNotIn(repr(ALICE.tokenSha256)[:16], repr(ALICE))
+
+
+# Signed tokens.
+
+NOW = 1_700_000_000.0
+SECRET = b"0123456789abcdef0123456789abcdef-backplane"
+
+
+@functools.cache
+def _ed25519() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@functools.cache
+def _rsa(bits: int = 2048) -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+def _publicPEM(private: Any, form: Any = serialization.PublicFormat.SubjectPublicKeyInfo) -> bytes:
+    return private.public_key().public_bytes(serialization.Encoding.PEM, form)
+
+
+def _privatePEM(private: Any) -> bytes:
+    return private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _forged(header: dict[str, Any], claims: dict[str, Any], secret: bytes) -> str:
+    """
+    A token signed by hand with HMAC-SHA256 (PyJWT refuses to use a PEM key
+    as an HMAC secret, which is what an attacker would do).
+    """
+    signingInput = _b64(json.dumps(header).encode()) + "." + _b64(json.dumps(claims).encode())
+    signature = hmac.new(secret, signingInput.encode(), hashlib.sha256).digest()
+    return signingInput + "." + _b64(signature)
+
+
+def _clock(now: float = NOW) -> Clock:
+    clock = Clock()
+    clock.advance(now)
+    return clock
+
+
+class JWTVerifierTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.verifier = JWTVerifier(SECRET, clock=_clock())
+
+    def claims(self, **claims: Any) -> dict[str, Any]:
+        return {"exp": NOW + 60, **claims}
+
+    def hs256(self, **claims: Any) -> str:
+        return jwt.encode(self.claims(**claims), SECRET, algorithm="HS256")
+
+    def assertDenied(self, verifier: JWTVerifier, token: str, reason: str,
+                     code: str = "invalid") -> AccessDenied:
+        denied = self.assertRaises(AccessDenied, verifier.verify, token)
+        self.assertEqual((denied.reason, denied.status, denied.code), (reason, 401, code))
+        return denied
+
+    def test_hs256(self) -> None:
+        identity = self.verifier.verify(
+            self.hs256(sub="page-17", publish=["chat.*", "CHAT"], subscribe="TIME"))
+        self.assertEqual(identity, Identity(
+            "page-17", Permissions(("chat.*", "CHAT"), ("TIME",)), NOW + 60))
+        self.assertEqual(self.verifier.algorithm, "HS256")
+
+    def test_noSubNoRights(self) -> None:
+        identity = self.verifier.verify(self.hs256())
+        self.assertEqual(identity, Identity(ANONYMOUS, Permissions(), NOW + 60))
+
+    def test_eddsa(self) -> None:
+        verifier = JWTVerifier(_ed25519().public_key(), clock=_clock())
+        self.assertEqual(verifier.algorithm, "EdDSA")
+        token = jwt.encode(self.claims(subscribe=["*"]), _ed25519(), algorithm="EdDSA")
+        self.assertEqual(verifier.verify(token).permissions, Permissions((), ("*",)))
+
+    def test_rs256(self) -> None:
+        verifier = JWTVerifier(_rsa().public_key(), clock=_clock())
+        self.assertEqual(verifier.algorithm, "RS256")
+        token = jwt.encode(self.claims(publish="LOGS"), _rsa(), algorithm="RS256")
+        self.assertEqual(verifier.verify(token).permissions, Permissions(("LOGS",)))
+
+    def test_expired(self) -> None:
+        self.assertDenied(self.verifier, self.hs256(exp=NOW - DEFAULT_LEEWAY - 1),
+                          "token expired", "expired")
+        self.assertDenied(self.verifier, self.hs256(exp=NOW - DEFAULT_LEEWAY),
+                          "token expired", "expired")
+
+    def test_leeway(self) -> None:
+        self.verifier.verify(self.hs256(exp=NOW - DEFAULT_LEEWAY + 1))
+        self.verifier.verify(self.hs256(nbf=NOW + DEFAULT_LEEWAY))
+        strict = JWTVerifier(SECRET, leeway=0, clock=_clock())
+        self.assertDenied(strict, self.hs256(exp=NOW - 1), "token expired", "expired")
+
+    def test_clock(self) -> None:
+        clock = _clock()
+        verifier = JWTVerifier(SECRET, clock=clock)
+        token = self.hs256(exp=NOW + 10)
+        verifier.verify(token)
+        clock.advance(10 + DEFAULT_LEEWAY)
+        self.assertDenied(verifier, token, "token expired", "expired")
+
+    def test_notYetValid(self) -> None:
+        self.assertDenied(self.verifier, self.hs256(nbf=NOW + DEFAULT_LEEWAY + 1),
+                          "token not valid yet", "early")
+
+    def test_missingExp(self) -> None:
+        token = jwt.encode({"subscribe": "*"}, SECRET, algorithm="HS256")
+        self.assertDenied(self.verifier, token, "token has no 'exp' claim")
+
+    def test_expNotANumber(self) -> None:
+        for exp in ["soon", True, None, [NOW], float("inf")]:
+            token = jwt.encode({"exp": exp}, SECRET, algorithm="HS256")
+            reason = "token has no 'exp' claim" if exp is None else \
+                "token claim 'exp' must be a number"
+            self.assertDenied(self.verifier, token, reason)
+        token = jwt.encode(self.claims(nbf="now"), SECRET, algorithm="HS256")
+        self.assertDenied(self.verifier, token, "token claim 'nbf' must be a number")
+
+    def test_wrongClaimTypes(self) -> None:
+        for claims, reason in [
+            ({"publish": 5}, "token claim 'publish' must be a string or a list of strings"),
+            ({"subscribe": ["A", 1]},
+             "token claim 'subscribe' must be a string or a list of strings"),
+            ({"subscribe": {"A": 1}},
+             "token claim 'subscribe' must be a string or a list of strings"),
+            ({"sub": 17}, "token claim 'sub' must be a non-empty string"),
+            ({"sub": ""}, "token claim 'sub' must be a non-empty string"),
+        ]:
+            self.assertDenied(self.verifier, self.hs256(**claims), reason)
+
+    def test_tampered(self) -> None:
+        header, payload, signature = self.hs256(subscribe="TIME").split(".")
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+        claims["subscribe"] = "*"
+        tampered = f"{header}.{_b64(json.dumps(claims).encode())}.{signature}"
+        self.assertDenied(self.verifier, tampered, "token signature does not verify")
+        flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+        self.assertDenied(self.verifier, f"{header}.{payload}.{flipped}",
+                          "token signature does not verify")
+
+    def test_wrongKey(self) -> None:
+        token = jwt.encode(self.claims(), b"another secret, 32 bytes or more!!", algorithm="HS256")
+        self.assertDenied(self.verifier, token, "token signature does not verify")
+        other = Ed25519PrivateKey.generate()
+        verifier = JWTVerifier(_ed25519().public_key(), clock=_clock())
+        self.assertDenied(verifier, jwt.encode(self.claims(), other, algorithm="EdDSA"),
+                          "token signature does not verify")
+
+    def test_algNone(self) -> None:
+        unsigned = jwt.encode(self.claims(subscribe="*"), None, algorithm="none")
+        self.assertTrue(unsigned.endswith("."))
+        for verifier in [self.verifier, JWTVerifier(_ed25519().public_key(), clock=_clock()),
+                         JWTVerifier(_rsa().public_key(), clock=_clock())]:
+            self.assertDenied(verifier, unsigned, "token algorithm not allowed")
+        forged = _forged({"alg": "none"}, self.claims(subscribe="*"), b"")
+        self.assertDenied(self.verifier, forged.rsplit(".", 1)[0] + ".",
+                          "token algorithm not allowed")
+
+    def test_publicKeyIsNoHMACSecret(self) -> None:
+        """
+        The HS256/RS256 confusion: a token signed with HMAC, using the
+        server's public key (which anyone may have) as the secret, is refused.
+        """
+        for private in [_rsa(), _ed25519()]:
+            pem = _publicPEM(private)
+            verifier = JWTVerifier(private.public_key(), clock=_clock())
+            for alg in ["HS256", "HS384", "HS512"]:
+                forged = _forged({"alg": alg, "typ": "JWT"}, self.claims(publish="*"), pem)
+                self.assertDenied(verifier, forged, "token algorithm not allowed")
+
+    def test_otherAlgorithms(self) -> None:
+        rs256 = jwt.encode(self.claims(), _rsa(), algorithm="RS256")
+        eddsa = jwt.encode(self.claims(), _ed25519(), algorithm="EdDSA")
+        hs512 = jwt.encode(self.claims(), SECRET * 2, algorithm="HS512")
+        self.assertDenied(self.verifier, rs256, "token algorithm not allowed")
+        self.assertDenied(self.verifier, eddsa, "token algorithm not allowed")
+        self.assertDenied(self.verifier, hs512, "token algorithm not allowed")
+        verifier = JWTVerifier(_rsa().public_key(), clock=_clock())
+        self.assertDenied(verifier, eddsa, "token algorithm not allowed")
+        ps256 = jwt.encode(self.claims(), _rsa(), algorithm="PS256")
+        self.assertDenied(verifier, ps256, "token algorithm not allowed")
+
+    def test_malformed(self) -> None:
+        for token in ["a.b.c", "x", "..", "a.b", "eyJhbGciOiJIUzI1NiJ9.!!!.x", "é.é.é",
+                      _b64(b"[1]") + "." + _b64(b"{}") + ".x",
+                      _forged({"alg": "HS256"}, self.claims(), SECRET).replace(".", ". ", 1)]:
+            denied = self.assertRaises(AccessDenied, self.verifier.verify, token)
+            self.assertEqual(denied.status, 401)
+            self.assertIn(denied.reason, ("malformed token", "invalid token",
+                                          "token signature does not verify"), token)
+
+    def test_payloadNotAnObject(self) -> None:
+        token = _forged({"alg": "HS256"}, self.claims(), SECRET)
+        header, _, _ = token.split(".")
+        signingInput = header + "." + _b64(b"[1, 2]")
+        signature = hmac.new(SECRET, signingInput.encode(), hashlib.sha256).digest()
+        self.assertDenied(self.verifier, signingInput + "." + _b64(signature), "malformed token")
+
+    def test_audience(self) -> None:
+        verifier = JWTVerifier(SECRET, audience="backplane", clock=_clock())
+        verifier.verify(self.hs256(aud="backplane"))
+        verifier.verify(self.hs256(aud=["other", "backplane"]))
+        self.assertDenied(verifier, self.hs256(aud="other"), "token is for another audience")
+        self.assertDenied(verifier, self.hs256(), "token has no 'aud' claim")
+        self.assertDenied(self.verifier, self.hs256(aud="backplane"),
+                          "token is for another audience")
+
+    def test_issuer(self) -> None:
+        verifier = JWTVerifier(SECRET, issuer="https://app.example.com", clock=_clock())
+        verifier.verify(self.hs256(iss="https://app.example.com"))
+        self.assertDenied(verifier, self.hs256(iss="https://evil.example"),
+                          "token is from another issuer")
+        self.assertDenied(verifier, self.hs256(), "token has no 'iss' claim")
+        self.verifier.verify(self.hs256(iss="anyone"))
+
+    def test_reasonsQuoteNothing(self) -> None:
+        secretish = "A" * 200
+        for token in [secretish, f"{secretish}.{secretish}.{secretish}"]:
+            denied = self.assertRaises(AccessDenied, self.verifier.verify, token)
+            self.assertNotIn("AAAA", denied.reason)
+            self.assertLess(len(denied.reason), 64)
+
+    def test_keyTypes(self) -> None:
+        self.assertRaises(TypeError, JWTVerifier, "a str secret")  # type: ignore[arg-type]
+        self.assertRaises(TypeError, JWTVerifier, _ed25519())  # type: ignore[arg-type]
+
+    def test_reprHidesTheSecret(self) -> None:
+        self.assertEqual(repr(self.verifier), "<JWTVerifier HS256>")
+
+
+class KeyFileTests(SynchronousTestCase):
+    def write(self, data: bytes) -> str:
+        path = tempDir(self) / "key"
+        path.write_bytes(data)
+        return str(path)
+
+    def assertKeyFileError(self, data: bytes | str, *fragments: str) -> None:
+        path = self.write(data) if isinstance(data, bytes) else data
+        error = self.assertRaises(KeyFileError, JWTVerifier.fromKeyFile, path)
+        for fragment in fragments:
+            self.assertIn(fragment, str(error))
+
+    def test_secretOneNewlineStripped(self) -> None:
+        verifier = JWTVerifier.fromKeyFile(self.write(SECRET + b"\n"), clock=_clock())
+        self.assertEqual(verifier.algorithm, "HS256")
+        claims = {"exp": NOW + 60}
+        verifier.verify(jwt.encode(claims, SECRET, algorithm="HS256"))
+        self.assertRaises(AccessDenied, verifier.verify,
+                          jwt.encode(claims, SECRET + b"\n", algorithm="HS256"))
+        twice = JWTVerifier.fromKeyFile(self.write(SECRET + b"\n\n"), clock=_clock())
+        twice.verify(jwt.encode(claims, SECRET + b"\n", algorithm="HS256"))
+        verbatim = JWTVerifier.fromKeyFile(self.write(SECRET), clock=_clock())
+        verbatim.verify(jwt.encode(claims, SECRET, algorithm="HS256"))
+
+    def test_binarySecret(self) -> None:
+        secret = bytes(range(256))
+        verifier = JWTVerifier.fromKeyFile(self.write(secret), clock=_clock())
+        verifier.verify(jwt.encode({"exp": NOW + 60}, secret, algorithm="HS256"))
+
+    def test_publicKeys(self) -> None:
+        ed = JWTVerifier.fromKeyFile(self.write(_publicPEM(_ed25519())))
+        self.assertEqual(ed.algorithm, "EdDSA")
+        rsaKey = JWTVerifier.fromKeyFile(self.write(_publicPEM(_rsa())))
+        self.assertEqual(rsaKey.algorithm, "RS256")
+        pkcs1 = _publicPEM(_rsa(), serialization.PublicFormat.PKCS1)
+        self.assertIn(b"BEGIN RSA PUBLIC KEY", pkcs1)
+        self.assertEqual(JWTVerifier.fromKeyFile(self.write(pkcs1)).algorithm, "RS256")
+
+    def test_shortSecret(self) -> None:
+        self.assertKeyFileError(b"x" * 31 + b"\n", "at least 32 bytes", "this one is 31")
+        self.assertKeyFileError(b"", "it is empty")
+        self.assertKeyFileError(b"\n", "it is empty")
+
+    def test_privateKey(self) -> None:
+        self.assertKeyFileError(_privatePEM(_ed25519()), "private key", "-pubout")
+        self.assertKeyFileError(_privatePEM(_rsa()), "private key")
+
+    def test_certificate(self) -> None:
+        from tests.certs import Certificates
+
+        certs = Certificates.make(tempDir(self))
+        self.assertKeyFileError(str(certs.ca.path), "certificate", "-pubkey")
+
+    def test_unsupportedPublicKeys(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self.assertKeyFileError(_publicPEM(ec.generate_private_key(ec.SECP256R1())),
+                                "unsupported public key", "Ed25519", "RSA")
+        self.assertKeyFileError(_publicPEM(_rsa(1024)), "at least 2048 bits", "1024")
+
+    def test_neverAnHMACSecret(self) -> None:
+        """
+        Anything that looks like a key but cannot be loaded as a public key
+        is refused, never taken as an HS256 secret.
+        """
+        self.assertKeyFileError(b"-----BEGIN PUBLIC KEY-----\nbroken\n-----END PUBLIC KEY-----\n",
+                                "not a valid PEM public key")
+        openssh = _ed25519().public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                       serialization.PublicFormat.OpenSSH)
+        self.assertKeyFileError(openssh + b" user@host\n", "OpenSSH public key", "ssh-keygen")
+        self.assertKeyFileError(b'{"kty": "OKP", "crv": "Ed25519", "x": "' + b"A" * 43 + b'"}',
+                                "JSON Web Key")
+
+    def test_unreadable(self) -> None:
+        folder = tempDir(self)
+        self.assertKeyFileError(str(folder / "nope"), "cannot read it: No such file")
+        self.assertKeyFileError(str(folder), "not a regular file")
+
+    def test_devZero(self) -> None:
+        """
+        A device that never ends is not read.
+        """
+        self.assertKeyFileError("/dev/zero", "not a regular file")
+
+    def test_tooBig(self) -> None:
+        self.assertKeyFileError(b"x" * (MAX_KEY_FILE + 1), "too big")
+        JWTVerifier.fromKeyFile(self.write(b"x" * MAX_KEY_FILE))
+
+    def test_loadKey(self) -> None:
+        self.assertEqual(loadKey(SECRET + b"\n"), SECRET)
+        self.assertIsInstance(loadKey(_publicPEM(_ed25519())), Ed25519PublicKey)

@@ -5,8 +5,10 @@ Access control (SPEC section 11): who may connect, publish and subscribe.
   - L{Permissions}, L{Identity}, L{AccessDenied}: what a client may do, who
     it is, and the one refusal.
   - L{User}, L{Users}, L{hashToken}, L{newToken}: the C{[[user]]} tables.
+  - L{JWTVerifier}, L{KeyFileError}: signed tokens (C{[auth] jwt_key_file}).
 
-Each name is loaded from its module on first use.
+Each name is loaded from its module on first use, so that a port that only
+matches globs does not import PyJWT and cryptography.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from backplane.auth.glob import compileGlob, globMatch
     from backplane.auth.identity import AccessDenied, Identity, Permissions
+    from backplane.auth.signed import JWTVerifier, KeyFileError
     from backplane.auth.users import User, Users, hashToken, newToken
 
 _WHERE = {
     "AccessDenied": "backplane.auth.identity",
     "Identity": "backplane.auth.identity",
+    "JWTVerifier": "backplane.auth.signed",
+    "KeyFileError": "backplane.auth.signed",
     "Permissions": "backplane.auth.identity",
     "User": "backplane.auth.users",
     "Users": "backplane.auth.users",
@@ -34,6 +39,8 @@ _WHERE = {
 __all__ = [
     "AccessDenied",
     "Identity",
+    "JWTVerifier",
+    "KeyFileError",
     "Permissions",
     "User",
     "Users",
