@@ -27,6 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from backplane.auth.glob import MAX_NESTING, compileGlob, globMatch
 from backplane.auth.identity import QUOTE_LIMIT, AccessDenied, Identity, Permissions, quote
+from backplane.auth.origins import Origin, checkOrigin, originAllowed, parseOrigin
 from backplane.auth.signed import (
     ANONYMOUS,
     DEFAULT_LEEWAY,
@@ -760,3 +761,148 @@ class KeyFileTests(SynchronousTestCase):
     def test_loadKey(self) -> None:
         self.assertEqual(loadKey(SECRET + b"\n"), SECRET)
         self.assertIsInstance(loadKey(_publicPEM(_ed25519())), Ed25519PublicKey)
+
+
+class OriginTests(SynchronousTestCase):
+    """
+    originAllowed: SPEC section 11's default (same origin, or no Origin at
+    all) and the origins a port lists.
+    """
+
+    def assertAllowed(self, origin: str | None, host: str | None, scheme: str = "http",
+                      allowed: tuple[str, ...] | None = None) -> None:
+        self.assertTrue(originAllowed(origin, host, allowed, scheme), (origin, host, scheme))
+
+    def assertRefused(self, origin: str | None, host: str | None, scheme: str = "http",
+                      allowed: tuple[str, ...] | None = None) -> None:
+        self.assertFalse(originAllowed(origin, host, allowed, scheme), (origin, host, scheme))
+
+    def test_noOrigin(self) -> None:
+        self.assertAllowed(None, "example.com")
+        self.assertAllowed(None, None)
+        self.assertAllowed(None, None, allowed=())
+
+    def test_sameOrigin(self) -> None:
+        self.assertAllowed("http://example.com", "example.com")
+        self.assertAllowed("http://example.com:8080", "example.com:8080")
+        self.assertAllowed("https://example.com", "example.com", "https")
+        self.assertAllowed("http://127.0.0.1:1502", "127.0.0.1:1502")
+
+    def test_defaultPorts(self) -> None:
+        self.assertAllowed("http://example.com:80", "example.com")
+        self.assertAllowed("http://example.com", "example.com:80")
+        self.assertAllowed("https://example.com", "example.com:443", "https")
+        self.assertAllowed("https://example.com:443", "example.com", "https")
+        self.assertAllowed("http://example.com", "example.com:", "http")
+
+    def test_otherPort(self) -> None:
+        self.assertRefused("http://example.com:8080", "example.com")
+        self.assertRefused("http://example.com", "example.com:8080")
+        self.assertRefused("http://example.com:443", "example.com:80")
+
+    def test_otherScheme(self) -> None:
+        self.assertRefused("https://example.com", "example.com", "http")
+        self.assertRefused("http://example.com", "example.com", "https")
+        self.assertRefused("http://example.com:443", "example.com", "https")
+        self.assertRefused("https://example.com:80", "example.com", "http")
+
+    def test_webSocketSchemes(self) -> None:
+        self.assertAllowed("https://example.com", "example.com", "wss")
+        self.assertAllowed("http://example.com", "example.com", "ws")
+        self.assertAllowed("http://example.com", "example.com", "WS")
+        self.assertRefused("https://example.com", "example.com", "ws")
+
+    def test_otherHost(self) -> None:
+        self.assertRefused("http://evil.example", "example.com")
+        self.assertRefused("http://example.com.evil.example", "example.com")
+        self.assertRefused("http://localhost:1502", "127.0.0.1:1502")
+        self.assertRefused("http://sub.example.com", "example.com")
+
+    def test_case(self) -> None:
+        self.assertAllowed("HTTP://Example.COM", "example.com")
+        self.assertAllowed("http://example.com", "EXAMPLE.com")
+        self.assertAllowed("http://example.com", "example.com", "HTTP")
+
+    def test_trailingDot(self) -> None:
+        self.assertAllowed("http://example.com.", "example.com")
+        self.assertAllowed("http://example.com", "example.com.:80")
+        self.assertAllowed("http://example.com.", "example.com.")
+        self.assertRefused("http://example.com..", "example.com")
+
+    def test_ipv6(self) -> None:
+        self.assertAllowed("http://[::1]:8080", "[::1]:8080")
+        self.assertAllowed("http://[::1]", "[::1]")
+        self.assertAllowed("http://[::1]", "[0:0:0:0:0:0:0:1]:80")
+        self.assertAllowed("http://[2001:DB8::1]", "[2001:db8::1]")
+        self.assertRefused("http://[::2]:8080", "[::1]:8080")
+        self.assertRefused("http://[::1]:8080", "[::1]")
+        self.assertRefused("http://[::1]", "::1")
+        self.assertRefused("http://[::1", "[::1")
+        self.assertRefused("http://[example.com]", "[example.com]")
+        self.assertRefused("http://[::1]x", "[::1]x")
+
+    def test_null(self) -> None:
+        """
+        C{Origin: null} (a sandboxed frame, a file: page, some redirects) is
+        no same origin, and only C{"*"} allows it.
+        """
+        self.assertRefused("null", "example.com")
+        self.assertRefused("null", "null")
+        self.assertRefused("null", "example.com", allowed=("null", "http://example.com"))
+        self.assertAllowed("null", "example.com", allowed=("*",))
+
+    def test_malformed(self) -> None:
+        for origin in ["", "example.com", "http://", "http://example.com/",
+                       "http://example.com/page", "http://user@example.com",
+                       "http://example.com?x", "http://example.com https://example.com",
+                       "http://example.com:99999", "http://example.com:0", "http://exa mple.com",
+                       "http://example.com:+80", "http://example.com:-1", "http:// example.com"]:
+            self.assertRefused(origin, "example.com", allowed=("http://example.com",))
+
+    def test_badHost(self) -> None:
+        self.assertRefused("http://example.com", None)
+        self.assertRefused("http://example.com", "")
+        self.assertRefused("http://example.com", "example.com:http")
+        self.assertRefused("http://example.com", "example.com:80:80")
+        self.assertRefused("http://example.com", "example.com/")
+
+    def test_listed(self) -> None:
+        allowed = ("https://app.example.com", "http://localhost:3000")
+        for origin in ["https://app.example.com", "https://app.example.com:443",
+                       "https://APP.example.com", "https://app.example.com.",
+                       "http://localhost:3000"]:
+            self.assertAllowed(origin, "backplane.example.com", "https", allowed)
+        for origin in ["https://evil.example", "http://app.example.com",
+                       "https://app.example.com:8443", "https://app.example.com.evil.example",
+                       "http://localhost:3001", "http://localhost"]:
+            self.assertRefused(origin, "backplane.example.com", "https", allowed)
+
+    def test_listedKeepsSameOrigin(self) -> None:
+        self.assertAllowed("https://backplane.example.com", "backplane.example.com", "https",
+                           ("https://app.example.com",))
+        self.assertAllowed("https://app.example.com", None, "https", ("https://app.example.com",))
+
+    def test_star(self) -> None:
+        for origin in ["https://evil.example", "null", "garbage"]:
+            self.assertAllowed(origin, "example.com", "https", ("https://app.example.com", "*"))
+
+    def test_parseOrigin(self) -> None:
+        self.assertEqual(parseOrigin("HTTPS://App.Example.com:443"),
+                         Origin("https", "app.example.com", 443))
+        self.assertEqual(str(parseOrigin("https://app.example.com:443")),
+                         "https://app.example.com")
+        self.assertEqual(str(parseOrigin("http://[0::1]:8080")), "http://[::1]:8080")
+        self.assertEqual(parseOrigin("chrome-extension://abc"),
+                         Origin("chrome-extension", "abc", None))
+        error = self.assertRaises(ValueError, parseOrigin, "https://app.example.com/")
+        self.assertIn("scheme://host[:port]", str(error))
+        self.assertRaises(ValueError, parseOrigin, "null")
+
+    def test_checkOrigin(self) -> None:
+        checkOrigin(None, "example.com", None, "http")
+        checkOrigin("http://example.com", "example.com", None, "http")
+        denied = self.assertRaises(AccessDenied, checkOrigin, "https://evil.example/" + "x" * 200,
+                                   "example.com", None, "https")
+        self.assertEqual((denied.status, denied.code), (403, "origin"))
+        self.assertTrue(denied.reason.startswith("origin 'https://evil.example/x"))
+        self.assertLess(len(denied.reason), 100)

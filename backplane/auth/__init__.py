@@ -6,6 +6,7 @@ Access control (SPEC section 11): who may connect, publish and subscribe.
     it is, and the one refusal.
   - L{User}, L{Users}, L{hashToken}, L{newToken}: the C{[[user]]} tables.
   - L{JWTVerifier}, L{KeyFileError}: signed tokens (C{[auth] jwt_key_file}).
+  - L{originAllowed}, L{checkOrigin}: which web pages may connect.
 
 Each name is loaded from its module on first use, so that a port that only
 matches globs does not import PyJWT and cryptography.
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from backplane.auth.glob import compileGlob, globMatch
     from backplane.auth.identity import AccessDenied, Identity, Permissions
+    from backplane.auth.origins import checkOrigin, originAllowed
     from backplane.auth.signed import JWTVerifier, KeyFileError
     from backplane.auth.users import User, Users, hashToken, newToken
 
@@ -30,10 +32,12 @@ _WHERE = {
     "Permissions": "backplane.auth.identity",
     "User": "backplane.auth.users",
     "Users": "backplane.auth.users",
+    "checkOrigin": "backplane.auth.origins",
     "compileGlob": "backplane.auth.glob",
     "globMatch": "backplane.auth.glob",
     "hashToken": "backplane.auth.users",
     "newToken": "backplane.auth.users",
+    "originAllowed": "backplane.auth.origins",
 }
 
 __all__ = [
@@ -44,10 +48,12 @@ __all__ = [
     "Permissions",
     "User",
     "Users",
+    "checkOrigin",
     "compileGlob",
     "globMatch",
     "hashToken",
     "newToken",
+    "originAllowed",
 ]
 
 
