@@ -91,7 +91,10 @@ def parseOrigin(text: str) -> Origin:
     if found is None:
         raise ValueError(f"{text!r} is not an origin: write scheme://host[:port], "
                          f"e.g. 'https://app.example.com'")
-    return _authority(found.group(2), found.group(1))
+    try:
+        return _authority(found.group(2), found.group(1))
+    except ValueError as e:
+        raise ValueError(f"{text!r} is not an origin: {e}") from None
 
 
 def originAllowed(origin: str | None, host: str | None, allowed: tuple[str, ...] | None,
