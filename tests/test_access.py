@@ -23,8 +23,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from backplane.auth.authority import MAX_TOKEN_LENGTH, AccessCounters, Authority
 from backplane.auth.glob import MAX_NESTING, compileGlob, globMatch
 from backplane.auth.identity import QUOTE_LIMIT, AccessDenied, Identity, Permissions, quote
 from backplane.auth.origins import Origin, checkOrigin, originAllowed, parseOrigin
@@ -37,6 +39,8 @@ from backplane.auth.signed import (
     loadKey,
 )
 from backplane.auth.users import User, Users, hashToken, newToken
+from backplane.auth.wire import SUBPROTOCOL, authLine, bearerToken, subprotocolToken
+from backplane.config import parseConfig
 from tests.helpers import tempDir
 
 
@@ -906,3 +910,211 @@ class OriginTests(SynchronousTestCase):
         self.assertEqual((denied.status, denied.code), (403, "origin"))
         self.assertTrue(denied.reason.startswith("origin 'https://evil.example/x"))
         self.assertLess(len(denied.reason), 100)
+
+
+class AuthorityTests(SynchronousTestCase):
+    """
+    Authority: the one entry point, which counts and logs every decision.
+    """
+
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.authority = Authority(Users([ALICE, BOB, CAROL]),
+                                   JWTVerifier(SECRET, clock=_clock()))
+        self.authority.log = Logger(observer=self.events.append)
+
+    def signed(self, **claims: Any) -> str:
+        return jwt.encode({"exp": NOW + 60, **claims}, SECRET, algorithm="HS256")
+
+    def assertDenied(self, token: Any, reason: str, code: str) -> AccessDenied:
+        denied = self.assertRaises(AccessDenied, self.authority.identify, token)
+        self.assertEqual((denied.reason, denied.status, denied.code), (reason, 401, code))
+        return denied
+
+    def test_userToken(self) -> None:
+        self.assertEqual(self.authority.identify(TOKEN), ALICE.identity)
+        self.assertEqual(self.authority.identify(TOKEN.encode()), ALICE.identity)
+        self.assertEqual(self.authority.counters.accepted, 2)
+
+    def test_signedToken(self) -> None:
+        identity = self.authority.identify(self.signed(sub="page", subscribe=["TIME"]))
+        self.assertEqual(identity, Identity("page", Permissions((), ("TIME",)), NOW + 60))
+
+    def test_signedTokenRefused(self) -> None:
+        """
+        A token shaped like a JWT goes to the verifier, whose reason is the
+        refusal's; it is never looked up among the users.
+        """
+        self.assertDenied(self.signed(exp=NOW - 3600), "token expired", "expired")
+        self.assertDenied("aaa.bbb.ccc", "malformed token", "invalid")
+        self.assertDenied("aaa.bbb.", "malformed token", "invalid")
+
+    def test_jwtShapedUserTokenWithoutVerifier(self) -> None:
+        dotted = "abc.def.ghi"
+        user = User("dotted", Permissions(), tokenSha256=hashlib.sha256(dotted.encode()).digest())
+        authority = Authority(Users([user]))
+        self.assertEqual(authority.identify(dotted).name, "dotted")
+        self.assertIsNone(authority.jwt)
+        denied = self.assertRaises(AccessDenied, authority.identify, self.signed())
+        self.assertEqual(denied.reason, "unknown token")
+
+    def test_noToken(self) -> None:
+        for token in [None, "", b""]:
+            self.assertDenied(token, "no token", "missing")
+
+    def test_unknownToken(self) -> None:
+        self.assertDenied("guess", "unknown token", "unknown")
+        self.assertDenied(hashToken(TOKEN), "unknown token", "unknown")
+
+    def test_tooLong(self) -> None:
+        self.assertDenied("x" * (MAX_TOKEN_LENGTH + 1),
+                          f"token too long (more than {MAX_TOKEN_LENGTH} characters)", "invalid")
+        self.assertDenied("x" * MAX_TOKEN_LENGTH, "unknown token", "unknown")
+
+    def test_notUTF8(self) -> None:
+        self.assertDenied(b"\xff\xfe", "malformed token: not UTF-8", "invalid")
+
+    def test_certificate(self) -> None:
+        self.assertEqual(self.authority.identifyCertificate("bob.example.com"), BOB.identity)
+        denied = self.assertRaises(AccessDenied, self.authority.identifyCertificate, "mallory")
+        self.assertEqual((denied.reason, denied.status, denied.code),
+                         ("no user has this certificate", 401, "unknown"))
+        denied = self.assertRaises(AccessDenied, self.authority.identifyCertificate, None)
+        self.assertEqual((denied.reason, denied.code), ("no client certificate", "missing"))
+
+    def test_authorize(self) -> None:
+        alice = self.authority.identify(TOKEN)
+        self.authority.authorize(alice, publish="chat.room", subscribe="TIME")
+        self.authority.authorize(alice, subscribe=b"anything")
+        self.authority.authorize(alice)
+        denied = self.assertRaises(AccessDenied, self.authority.authorize, alice, publish="TIME")
+        self.assertEqual((denied.reason, denied.status, denied.code),
+                         ("may not publish to 'TIME'", 403, "forbidden"))
+        bob = self.authority.identifyCertificate("bob.example.com")
+        denied = self.assertRaises(AccessDenied, self.authority.authorize, bob,
+                                   publish=None, subscribe="chat." + "x" * 500)
+        self.assertEqual(denied.status, 403)
+        self.assertTrue(denied.reason.startswith("may not subscribe to 'chat.xxx"))
+        self.assertLess(len(denied.reason), 100)
+
+    def test_counters(self) -> None:
+        self.authority.identify(TOKEN)
+        alice = self.authority.identify(self.signed(publish="A"))
+        self.assertRaises(AccessDenied, self.authority.authorize, alice, publish="B")
+        for token in [None, "guess", "guess", self.signed(exp=0), "a.b.c"]:
+            self.assertRaises(AccessDenied, self.authority.identify, token)
+        self.assertRaises(AccessDenied, self.authority.identifyCertificate, "mallory")
+        self.authority.counters.refuse("origin")
+        self.assertEqual(self.authority.counters.snapshot(), {
+            "accepted": 2,
+            "refused": {"expired": 1, "forbidden": 1, "invalid": 1, "missing": 1,
+                        "origin": 1, "unknown": 3},
+        })
+        self.assertEqual(AccessCounters().snapshot(), {"accepted": 0, "refused": {}})
+
+    def test_ownCounters(self) -> None:
+        counters = AccessCounters()
+        authority = Authority(Users([ALICE]), counters=counters)
+        authority.identify(TOKEN)
+        self.assertIs(authority.counters, counters)
+        self.assertEqual(counters.accepted, 1)
+
+    def test_logged(self) -> None:
+        self.assertRaises(AccessDenied, self.authority.identify, "guess", peer="10.0.0.7:5000")
+        alice = self.authority.identify(TOKEN, peer="10.0.0.8:5000")
+        self.assertRaises(AccessDenied, self.authority.authorize, alice, publish="X",
+                          peer="10.0.0.8:5000")
+        refused, accepted, forbidden = self.events
+        self.assertEqual(formatEvent(refused), "Refused 10.0.0.7:5000 (401): unknown token")
+        self.assertEqual((refused["log_level"], refused["code"], refused["user"]),
+                         (LogLevel.info, "unknown", None))
+        self.assertEqual(accepted["log_level"], LogLevel.debug)
+        self.assertEqual(formatEvent(accepted), "Accepted 10.0.0.8:5000 as alice by token")
+        self.assertEqual(formatEvent(forbidden),
+                         "Refused 10.0.0.8:5000 (403): may not publish to 'X'")
+        self.assertEqual(forbidden["user"], "alice")
+
+    def test_tokensNeverLogged(self) -> None:
+        signed = self.signed(exp=0)
+        for token in [TOKEN, "guess-" + "s" * 30, signed, "x" * (MAX_TOKEN_LENGTH + 1)]:
+            try:
+                self.authority.identify(token)
+            except AccessDenied as e:
+                self.assertNotIn(token[:20], e.reason)
+        logged = repr(self.events)
+        for secret in [TOKEN, "guess-sss", signed[:20], "x" * 20]:
+            self.assertNotIn(secret, logged)
+
+    def test_fromConfig(self) -> None:
+        folder = tempDir(self)
+        (folder / "jwt.key").write_bytes(SECRET + b"\n")
+        config = parseConfig({
+            "user": [{"name": "alice", "token_sha256": hashToken(TOKEN),
+                      "publish": ["chat.*"], "subscribe": ["*"]},
+                     {"name": "bob", "cert": "bob.example.com", "subscribe": ["TIME"]}],
+            "auth": {"jwt_key_file": "jwt.key", "jwt_audience": "backplane"},
+        }, folder=folder)
+        authority = Authority.fromConfig(config, clock=_clock())
+        self.assertEqual(authority.identify(TOKEN), ALICE.identity)
+        self.assertEqual(authority.identifyCertificate("bob.example.com"), BOB.identity)
+        assert authority.jwt is not None
+        self.assertEqual((authority.jwt.algorithm, authority.jwt.audience), ("HS256", "backplane"))
+        self.assertEqual(authority.identify(self.signed(aud="backplane", sub="p")).name, "p")
+        self.assertIsNone(Authority.fromConfig(parseConfig({})).jwt)
+        self.assertEqual(len(Authority.fromConfig(parseConfig({})).users), 0)
+
+
+class WireTests(SynchronousTestCase):
+    """
+    Where tokens travel: the AUTH line, the Authorization header, the
+    WebSocket subprotocols.
+    """
+
+    def test_authLine(self) -> None:
+        self.assertEqual(authLine(b"AUTH s3cret"), b"s3cret")
+        self.assertEqual(authLine(b"AUTH a.b.c"), b"a.b.c")
+        for line in [b"AUTH", b"AUTH ", b"auth s3cret", b"AUTH a b", b"AUTH  s3cret",
+                     b"PUBLISH x", b"", b"s3cret"]:
+            denied = self.assertRaises(AccessDenied, authLine, line)
+            self.assertEqual((denied.reason, denied.status, denied.code),
+                             ("expected AUTH TOKEN as the first line", 401, "missing"), line)
+
+    def test_bearerToken(self) -> None:
+        self.assertEqual(bearerToken("Bearer abc"), "abc")
+        self.assertEqual(bearerToken("bearer abc"), "abc")
+        self.assertEqual(bearerToken(b"BEARER  a.b.c "), "a.b.c")
+        for header in [None, "", "Bearer", "Bearer ", "Basic YWxhZGRpbjpvcGVu", "Bearer a b",
+                       "Bearerabc"]:
+            self.assertIsNone(bearerToken(header), header)
+
+    def test_subprotocolToken(self) -> None:
+        self.assertEqual(SUBPROTOCOL, "backplane")
+        self.assertEqual(subprotocolToken(["backplane", "tok"]), "tok")
+        self.assertEqual(subprotocolToken(["tok", "backplane"]), "tok")
+        for offered in [[], ["tok"], ["backplane"], ["backplane", "a", "b"], ["a", "b"]]:
+            self.assertIsNone(subprotocolToken(offered), offered)
+
+
+class PackageTests(SynchronousTestCase):
+    def test_publicNames(self) -> None:
+        import backplane.auth
+
+        self.assertEqual(sorted(backplane.auth.__all__), sorted(backplane.auth._WHERE))
+        for name in backplane.auth.__all__:
+            self.assertIsNotNone(getattr(backplane.auth, name), name)
+        self.assertRaises(AttributeError, getattr, backplane.auth, "nothing")
+
+    def test_lightImports(self) -> None:
+        """
+        A port that matches globs, decides through an Authority or checks
+        origins imports neither PyJWT nor cryptography.
+        """
+        import subprocess
+        import sys
+
+        code = ("import sys, backplane.auth, backplane.auth.glob, backplane.auth.authority, "
+                "backplane.auth.origins, backplane.auth.wire; "
+                "print(sorted({'jwt', 'cryptography'} & set(sys.modules)))")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True)
+        self.assertEqual(result.stdout.strip(), "[]")
