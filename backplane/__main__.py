@@ -104,14 +104,16 @@ def hashTokenCommand(options: argparse.Namespace, stdin: TextIO, stdout: TextIO,
         stderr.write(f"python -m backplane hash-token: {e}\n")
         return 1
     digest = hashToken(token)
+    stdout.write(f"{token}\n{digest}\n" if options.new else f"{digest}\n")
+    stdout.flush()
     if options.new:
-        stdout.write(token + "\n")
         stderr.write("The first line is the new token: give it to its client now, it is kept "
                      "nowhere. The second is its SHA-256.\n")
     elif len(token) < SHORT_TOKEN:
         stderr.write(f"warning: a token of {len(token)} characters is easy to guess; "
                      f"--new makes a strong one\n")
-    stdout.write(digest + "\n\n")
+    stderr.flush()
+    stdout.write("\n")
     stdout.write("# For the config file (the token itself never goes there):\n")
     stdout.write(_userTable(options.name, digest, options.publish, options.subscribe))
     return 0
