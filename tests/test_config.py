@@ -4,6 +4,8 @@ naming the file, the entry and the key.
 """
 
 import os
+import re
+import sys
 from ipaddress import ip_network
 from pathlib import Path
 
@@ -24,6 +26,11 @@ from backplane.config import (
 from backplane.protocols import Limits
 from tests.certs import Certificates
 from tests.helpers import tempDir
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 FULL = """\
 [backplane.TIME]
@@ -823,3 +830,44 @@ class OriginsKeyTests(ConfigTestCase):
         self.assertConfigError(PORT + 'origins = ["https://app.example.com"]\n',
                                "listen[1].origins: applies to web ports only (websocket, sse), "
                                "not to protocol 'lines'")
+
+
+class SecurityDocTests(SynchronousTestCase):
+    """
+    The config examples of docs/security.md and of configuration.md's new
+    tables are valid.
+    """
+
+    def tomlBlocks(self, name: str) -> list[str]:
+        text = (Path(__file__).parent.parent / "docs" / name).read_text()
+        return [block.split("```", 1)[0] for block in text.split("```toml\n")[1:]]
+
+    def test_hardenedConfig(self):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        hardened = self.tomlBlocks("security.md")[-1]
+        self.assertIn("[auth]", hardened)
+        folder = tempDir(self)
+        certs = Certificates.make(folder)
+        (folder / "clients-ca.pem").write_bytes(certs.ca.path.read_bytes())
+        (folder / "jwt-ed25519.pub").write_bytes(
+            Ed25519PrivateKey.generate().public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        hardened = re.sub(r'"ssl:(\d+):privateKey=[^"]+"', f'"{certs.sslEndpoint()}"', hardened)
+        path = folder / "backplane.toml"
+        path.write_text(hardened)
+        config = read_config(str(path))
+        self.assertTrue(all(entry.auth for entry in config.listen))
+        self.assertTrue(config.monitor.auth)
+        self.assertEqual([user.name for user in config.user], ["collector", "prometheus"])
+        self.assertEqual(config.listen[1].origins, ("https://app.example.com",))
+
+    def test_configurationExamples(self):
+        folder = tempDir(self)
+        (folder / "jwt-ed25519.pub").write_bytes(b"k" * 32)
+        blocks = [block for block in self.tomlBlocks("configuration.md")
+                  if "[[user]]" in block or "[auth]" in block]
+        self.assertEqual(len(blocks), 2)
+        for block in blocks:
+            parse_config(tomllib.loads(block), folder=folder)
