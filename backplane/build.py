@@ -11,8 +11,9 @@ from twisted.application.service import IService
 from twisted.internet import endpoints
 
 from backplane._types import IBackplaneReactor, defaultReactor
-from backplane.config import Config, readConfig
+from backplane.config import BackplaneEntry, Config, ListenEntry, readConfig
 from backplane.errors import ConfigError
+from backplane.history import DiskStore, History, MemoryHistory, StoreError
 from backplane.ports import ListenService
 from backplane.protocols import BackplaneFactory
 from backplane.relay import RelayFactory, RelayService
@@ -51,7 +52,8 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
         child.setServiceParent(service)
 
     for entry in config.backplanes.values():
-        service.create(entry.name, retain=entry.retain)
+        service.create(entry.name, retain=entry.retain,
+                       history=_history(entry, reactor, config.path))
     if config.monitor is not None:
         from backplane.monitor import MonitorService
 
@@ -69,7 +71,7 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
             "file", i)
     if config.redis is not None and config.shared:
         # Imported only when used: txredisapi is not needed otherwise.
-        from backplane.bridge import RedisBridge
+        from backplane.redis.bridge import RedisBridge
 
         redis = config.redis
         bridge = RedisBridge(service, redis.url, names=config.shared, prefix=redis.prefix,
@@ -82,22 +84,40 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
             service, connect.publish_to, subscribe_to=connect.subscribe_to,
             buffer=connect.buffer, idle_timeout=connect.idle_timeout,
             initial_delay=connect.initial_delay, max_delay=connect.max_delay,
-            max_line_length=connect.max_line_length, clock=reactor,
+            max_line_length=connect.max_line_length, clock=reactor, resume=connect.resume,
         )
         add(RelayService(endpoints.clientFromString(reactor, connect.endpoint), relay,
                          description=connect.endpoint, clock=reactor), "connect", i)
     for i, clock in enumerate(config.clock, 1):
         add(TimeSource(service.get(clock.publish_to), clock.interval, clock=reactor), "clock", i)
     for i, listen in enumerate(config.listen, 1):
-        factory = _factoryType(listen.protocol)(
-            service, publish_to=listen.publish_to, subscribe_to=listen.subscribe_to,
-            limits=listen.limits)
+        factory = _factory(service, listen, reactor)
         endpoint = endpoints.serverFromString(reactor, listen.description)
         if listen.tls_client_ca is not None:
             _requireClientCertificates(endpoint, listen.tls_client_ca, config.path, i)
         add(ListenService(endpoint, factory, description=listen.endpoint, where=f"listen[{i}]",
                           path=config.path, clock=reactor), "listen", i)
     return service
+
+
+def _history(entry: BackplaneEntry, reactor: IBackplaneReactor,
+             configPath: str) -> History | None:
+    """
+    The history a C{[backplane.NAME]} entry asks for: in memory, on disk,
+    or none.
+    """
+
+    if entry.store is not None:
+        try:
+            return DiskStore.open(entry.store, maxBytes=entry.store_bytes,
+                                  maxMessages=entry.history or None,
+                                  fsyncInterval=entry.fsync_interval, clock=reactor)
+        except StoreError as e:
+            raise ConfigError(str(e), path=configPath,
+                              where=f"backplane.{entry.name}.store") from None
+    if entry.history:
+        return MemoryHistory(entry.history, maxBytes=entry.history_bytes)
+    return None
 
 
 def _requireClientCertificates(endpoint: Any, path: str, configPath: str, i: int) -> None:
@@ -109,6 +129,39 @@ def _requireClientCertificates(endpoint: Any, path: str, configPath: str, i: int
     except Exception as e:
         raise ConfigError(f"cannot use {path!r}: {e}", path=configPath,
                           where=f"listen[{i}].tls_client_ca") from None
+
+
+def _factory(service: BackplaneService, listen: ListenEntry,
+             reactor: IBackplaneReactor) -> BackplaneFactory:
+    """
+    The factory of a C{[[listen]]} port.
+    """
+    if listen.ids and listen.protocol == "lines":
+        from backplane.resume import ResumingFactory
+
+        return ResumingFactory(service, subscribe_to=listen.subscribe_to, limits=listen.limits,
+                               clock=reactor)
+    if listen.acks:
+        from backplane.acks import AckingFactory
+
+        return AckingFactory(service, publish_to=listen.publish_to, limits=listen.limits,
+                             ack_lines=listen.ack_lines, ack_interval=listen.ack_interval,
+                             clock=reactor)
+    if listen.protocol == "sse":
+        from backplane.sse import SSEFactory
+
+        return SSEFactory(service, subscribe_to=listen.subscribe_to, limits=listen.limits,
+                          clock=reactor)
+    if listen.protocol == "websocket":
+        # Imported only when used: autobahn is big.
+        from backplane.websocket import WebSocketFactory
+
+        return WebSocketFactory(service, publish_to=listen.publish_to,
+                                subscribe_to=listen.subscribe_to, limits=listen.limits,
+                                ids=listen.ids)
+    return _factoryType(listen.protocol)(
+        service, publish_to=listen.publish_to, subscribe_to=listen.subscribe_to,
+        limits=listen.limits)
 
 
 def _factoryType(protocol: str) -> type[BackplaneFactory]:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[import-not-found,no-redef]
+    import tomli as tomllib
 
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
@@ -35,6 +35,11 @@ from backplane.address import Network
 from backplane.errors import ConfigError
 from backplane.protocols import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_PENDING, Limits
 from backplane.redis.address import parseURL
+
+#: The defaults of a backplane's history (SPEC section 9; docs/configuration.md).
+DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
+DEFAULT_STORE_BYTES = 1024 * 1024 * 1024
+DEFAULT_FSYNC_INTERVAL = 0.1
 
 
 def _option(default: Any = dataclasses.MISSING, *, doc: str = "", minimum: float | None = None,
@@ -126,6 +131,24 @@ class BackplaneEntry:
     name: str = field(metadata={"internal": True})
     retain: int = _option(0, minimum=0, doc="replay the last N messages to each new subscriber")
     shared: bool = _option(False, doc="shared with other nodes through [redis]")
+    history: int = _option(
+        0, minimum=0, doc="keep the last N messages in memory, with ids, for RESUME (0: none)")
+    history_bytes: int = _option(
+        DEFAULT_HISTORY_BYTES, minimum=1, doc="the most bytes a memory history keeps")
+    store: str | None = _option(
+        None, doc="keep the history on disk in this folder (relative to the config file)")
+    store_bytes: int = _option(
+        DEFAULT_STORE_BYTES, minimum=1, doc="the most bytes of a store's files (oldest removed)")
+    fsync_interval: float = _option(
+        DEFAULT_FSYNC_INTERVAL, minimum=0.0,
+        doc="seconds between a store's fsyncs while it has unsynced data (0: every append)")
+
+    @property
+    def hasHistory(self) -> bool:
+        """
+        Whether its messages have ids: it keeps a history in memory or on disk.
+        """
+        return bool(self.history or self.store)
 
 
 @dataclass(frozen=True)
@@ -137,8 +160,15 @@ class ListenEntry:
     endpoint: str = _option(doc="a Twisted server endpoint description")
     publish_to: str | None = _option(None, doc="each client's lines are published here")
     subscribe_to: str | None = _option(None, doc="each client receives every line of this")
-    protocol: Literal["lines", "websocket"] = _option(
-        "lines", doc="what clients speak: lines, or one line per WebSocket message")
+    protocol: Literal["lines", "websocket", "sse"] = _option(
+        "lines", doc="what clients speak: lines, one line per WebSocket message, or "
+                     "Server-Sent Events (subscribe only)")
+    ids: bool = _option(
+        False, doc="send each message with its id, and take RESUME (subscribe_to needs a history)")
+    acks: bool = _option(
+        False, doc="acknowledge publishers' lines with ACK N, and take HELLO (publish_to only)")
+    ack_lines: int = _option(1000, minimum=1, doc="an ACK at least every this many lines")
+    ack_interval: float = _option(1.0, above=0.0, doc="an ACK at least this often (seconds)")
     max_line_length: int = _option(DEFAULT_MAX_LINE_LENGTH, minimum=1)
     max_pending: int = _option(DEFAULT_MAX_PENDING, minimum=0)
     slow: Literal["disconnect", "drop"] = _option("disconnect")
@@ -191,6 +221,8 @@ class ConnectEntry:
     buffer: int = _option(10000, minimum=0)
     idle_timeout: float | None = _option(None, above=0.0)
     max_line_length: int = _option(DEFAULT_MAX_LINE_LENGTH, minimum=1)
+    resume: bool = _option(
+        False, doc="upstream sends ids (ids = true): RESUME from the last one on every connect")
 
 
 @dataclass(frozen=True)
@@ -404,6 +436,10 @@ class _Parser:
             ]
         tables["file"] = [dataclasses.replace(e, path=str(self.folder / e.path))
                           for e in tables["file"]]
+        backplanes = {
+            name: dataclasses.replace(e, store=str(self.folder / e.store)) if e.store else e
+            for name, e in backplanes.items()
+        }
         tables["listen"] = [
             dataclasses.replace(e, tls_client_ca=str(self.folder / e.tls_client_ca))
             if e.tls_client_ca else e for e in tables["listen"]
@@ -541,6 +577,7 @@ class _Parser:
                         )
                 if table in ("listen", "connect") and not (entry.publish_to or entry.subscribe_to):
                     raise self.error(where, "needs publish_to, subscribe_to, or both")
+        self.history(config)
         if config.shared and config.redis is None:
             raise self.error(f"backplane.{config.shared[0]}.shared",
                              "a shared backplane needs a [redis] table with the server's url")
@@ -564,6 +601,45 @@ class _Parser:
             if entry.max_delay < entry.initial_delay:
                 raise self.error(f"connect[{i}].max_delay",
                                  f"must be at least initial_delay ({entry.initial_delay})")
+
+    def history(self, config: Config) -> None:
+        """
+        The keys that need a history, or that a history rules out.
+        """
+        stores: dict[str, str] = {}
+        for name, backplane in config.backplanes.items():
+            if backplane.store is not None:
+                other = stores.setdefault(str(Path(backplane.store).resolve()), name)
+                if other != name:
+                    raise self.error(f"backplane.{name}.store",
+                                     f"backplane {other!r} has this store already: "
+                                     "each backplane needs a folder of its own")
+        for i, entry in enumerate(config.listen, 1):
+            where = f"listen[{i}]"
+            if entry.protocol == "sse" and (entry.publish_to or not entry.subscribe_to):
+                raise self.error(where, "an sse port only serves a backplane: it needs "
+                                        "subscribe_to and no publish_to")
+            if entry.acks and (entry.subscribe_to or entry.protocol != "lines"):
+                raise self.error(f"{where}.acks", "acks are for a lines port that only publishes: "
+                                                  "remove subscribe_to, or acks")
+            if not entry.ids:
+                continue
+            if entry.publish_to is not None:
+                raise self.error(f"{where}.ids", "ids are for a port that only subscribes: "
+                                                 "remove publish_to, or ids")
+            if entry.protocol == "sse":
+                raise self.error(f"{where}.ids", "an sse port always sends ids where the "
+                                                 "backplane has a history: leave ids out")
+            backplane = config.backplanes[entry.subscribe_to or ""]
+            if not backplane.hasHistory:
+                raise self.error(
+                    f"{where}.ids",
+                    f"backplane {backplane.name!r} keeps no history, so its messages have no "
+                    f"ids: add history = N or store = \"DIR\" to [backplane.{backplane.name}]")
+        for i, connect in enumerate(config.connect, 1):
+            if connect.resume and connect.publish_to is None:
+                raise self.error(f"connect[{i}].resume",
+                                 "resume is for what comes from upstream: it needs publish_to")
 
     def endpoint(self, description: str, parse: Any, where: str,
                  parsed: str | None = None) -> Any:

@@ -61,6 +61,18 @@ BACKPLANE_COUNTERS = {
     "dropped": "Messages subscribers missed past max_pending with slow = \"drop\".",
     "slow_disconnects": "Subscribers disconnected past max_pending.",
     "errors": "Subscriber callbacks that raised or failed.",
+    "resumes": "Subscribers that resumed from the backplane's history.",
+    "replayed": "Messages handed to resuming subscribers from the history.",
+    "gaps": "Times a resuming subscriber was told that messages it asked for are missing.",
+}
+
+# What a backplane's history reports (History.report()) that becomes a gauge,
+# and its help.
+HISTORY_GAUGES = {
+    "first": "The oldest SEQ the backplane's history keeps.",
+    "last": "The latest SEQ the backplane's history gave a message.",
+    "messages": "Messages the backplane's history keeps.",
+    "bytes": "Bytes of messages the backplane's history keeps.",
 }
 
 
@@ -196,14 +208,26 @@ class StatsCollector:
                                        labels=["backplane"])
         counters = {key: CounterMetricFamily(f"backplane_{key}", doc, labels=["backplane"])
                     for key, doc in BACKPLANE_COUNTERS.items()}
+        history = {key: GaugeMetricFamily(f"backplane_history_{key}", doc, labels=["backplane"])
+                   for key, doc in HISTORY_GAUGES.items()}
+        epochs = InfoMetricFamily("backplane_history", "The epoch of the backplane's history.",
+                                  labels=["backplane"])
         for backplane in backplanes:
             subscribers.add_metric([backplane.name], len(backplane))
             publishers.add_metric([backplane.name], backplane.stats.publishers)
             for key, family in counters.items():
                 family.add_metric([backplane.name], getattr(backplane.stats, key))
+            if backplane.history is not None:
+                report = backplane.history.report()
+                for key, gauge in history.items():
+                    gauge.add_metric([backplane.name], report[key])
+                epochs.add_metric([backplane.name], {"epoch": str(report["epoch"])})
         yield subscribers
         yield publishers
         yield from counters.values()
+        if any(backplane.history is not None for backplane in backplanes):
+            yield from history.values()
+            yield epochs
 
     def sources(self, reports: list[dict[str, Any]]) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
@@ -376,9 +400,11 @@ class MonitorService(EndpointService):
         @param clock: the time (the reactor by default).
         """
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as globalReactor
+
+            clock = globalReactor
         self.service = service
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.clock: IReactorTime = clock
         self.started: float | None = None
         self.requests = 0
         self.registry = CollectorRegistry()
@@ -455,6 +481,7 @@ class MonitorService(EndpointService):
                     "subscribers": len(backplane),
                     "retain": backplane.retain,
                     **asdict(backplane.stats),
+                    "history": None if backplane.history is None else backplane.history.report(),
                 }
                 for backplane in self.service.backplanes()
             },

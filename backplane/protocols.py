@@ -5,12 +5,9 @@ backplane's lines go to a client (L{SubscribeTo}), or both at once.
 
 from __future__ import annotations
 
-import socket
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -19,12 +16,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from backplane.address import Network, describePeer, isAllowed
+from backplane.framing import DEFAULT_MAX_LINE_LENGTH as DEFAULT_MAX_LINE_LENGTH
+from backplane.framing import LineFramer
+from backplane.framing import firstOverlong as firstOverlong
 from backplane.interfaces import ILineSink
+from backplane.output import BoundedWriter
 from backplane.service import Backplane, BackplaneService, Subscription
 
 SlowPolicy = Literal["disconnect", "drop"]
 
-DEFAULT_MAX_LINE_LENGTH = 64 * 1024
 DEFAULT_MAX_PENDING = 1024 * 1024
 
 
@@ -83,6 +83,14 @@ class PortStats:
         C{slow = "drop"}.
     @ivar messages_in: lines the port's clients published.
     @ivar bytes_in: bytes of those lines, delimiters included.
+    @ivar resumes: subscribers that resumed from the history (C{ids = true}).
+    @ivar gaps: subscribers told that messages they asked for are missing.
+    @ivar bad_requests: clients refused for a malformed request (C{ERR}).
+    @ivar acknowledged: lines acknowledged to publishers (C{acks = true}).
+    @ivar deduplicated: lines publishers resent that were already published,
+        skipped.
+    @ivar store_failures: connections closed because the store did not keep
+        their lines, so they could not be acknowledged.
     """
 
     accepted: int = 0
@@ -94,208 +102,16 @@ class PortStats:
     dropped: int = 0
     messages_in: int = 0
     bytes_in: int = 0
+    resumes: int = 0
+    gaps: int = 0
+    bad_requests: int = 0
+    acknowledged: int = 0
+    deduplicated: int = 0
+    store_failures: int = 0
 
 
-def firstOverlong(data: bytes, limit: int) -> int:
-    """
-    Find the first line of C{data} longer than C{limit} bytes.
-
-    @param data: complete lines, each ending with C{b"\\n"}.
-    @return: the offset where that line starts, or -1 if there is none.
-    """
-    if len(data) <= limit:
-        return -1
-    # A line of more than `limit` bytes covers a whole aligned block of `step`
-    # bytes, so if every block holds a newline there is no such line: a few
-    # C-speed finds per chunk instead of a look at every line.
-    step = (limit + 1) // 2
-    find = data.find
-    for start in range(0, len(data) - step + 1, step):
-        if find(b"\n", start, start + step) == -1:
-            break
-    else:
-        return -1
-    offset = 0
-    for line in data.split(b"\n"):
-        if len(line) > limit:
-            return offset
-        offset += len(line) + 1
-    return -1
-
-
-def _directSocket(transport: object) -> socket.socket | None:
-    """
-    The socket of a plain TCP or UNIX connection, or L{None} for any other
-    transport (TLS, a test's).
-
-    A subscriber writes to that socket itself while its transport's buffer
-    is empty: a write through the transport costs a round through the
-    reactor (register for writability, poll, send, unregister), twice the
-    CPU of the C{send} alone for the small chunks a clock tick or a
-    fixed-rate publisher makes (see docs/performance.md).  Whatever the
-    socket does not take at once goes through the transport, which then
-    holds it and everything after it, in order.
-    """
-    if isinstance(transport, tcp.Connection) and not transport.TLS:
-        handle: socket.socket = transport.getHandle()
-        return handle
-    return None
-
-
-def _drained(transport: Any) -> bool:
-    # Twisted's FileDescriptor keeps unsent data in these two buffers.
-    return not (transport.dataBuffer or transport._tempDataBuffer or transport.disconnecting)
-
-
-def _sendNow(sock: socket.socket, data: bytes) -> bytes:
-    """
-    Send what the socket takes without blocking; return the rest.
-    """
-    try:
-        sent = sock.send(data)
-    except (BlockingIOError, InterruptedError):
-        return data
-    except OSError:
-        return data  # the transport meets the error too, and closes
-    return data[sent:]
-
-
-@implementer(IPushProducer)
-class BoundedOutput:
-    """
-    The output side of a network subscriber, kept within C{max_pending}: a
-    mixin for a protocol that registers itself as its transport's streaming
-    producer and writes through L{_send}.
-
-    The transport calls L{pauseProducing} when its buffer is full (on every
-    write while it stays full) and L{resumeProducing} once it has drained.
-    While it is full, what is sent waits here, up to C{limits.max_pending}
-    bytes, and goes to the transport as it empties; past that bound,
-    C{limits.slow} applies: the subscriber is aborted, or it misses whole
-    chunks until it catches up.
-
-    The protocol provides C{transport}, C{log}, C{limits} (L{Limits}),
-    C{subscribeTo} (its L{Backplane}), C{peer} (for the log), C{portStats}
-    (L{PortStats}), C{_subscription} and C{_closing}.
-
-    @ivar dropped: messages this subscriber missed, all told.
-    """
-
-    transport: Any
-    log: Any
-    limits: Limits
-    subscribeTo: Backplane | None
-    peer: str
-    portStats: PortStats
-    _subscription: Subscription | None
-    _closing: bool
-
-    dropped = 0
-    _paused = False
-    _waiting: deque[bytes] | None = None  # made on the first pause
-    _waitingBytes = 0
-    _missed = 0  # messages dropped since the subscriber fell behind
-    _socket: socket.socket | None = None  # see _produceFor
-
-    def _produceFor(self, transport: Any) -> None:
-        """
-        Register as C{transport}'s streaming producer, to learn when its
-        buffer is full; and take note of its socket if it is a plain TCP or
-        UNIX connection, which L{_send} may write to itself.
-        """
-        transport.registerProducer(self, True)
-        self._socket = _directSocket(transport)
-
-    def _send(self, data: bytes, count: int) -> None:
-        """
-        Write C{data} (C{count} messages) to the client, or keep it while
-        the transport's buffer is full, within C{max_pending}.
-        """
-        if not self._paused:
-            if self._socket is not None and _drained(self.transport):
-                data = _sendNow(self._socket, data)
-                if not data:
-                    return
-            self.transport.write(data)
-        elif self._waitingBytes + len(data) > self.limits.max_pending:
-            self._tooSlow(count)
-        else:
-            assert self._waiting is not None
-            self._waiting.append(data)
-            self._waitingBytes += len(data)
-
-    def _sendWaiting(self) -> None:
-        """
-        Hand everything that waits to the transport (before closing).
-        """
-        if self._waiting:
-            self.transport.writeSequence(list(self._waiting))
-            self._dropWaiting()
-
-    def _dropWaiting(self) -> None:
-        if self._waiting:
-            self._waiting.clear()
-        self._waitingBytes = 0
-
-    def _tooSlow(self, count: int) -> None:
-        backplane = self.subscribeTo
-        assert backplane is not None
-        if self.limits.slow == "drop":
-            if not self._missed:
-                self.log.warn(
-                    "Subscriber {peer} of backplane {name} is more than max_pending "
-                    "({limit} bytes) behind: it misses messages until it catches up",
-                    peer=self.peer, name=backplane.name, limit=self.limits.max_pending,
-                )
-            self._missed += count
-            self.dropped += count
-            backplane.stats.dropped += count
-            self.portStats.dropped += count
-            return
-        backplane.stats.slow_disconnects += 1
-        self.portStats.slow_disconnects += 1
-        self.log.warn(
-            "Disconnecting slow subscriber {peer} of backplane {name}: more than "
-            "max_pending ({limit} bytes) waiting to be sent",
-            peer=self.peer, name=backplane.name, limit=self.limits.max_pending,
-        )
-        self._closing = True
-        if self._subscription is not None:
-            self._subscription.cancel()
-            self._subscription = None
-        self._dropWaiting()
-        # Not loseConnection: that would wait, holding the backlog, for a
-        # client that is not reading.
-        self.transport.abortConnection()
-
-    # IPushProducer: the transport tells us when its buffer is full (on every
-    # write while it is), and when it is empty again.
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-        if self._waiting is None:
-            self._waiting = deque()
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        waiting = self._waiting
-        while waiting and not self._paused:
-            data = waiting.popleft()
-            self._waitingBytes -= len(data)
-            self.transport.write(data)  # pauses us again once the buffer is full
-        if self._missed and not self._paused and self.subscribeTo is not None:
-            self.log.info(
-                "Subscriber {peer} of backplane {name} caught up, having missed {missed} "
-                "messages", peer=self.peer, name=self.subscribeTo.name, missed=self._missed,
-            )
-            self._missed = 0
-
-    def stopProducing(self) -> None:
-        pass
-
-
-@implementer(ILineSink, IHandshakeListener)
-class BackplaneProtocol(BoundedOutput, Protocol):
+@implementer(ILineSink, IHandshakeListener, IPushProducer)
+class BackplaneProtocol(Protocol):
     """
     A line client of a backplane port: it may publish, subscribe, or both.
 
@@ -310,6 +126,16 @@ class BackplaneProtocol(BoundedOutput, Protocol):
     publisher, or handed messages) only once the TLS handshake has completed,
     so a client that never completes it (one without the client certificate
     a port requires) neither publishes nor holds messages.
+
+    Two objects do the work: L{framer} (a L{LineFramer}) splits what the
+    client sends into lines, and, once it subscribes, L{output} (a
+    L{BoundedWriter}) writes to it within C{max_pending}.  The protocol is
+    its transport's streaming producer and passes the transport's
+    L{pauseProducing} and L{resumeProducing} on to L{output}.
+
+    @ivar framer: the client's L{LineFramer}.
+    @ivar output: the client's L{BoundedWriter}, once it subscribes
+        (L{None} before, and for a client that only publishes).
     """
 
     log = Logger()
@@ -330,12 +156,20 @@ class BackplaneProtocol(BoundedOutput, Protocol):
         # The counters of the port this client came through (its factory's
         # when it has one).
         self.portStats = PortStats()
-        self._buffer = b""
+        self.framer = LineFramer(self, limits.max_line_length)
+        self.output: BoundedWriter | None = None
         self._subscription: Subscription | None = None
         self._closing = False
         self._joined = False
         self._handshaking = False
         self._producing = False
+
+    @property
+    def dropped(self) -> int:
+        """
+        Messages this client missed as a slow subscriber (C{slow = "drop"}).
+        """
+        return 0 if self.output is None else self.output.dropped
 
     def connectionMade(self) -> None:
         self.peer = describePeer(self.transport.getPeer())
@@ -357,15 +191,26 @@ class BackplaneProtocol(BoundedOutput, Protocol):
         self._joined = True
         if self.publishTo is not None:
             self.publishTo.stats.publishers += 1
-        if self.subscribeTo is not None:
+        backplane = self.subscribeTo
+        if backplane is not None:
             # Each chunk is sent as soon as it is written, as Redis does:
             # Nagle's algorithm would hold it back for the peer's ACK.
             setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
             if setNoDelay is not None:
                 setNoDelay(True)
-            self._produceFor(self.transport)
+            self.output = BoundedWriter(self, self.transport, self.limits, name=backplane.name,
+                                        counters=(self.portStats, backplane.stats))
+            self.transport.registerProducer(self, True)
             self._producing = True
-            self._subscription = self.subscribeTo.attach(self, origin=self)
+            self.subscribe(backplane)
+
+    def subscribe(self, backplane: Backplane) -> None:
+        """
+        Start handing the client the messages of C{backplane}, its
+        C{subscribe_to}, once it has joined and its writer is ready.
+        Subclasses override it to subscribe another way (with ids, say).
+        """
+        self._subscription = backplane.attach(self, origin=self)
 
     def close(self) -> None:
         """
@@ -373,11 +218,10 @@ class BackplaneProtocol(BoundedOutput, Protocol):
         nothing more is handed to it or published from it.
         """
         self._closing = True
-        self._buffer = b""
-        if self._subscription is not None:
-            self._subscription.cancel()
-            self._subscription = None
-        self._sendWaiting()
+        self.framer.discard()
+        self._unsubscribe()
+        if self.output is not None:
+            self.output.flush()
         if self._producing:
             # A transport closes only once its producer is gone (a paused
             # one would hold it open for ever).
@@ -390,11 +234,10 @@ class BackplaneProtocol(BoundedOutput, Protocol):
             self._handshaking = False
             self.portStats.tls_failures += 1
         self._closing = True
-        self._buffer = b""
-        self._dropWaiting()
-        if self._subscription is not None:
-            self._subscription.cancel()
-            self._subscription = None
+        self.framer.discard()
+        if self.output is not None:
+            self.output.discard()
+        self._unsubscribe()
         if self.publishTo is not None:
             if self._joined:
                 self.publishTo.stats.publishers -= 1
@@ -403,37 +246,24 @@ class BackplaneProtocol(BoundedOutput, Protocol):
         if isinstance(self.factory, BackplaneFactory):
             self.factory.clientGone(self)
 
-    # Publishing: lines in.
+    def _unsubscribe(self) -> None:
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+
+    # Publishing: lines in, through the framer (a LinesReceiver).
 
     def dataReceived(self, data: bytes) -> None:
+        if self.publishTo is not None and not self._closing:
+            self.framer.dataReceived(data)
+
+    def linesReceived(self, data: bytes) -> None:
+        """
+        The framer's complete lines: publish them (L{publishLines}).
+        """
         backplane = self.publishTo
-        if backplane is None or self._closing:
-            return
-        if self._buffer:
-            data = self._buffer + data
-        end = data.rfind(b"\n") + 1
-        limit = self.limits.max_line_length
-        if not end:
-            self._buffer = data
-            if len(data) > limit:
-                self._overlong(len(data))
-            return
-        if end < len(data):
-            complete, self._buffer = data[:end], data[end:]
-        else:
-            complete, self._buffer = data, b""
-        bad = firstOverlong(complete, limit)
-        if bad >= 0:
-            complete = complete[:bad]
-            self._buffer = b""
-        if complete:
-            if b"\r" in complete:
-                complete = complete.replace(b"\r\n", b"\n")
-            self.publishLines(backplane, complete)
-        if bad >= 0:
-            self._overlong(data.find(b"\n", bad) - bad)
-        elif len(self._buffer) > limit:
-            self._overlong(len(self._buffer))
+        if backplane is not None:
+            self.publishLines(backplane, data)
 
     def publishLines(self, backplane: Backplane, data: bytes) -> None:
         """
@@ -448,9 +278,13 @@ class BackplaneProtocol(BoundedOutput, Protocol):
         stats = self.portStats
         stats.messages_in += count
         stats.bytes_in += len(data)
-        backplane.publish_lines(data, count, origin=self)
+        backplane.publishLines(data, count, origin=self)
 
-    def _overlong(self, length: int) -> None:
+    def lineTooLong(self, length: int) -> None:
+        """
+        The client sent a line longer than C{max_line_length}: log it, count
+        it, and close the connection (after what is pending for it).
+        """
         self.log.warn(
             "Disconnecting {peer}: a line of {length} bytes or more is longer than "
             "max_line_length ({limit}); it was not published",
@@ -459,14 +293,43 @@ class BackplaneProtocol(BoundedOutput, Protocol):
         self.portStats.overlong += 1
         self.close()
 
-    # Subscribing: lines out (ILineSink).
+    # Subscribing: lines out (ILineSink), through the writer (its OutputOwner).
 
     def deliver(self, data: bytes, count: int) -> None:
         """
         Write a chunk of lines to the client, or keep it while the
         transport's buffer is full, within C{max_pending}.
         """
-        self._send(data, count)
+        output = self.output
+        if output is not None:
+            output.deliver(data, count)
+
+    def outputTooSlow(self) -> None:
+        """
+        Past C{max_pending} with C{slow = "disconnect"}: hand the client
+        nothing more (its writer aborts the connection).
+        """
+        self._closing = True
+        self._unsubscribe()
+
+    def outputCaughtUp(self, missed: int) -> None:
+        """
+        The client caught up after missing messages: nothing to do (its
+        writer logged it).
+        """
+
+    # IPushProducer, for the transport: passed on to the writer.
+
+    def pauseProducing(self) -> None:
+        if self.output is not None:
+            self.output.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.output is not None:
+            self.output.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class PublishTo(BackplaneProtocol):
@@ -535,9 +398,12 @@ class BackplaneFactory(Factory):
                 peer=describePeer(addr) if addr else "?", limit=maxClients,
             )
             return None
-        protocol: Any = self.makeProtocol()
+        protocol = self.makeProtocol()
         protocol.factory = self
-        protocol.portStats = self.stats
+        # Its clients (BackplaneProtocol, WebSocketClient) count in this
+        # port's stats: an attribute they have, and Protocol has not.
+        counted: Any = protocol
+        counted.portStats = self.stats
         self.protocols.add(protocol)
         self.stats.accepted += 1
         return protocol

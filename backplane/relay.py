@@ -3,56 +3,71 @@ The relay: a client of an upstream line server whose lines are published to a
 local backplane, and/or which sends a local backplane's lines upstream,
 reconnecting with exponential backoff and jitter.
 
-Two ways to run one, each with exactly one retry mechanism:
+The pieces, one job each:
 
-  - L{RelayFactory} is a L{ReconnectingClientFactory}:
-    C{reactor.connectTCP(host, port, RelayFactory(service, "DATA"))} and the
-    factory reconnects by itself.
-  - L{RelayService} is a L{ClientService} for any client endpoint (tcp, tls,
-    unix, ...); it does the retrying and the factory's own retry is off.
+  - L{Relay}, the core: the backplanes, the lines waiting to go upstream
+    (L{LineBuffer}), the state and its L{RelayStats}, the log lines.  Whoever
+    connects tells it what happens through its public methods.
+  - L{RelayProtocol}, one connection: it frames what upstream sends with a
+    L{LineFramer} and writes what the core gives it.
+  - Two ways to connect, each with exactly one retry mechanism:
+    L{RelayFactory} is a L{ReconnectingClientFactory} over a core
+    (C{reactor.connectTCP(host, port, RelayFactory(service, "DATA"))}, and
+    the factory reconnects by itself); L{RelayService} is a L{ClientService}
+    over a core, for any client endpoint (tcp, tls, unix, ...), connecting
+    through a plain L{RelayClientFactory}.
 """
 
 from __future__ import annotations
 
 import random as _random
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IConnector,
     IDelayedCall,
+    IHandshakeListener,
     IProtocol,
     IProtocolFactory,
+    IPushProducer,
     IReactorTime,
+    ISSLTransport,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import ReconnectingClientFactory
-from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
+from twisted.internet.protocol import Factory, ReconnectingClientFactory, connectionDone
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
-from zope.interface import implementer, provider
+from zope.interface import implementer
 
+from backplane._types import defaultReactor
 from backplane.address import describePeer
+from backplane.framing import DEFAULT_MAX_LINE_LENGTH, LineFramer
 from backplane.interfaces import ILineSink, IStatsSource
-from backplane.protocols import (
-    DEFAULT_MAX_LINE_LENGTH,
-    BackplaneProtocol,
-    Limits,
-)
+from backplane.protocols import Limits
+from backplane.retry import DEFAULT_FACTOR as DEFAULT_FACTOR
+from backplane.retry import DEFAULT_INITIAL_DELAY as DEFAULT_INITIAL_DELAY
+from backplane.retry import DEFAULT_JITTER as DEFAULT_JITTER
+from backplane.retry import DEFAULT_MAX_DELAY as DEFAULT_MAX_DELAY
+from backplane.retry import backoffPolicy
 from backplane.service import Backplane, BackplaneService, Subscription
 
 RelayState = Literal["connecting", "connected", "waiting", "stopped"]
 
 DEFAULT_BUFFER = 10000
-DEFAULT_INITIAL_DELAY = 1.0
-DEFAULT_MAX_DELAY = 60.0
-DEFAULT_FACTOR = 2.0
-DEFAULT_JITTER = 0.1
+
+# An id at the start of a line (SPEC section 9: EPOCH:SEQ), and the room one
+# takes beyond max_line_length.
+_ID_PREFIX = re.compile(rb"^[0-9a-z]{1,32}:[1-9][0-9]{0,19} ", re.MULTILINE)
+_ID_ROOM = 54
 
 
 @dataclass
@@ -73,6 +88,12 @@ class RelayStats:
     @ivar buffered: lines waiting in the buffer now.
     @ivar idle_timeouts: connections dropped because upstream sent nothing
         for C{idle_timeout} seconds.
+    @ivar resumes: connections on which the relay asked upstream to resume
+        after the last id it had (C{resume = true}).
+    @ivar gaps: times upstream said messages the relay asked for are
+        missing.
+    @ivar refused: lines from upstream that are not what C{resume = true}
+        expects (an id, or a control line): the connection is dropped.
     """
 
     state: RelayState = "connecting"
@@ -84,6 +105,9 @@ class RelayStats:
     dropped: int = 0
     buffered: int = 0
     idle_timeouts: int = 0
+    resumes: int = 0
+    gaps: int = 0
+    refused: int = 0
 
 
 def retryPolicy(
@@ -95,27 +119,10 @@ def retryPolicy(
     random: Callable[[], float] = _random.random,
 ) -> Callable[[int], float]:
     """
-    A L{ClientService} retry policy: exponential backoff with jitter, capped.
-
-    The wait before retry C{n} (1, 2, ...) after consecutive failures is
-    C{min(initial_delay * factor ** (n - 1), max_delay)}, shortened at random
-    by up to the fraction C{jitter} so that many relays cut off together do
-    not come back in step.  It never exceeds C{max_delay}.
-
-    @param random: returns a float in [0, 1); inject a seeded one in tests.
+    The spelling of earlier releases of L{backplane.retry.backoffPolicy}
+    (which L{RelayService} uses), with its keyword arguments.
     """
-    if initial_delay <= 0 or max_delay < initial_delay:
-        raise ValueError("need 0 < initial_delay <= max_delay")
-    if factor < 1:
-        raise ValueError("factor must be 1 or more")
-    if not 0 <= jitter < 1:
-        raise ValueError("jitter is a fraction: 0 <= jitter < 1")
-    grow = backoffPolicy(initial_delay, max_delay, factor, jitter=lambda: 0.0)
-
-    def policy(attempt: int) -> float:
-        return grow(max(attempt - 1, 0)) * (1.0 - jitter * random())
-
-    return policy
+    return backoffPolicy(initial_delay, max_delay, factor=factor, jitter=jitter, random=random)
 
 
 def _keepAlive(transport: Any) -> bool:
@@ -138,65 +145,562 @@ def _keepAlive(transport: Any) -> bool:
     return False
 
 
-class RelayProtocol(BackplaneProtocol, TimeoutMixin):
+class PendingLines(Protocol):
     """
-    One connection of a relay to its upstream.
-
-    Lines from upstream are framed exactly as on a server port (this is a
-    L{BackplaneProtocol}) and published with the relay as their origin.
-    Lines going upstream are written by the L{RelayFactory}, which keeps
-    what cannot be written now in its buffer.
+    Where a L{Relay} keeps the lines that cannot go upstream now (no
+    connection, or upstream not reading), to send them first, oldest first,
+    when they can: a L{LineBuffer} in memory.
     """
 
-    factory: RelayFactory
+    @property
+    def lines(self) -> int:
+        """
+        The lines kept now.
+        """
 
-    def __init__(self, factory: RelayFactory) -> None:
-        super().__init__(publish_to=factory.publishTo, subscribe_to=None,
-                         limits=factory.limits)
-        self.factory = factory
+    def __bool__(self) -> bool:
+        """
+        Whether any line is kept.
+        """
+
+    def add(self, data: bytes, count: int) -> int:
+        """
+        Keep a chunk of C{count} lines.
+
+        @return: how many lines (the oldest) were dropped to make room.
+        """
+
+    def take(self) -> tuple[bytes, int]:
+        """
+        Remove and return the oldest chunk kept, and its number of lines.
+        """
+
+
+class LineBuffer:
+    """
+    The newest C{size} lines not yet sent upstream, in memory, in chunks as
+    they were published; past C{size} the oldest lines are dropped, whole.
+    """
+
+    def __init__(self, size: int) -> None:
+        """
+        @param size: the most lines kept (0: none).
+        @raise ValueError: C{size} is negative.
+        """
+        if size < 0:
+            raise ValueError("buffer must be 0 or more")
+        self.size = size
+        self._chunks: deque[tuple[bytes, int]] = deque()
+        self._lines = 0
+
+    @property
+    def lines(self) -> int:
+        """
+        The lines kept now.
+        """
+        return self._lines
+
+    def __bool__(self) -> bool:
+        return bool(self._chunks)
+
+    def add(self, data: bytes, count: int) -> int:
+        """
+        Keep a chunk of C{count} lines, dropping the oldest lines past
+        C{size}.
+
+        @return: the number of lines dropped.
+        """
+        chunks = self._chunks
+        chunks.append((data, count))
+        held = self._lines + count
+        dropped = max(held - self.size, 0)
+        excess = dropped
+        while excess:
+            first, lines = chunks[0]
+            if lines <= excess:
+                chunks.popleft()
+                excess -= lines
+            else:
+                chunks[0] = (first.split(b"\n", excess)[-1], lines - excess)
+                excess = 0
+        self._lines = held - dropped
+        return dropped
+
+    def take(self) -> tuple[bytes, int]:
+        """
+        Remove and return the oldest chunk, and its number of lines.
+
+        @raise IndexError: nothing is kept.
+        """
+        data, count = self._chunks.popleft()
+        self._lines -= count
+        return data, count
+
+
+@implementer(ILineSink)
+class Relay:
+    """
+    The core of a relay to an upstream line server, whoever connects it.
+
+    With C{publish_to}, the lines upstream sends are published to that
+    backplane, framed as on a server port.  With C{subscribe_to}, every line
+    of that backplane is sent upstream; while upstream is down or not
+    reading, up to C{buffer} lines wait in L{pending} (surviving reconnects)
+    and are sent first, oldest first, when it is back; past C{buffer} the
+    oldest are dropped and counted.  A relay that does both with one
+    backplane does not send upstream's own lines back to it (it is their
+    origin).
+
+    Whoever makes the connections (L{RelayFactory}, L{RelayService}) tells
+    it of each attempt (L{connecting}), failure (L{connectionFailed}) and of
+    whether it keeps trying (L{start}, L{stop}); each L{RelayProtocol} tells
+    it of its connection (L{connectionMade}, L{connectionLost},
+    L{connectionIdle}) and of the lines upstream sent (L{linesReceived}).  It logs each change of
+    state once, not each attempt.
+
+    Seams for what a later protocol with upstream needs: L{greet} is called
+    with each new connection before anything else is sent on it (to send a
+    first line, or to put a reader of control lines in front of the
+    protocol's L{LineFramer}); L{linesReceived} sees every line upstream
+    sends; L{pending} is the one place that keeps unsent lines.
+
+    @ivar stats: the relay's L{RelayStats}.
+    @ivar pending: the lines waiting to go upstream (L{PendingLines}).
+    @ivar protocol: the L{RelayProtocol} connected now, or L{None}.
+    @ivar destination: where upstream is, for log lines.
+    @ivar trying: whether the relay keeps (re)connecting: C{False} once
+        L{stop} is called, until L{start}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        service: BackplaneService,
+        publish_to: str | None = None,
+        *,
+        subscribe_to: str | None = None,
+        buffer: int = DEFAULT_BUFFER,
+        idle_timeout: float | None = None,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        max_delay: float = DEFAULT_MAX_DELAY,
+        clock: IReactorTime | None = None,
+        resume: bool = False,
+    ) -> None:
+        """
+        @param service: the registry the backplanes are looked up in.
+        @param publish_to: the backplane lines from upstream are published to.
+        @param subscribe_to: the backplane whose lines are sent upstream.
+        @param buffer: the most lines of C{subscribe_to} kept while they
+            cannot be sent (0: none are kept).
+        @param idle_timeout: drop the connection when upstream sends nothing
+            for this many seconds; L{None}: never.
+        @param max_line_length: the longest line accepted from upstream;
+            a longer one is not published and the connection is dropped.
+        @param max_delay: the longest wait between retries of whoever
+            connects the relay, for log lines.
+        @param clock: the reactor (L{IReactorTime}) for timeouts.
+        @param resume: upstream is a port with C{ids = true}: strip the ids
+            of its lines, remember the last, and on every connection after
+            the first send C{RESUME} with it, so that nothing is lost or
+            repeated across reconnects (SPEC section 9).
+        @raise ValueError: no direction, or an option out of range.
+        @raise UnknownBackplane: a named backplane is not registered.
+        """
+        if publish_to is None and subscribe_to is None:
+            raise ValueError("a relay needs publish_to, subscribe_to, or both")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError("idle_timeout must be more than 0 (or None: off)")
+        if max_line_length < 1:
+            raise ValueError("max_line_length must be at least 1")
+        self.pending: PendingLines = LineBuffer(buffer)
+        self.publishTo = None if publish_to is None else service.get(publish_to)
+        self.subscribeTo = None if subscribe_to is None else service.get(subscribe_to)
+        self.bufferSize = buffer
+        self.idleTimeout = idle_timeout
+        self.resume = resume
+        if resume and publish_to is None:
+            raise ValueError("resume is for what comes from upstream: it needs publish_to")
+        #: The longest line upstream may send: with ids, room for one.
+        self.maxLineLength = max_line_length + (_ID_ROOM if resume else 0)
+        #: With C{resume}: the id of the last line published from upstream.
+        self.lastId: bytes | None = None
+        self.maxDelay = max_delay
+        #: The clock of timeouts.
+        self.clock: IReactorTime = defaultReactor() if clock is None else clock
+        self.stats = RelayStats()
+        self.destination = "upstream"
+        self.protocol: RelayProtocol | None = None
+        self.trying = True
+        self._subscription: Subscription | None = None
+        self._everConnected = False
+        self._attemptsSinceUp = 0
+        self._droppedSinceUp = 0
+        self._quiet = False  # a failure of this outage has been logged
+        self._subscribe()
+
+    def __repr__(self) -> str:
+        return f"<Relay to {self.destination} {self.stats.state}>"
+
+    @property
+    def connected(self) -> bool:
+        """
+        Whether a connection to upstream is up now.
+        """
+        return self.protocol is not None
+
+    # Whether to keep trying: told by whoever connects.
+
+    def start(self) -> None:
+        """
+        Keep (re)connecting: take the lines of C{subscribe_to} again (to send
+        or to buffer), and say C{"connecting"} if the relay had stopped.
+        """
+        self.trying = True
+        self._subscribe()
+        if self.protocol is None and self.stats.state == "stopped":
+            self.stats.state = "connecting"
+
+    def stop(self) -> None:
+        """
+        Stop (re)connecting.  A connection that is up stays up (whoever
+        connected it closes it); once there is none the relay is
+        C{"stopped"} and takes no more lines from C{subscribe_to}.
+        """
+        self.trying = False
+        if self.protocol is None:
+            self.stats.state = "stopped"
+            self._unsubscribe()
+
+    # What happens to the connection attempts: told by whoever connects.
+
+    def connecting(self, destination: str | None = None) -> None:
+        """
+        An attempt to connect has begun (to C{destination}, if known).
+        """
+        if destination is not None:
+            self.destination = destination
+        self.stats.attempts += 1
+        self._attemptsSinceUp += 1
+        self.stats.state = "connecting"
+        self._subscribe()
+
+    def connectionFailed(self, reason: Failure) -> None:
+        """
+        An attempt to connect failed; the first failure of an outage is
+        logged.
+        """
+        if not self.trying:
+            return
+        self.stats.state = "waiting"
+        if self._quiet:
+            return  # logged once for this outage; stats.attempts counts the rest
+        self._quiet = True
+        self.log.warn(
+            "Relay could not connect to {destination}: {reason}; retrying with backoff "
+            "(up to {maxDelay}s apart)",
+            destination=self.destination, reason=reason.getErrorMessage(),
+            maxDelay=self.maxDelay,
+        )
+
+    # What happens to a connection: told by its RelayProtocol.
+
+    def connectionMade(self, protocol: RelayProtocol) -> None:
+        """
+        C{protocol} is connected to upstream: greet it, then send what
+        waits, oldest first, and from now on what is published.
+        """
+        self.protocol = protocol
+        self.destination = protocol.peer
+        self.stats.connects += 1
+        self.stats.state = "connected"
+        if not self._everConnected:
+            self.log.info("Relay connected to {peer}", peer=protocol.peer)
+        else:
+            self.stats.reconnects += 1
+            self.log.info(
+                "Relay reconnected to {peer} after {attempts} attempts; sending "
+                "{buffered} buffered lines ({dropped} dropped while it was away)",
+                peer=protocol.peer, attempts=self._attemptsSinceUp,
+                buffered=self.stats.buffered, dropped=self._droppedSinceUp,
+            )
+        self._everConnected = True
+        self._attemptsSinceUp = 0
+        self._droppedSinceUp = 0
+        self._quiet = False
+        self.greet(protocol)
+        self._subscribe()
+        self.sendPending()
+
+    def greet(self, protocol: RelayProtocol) -> None:
+        """
+        Called with each new connection before anything else is written to
+        it: the place for a first line (C{protocol.sendLines(b"HELLO ...\\n")})
+        or a reader of control lines (C{protocol.framer.receiver}).  The
+        plain relay says nothing; with C{resume}, it asks for what follows
+        the last id it has.
+        """
+        if self.resume and self.lastId is not None:
+            self.stats.resumes += 1
+            protocol.sendLines(b"RESUME " + self.lastId + b"\n")
+
+    def connectionLost(self, protocol: RelayProtocol, reason: Failure | None) -> None:
+        """
+        C{protocol}'s connection is gone: wait for the next one, or stop.
+        """
+        if protocol is not self.protocol:
+            return
+        self.protocol = None
+        why = reason.getErrorMessage() if reason is not None else "closed"
+        if self.trying:
+            self.stats.state = "waiting"
+            self._quiet = True
+            self.log.warn(
+                "Relay lost its connection to {peer} ({reason}); reconnecting with backoff",
+                peer=protocol.peer, reason=why,
+            )
+        else:
+            self.stats.state = "stopped"
+            self.log.info("Relay closed its connection to {peer}", peer=protocol.peer)
+            self._unsubscribe()
+
+    def connectionIdle(self, protocol: RelayProtocol) -> None:
+        """
+        Upstream sent nothing for C{idle_timeout} seconds: C{protocol} drops
+        its connection.
+        """
+        self.stats.idle_timeouts += 1
+        self.log.warn(
+            "Relay heard nothing from {peer} for {timeout}s (idle_timeout); "
+            "dropping the connection",
+            peer=protocol.peer, timeout=self.idleTimeout,
+        )
+
+    # Lines from upstream.
+
+    def linesReceived(self, data: bytes) -> None:
+        """
+        Publish a chunk of complete lines upstream sent, framed by the
+        protocol, with the relay as their origin.
+        """
+        backplane = self.publishTo
+        if backplane is None:
+            return
+        if self.resume:
+            data = self._withoutIds(data)
+            if not data:
+                return
+        count = data.count(b"\n")
+        self.stats.lines_in += count
+        backplane.publishLines(data, count, origin=self)
+
+    def _withoutIds(self, data: bytes) -> bytes:
+        """
+        The payloads of a chunk of C{ID payload} lines (one regular
+        expression over the chunk), remembering the last id; control lines
+        (C{GAP}, C{ERR}) are logged and counted.  A line that is neither
+        drops the connection: upstream is not an C{ids = true} port.
+        """
+        if data.startswith((b"GAP ", b"ERR ")) or b"\nGAP " in data or b"\nERR " in data:
+            lines = data.split(b"\n")
+            lines.pop()
+            data = b"".join(line + b"\n" for line in lines if not self._control(line))
+            if not data:
+                return data
+        payloads, count = _ID_PREFIX.subn(b"", data)
+        if count != data.count(b"\n"):
+            self.stats.refused += 1
+            self.log.error(
+                "Relay to {destination}: upstream sent a line without an id; is it a port "
+                "with ids = true? Dropping the connection", destination=self.destination)
+            if self.protocol is not None:
+                self.protocol.transport.abortConnection()
+            return b""
+        start = data.rfind(b"\n", 0, len(data) - 1) + 1
+        self.lastId = data[start:data.index(b" ", start)]
+        return payloads
+
+    def _control(self, line: bytes) -> bool:
+        if line.startswith(b"GAP "):
+            self.stats.gaps += 1
+            self.log.warn("Relay to {destination}: upstream lost lines the relay asked for "
+                          "({gap})", destination=self.destination,
+                          gap=line[4:200].decode("ascii", "replace"))
+            return True
+        if line.startswith(b"ERR "):
+            self.log.error("Relay to {destination}: upstream refused: {reason}",
+                           destination=self.destination,
+                           reason=line[4:200].decode("ascii", "replace"))
+            return True
+        return False
+
+    # Lines going upstream: ILineSink, and the buffer.
+
+    def deliver(self, data: bytes, count: int) -> None:
+        """
+        Send a chunk of lines upstream now, or keep it in L{pending}.
+        """
+        protocol = self.protocol
+        if protocol is not None and not self.pending and protocol.writable:
+            protocol.sendLines(data)
+            self.stats.lines_out += count
+            return
+        dropped = self.pending.add(data, count)
+        if dropped:
+            self._dropped(dropped)
+        self.stats.buffered = self.pending.lines
+
+    def sendPending(self) -> None:
+        """
+        Write the buffered lines upstream, oldest first, while upstream reads.
+        """
+        protocol = self.protocol
+        pending = self.pending
+        while pending and protocol is not None and self.protocol is protocol \
+                and protocol.writable:
+            data, count = pending.take()
+            self.stats.buffered = pending.lines
+            self.stats.lines_out += count
+            protocol.sendLines(data)
+
+    def _dropped(self, count: int) -> None:
+        if not self._droppedSinceUp:
+            self.log.warn(
+                "Relay to {destination}: {buffer} lines are waiting to go upstream "
+                "(the buffer option); dropping the oldest",
+                destination=self.destination, buffer=self.bufferSize,
+            )
+        self._droppedSinceUp += count
+        self.stats.dropped += count
+        assert self.subscribeTo is not None
+        self.subscribeTo.stats.dropped += count
+
+    def _subscribe(self) -> None:
+        if self.subscribeTo is not None and self._subscription is None:
+            self._subscription = self.subscribeTo.attach(self, origin=self)
+
+    def _unsubscribe(self) -> None:
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+
+
+@implementer(IPushProducer, IHandshakeListener)
+class RelayProtocol(TwistedProtocol, TimeoutMixin):
+    """
+    One connection of a L{Relay} to its upstream.
+
+    Lines from upstream are framed exactly as on a server port, by its
+    L{framer} (a L{LineFramer}), and handed to the relay, which publishes
+    them; lines going upstream are written by the relay (L{sendLines}),
+    which keeps what cannot be written now.  It is its transport's
+    streaming producer, so that the relay knows when upstream is not
+    reading (L{writable}).  Over TLS it counts as a publisher of
+    C{publish_to} once the handshake is done.
+
+    @ivar framer: the L{LineFramer} of what upstream sends.
+    @ivar peer: upstream's address, for log lines.
+    """
+
+    log = Logger()
+    # Once connected: a TCP, TLS or UNIX transport (or a StringTransport).
+    transport: Any
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.framer = LineFramer(self, relay.maxLineLength)
+        self.peer = "?"
         self.paused = False
+        self._closing = False
+        self._handshaking = False
+        self._joined = False
 
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
         """
         Schedule the idle timeout on the relay's clock.
         """
-        return self.factory.reactor.callLater(period, func)
+        return self.relay.clock.callLater(period, func)
 
     def connectionMade(self) -> None:
-        super().connectionMade()
-        if self.factory.subscribeTo is not None:
+        self.peer = describePeer(self.transport.getPeer())
+        if ISSLTransport.providedBy(self.transport):
+            self._handshaking = True
+        else:
+            self._join()
+        if self.relay.subscribeTo is not None:
             self.transport.registerProducer(self, True)
         _keepAlive(self.transport)
-        self.setTimeout(self.factory.idleTimeout)
-        self.factory._connected(self)
+        self.setTimeout(self.relay.idleTimeout)
+        self.relay.connectionMade(self)
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is done: count as a publisher.
+        """
+        if self._handshaking and not self._closing:
+            self._handshaking = False
+            self._join()
+
+    def _join(self) -> None:
+        if self.relay.publishTo is not None:
+            self.relay.publishTo.stats.publishers += 1
+            self._joined = True
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
-        super().dataReceived(data)
+        if self.relay.publishTo is not None and not self._closing:
+            self.framer.dataReceived(data)
 
-    def publishLines(self, backplane: Backplane, data: bytes) -> None:
-        count = data.count(b"\n")
-        self.factory.stats.lines_in += count
-        backplane.publish_lines(data, count, origin=self.factory)
+    def linesReceived(self, data: bytes) -> None:
+        """
+        The framer's complete lines: the relay publishes them.
+        """
+        self.relay.linesReceived(data)
+
+    def lineTooLong(self, length: int) -> None:
+        """
+        Upstream sent a line longer than C{max_line_length}: drop the
+        connection (the relay reconnects).
+        """
+        self.log.warn(
+            "Disconnecting {peer}: a line of {length} bytes or more is longer than "
+            "max_line_length ({limit}); it was not published",
+            peer=self.peer, length=length, limit=self.relay.maxLineLength,
+        )
+        self._closing = True
+        self.transport.loseConnection()
+
+    def sendLines(self, data: bytes) -> None:
+        """
+        Write complete lines upstream.
+        """
+        self.transport.write(data)
 
     def timeoutConnection(self) -> None:
-        self.factory._idle(self)
+        self.relay.connectionIdle(self)
         self._closing = True
         self.transport.abortConnection()
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)
-        super().connectionLost(reason)
-        self.factory._disconnected(self, reason)
+        self._closing = True
+        self._handshaking = False
+        self.framer.discard()
+        if self._joined:
+            self._joined = False
+            publishTo: Backplane | None = self.relay.publishTo
+            if publishTo is not None:
+                publishTo.stats.publishers -= 1
+        self.relay.connectionLost(self, reason)
 
-    # IPushProducer: upstream not reading pauses us; the factory buffers.
+    # IPushProducer: upstream not reading pauses us; the relay buffers.
 
     def pauseProducing(self) -> None:
         self.paused = True
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self.factory._drain()
+        self.relay.sendPending()
 
     def stopProducing(self) -> None:
         self.paused = True
@@ -211,28 +715,38 @@ class RelayProtocol(BackplaneProtocol, TimeoutMixin):
                     or getattr(self.transport, "disconnecting", False))
 
 
-@implementer(ILineSink)
+class RelayClientFactory(Factory):
+    """
+    A plain factory of L{RelayProtocol}s over a L{Relay}, for whatever does
+    the connecting and the retrying (a L{ClientService}): it never retries.
+    """
+
+    noisy = False
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:
+        protocol = RelayProtocol(self.relay)
+        protocol.factory = self
+        return protocol
+
+
 class RelayFactory(ReconnectingClientFactory):
     """
-    A relay to an upstream line server, reconnecting with backoff.
+    A relay to an upstream line server, reconnecting with backoff: a
+    L{ReconnectingClientFactory} over a L{Relay} (its L{relay}).
 
     Use it as C{reactor.connectTCP(host, port, RelayFactory(service, "DATA"))}
     (this factory then retries by itself, as any L{ReconnectingClientFactory})
-    or under a L{RelayService} for any client endpoint (which then does the
-    retrying instead).  One connection at a time.
+    or hand it to a L{RelayService} for any client endpoint (which then
+    connects its relay through a plain L{RelayClientFactory} and does the
+    retrying; this factory's own retry is switched off).  One connection at a
+    time.  See L{Relay} for what is relayed.
 
-    With C{publish_to}, the lines upstream sends are published to that
-    backplane, framed as on a server port.  With C{subscribe_to}, every line
-    of that backplane is sent upstream; while upstream is down or not
-    reading, up to C{buffer} lines wait here (surviving reconnects) and are
-    sent first, oldest first, when it is back; past C{buffer} the oldest are
-    dropped and counted.  A relay that does both with one backplane does not
-    send upstream's own lines back to it.
-
-    @ivar stats: the relay's L{RelayStats}.
+    @ivar relay: the L{Relay}.
     """
 
-    log = Logger()
     noisy = False
 
     def __init__(
@@ -248,6 +762,7 @@ class RelayFactory(ReconnectingClientFactory):
         jitter: float = DEFAULT_JITTER,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         clock: IReactorTime | None = None,
+        resume: bool = False,
     ) -> None:
         """
         @param service: the registry the backplanes are looked up in.
@@ -255,6 +770,7 @@ class RelayFactory(ReconnectingClientFactory):
         @param subscribe_to: the backplane whose lines are sent upstream.
         @param buffer: the most lines of C{subscribe_to} kept while they
             cannot be sent (0: none are kept).
+        @param resume: see L{Relay}.
         @param idle_timeout: drop the connection (and reconnect) when upstream
             sends nothing for this many seconds; L{None}: never.
         @param initial_delay: seconds before the first retry.
@@ -266,311 +782,180 @@ class RelayFactory(ReconnectingClientFactory):
         @raise ValueError: no direction, or an option out of range.
         @raise UnknownBackplane: a named backplane is not registered.
         """
-        if publish_to is None and subscribe_to is None:
-            raise ValueError("a relay needs publish_to, subscribe_to, or both")
-        if buffer < 0:
-            raise ValueError("buffer must be 0 or more")
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise ValueError("idle_timeout must be more than 0 (or None: off)")
-        retryPolicy(initial_delay, max_delay, jitter=jitter)  # validates them
-        self.publishTo = None if publish_to is None else service.get(publish_to)
-        self.subscribeTo = None if subscribe_to is None else service.get(subscribe_to)
-        self.bufferSize = buffer
-        self.idleTimeout = idle_timeout
-        self.limits = Limits(max_line_length=max_line_length)
+        backoffPolicy(initial_delay, max_delay, jitter=jitter)  # validates them
+        self.relay = Relay(service, publish_to, subscribe_to=subscribe_to, buffer=buffer,
+                           idle_timeout=idle_timeout, max_line_length=max_line_length,
+                           max_delay=max_delay, clock=clock, resume=resume)
         # ReconnectingClientFactory's knobs.
         self.initialDelay = self.delay = initial_delay
         self.maxDelay = max_delay  # type: ignore[assignment]
         self.factor = DEFAULT_FACTOR
         self.jitter = jitter
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = cast(IReactorTime, reactor)
-        #: The clock of timeouts and retries.
-        self.reactor: IReactorTime = clock
-        self.clock = clock  # type: ignore[assignment]  # ReconnectingClientFactory's
-        self.stats = RelayStats()
-        #: Where upstream is, for log lines.
-        self.destination = "upstream"
-        self._protocol: RelayProtocol | None = None
-        self._pending: deque[tuple[bytes, int]] = deque()
-        self._subscription: Subscription | None = None
-        self._ownRetry = True
-        self._everConnected = False
-        self._attemptsSinceUp = 0
-        self._droppedSinceUp = 0
-        self._quiet = False  # a failure of this outage has been logged
-        self._startRelaying()
+        self.clock = self.relay.clock  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"<RelayFactory to {self.destination} {self.stats.state}>"
+
+    # The relay's, for those who knew them here.
+
+    @property
+    def stats(self) -> RelayStats:
+        """
+        The relay's L{RelayStats}.
+        """
+        return self.relay.stats
 
     @property
     def dropped(self) -> int:
         """
         Lines never sent upstream because the buffer was full.
         """
-        return self.stats.dropped
+        return self.relay.stats.dropped
 
     @property
     def connected(self) -> bool:
         """
         Whether a connection to upstream is up now.
         """
-        return self._protocol is not None
+        return self.relay.connected
 
-    def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:  # type: ignore[override]
-        return RelayProtocol(self)
+    @property
+    def destination(self) -> str:
+        """
+        Where upstream is, for log lines.
+        """
+        return self.relay.destination
 
-    def delegateRetry(self) -> None:
+    @destination.setter
+    def destination(self, destination: str) -> None:
+        self.relay.destination = destination
+
+    @property
+    def publishTo(self) -> Backplane | None:
         """
-        Leave reconnecting to someone else (a L{ClientService}): this
-        factory's own L{ReconnectingClientFactory} retry is off for good, so
-        that a connection is never retried twice.
+        The backplane lines from upstream are published to.
         """
-        self._ownRetry = False
+        return self.relay.publishTo
+
+    @property
+    def subscribeTo(self) -> Backplane | None:
+        """
+        The backplane whose lines are sent upstream.
+        """
+        return self.relay.subscribeTo
+
+    @property
+    def bufferSize(self) -> int:
+        """
+        The most lines of C{subscribe_to} kept while they cannot be sent.
+        """
+        return self.relay.bufferSize
+
+    @property
+    def idleTimeout(self) -> float | None:
+        """
+        Seconds of silence from upstream after which the connection is
+        dropped (L{None}: never).
+        """
+        return self.relay.idleTimeout
+
+    @property
+    def limits(self) -> Limits:
+        """
+        What upstream may send: its C{max_line_length}.
+        """
+        return Limits(max_line_length=self.relay.maxLineLength)
+
+    @property
+    def reactor(self) -> IReactorTime:
+        """
+        The clock of timeouts and retries.
+        """
+        return self.relay.clock
 
     # ReconnectingClientFactory, for connectTCP and friends.
 
+    def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:
+        """
+        A protocol for a new connection: the backoff starts over.
+        """
+        self.resetDelay()
+        protocol = RelayProtocol(self.relay)
+        protocol.factory = self
+        return protocol
+
     def startedConnecting(self, connector: IConnector) -> None:
-        self.destination = describePeer(connector.getDestination())
-        self._attempting()
+        if self.continueTrying:
+            self.relay.connecting(describePeer(connector.getDestination()))
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
-        self._failed(reason)
-        if self._ownRetry:
-            super().clientConnectionFailed(connector, reason)
-
-    def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
-        if self._ownRetry:
-            super().clientConnectionLost(connector, reason)
+        if self.continueTrying:
+            self.relay.connectionFailed(reason)
+        super().clientConnectionFailed(connector, reason)
 
     def stopTrying(self) -> None:
         """
         Stop reconnecting.  A connection that is up stays up (close it with
-        the connector, or stop the L{RelayService}); once there is none,
-        the relay stops taking lines from C{subscribe_to}.
+        the connector); once there is none, the relay stops taking lines
+        from C{subscribe_to}.
         """
         super().stopTrying()
-        if self._protocol is None:
-            self.stats.state = "stopped"
-            self._stopRelaying()
+        self.relay.stop()
 
     def resetDelay(self) -> None:
         """
         Start the backoff over, and try again if L{stopTrying} was called.
         """
         super().resetDelay()
-        self._startRelaying()
-
-    # What happens to the connection.
-
-    def _attempting(self) -> None:
-        self.stats.attempts += 1
-        self._attemptsSinceUp += 1
-        self.stats.state = "connecting"
-        self._startRelaying()
-
-    def _failed(self, reason: Failure) -> None:
-        if not self.continueTrying:
-            return
-        self.stats.state = "waiting"
-        if self._quiet:
-            return  # logged once for this outage; stats.attempts counts the rest
-        self._quiet = True
-        self.log.warn(
-            "Relay could not connect to {destination}: {reason}; retrying with backoff "
-            "(up to {maxDelay}s apart)",
-            destination=self.destination, reason=reason.getErrorMessage(),
-            maxDelay=self.maxDelay,
-        )
-
-    def _connected(self, protocol: RelayProtocol) -> None:
-        self._protocol = protocol
-        self.destination = protocol.peer
-        self.stats.connects += 1
-        self.stats.state = "connected"
-        if self._ownRetry:
-            self.resetDelay()
-        if not self._everConnected:
-            self.log.info("Relay connected to {peer}", peer=protocol.peer)
-        else:
-            self.stats.reconnects += 1
-            self.log.info(
-                "Relay reconnected to {peer} after {attempts} attempts; sending "
-                "{buffered} buffered lines ({dropped} dropped while it was away)",
-                peer=protocol.peer, attempts=self._attemptsSinceUp,
-                buffered=self.stats.buffered, dropped=self._droppedSinceUp,
-            )
-        self._everConnected = True
-        self._attemptsSinceUp = 0
-        self._droppedSinceUp = 0
-        self._quiet = False
-        self._startRelaying()
-        self._drain()
-
-    def _disconnected(self, protocol: RelayProtocol, reason: Failure | None) -> None:
-        if protocol is not self._protocol:
-            return
-        self._protocol = None
-        why = reason.getErrorMessage() if reason is not None else "closed"
-        if self.continueTrying:
-            self.stats.state = "waiting"
-            self._quiet = True
-            self.log.warn(
-                "Relay lost its connection to {peer} ({reason}); reconnecting with backoff",
-                peer=protocol.peer, reason=why,
-            )
-        else:
-            self.stats.state = "stopped"
-            self.log.info("Relay closed its connection to {peer}", peer=protocol.peer)
-            self._stopRelaying()
-
-    def _idle(self, protocol: RelayProtocol) -> None:
-        self.stats.idle_timeouts += 1
-        self.log.warn(
-            "Relay heard nothing from {peer} for {timeout}s (idle_timeout); "
-            "dropping the connection",
-            peer=protocol.peer, timeout=self.idleTimeout,
-        )
-
-    # Lines going upstream: ILineSink, and the buffer.
-
-    def _startRelaying(self) -> None:
-        if self.subscribeTo is not None and self._subscription is None:
-            self._subscription = self.subscribeTo.attach(self, origin=self)
-
-    def _stopRelaying(self) -> None:
-        if self._subscription is not None:
-            self._subscription.cancel()
-            self._subscription = None
-
-    def deliver(self, data: bytes, count: int) -> None:
-        """
-        Send a chunk of lines upstream now, or keep it in the buffer.
-        """
-        protocol = self._protocol
-        if protocol is not None and not self._pending and protocol.writable:
-            protocol.transport.write(data)
-            self.stats.lines_out += count
-            return
-        self._hold(data, count)
-
-    def _hold(self, data: bytes, count: int) -> None:
-        pending = self._pending
-        pending.append((data, count))
-        held = self.stats.buffered + count
-        excess = held - self.bufferSize
-        if excess > 0:
-            held -= excess
-            self._drop(excess)
-            while excess:
-                first, lines = pending[0]
-                if lines <= excess:
-                    pending.popleft()
-                    excess -= lines
-                else:
-                    rest = first.split(b"\n", excess)[-1]
-                    pending[0] = (rest, lines - excess)
-                    excess = 0
-        self.stats.buffered = held
-
-    def _drop(self, count: int) -> None:
-        if not self._droppedSinceUp:
-            self.log.warn(
-                "Relay to {destination}: {buffer} lines are waiting to go upstream "
-                "(the buffer option); dropping the oldest",
-                destination=self.destination, buffer=self.bufferSize,
-            )
-        self._droppedSinceUp += count
-        self.stats.dropped += count
-        assert self.subscribeTo is not None
-        self.subscribeTo.stats.dropped += count
-
-    def _drain(self) -> None:
-        """
-        Write the buffer upstream, oldest first, while upstream reads.
-        """
-        protocol = self._protocol
-        pending = self._pending
-        while pending and protocol is not None and self._protocol is protocol \
-                and protocol.writable:
-            data, count = pending.popleft()
-            self.stats.buffered -= count
-            self.stats.lines_out += count
-            protocol.transport.write(data)
-
-
-def describeEndpoint(endpoint: IStreamClientEndpoint) -> str:
-    """
-    A short form of a client endpoint for log lines, as well as can be told.
-    """
-    wrapped = getattr(endpoint, "_wrappedEndpoint", None)
-    if wrapped is not None:
-        return f"tls:{describeEndpoint(wrapped)}"
-    port = getattr(endpoint, "_port", None)
-    for attribute in ("_hostText", "_hostStr", "_host"):
-        host = getattr(endpoint, attribute, None)
-        if isinstance(host, (str, bytes)) and port is not None:
-            if isinstance(host, bytes):
-                host = host.decode("ascii", "replace")
-            return f"{host}:{port}"
-    path = getattr(endpoint, "_path", None)
-    if path is not None:
-        return f"unix:{path}"
-    return type(endpoint).__name__
+        self.relay.start()
 
 
 @implementer(IStreamClientEndpoint)
-class _CountingEndpoint:
+class _ReportingEndpoint:
     """
-    An endpoint that tells a L{RelayFactory} of each attempt and failure.
+    An endpoint that tells a L{Relay} of each attempt and failure.
     """
 
-    def __init__(self, endpoint: IStreamClientEndpoint, factory: RelayFactory) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, relay: Relay) -> None:
         self._endpoint = endpoint
-        self._factory = factory
+        self._relay = relay
+
+    def __repr__(self) -> str:
+        # How ClientService's notes of its retries name the endpoint.
+        return self._relay.destination
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        self._factory._attempting()
+        self._relay.connecting()
         connecting = self._endpoint.connect(protocolFactory)
         connecting.addErrback(self._failed)
         return connecting
 
     def _failed(self, reason: Failure) -> Failure:
-        self._factory._failed(reason)
+        self._relay.connectionFailed(reason)
         return reason
-
-
-@provider(ILogObserver)
-def _warningsOnly(event: dict[str, Any]) -> None:
-    """
-    Pass on L{ClientService}'s own warnings and errors, not its note of
-    every retry: the relay logs each change of state once instead (twistd
-    shows every level, debug included).
-    """
-    level = event.get("log_level")
-    if level is None or level >= LogLevel.warn:
-        globalLogPublisher(event)
 
 
 @implementer(IStatsSource)
 class RelayService(ClientService):
     """
-    Keeps a L{RelayFactory} connected to upstream through any client
-    endpoint, retrying with exponential backoff and jitter.
+    Keeps the L{Relay} of a L{RelayFactory} connected to upstream through
+    any client endpoint, retrying with exponential backoff and jitter.
 
-    This is the one retry mechanism of the connection: the factory's own
-    L{ReconnectingClientFactory} retry is switched off.  The backoff comes
-    from the factory's C{initial_delay}, C{max_delay} and C{jitter} (see
-    L{retryPolicy}) and starts over after each connection made.  Starting
-    while upstream is down is fine: it keeps trying.  L{stopService} stops
-    trying and closes the connection.
+    This is the one retry mechanism of the connection: the relay is
+    connected through a plain L{RelayClientFactory}, and the factory's own
+    L{ReconnectingClientFactory} retry is switched off.  The backoff is
+    L{backplane.retry.backoffPolicy} with the factory's C{initial_delay},
+    C{max_delay} and C{jitter}, and starts over after each connection made.
+    Starting while upstream is down is fine: it keeps trying.
+    L{stopService} stops trying and closes the connection.
+
+    L{ClientService} itself logs each retry it schedules (C{"Scheduling
+    retry ..."}, level info, namespace C{backplane.relay.RelayService});
+    the relay logs each change of state once.
+
+    @ivar factory: the L{RelayFactory} given.
+    @ivar relay: its L{Relay}.
     """
-
-    _log = Logger(observer=_warningsOnly)
-    log = Logger()
 
     #: Seconds L{stopService} waits for a polite close before aborting.
     stopTimeout = 5.0
@@ -588,18 +973,22 @@ class RelayService(ClientService):
         @param endpoint: how to reach upstream, e.g. from
             L{clientFromString<twisted.internet.endpoints.clientFromString>}.
         @param factory: the relay; its retry settings are used here.
-        @param description: upstream's name in log lines (for example the
-            endpoint description); guessed from C{endpoint} if not given.
-        @param clock: the reactor for retries; the factory's if not given.
+        @param description: upstream's name in log lines until connected
+            (the endpoint description, as the config gives it); the
+            endpoint's class name if not given.
+        @param clock: the reactor for retries; the relay's if not given.
         @param random: the jitter's source of floats in [0, 1).
         """
-        factory.delegateRetry()
-        factory.destination = description or describeEndpoint(endpoint)
+        relay = factory.relay
+        # The factory's own retry must never run beside this service's.
+        factory.continueTrying = False
+        relay.destination = description or type(endpoint).__name__
         self.factory = factory
-        self.clock = factory.reactor if clock is None else clock
-        policy = retryPolicy(factory.initialDelay, factory.maxDelay, factor=factory.factor,
-                             jitter=factory.jitter, random=random)
-        super().__init__(_CountingEndpoint(endpoint, factory), factory,
+        self.relay = relay
+        self.clock = relay.clock if clock is None else clock
+        policy = backoffPolicy(factory.initialDelay, factory.maxDelay, factor=factory.factor,
+                               jitter=factory.jitter, random=random)
+        super().__init__(_ReportingEndpoint(endpoint, relay), RelayClientFactory(relay),
                          retryPolicy=policy, clock=self.clock)
 
     def report(self) -> dict[str, object]:
@@ -607,8 +996,8 @@ class RelayService(ClientService):
         The relay's statistics (L{IStatsSource}): its state and the counters
         of L{RelayStats}.
         """
-        factory = self.factory
-        counters = asdict(factory.stats)
+        relay = self.relay
+        counters = asdict(relay.stats)
         state = counters.pop("state")
         buffered = counters.pop("buffered")
         return {
@@ -616,11 +1005,11 @@ class RelayService(ClientService):
             "kind": "connect",
             "state": state,
             "counters": counters,
-            "gauges": {"buffered": buffered, "connected": int(factory.connected)},
+            "gauges": {"buffered": buffered, "connected": int(relay.connected)},
             "info": {
-                "endpoint": factory.destination,
-                "publish_to": None if factory.publishTo is None else factory.publishTo.name,
-                "subscribe_to": None if factory.subscribeTo is None else factory.subscribeTo.name,
+                "endpoint": relay.destination,
+                "publish_to": None if relay.publishTo is None else relay.publishTo.name,
+                "subscribe_to": None if relay.subscribeTo is None else relay.subscribeTo.name,
             },
         }
 
@@ -629,10 +1018,7 @@ class RelayService(ClientService):
         Start connecting, and keep the relay connected.
         """
         if not self.running:
-            self.factory.continueTrying = True
-            self.factory._startRelaying()
-            if self.factory._protocol is None:
-                self.factory.stats.state = "connecting"
+            self.relay.start()
         super().startService()
 
     def stopService(self) -> Deferred[None]:
@@ -642,8 +1028,8 @@ class RelayService(ClientService):
         @return: a L{Deferred} that fires once the connection is closed (it
             is aborted if upstream does not let it close in L{stopTimeout}).
         """
-        self.factory.stopTrying()
-        protocol = self.factory._protocol
+        self.relay.stop()
+        protocol = self.relay.protocol
         stopped = super().stopService()
         if protocol is not None and not stopped.called:
             abort = self.clock.callLater(self.stopTimeout, protocol.transport.abortConnection)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
@@ -15,10 +15,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from backplane.errors import BackplaneExists, UnknownBackplane
+from backplane.history import History, formatId, resume, withIds
 from backplane.interfaces import ILineSink
 
 Callback = Callable[[bytes], Any]
 T = TypeVar("T")
+
+#: The most publisher ids whose marks a backplane without a history keeps.
+MAX_MARKS = 100_000
+
+# The most bytes of history a callback subscriber's replay reads at once.
+_REPLAY_CHUNK = 256 * 1024
 
 
 @dataclass
@@ -26,6 +33,10 @@ class BackplaneStats:
     """
     Counters of one backplane, for monitoring.  They only ever grow, except
     C{publishers}, which counts the network publishers connected now.
+
+    C{resumes} counts subscribers that resumed from the history,
+    C{replayed} the messages handed to them from it, and C{gaps} the times
+    one was told that messages it asked for are missing.
     """
 
     messages_in: int = 0
@@ -35,21 +46,46 @@ class BackplaneStats:
     slow_disconnects: int = 0
     errors: int = 0
     publishers: int = 0
+    resumes: int = 0
+    replayed: int = 0
+    gaps: int = 0
+
+
+@dataclass(frozen=True)
+class Gap:
+    """
+    Messages a subscriber asked for are missing: it gets C{next} next.
+
+    @ivar asked: the position the subscriber had, as it gave it (an id, or
+        an id it had reached when the history lost what followed).
+    @ivar next: the id of the next message it gets (C{EPOCH:SEQ}).
+    """
+
+    asked: bytes
+    next: bytes
 
 
 class Subscription:
     """
     One subscriber's place on a backplane; L{cancel} removes it.
+
+    @ivar ids: whether it is handed messages with their ids.
+    @ivar cursor: while a subscriber with ids catches up from the history,
+        the SEQ of the last message it was handed; L{None} once it gets live
+        messages.
     """
 
-    __slots__ = ("_backplane", "deliver", "origin")
+    __slots__ = ("_backplane", "cursor", "deliver", "ids", "origin")
 
     def __init__(
-        self, backplane: Backplane, deliver: Callable[..., Any], origin: object
+        self, backplane: Backplane, deliver: Callable[..., Any], origin: object,
+        ids: bool = False,
     ) -> None:
         self._backplane: Backplane | None = backplane
         self.deliver = deliver
         self.origin = origin
+        self.ids = ids
+        self.cursor: int | None = None
 
     @property
     def active(self) -> bool:
@@ -66,6 +102,19 @@ class Subscription:
         if backplane is not None:
             backplane._remove(self)
 
+    def pull(self, maxBytes: int) -> tuple[bytes, int] | Gap | None:
+        """
+        The next chunk of history for a subscriber that catches up (see
+        L{Backplane.follow}): C{(data, count)}, messages with their ids, at
+        most C{maxBytes} (or one message, if it is longer); a L{Gap} if the
+        history has lost messages it had not reached yet; or L{None} once
+        it has caught up, and is live from now on.
+        """
+        backplane = self._backplane
+        if backplane is None or self.cursor is None:
+            return None
+        return backplane._pull(self, maxBytes)
+
 
 class Backplane:
     """
@@ -79,15 +128,19 @@ class Backplane:
 
     log = Logger()
 
-    def __init__(self, name: str, *, retain: int = 0) -> None:
+    def __init__(self, name: str, *, retain: int = 0, history: History | None = None) -> None:
         """
         @param name: the backplane's name in its registry.
         @param retain: how many of the latest messages to replay to each new
             subscriber before live ones (0: none).
+        @param history: where its messages are kept with their ids
+            (L{backplane.history.MemoryHistory}, L{backplane.history.DiskStore}),
+            for subscribers that resume (L{follow}); L{None}: no history, no ids.
         """
         if retain < 0:
             raise ValueError(f"retain must be 0 or more, not {retain}")
         self.name = name
+        self.history = history
         self.stats = BackplaneStats()
         self._retained: deque[bytes] | None = deque(maxlen=retain) if retain else None
         self._sinks: dict[Subscription, None] = {}
@@ -97,6 +150,11 @@ class Backplane:
         # the next publish after a change (None), so that subscribing is O(1).
         self._sinkList: tuple[Subscription, ...] | None = ()
         self._callbackList: tuple[Subscription, ...] | None = ()
+        # Line sinks handed messages with their ids, once live.
+        self._idSinks: dict[Subscription, None] = {}
+        self._idSinkList: tuple[Subscription, ...] | None = ()
+        # mark(): publishers' high-water marks, without a history.
+        self._marks: dict[str, int] = {}
         # encoded(): each encoder's result for the chunk being handed out.
         self._encoded: dict[Callable[[bytes, int], Any], tuple[bytes, Any]] = {}
 
@@ -107,7 +165,9 @@ class Backplane:
         """
         The number of subscribers now.
         """
-        return len(self._sinks) + len(self._callbacks)
+        return len(self._sinks) + len(self._callbacks) + len(self._idSinks) + self._catchingUp
+
+    _catchingUp = 0
 
     @property
     def retain(self) -> int:
@@ -116,9 +176,36 @@ class Backplane:
         """
         return 0 if self._retained is None else self._retained.maxlen or 0
 
+    # Publishers' high-water marks (acknowledged publishing).
+
+    def mark(self, publisherId: str) -> int:
+        """
+        How many lines of publisher C{publisherId} this backplane has
+        published (0 for an id it does not know): kept in its history's
+        store when it has one, so that it survives restarts; in memory (the
+        last L{MAX_MARKS} ids) otherwise.
+        """
+        if self.history is not None:
+            return self.history.mark(publisherId)
+        return self._marks.get(publisherId, 0)
+
+    def setMark(self, publisherId: str, count: int) -> None:
+        """
+        Record that C{count} lines of publisher C{publisherId} are published.
+        """
+        if self.history is not None:
+            self.history.setMark(publisherId, count)
+            return
+        marks = self._marks
+        marks.pop(publisherId, None)
+        marks[publisherId] = count
+        if len(marks) > MAX_MARKS:
+            del marks[next(iter(marks))]
+
     # Subscribing.
 
-    def subscribe(self, callback: Callback, *, origin: object = None) -> Subscription:
+    def subscribe(self, callback: Callable[..., Any], *, origin: object = None, ids: bool = False,
+                  after: bytes | str | None = None) -> Subscription:
         """
         Call C{callback(message)} for every message published from now on.
 
@@ -128,14 +215,45 @@ class Backplane:
 
         @param origin: messages published with this same origin are not
             delivered to this subscriber (a client does not hear itself).
+        @param ids: call C{callback(id, message)} instead, with each
+            message's id (C{b"EPOCH:SEQ"}); the backplane needs a history.
+        @param after: first call it with every message of the history after
+            this id (C{"0"}: everything kept), at once, then with live ones;
+            needs C{ids}.  A gap (see L{follow}) is reported as a call
+            C{callback(None, b"GAP asked next")}.
+        @raise ValueError: C{ids} or C{after} without a history, or a
+            malformed C{after}.
         """
-        subscription = Subscription(self, callback, _originOf(origin))
-        if self._retained:
+        if (ids or after is not None) and self.history is None:
+            raise ValueError(f"backplane {self.name!r} keeps no history: its messages have no ids")
+        if after is not None and not ids:
+            raise ValueError("after= needs ids=True")
+        subscription = Subscription(self, callback, _originOf(origin), ids)
+        if after is not None:
+            self._replayTo(subscription, after)
+        elif self._retained:
             for message in tuple(self._retained):
                 self._call(subscription, message)
         self._callbacks[subscription] = None
         self._callbackList = None
         return subscription
+
+    def _replayTo(self, subscription: Subscription, after: bytes | str) -> None:
+        history = self.history
+        assert history is not None
+        decision = resume(history, after)
+        if decision.gap:
+            asked = after.encode("ascii", "replace") if isinstance(after, str) else after
+            self._call(subscription, None, b"GAP " + asked + b" "
+                       + formatId(history.epoch, decision.nextSeq))
+        cursor = decision.nextSeq - 1
+        while cursor < history.last:
+            data, count, first = history.read(cursor, _REPLAY_CHUNK)
+            if not count:
+                break
+            for i, message in enumerate(data.split(b"\n")[:count]):
+                self._call(subscription, formatId(history.epoch, first + i), message)
+            cursor = first + count - 1
 
     def attach(self, sink: ILineSink, *, origin: object = None) -> Subscription:
         """
@@ -153,13 +271,92 @@ class Backplane:
         self._sinkList = None
         return subscription
 
+    def follow(self, sink: ILineSink, position: bytes | str | None = None, *,
+               since: int | None = None,
+               origin: object = None) -> tuple[Subscription, Gap | None]:
+        """
+        Hand C{sink} the messages of the history after C{position}, then
+        live ones, all with their ids: each line C{b"EPOCH:SEQ payload"}.
+
+        Without a C{position} the sink gets live messages only.  With one
+        (an id, or C{"0"} for everything the history keeps) it catches up
+        first: it is handed nothing live, and pulls the history itself with
+        L{Subscription.pull} (as fast as it can write, so a long replay
+        holds no memory and stalls nobody) until that returns L{None}; then
+        it is live, with no message missed or repeated in between.
+
+        @param since: instead of a C{position}: a SEQ of the current epoch
+            (e.g. L{History.last} when a client connected) to catch up
+            from, for a subscriber that must miss nothing published since
+            then; not counted as a resume.
+        @return: the subscription, and the L{Gap} if something the client
+            asked for is missing (an id older than the oldest kept, of
+            another epoch, or not yet reached).
+        @raise ValueError: no history, or C{position} is not an id.
+        """
+        history = self.history
+        if history is None:
+            raise ValueError(f"backplane {self.name!r} keeps no history: its messages have no ids")
+        subscription = Subscription(self, ILineSink(sink).deliver, _originOf(origin), True)
+        gap = None
+        if position is None:
+            if since is None or since >= history.last:
+                self._live(subscription)
+            else:
+                subscription.cursor = since
+                self._catchingUp += 1
+            return subscription, gap
+        decision = resume(history, position)
+        if decision.gap:
+            asked = position.encode("ascii", "replace") if isinstance(position, str) else position
+            gap = Gap(asked, formatId(history.epoch, decision.nextSeq))
+            self.stats.gaps += 1
+        self.stats.resumes += 1
+        subscription.cursor = decision.nextSeq - 1
+        self._catchingUp += 1
+        return subscription, gap
+
+    def _live(self, subscription: Subscription) -> None:
+        if subscription.cursor is not None:
+            subscription.cursor = None
+            self._catchingUp -= 1
+        self._idSinks[subscription] = None
+        self._idSinkList = None
+
+    def _pull(self, subscription: Subscription, maxBytes: int) -> tuple[bytes, int] | Gap | None:
+        history = self.history
+        cursor = subscription.cursor
+        assert history is not None and cursor is not None
+        if cursor >= history.last:
+            self._live(subscription)
+            return None
+        if cursor < history.first - 1:
+            # The history dropped what this subscriber had not reached.
+            asked = formatId(history.epoch, cursor) if cursor else b"0"
+            subscription.cursor = history.first - 1
+            self.stats.gaps += 1
+            return Gap(asked, formatId(history.epoch, history.first))
+        data, count, first = history.read(cursor, maxBytes)
+        if not count:  # pragma: no cover - cursor < last, so there is one
+            self._live(subscription)
+            return None
+        subscription.cursor = first + count - 1
+        self.stats.replayed += count
+        return withIds(history.epoch, first, data, count), count
+
     def _remove(self, subscription: Subscription) -> None:
         if subscription in self._sinks:
             del self._sinks[subscription]
             self._sinkList = None
-        else:
+        elif subscription in self._idSinks:
+            del self._idSinks[subscription]
+            self._idSinkList = None
+        elif subscription in self._callbacks:
             del self._callbacks[subscription]
             self._callbackList = None
+        elif subscription.cursor is not None:
+            subscription.cursor = None
+            self._catchingUp -= 1
 
     # Publishing.
 
@@ -198,7 +395,7 @@ class Backplane:
         return self._fanout(data, len(batch), None, batch, wait=True)
 
     def publishLines(self, data: bytes, count: int | None = None, *,
-                     origin: object = None) -> int:
+                     origin: object = None, mark: tuple[str, int] | None = None) -> int:
         """
         Deliver a chunk of complete lines, as read from the network.
 
@@ -211,6 +408,9 @@ class Backplane:
         @param count: the number of messages in C{data}, if the caller knows.
         @param origin: the publisher; subscribers with the same origin are
             skipped.
+        @param mark: C{(publisherId, count)}: this chunk ends that
+            publisher's first C{count} lines (L{setMark}), kept with the
+            chunk in the history (acknowledged publishing).
         @return: the number of subscribers the chunk was handed to.
         """
         if not data:
@@ -219,14 +419,47 @@ class Backplane:
             raise ValueError("publishLines takes complete lines, each ending with b'\\n'")
         if count is None:
             count = data.count(b"\n")
+        if mark is not None:
+            if self.history is None:
+                self.setMark(*mark)
+            else:
+                self._mark = mark
         return self._fanout(data, count, origin, None, wait=False)
 
+    # A mark to keep with the next chunk (publishLines to _fanout).
+    _mark: tuple[str, int] | None = None
+
+    @overload
     def _fanout(self, data: bytes, count: int, origin: object,
-                lines: list[bytes] | None, wait: bool) -> Any:
+                lines: list[bytes] | None, wait: Literal[True]) -> Deferred[int]: ...
+
+    @overload
+    def _fanout(self, data: bytes, count: int, origin: object,
+                lines: list[bytes] | None, wait: Literal[False]) -> int: ...
+
+    def _fanout(self, data: bytes, count: int, origin: object,
+                lines: list[bytes] | None, wait: bool) -> Deferred[int] | int:
         stats = self.stats
         stats.messages_in += count
         stats.bytes_in += len(data)
         reached = 0
+        history = self.history
+        if history is not None:
+            mark, self._mark = self._mark, None
+            first = history.append(data, count, mark) if mark is not None \
+                else history.append(data, count)
+            idSinks = self._idSinkList
+            if idSinks is None:
+                idSinks = self._idSinkList = tuple(self._idSinks)
+            if idSinks:
+                withId = withIds(history.epoch, first, data, count)
+                for subscription in idSinks:
+                    if subscription.origin is not origin:
+                        reached += 1
+                        try:
+                            subscription.deliver(withId, count)
+                        except Exception:
+                            self._failed(Failure(), subscription)
         sinks = self._sinkList
         if sinks is None:
             sinks = self._sinkList = tuple(self._sinks)
@@ -252,8 +485,13 @@ class Backplane:
             for subscription in callbacks:
                 if subscription.origin is not origin:
                     reached += 1
-                    for message in lines:
-                        result = self._call(subscription, message)
+                    for i, message in enumerate(lines):
+                        if subscription.ids:
+                            assert history is not None
+                            result = self._call(subscription, formatId(history.epoch, first + i),
+                                                message)
+                        else:
+                            result = self._call(subscription, message)
                         if result is not None and wait:
                             waiting.append(result)
         stats.deliveries += reached * count
@@ -298,7 +536,7 @@ class Backplane:
         except Exception:
             self._failed(Failure(), subscription)
 
-    def _call(self, subscription: Subscription, message: bytes) -> Deferred[object] | None:
+    def _call(self, subscription: Subscription, *args: object) -> Deferred[object] | None:
         """
         Call one callback subscriber, isolating its failure.
 
@@ -306,7 +544,7 @@ class Backplane:
             Deferred does, or L{None} if the callback was synchronous.
         """
         try:
-            result = subscription.deliver(message)
+            result = subscription.deliver(*args)
         except Exception:
             self._failed(Failure(), subscription)
             return None
@@ -367,16 +605,24 @@ class BackplaneService(MultiService):
                 await maybeDeferred(child.stopService)
             except Exception:
                 self.log.failure("Error stopping {service}", service=child)
+        for backplane in self.backplanes():
+            if backplane.history is not None:
+                try:
+                    await backplane.history.close()
+                except Exception:
+                    self.log.failure("Error closing the history of {name}", name=backplane.name)
 
-    def create(self, name: str, *, retain: int = 0) -> Backplane:
+    def create(self, name: str, *, retain: int = 0, history: History | None = None) -> Backplane:
         """
-        Register and return a new backplane.
+        Register and return a new backplane (see L{Backplane} for the
+        options).  Its C{history} is closed when this service stops, after
+        every child service.
 
         @raise BackplaneExists: a backplane of that name exists already.
         """
         if name in self._backplanes:
             raise BackplaneExists(f"a backplane named {name!r} exists already")
-        backplane = self._backplanes[name] = Backplane(name, retain=retain)
+        backplane = self._backplanes[name] = Backplane(name, retain=retain, history=history)
         return backplane
 
     def get(self, name: str) -> Backplane:

@@ -54,10 +54,12 @@ class TimeSource(Service):
         if not interval > 0:
             raise ValueError(f"interval must be more than 0 seconds, not {interval!r}")
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as globalReactor
+
+            clock = globalReactor
         self.backplane = backplane
         self.interval = interval
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.clock: IReactorTime = clock
         self.format = format
         self.published = 0
         self._call = LoopingCall(self.tick)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from importlib import resources
+from typing import cast
 
 from twisted.web.http import Request
 from twisted.web.pages import notFound
@@ -88,7 +89,8 @@ class Assets(Resource):
         return notFound()
 
     def render(self, request: Request) -> bytes:
-        return notFound().render(request)
+        # IResource.render is unannotated; an error page renders at once, to bytes.
+        return cast(bytes, notFound().render(request))
 
 
 def statusPage(counted: Callable[[], None] = lambda: None) -> tuple[Asset, Assets]:

@@ -3,7 +3,7 @@ The live tail: the monitor's C{/tail/NAME} streams the lines of backplane
 C{NAME} to a browser as Server-Sent Events (C{text/event-stream}), read-only.
 
 A tail is a subscriber of the backplane like any network subscriber, with the
-same bounds (L{backplane.protocols.BoundedOutput}): at most C{max_pending}
+same bounds (a L{backplane.output.BoundedWriter}): at most C{max_pending}
 bytes wait for it, and past that it misses whole chunks (C{slow = "drop"})
 until it catches up, so a slow browser costs nobody anything.  It is an HTTP
 C{GET}: there is nothing a browser could publish through it.
@@ -27,7 +27,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,7 +39,8 @@ from zope.interface import implementer
 from backplane.address import describePeer
 from backplane.errors import UnknownBackplane
 from backplane.interfaces import ILineSink
-from backplane.protocols import BoundedOutput, Limits, PortStats
+from backplane.output import BoundedWriter
+from backplane.protocols import Limits, PortStats
 from backplane.service import Backplane, BackplaneService, Subscription
 
 # What may wait for one tail: a browser that falls behind misses lines.
@@ -70,7 +71,7 @@ def encodeEvents(data: bytes, count: int) -> bytes:
 
 class _RequestTransport:
     """
-    What L{BoundedOutput} writes to and aborts: a streaming response.
+    What a tail's L{BoundedWriter} writes to and aborts: a streaming response.
     """
 
     def __init__(self, request: Request) -> None:
@@ -88,14 +89,17 @@ class _RequestTransport:
             transport.abortConnection()
 
 
-@implementer(ILineSink, IPushProducer)
-class TailClient(BoundedOutput):
+@implementer(ILineSink)
+class TailClient:
     """
     One browser tailing a backplane: a bounded, read-only subscriber whose
     output is a Server-Sent Events response.
 
-    The response's channel pauses and resumes it as its connection's buffer
-    fills and drains (it is the request's streaming producer).
+    Its L{output} (a L{BoundedWriter}) is the request's streaming producer:
+    the response's channel pauses and resumes it as its connection's buffer
+    fills and drains.
+
+    @ivar output: the tail's L{BoundedWriter}.
     """
 
     log = Logger()
@@ -111,6 +115,8 @@ class TailClient(BoundedOutput):
         self.transport = _RequestTransport(request)
         address = request.getClientAddress()
         self.peer = describePeer(address) if address is not None else "?"
+        self.output = BoundedWriter(self, self.transport, self.limits, name=backplane.name,
+                                    counters=(tails.stats, backplane.stats))
         self._subscription: Subscription | None = None
         self._closing = False
 
@@ -118,7 +124,7 @@ class TailClient(BoundedOutput):
         """
         Start the stream and subscribe.
         """
-        self.request.registerProducer(self, True)
+        self.request.registerProducer(self.output, True)
         self.request.notifyFinish().addBoth(self._finished)
         self.transport.write(b"retry: %d\n: tail\n\n" % RETRY_MILLISECONDS)
         # Retained messages are replayed from here, after the preamble.
@@ -130,22 +136,28 @@ class TailClient(BoundedOutput):
         """
         if self._closing:
             return
-        self._send(self.subscribeTo.encoded(data, count, encodeEvents), count)
+        self.output.deliver(self.subscribeTo.encoded(data, count, encodeEvents), count)
 
     def heartbeat(self) -> None:
         """
         Send a comment, which a browser ignores (unless the connection's
         buffer is full: then there is no need).
         """
-        if not self._closing and not self._paused:
-            self._send(b":\n\n", 0)
+        if not self._closing and not self.output.paused:
+            self.output.deliver(b":\n\n", 0)
 
-    def resumeProducing(self) -> None:
-        missed = self._missed
-        super().resumeProducing()
-        if missed and not self._missed and not self._closing:
-            # Caught up: tell the page how many lines it did not get.
-            self._send(b"event: dropped\ndata: %d\n\n" % missed, 0)
+    def outputCaughtUp(self, missed: int) -> None:
+        """
+        Caught up: tell the page how many lines it did not get.
+        """
+        if not self._closing:
+            self.output.deliver(b"event: dropped\ndata: %d\n\n" % missed, 0)
+
+    def outputTooSlow(self) -> None:
+        """
+        Not with C{slow = "drop"}; stop the stream if it ever happens.
+        """
+        self._stop()
 
     def close(self) -> None:
         """
@@ -154,7 +166,7 @@ class TailClient(BoundedOutput):
         if self._closing:
             return
         self._stop()
-        self._sendWaiting()
+        self.output.flush()
         self.request.unregisterProducer()
         self.request.finish()
 
@@ -168,7 +180,7 @@ class TailClient(BoundedOutput):
     def _finished(self, result: Failure | None) -> None:
         # The response is done: finished by close(), or its connection lost.
         self._stop()
-        self._dropWaiting()
+        self.output.discard()
 
 
 class Tails:

@@ -15,6 +15,8 @@ Everything here is synchronous and deterministic: no reactor runs.
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
@@ -84,6 +86,61 @@ class Recorder:
             self.subscription.cancel()
 
 
+class IdRecorder:
+    """
+    A subscriber of a backplane with a history that records each message
+    with its id, and each gap: for testing code that resumes::
+
+        history = MemoryHistory(100)
+        news = service.create("NEWS", history=history)
+        first = IdRecorder.on(news)
+        news.publish(b"a")
+        last = first.ids[-1]
+        first.cancel()
+        news.publish(b"b")
+        again = IdRecorder.on(news, after=last)
+        assert again.messages == [b"b"] and again.gaps == []
+
+    @ivar ids: the ids of the messages received (C{b"EPOCH:SEQ"}), in order.
+    @ivar messages: the messages received, in order.
+    @ivar gaps: the gaps reported, each C{b"GAP ASKED NEXT"}.
+    """
+
+    def __init__(self) -> None:
+        self.ids: list[bytes] = []
+        self.messages: list[bytes] = []
+        self.gaps: list[bytes] = []
+        self.subscription: Subscription | None = None
+
+    @classmethod
+    def on(cls, backplane: Backplane, after: bytes | str | None = None) -> IdRecorder:
+        """
+        A new recorder, subscribed to C{backplane} with ids: from the
+        history after C{after} (an id, or C{"0"} for everything kept), then
+        live; or live only.
+
+        @raise ValueError: the backplane keeps no history, or C{after} is
+            not an id.
+        """
+        recorder = cls()
+        recorder.subscription = backplane.subscribe(recorder, ids=True, after=after)
+        return recorder
+
+    def __call__(self, id: bytes | None, message: bytes) -> None:
+        if id is None:
+            self.gaps.append(message)
+        else:
+            self.ids.append(id)
+            self.messages.append(message)
+
+    def cancel(self) -> None:
+        """
+        Unsubscribe, if L{on} subscribed this recorder.
+        """
+        if self.subscription is not None:
+            self.subscription.cancel()
+
+
 class AsyncRecorder(Recorder):
     """
     A recorder that acts as a slow, asynchronous consumer: each call returns a
@@ -134,7 +191,7 @@ def sentLines(transport: StringTransport) -> list[bytes]:
     """
     The complete lines written to C{transport} so far, without delimiters.
     """
-    data = transport.value()
+    data = cast(bytes, transport.value())  # StringTransport.value is unannotated.
     return data.split(b"\n")[:-1]
 
 

@@ -24,20 +24,19 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from backplane.address import describePeer
+from backplane.framing import LineFramer
+from backplane.history import parseId
 from backplane.interfaces import ILineSink
-from backplane.protocols import (
-    BackplaneFactory,
-    BoundedOutput,
-    Limits,
-    firstOverlong,
-)
-from backplane.service import Backplane, BackplaneService, Subscription
+from backplane.output import BoundedWriter
+from backplane.protocols import BackplaneFactory, Limits
+from backplane.service import Backplane, BackplaneService, Gap, Subscription
 
 # Close codes (RFC 6455 7.4.1).
 GOING_AWAY = 1001
@@ -100,9 +99,8 @@ def _isText(data: bytes) -> bool:
     return True
 
 
-# (mypy: autobahn's own base classes disagree on some attributes' types.)
 @implementer(ILineSink, IPushProducer)
-class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[misc]
+class WebSocketClient(WebSocketServerProtocol):
     """
     One WebSocket client of a port: it may publish, subscribe, or both, with
     the semantics and limits of a line client (see the module's docstring
@@ -110,11 +108,18 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
 
     It joins its backplanes when the WebSocket opening handshake is done.
     Its C{factory} is autobahn's (the WebSocket options and timers), its
-    C{port} the L{WebSocketFactory} that counts it.
+    C{port} the L{WebSocketFactory} that counts it.  Each message is framed
+    by its L{framer} (a L{LineFramer}); what it is sent goes through its
+    L{output} (a L{BoundedWriter}), to which, as its transport's streaming
+    producer, it passes L{pauseProducing} and L{resumeProducing} on.
+
+    @ivar framer: the client's L{LineFramer}.
+    @ivar output: the client's L{BoundedWriter}, once connected.
     """
 
     # Once connected: a TCP, TLS or UNIX transport (or a StringTransport).
     transport: Any
+    output: BoundedWriter
 
     def __init__(self, port: WebSocketFactory, publish_to: Backplane | None = None,
                  subscribe_to: Backplane | None = None, limits: Limits = _LIMITS) -> None:
@@ -124,17 +129,53 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
         self.publishTo = publish_to
         self.subscribeTo = subscribe_to
         self.limits = limits
+        self.framer = LineFramer(self, limits.max_line_length)
         self._subscription: Subscription | None = None
         self._closing = False
         self._publishing = False
+        # With ids (port.ids): what feeds it from the history, and where
+        # the client asked to resume (?resume=ID).
+        self.follower: Any = None
+        self._resume: str | None = None
+
+    @property
+    def dropped(self) -> int:
+        """
+        Messages this client missed as a slow subscriber (C{slow = "drop"}).
+        """
+        return self.output.dropped
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.peer = describePeer(self.transport.getPeer())
+        backplane = self.subscribeTo
+        self.output = BoundedWriter(
+            self, self.transport, self.limits,
+            name="?" if backplane is None else backplane.name,
+            counters=(self.portStats,) if backplane is None else (self.portStats, backplane.stats))
         # A producer for max_pending; registered for every client, since
         # autobahn's dropConnection unregisters the transport's producer
         # whoever it is.
-        self._produceFor(self.transport)
+        self.transport.registerProducer(self, True)
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        """
+        The opening handshake's request: on an C{ids = true} port, take
+        C{?resume=ID} (refusing a malformed one with 400).
+        """
+        if not self.port.ids:
+            return None
+        values = request.params.get("resume")
+        if values:
+            position = values[-1]
+            if position != "0":
+                try:
+                    parseId(position)
+                except ValueError as e:
+                    self.portStats.bad_requests += 1
+                    raise ConnectionDeny(400, f"bad resume: {e}") from None
+            self._resume = position
+        return None
 
     def onOpen(self) -> None:
         if self._closing:
@@ -142,8 +183,29 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
         if self.publishTo is not None:
             self.publishTo.stats.publishers += 1
             self._publishing = True
-        if self.subscribeTo is not None:
-            self._subscription = self.subscribeTo.attach(self, origin=self)
+        backplane = self.subscribeTo
+        if backplane is None:
+            return
+        if not self.port.ids:
+            self._subscription = backplane.attach(self, origin=self)
+            return
+        from backplane.resume import Follower
+
+        self.follower = Follower(backplane, self, deliverGap=self.deliverGap,
+                                 paused=lambda: self.output.paused, origin=self,
+                                 peer=self.peer or "?")
+        if self._resume is not None:
+            self.portStats.resumes += 1
+        self.follower.start(self._resume)
+
+    def deliverGap(self, gap: Gap) -> None:
+        """
+        Tell the client that messages it asked for are missing: a message
+        C{GAP ASKED NEXT}.
+        """
+        self.portStats.gaps += 1
+        if self.state == _OPEN:
+            self.output.deliver(encodeFrames(b"GAP " + gap.asked + b" " + gap.next + b"\n", 1), 0)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
@@ -161,13 +223,13 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
         """
         self._closing = True
         self._stopSubscribing()
-        self._sendWaiting()
+        self.output.flush()
         if self.state == _OPEN:
             self.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"server going away")
         else:
             self.transport.loseConnection()
 
-    # Publishing: messages in.
+    # Publishing: messages in, through the framer (a LinesReceiver).
 
     def onMessageFrameData(self, payload: bytes) -> None:
         # What a client that does not publish sends is read and discarded,
@@ -184,24 +246,29 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
             self._refused(self.message_data_total_length)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.publishTo is not None and not self._closing:
+            self.framer.messageReceived(payload)
+
+    def linesReceived(self, data: bytes) -> None:
+        """
+        The lines of one message: publish them together.
+        """
         backplane = self.publishTo
-        if backplane is None or self._closing:
+        if backplane is None:
             return
-        if payload[-1:] != b"\n":
-            payload += b"\n"
-        bad = firstOverlong(payload, self.limits.max_line_length)
-        if bad >= 0:
-            self._closing = True
-            self._refused(payload.find(b"\n", bad) - bad)
-            # Not published, in part or whole.
-            self.sendCloseFrame(code=MESSAGE_TOO_BIG, reasonUtf8=b"line too long")
-            return
-        if b"\r" in payload:
-            payload = payload.replace(b"\r\n", b"\n")
-        count = payload.count(b"\n")
+        count = data.count(b"\n")
         self.portStats.messages_in += count
-        self.portStats.bytes_in += len(payload)
-        backplane.publish_lines(payload, count, origin=self)
+        self.portStats.bytes_in += len(data)
+        backplane.publishLines(data, count, origin=self)
+
+    def lineTooLong(self, length: int) -> None:
+        """
+        A line of a message is longer than C{max_line_length}: none of the
+        message is published; close with 1009 (message too big).
+        """
+        self._closing = True
+        self._refused(length)
+        self.sendCloseFrame(code=MESSAGE_TOO_BIG, reasonUtf8=b"line too long")
 
     def _refused(self, length: int) -> None:
         self.portStats.overlong += 1
@@ -212,7 +279,8 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
         )
         self._stopSubscribing()
 
-    # Subscribing: messages out (ILineSink).
+    # Subscribing: messages out (ILineSink), through the writer (its
+    # OutputOwner).
 
     def deliver(self, data: bytes, count: int) -> None:
         """
@@ -225,12 +293,47 @@ class WebSocketClient(BoundedOutput, WebSocketServerProtocol):  # type: ignore[m
             return
         backplane = self.subscribeTo
         assert backplane is not None
-        self._send(backplane.encoded(data, count, encodeFrames), count)
+        follower = self.follower
+        if follower is not None and follower.subscription is not None \
+                and follower.subscription.cursor is not None:
+            # History being replayed to this client alone.
+            self.output.deliver(encodeFrames(data, count), count)
+        else:
+            self.output.deliver(backplane.encoded(data, count, encodeFrames), count)
+
+    def outputTooSlow(self) -> None:
+        """
+        Past C{max_pending} with C{slow = "disconnect"}: hand the client
+        nothing more (its writer aborts the connection).
+        """
+        self._closing = True
+        self._stopSubscribing()
+
+    def outputCaughtUp(self, missed: int) -> None:
+        """
+        The client caught up after missing messages: nothing to do (its
+        writer logged it).
+        """
 
     def _stopSubscribing(self) -> None:
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
+        if self.follower is not None:
+            self.follower.cancel()
+
+    # IPushProducer, for the transport: passed on to the writer.
+
+    def pauseProducing(self) -> None:
+        self.output.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.output.resumeProducing()
+        if self.follower is not None:
+            self.follower.pump()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class WebSocketFactory(BackplaneFactory):
@@ -252,14 +355,23 @@ class WebSocketFactory(BackplaneFactory):
     protocol = WebSocketClient
 
     def __init__(self, service: BackplaneService, *, publish_to: str | None = None,
-                 subscribe_to: str | None = None, limits: Limits = _LIMITS) -> None:
+                 subscribe_to: str | None = None, limits: Limits = _LIMITS,
+                 ids: bool = False) -> None:
         """
         @param service: the registry the backplanes are looked up in.
+        @param ids: send each message as C{ID payload}, and resume a client
+            that asks with C{?resume=ID} (C{subscribe_to} needs a history,
+            and there is no C{publish_to}).
         @raise UnknownBackplane: a named backplane is not registered.
-        @raise ValueError: neither C{publish_to} nor C{subscribe_to} is given.
+        @raise ValueError: neither C{publish_to} nor C{subscribe_to} is given,
+            or C{ids} where they do not allow it.
         """
         super().__init__(service, publish_to=publish_to, subscribe_to=subscribe_to,
                          limits=limits)
+        if ids and (self.publishTo is not None or self.subscribeTo is None
+                    or self.subscribeTo.history is None):
+            raise ValueError("ids need a subscribe_to with a history, and no publish_to")
+        self.ids = ids
         # A message holds at most one line and its optional newline; a longer
         # one is refused from its frame's header, before it is read.  (A port
         # that does not publish keeps nothing of what it reads.)

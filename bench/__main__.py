@@ -1,6 +1,7 @@
 """
 C{python -m bench fanout|stalled|nodes|websocket [options]}: run a suite,
 print its tables, write its JSON file (and, for C{fanout}, its plot).
+C{python -m bench store}: the history store in-process (L{bench.store}).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from bench import store
 from bench.load import Placement
 from bench.report import document, plot, tables, write_json
 from bench.servers import ServerError, redis_path, redis_version
@@ -83,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
         "websocket", parents=[common],
         help="1,000 WebSocket subscribers beside 1,000 line subscribers, then each alone",
     )
+    store.addParser(commands)
     return main
 
 
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     command_line = parser()
     arguments = command_line.parse_args(argv)
+    if arguments.command == "store":
+        return store.run(arguments)
     if arguments.repeat < 1 or arguments.window < 1 or (arguments.workers or 1) < 1:
         command_line.error("--repeat, --workers and --window must be at least 1")
     redis = (arguments.command in ("fanout", "nodes") and not getattr(arguments, "no_redis", False)

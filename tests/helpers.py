@@ -8,14 +8,19 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+import unittest
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
+from typing import Any, TypeAlias, cast
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.web.iweb import IResponse
 
 
 def freePort() -> int:
@@ -24,11 +29,13 @@ def freePort() -> int:
     """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 @inlineCallbacks
-def waitUntil(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition"):
+def waitUntil(condition: Callable[[], bool], timeout: float = 20.0,
+              what: str = "condition") -> Generator[Deferred[None], object, None]:
     """
     Poll C{condition} on the reactor until it is true, or fail after C{timeout}.
     """
@@ -63,7 +70,18 @@ class LineClient(Protocol):
         self.closed.callback(None)
 
     def send(self, *lines: bytes) -> None:
+        assert self.transport is not None
         self.transport.write(b"".join(line + b"\n" for line in lines))
+
+
+def portNumber(port: IListeningPort | None) -> int:
+    """
+    The TCP port number a listening port is bound to.
+    """
+    assert port is not None
+    address = port.getHost()
+    assert isinstance(address, IPv4Address | IPv6Address), address
+    return address.port
 
 
 def connectClient(port: int, host: str = "127.0.0.1",
@@ -76,7 +94,8 @@ def connectClient(port: int, host: str = "127.0.0.1",
     """
     endpoint = TCP4ClientEndpoint(reactor, host, port,
                                   bindAddress=None if source is None else (source, 0))
-    return endpoint.connect(Factory.forProtocol(LineClient))
+    # connect() is typed as firing with an IProtocol: the factory's, a LineClient.
+    return cast("Deferred[LineClient]", endpoint.connect(Factory.forProtocol(LineClient)))
 
 
 class _Body(Protocol):
@@ -92,7 +111,8 @@ class _Body(Protocol):
 
 
 @inlineCallbacks
-def httpGet(url: str, accept: str | None = None, method: bytes = b"GET"):
+def httpGet(url: str, accept: str | None = None,
+            method: bytes = b"GET") -> Generator[Deferred[Any], Any, tuple[IResponse, bytes]]:
     """
     GET C{url} (or another C{method}): the response and its body.
     """
@@ -107,7 +127,11 @@ def httpGet(url: str, accept: str | None = None, method: bytes = b"GET"):
     return response, data
 
 
-def metricSamples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+#: Prometheus samples: C{(name, labels) -> value}.
+Samples: TypeAlias = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metricSamples(text: str) -> Samples:
     """
     The samples of a Prometheus text exposition, parsed by
     C{prometheus_client}'s own parser: C{(name, labels) -> value}.
@@ -119,14 +143,24 @@ def metricSamples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], flo
             for sample in family.samples}
 
 
-def sample(samples, metric: str, /, **labels: str) -> float:
+def sample(samples: Samples, metric: str, /, **labels: str) -> float:
     """
     One sample of L{metricSamples}' result.
     """
     return samples[(metric, frozenset(labels.items()))]
 
 
-def tempDir(case) -> Path:
+def section(report: Mapping[str, object], key: str) -> dict[str, Any]:
+    """
+    A part of a report or document that is a dict (C{counters}, C{gauges},
+    C{info}, C{server}), read from a C{dict[str, object]}.
+    """
+    value = report[key]
+    assert isinstance(value, dict), value
+    return value
+
+
+def tempDir(case: unittest.TestCase) -> Path:
     """
     A new empty folder, removed when the test C{case} ends.  (trial's
     C{mktemp} would put it under the working directory when run by pytest.)

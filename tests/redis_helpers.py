@@ -135,6 +135,7 @@ class PlainSubscriber(Protocol):
         self._acks = 0
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(encodeCommand(b"SUBSCRIBE", *self.channels))
 
     def dataReceived(self, data: bytes) -> None:

@@ -552,6 +552,7 @@ class HelperTests(SynchronousTestCase):
                                     "protocol": "websocket"}])
         config = parse_config(tomllib.loads(text))
         self.assertTrue(config.backplanes["BENCH"].shared)
+        assert config.redis is not None
         self.assertEqual(config.redis.url, "redis://127.0.0.1:6400/0")
         self.assertEqual(config.listen[0].protocol, "websocket")
 

@@ -1,36 +1,34 @@
 """
-Unit tests of the Redis bridge: its wire format, its URL, its backoff, and
-the bridge itself on fake connections and a fake clock.
+Unit tests of the Redis bridge: its wire format, its URL, and the bridge
+itself on fake connections and a fake clock (its retries and health checks
+included).
 """
 
 from __future__ import annotations
 
-from hypothesis import example, given
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from backplane import BackplaneService, PublishToFactory
-from backplane.bridge import (
-    MARK,
-    RedisAddress,
-    RedisBridge,
-    decode,
-    defaultNodeId,
-    encode,
-    encodeTag,
-    parseURL,
-    retryDelay,
-)
+from backplane.redis.address import RedisAddress, parseURL
+from backplane.redis.bridge import RedisBridge
+from backplane.redis.link import Publisher, Subscriber
+from backplane.redis.wire import MARK, decode, defaultNodeId, encode, encodeTag
 from backplane.testing import Recorder, connect
 from tests.redis_helpers import encodeCommand
+from tests.test_relay import LogCapture
 
 lines = st.lists(st.binary().map(lambda b: b.replace(b"\n", b"")), min_size=1, max_size=20)
 nodeIds = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1,
@@ -132,9 +130,11 @@ class WireFormatTests(SynchronousTestCase):
     def test_documentedReader(self, payload: bytes) -> None:
         """
         The reader that docs/scaling.md gives plain clients reads payloads
-        as a node does.
+        as a node does (tag versions aside, as the docs say: a node ignores
+        a payload tagged with a version it does not know).
         """
         decoded = decode(payload)
+        assume(decoded is not None)
         assert decoded is not None
         self.assertEqual(documentedReader(payload), decoded.data.split(b"\n")[:-1])
 
@@ -144,8 +144,10 @@ class WireFormatTests(SynchronousTestCase):
         a missing final newline added; an unknown version, or no node id,
         makes the payload unreadable (L{None}).
         """
-        self.assertEqual(decode(b"\x1ebackplane/1 A").count, 0)  # type: ignore[union-attr]
-        self.assertEqual(decode(b"\x1ebackplane/1 A\n").count, 0)  # type: ignore[union-attr]
+        for tagOnly in (b"\x1ebackplane/1 A", b"\x1ebackplane/1 A\n"):
+            decoded = decode(tagOnly)
+            assert decoded is not None
+            self.assertEqual(decoded.count, 0)
         decoded = decode(b"\x1ebackplane/1 A\nx\r\ny")
         assert decoded is not None
         self.assertEqual((decoded.node, decoded.data), (b"A", b"x\r\ny\n"))
@@ -185,30 +187,10 @@ class URLTests(SynchronousTestCase):
         self.assertEqual(str(parseURL("redis://[::1]")), "redis://[::1]:6379/0")
 
 
-class RetryDelayTests(SynchronousTestCase):
+class NodeIdTests(SynchronousTestCase):
     """
-    L{retryDelay}.
+    L{defaultNodeId}.
     """
-
-    @given(st.integers(1, 10_000), st.floats(0.01, 10), st.floats(1, 100),
-           st.floats(0, 0.9999))
-    def test_bounds(self, attempt: int, initial: float, factor: float, r: float) -> None:
-        """
-        Always between the initial and the maximum delay.
-        """
-        maximum = initial * factor
-        delay = retryDelay(attempt, initial, maximum, lambda: r)
-        self.assertTrue(initial <= delay <= maximum, delay)
-
-    def test_growth(self) -> None:
-        """
-        Doubling from the initial delay, with jitter of +-50%, up to the
-        maximum.
-        """
-        middle = [retryDelay(n, 0.5, 30.0, lambda: 0.5) for n in range(1, 10)]
-        self.assertEqual(middle, [0.5, 1, 2, 4, 8, 16, 30, 30, 30])
-        self.assertEqual(retryDelay(4, 0.5, 30.0, lambda: 0.0), 2.0)
-        self.assertEqual(retryDelay(4, 0.5, 30.0, lambda: 0.99), 4 * 1.49)
 
     def test_defaultNodeId(self) -> None:
         """
@@ -223,28 +205,68 @@ class RetryDelayTests(SynchronousTestCase):
 # The bridge on fake connections.
 
 
+class StubbornTransport(StringTransportWithDisconnection):
+    """
+    A connection to a server that never lets it close politely: only
+    C{abortConnection} closes it.
+    """
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+
+    def abortConnection(self) -> None:
+        self.disconnected = True
+        super().loseConnection()
+
+
+class LaterTransport(StringTransportWithDisconnection):
+    """
+    A connection whose closing, as a reactor's, reaches its protocol on a
+    later turn of C{clock}.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def loseConnection(self) -> None:
+        if self.connected:
+            self.connected = False
+            self.clock.callLater(0, self.protocol.connectionLost,
+                                 Failure(ConnectionDone("Bye.")))
+
+
 @implementer(IStreamClientEndpoint)
 class FakeEndpoint:
     """
-    Connects each protocol to a L{StringTransportWithDisconnection}, or
-    refuses while C{refusing}.
+    Connects each protocol to a new C{transport()} (a
+    L{StringTransportWithDisconnection} unless told), or refuses while
+    C{refusing}.
+
+    @ivar attempts: how many times C{connect} was called.
+    @ivar protocols: the Redis protocol of each connection made.  (The
+        bridge's endpoint puts a gate before it: the transport's protocol.)
     """
 
     def __init__(self) -> None:
         self.refusing = False
-        self.protocols: list = []
+        self.transport: Callable[[], StringTransportWithDisconnection] = (
+            StringTransportWithDisconnection)
+        self.attempts = 0
+        self.protocols: list[Publisher | Subscriber] = []
 
     def connect(self, factory):
+        self.attempts += 1
         if self.refusing:
             return fail(ConnectionRefusedError())
-        protocol = factory.buildProtocol(None)
-        transport = StringTransportWithDisconnection()
-        transport.protocol = protocol
-        protocol.makeConnection(transport)
-        self.protocols.append(protocol)
-        return succeed(protocol)
+        gate = factory.buildProtocol(None)
+        transport = self.transport()
+        transport.protocol = gate
+        gate.makeConnection(transport)
+        self.protocols.append(gate.protocol)
+        return succeed(gate)
 
-    def latest(self, name: str):
+    def latest(self, name: str) -> Publisher | Subscriber:
         return [p for p in self.protocols if p.link.name == name][-1]
 
 
@@ -285,9 +307,7 @@ class BridgeTests(SynchronousTestCase):
         self.news = self.service.create("NEWS")
         self.sport = self.service.create("SPORT")
         self.recorder = Recorder.on(self.news)
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = LogCapture(self).events
 
     def bridge(self, **options) -> RedisBridge:
         options = {"names": ["NEWS", "SPORT"], "node_id": "me", "initial_delay": 1.0,
@@ -305,11 +325,11 @@ class BridgeTests(SynchronousTestCase):
         protocol.dataReceived(data)
         self.clock.advance(0)
 
-    def logged(self, level: str) -> list[dict]:
+    def logged(self, level: str) -> list[LogEvent]:
         return [e for e in self.events
                 if isinstance(e.get("log_source"), RedisBridge) and e["log_level"].name == level]
 
-    def up(self) -> tuple:
+    def up(self) -> tuple[Publisher | Subscriber, Publisher | Subscriber]:
         """
         Answer the handshakes of the latest connections: log in, then PING
         (publisher) or SUBSCRIBE (subscriber).
@@ -350,8 +370,8 @@ class BridgeTests(SynchronousTestCase):
         bridge = self.bridge()
         self.service.startService()
         publisher, _ = self.up()
-        self.news.publish_lines(b"a\nb\n")
-        self.news.publish_many([b"c"])
+        self.news.publishLines(b"a\nb\n")
+        self.news.publishMany([b"c"])
         self.sport.publish(b"goal")
         self.assertEqual(sent(publisher), [])
         self.clock.advance(0)
@@ -456,7 +476,7 @@ class BridgeTests(SynchronousTestCase):
         bridge = self.bridge()
         self.service.startService()
         publisher, _ = self.up()
-        self.news.publish_many([b"1", b"2"])
+        self.news.publishMany([b"1", b"2"])
         self.clock.advance(0)
         self.news.publish(b"3")
         publisher.transport.loseConnection()
@@ -591,8 +611,10 @@ class BridgeTests(SynchronousTestCase):
         Bad arguments are refused at once; an unknown backplane raises a
         KeyError.
         """
-        for options in [{"initial_delay": 0}, {"initial_delay": 5, "max_delay": 1},
-                        {"queue": 0}, {"timeout": 0}, {"node_id": "a b"}]:
+        badOptions: list[dict[str, Any]] = [
+            {"initial_delay": 0}, {"initial_delay": 5, "max_delay": 1},
+            {"queue": 0}, {"timeout": 0}, {"node_id": "a b"}]
+        for options in badOptions:
             self.assertRaises(ValueError, self.bridge, **options)
         self.assertRaises(ValueError, RedisBridge, self.service, "http://h", names=[])
         self.assertRaises(KeyError, self.bridge, names=["NOPE"])
@@ -610,6 +632,88 @@ class BridgeTests(SynchronousTestCase):
         self.up()
         self.assertTrue(bridge.connected)
         self.assertEqual(bridge.stats.outages, 1)
+
+    def retries(self) -> list[float]:
+        """
+        The seconds until each connection's next attempt, rounded.
+        """
+        now = self.clock.seconds()
+        return sorted(round(call.getTime() - now, 6) for call in self.clock.getDelayedCalls())
+
+    def test_backoff(self) -> None:
+        """
+        Each connection is retried after the delays of
+        L{backplane.retry.backoffPolicy}: doubling from C{initial_delay} up
+        to C{max_delay}, each shortened at random by up to 10%.  Once
+        connected, the backoff starts over, and the subscriber subscribes
+        again.
+        """
+        self.endpoint.refusing = True
+        bridge = self.bridge(random=lambda: 0.5)  # each delay 5% short
+        self.service.startService()
+        self.assertEqual(self.endpoint.attempts, 2)
+        for delay in [0.95, 1.9, 3.8, 7.6, 7.6]:
+            self.assertEqual(self.retries(), [delay, delay])
+            self.clock.advance(delay)
+        self.assertEqual(self.endpoint.attempts, 12)
+        self.endpoint.refusing = False
+        self.clock.advance(7.6)
+        _, subscriber = self.up()
+        self.assertTrue(bridge.connected)
+        subscriber.transport.loseConnection()
+        self.assertEqual(self.retries(), [0.95, 5.0])  # and the publisher's PING
+        self.clock.advance(0.95)
+        newSubscriber = self.endpoint.latest("subscriber")
+        self.assertIsNot(newSubscriber, subscriber)
+        self.feed(newSubscriber, b"+OK\r\n")
+        self.assertEqual(sent(newSubscriber)[-1],
+                         [b"SUBSCRIBE", b"backplane:NEWS", b"backplane:SPORT"])
+        self.feed(newSubscriber, bulk(b"subscribe", b"backplane:NEWS", b":1"))
+        self.assertTrue(bridge.connected)
+        self.assertEqual(bridge.stats.outages, 2)
+
+    def test_handshakeRefused(self) -> None:
+        """
+        A connection whose handshake fails is aborted and counts as a failed
+        attempt: the delays grow.  Its closing, which a reactor reports on a
+        later turn, changes nothing more.
+        """
+        self.endpoint.transport = lambda: LaterTransport(self.clock)
+        bridge = self.bridge(random=lambda: 0.0)
+        self.service.startService()
+        for delay in [1.0, 2.0, 4.0]:
+            publisher = self.endpoint.latest("publisher")
+            self.feed(publisher, b"-WRONGPASS invalid username-password pair\r\n")
+            self.assertTrue(publisher.transport.disconnected)  # aborted
+            self.assertIn(delay, self.retries())
+            self.clock.advance(delay)
+        [warning] = self.logged("warn")
+        self.assertEqual(warning["why"],
+                         "no usable connection: WRONGPASS invalid username-password pair")
+        self.assertFalse(bridge.connected)
+        self.assertEqual(bridge.stats.outages, 1)
+
+    def test_stopAborts(self) -> None:
+        """
+        stopService closes the connections politely, and aborts them if the
+        server has not let them close within C{timeout} seconds.
+        """
+        self.endpoint.transport = StubbornTransport
+        self.bridge()
+        self.service.startService()
+        publisher, subscriber = self.up()
+        stopped = self.service.stopService()
+        self.assertTrue(publisher.transport.disconnecting)
+        self.assertTrue(subscriber.transport.disconnecting)
+        self.clock.advance(4.9)
+        self.assertNoResult(stopped)
+        self.assertFalse(publisher.transport.disconnected)
+        self.clock.advance(0.1)
+        self.assertTrue(publisher.transport.disconnected)
+        self.assertTrue(subscriber.transport.disconnected)
+        self.successResultOf(stopped)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.logged("warn"), [])
 
 
 class ConnectionLostTests(SynchronousTestCase):

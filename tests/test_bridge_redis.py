@@ -8,6 +8,7 @@ paused under them.
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -15,10 +16,12 @@ from twisted.internet import endpoints, reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
+from zope.interface import implementer
 
 from backplane import BackplaneService, PublishToFactory, SubscribeToFactory
-from backplane.bridge import MARK, RedisBridge
+from backplane.redis.bridge import RedisBridge
+from backplane.redis.wire import MARK
 from backplane.testing import Recorder
 from tests.helpers import connectClient, waitUntil
 from tests.redis_helpers import plainSubscriber
@@ -32,14 +35,13 @@ class Node:
     each, and a bridge to Redis.
     """
 
-    def __init__(self, url: str, name: str, **options: object) -> None:
+    def __init__(self, url: str, name: str, **options: Any) -> None:
         self.name = name
         self.service = BackplaneService()
         self.news = self.service.create("NEWS")
         self.local = self.service.create("LOCAL")
         options = {"initial_delay": 0.05, "max_delay": 0.2, "timeout": 2.0, **options}
-        self.bridge = RedisBridge(self.service, url, names=["NEWS"], node_id=name,
-                                  **options)  # type: ignore[arg-type]
+        self.bridge = RedisBridge(self.service, url, names=["NEWS"], node_id=name, **options)
         self.bridge.setServiceParent(self.service)
         self.recorder = Recorder.on(self.news)
 
@@ -50,19 +52,25 @@ class Node:
         return self.service.stopService()
 
 
+@implementer(ILogObserver)
 class BridgeLog:
     """
-    The events that RedisBridges log, while the test runs.
+    The events that RedisBridges log, while the test runs; and any error
+    logged meanwhile, from anywhere (an exception raised where the reactor
+    calls a protocol, for one).
     """
 
     def __init__(self) -> None:
-        self.events: list[dict] = []
+        self.events: list[LogEvent] = []
+        self.errors: list[LogEvent] = []
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: LogEvent) -> None:
         if isinstance(event.get("log_source"), RedisBridge):
             self.events.append(event)
+        if "log_failure" in event or event["log_level"] >= LogLevel.error:
+            self.errors.append(event)
 
-    def of(self, node: Node, level: str | None = None) -> list[dict]:
+    def of(self, node: Node, level: str | None = None) -> list[LogEvent]:
         return [e for e in self.events if e["log_source"] is node.bridge
                 and (level is None or e["log_level"].name == level)]
 
@@ -138,7 +146,7 @@ def test_everySubscriberOfEveryNodeOnce(nodes):
         yield waitUntil(lambda: len(b.recorder.messages) == 2, what="a1 and a2 on B")
         yield b.news.publish(b"b1")
         yield waitUntil(lambda: len(a.recorder.messages) == 3, what="b1 on A")
-        yield a.news.publish_many([b"a3", b"a4"])
+        yield a.news.publishMany([b"a3", b"a4"])
         everything = [b"a1", b"a2", b"b1", b"a3", b"a4"]
         yield waitUntil(lambda: len(b.recorder.messages) == 5 and len(a.recorder.messages) == 5,
                         what="every message on both nodes")
@@ -175,7 +183,7 @@ def test_chunkIsOnePublish(nodes, redis_server):
     a, b = nodes
     plain = yield plainSubscriber(redis_server.port, CHANNEL)
     lines = [b"line %04d" % i for i in range(1000)]
-    yield a.news.publish_many(lines)
+    yield a.news.publishMany(lines)
     yield waitUntil(lambda: len(b.recorder.messages) == 1000, what="1000 lines on B")
     yield waitUntil(lambda: len(plain.messages) == 1, what="the plain subscriber's message")
     yield turn(0.1)
@@ -238,7 +246,7 @@ def test_plainSubscriberReadsNodes(nodes, redis_server):
     """
     a, b = nodes
     plain = yield plainSubscriber(redis_server.port, CHANNEL, b"backplane:LOCAL")
-    yield a.news.publish_many([b"x", b"", b"y \r"])
+    yield a.news.publishMany([b"x", b"", b"y \r"])
     yield b.news.publish(b"z")
     yield a.local.publish(b"not shared")
     yield waitUntil(lambda: len(plain.messages) == 2, what="two payloads")
@@ -295,6 +303,7 @@ def test_redisRestart(nodes, redis_server, bridgeLog):
         stats = node.bridge.stats
         assert (stats.outages, stats.dropped) == (1, lost)
         assert stats.last_outage == back[0]["duration"]
+    assert bridgeLog.errors == []
 
 
 @pytest_twisted.inlineCallbacks
@@ -317,6 +326,7 @@ def test_startWhileRedisIsDown(makeNode, redis_server, bridgeLog):
     yield waitUntil(lambda: b.recorder.messages == [b"together"], what="together on B")
     assert a.bridge.stats.dropped == 1
     assert len(bridgeLog.of(a, "warn")) == 1
+    assert bridgeLog.errors == []
 
 
 @pytest_twisted.inlineCallbacks
@@ -342,6 +352,7 @@ def test_unansweredRedis(makeNode, redis_server, bridgeLog):
     yield a.news.publish(b"awake")
     yield waitUntil(lambda: b.recorder.messages == [b"awake"], what="awake on B")
     assert len(bridgeLog.of(a, "warn")) == len(bridgeLog.of(b, "warn")) == 1
+    assert bridgeLog.errors == []
 
 
 @pytest_twisted.inlineCallbacks
@@ -392,11 +403,13 @@ def test_stopService(makeNode, redis_server):
 
     b = makeNode("B")
     redis_server.kill()
+    before = set(reactor.getDelayedCalls())
     b.start()
-    yield turn(0.3)
+    yield waitUntil(lambda: b.bridge.stats.outages == 1, what="the outage noticed")
+    yield turn(0.3)  # retrying
     yield b.stop()
-    links = (b.bridge._publisher, b.bridge._subscriber)
-    pending = [call for call in reactor.getDelayedCalls()
-               if getattr(call.func, "__self__", None) in (*links, b.bridge)]
-    assert pending == []
+    assert [call for call in reactor.getDelayedCalls() if call not in before] == []
     assert not b.bridge.connected
+    redis_server.start()
+    yield turn(0.5)  # longer than max_delay: B would have reconnected
+    assert redis_server.command(b"CLIENT", b"LIST").count(b"id=") == 1

@@ -100,6 +100,7 @@ def test_statusPage(tmp_path, chromium):
 [backplane.TIME]
 retain = 1
 [backplane.NEWS]
+history = 100
 [[clock]]
 publish_to = "TIME"
 interval = 0.25
@@ -120,7 +121,8 @@ allow = ["127.0.0.1"]
 
     def stats() -> dict[str, Any]:
         with urllib.request.urlopen(base + "stats", timeout=10) as response:
-            return json.load(response)
+            document: dict[str, Any] = json.load(response)
+            return document
 
     try:
         twistd.waitForPort(monitorPort)
@@ -172,6 +174,15 @@ allow = ["127.0.0.1"]
                          "<script>alert(1)</script><b>not bold</b>", "", "^[[1mbold^[[0m"]
         assert driver.find_elements(By.CSS_SELECTOR, "#tail script, #tail b") == []
         assert "5 lines received" in driver.find_element(By.ID, "tail-status").text
+
+        # NEWS keeps a history: its card says what it keeps.
+        epoch = stats()["backplanes"]["NEWS"]["history"]["epoch"]
+        newsCard = driver.find_element(By.CSS_SELECTOR, '#backplanes .card[data-name="NEWS"]')
+        historyLine = waitFor("NEWS's history", lambda: (
+            text := newsCard.find_element(By.CSS_SELECTOR, ".history").text) and "5 kept" in text
+            and text)
+        assert historyLine.startswith(f"history {epoch}: ids 1\u20135, 5 kept"), historyLine
+        assert not timeCard.find_element(By.CSS_SELECTOR, ".history").is_displayed()
 
         time.sleep(2.5)  # one more reading of /stats, drawn
         driver.save_screenshot(str(tmp_path / "status.png"))
@@ -228,3 +239,57 @@ tail = false
         twistd.stop()
     finally:
         twistd.kill()
+
+
+def test_eventSourceResumes(tmp_path, chromium):
+    """
+    A browser's own EventSource, reading an SSE port of a backplane with a
+    store: when the server is killed (kill -9) and started again, it
+    reconnects by itself with Last-Event-ID, and gets every line published
+    while it was away, once, in order.
+    """
+    import functools
+    import http.server
+    import threading
+
+    from tests.test_resume_twistd import Server
+
+    (tmp_path / "page.html").write_text("<!doctype html><title>sse</title>")
+    pages = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler,
+                                            directory=str(tmp_path)))
+    threading.Thread(target=pages.serve_forever, daemon=True).start()
+    server = Server(tmp_path, 'store = "store"').start()
+    try:
+        # A page of another origin (another port) than the stream's.
+        chromium.get(f"http://127.0.0.1:{pages.server_address[1]}/page.html")
+        chromium.execute_script(f"""
+            window.got = []; window.opened = 0;
+            const source = new EventSource("http://127.0.0.1:{server.sse}/");
+            source.onopen = () => window.opened += 1;
+            source.onmessage = (e) => window.got.push([e.lastEventId, e.data]);
+            source.addEventListener("gap", (e) => window.got.push(["gap", e.data]));
+        """)
+        waitFor("the stream to open", lambda: chromium.execute_script("return window.opened"))
+        time.sleep(0.3)
+        server.publish([b"m%d" % i for i in range(1, 11)])
+        waitFor("10 events", lambda: len(chromium.execute_script("return window.got")) >= 10)
+        server.stop(__import__("signal").SIGKILL)
+        server.start()
+        server.publish([b"m%d" % i for i in range(11, 21)])
+        got = waitFor("20 events after the reconnection",
+                      lambda: (lambda g: g if len(g) >= 20 else None)(
+                          chromium.execute_script("return window.got")), timeout=30)
+        time.sleep(0.5)
+        got = chromium.execute_script("return window.got")
+        assert [data for _, data in got] == [f"m{i}" for i in range(1, 21)], got
+        epochs = {eventId.split(":")[0] for eventId, _ in got}
+        assert len(epochs) == 1, got
+        assert [int(eventId.split(":")[1]) for eventId, _ in got] == list(range(1, 21))
+        assert chromium.execute_script("return window.opened") == 2
+        # The only error a console may show: the connection the kill cut.
+        errors = [e for e in consoleErrors(chromium) if "favicon.ico" not in e["message"]]
+        assert all("net::ERR" in entry["message"] for entry in errors), errors
+    finally:
+        server.stop()
+        pages.shutdown()

@@ -76,7 +76,7 @@ class ConfigTestCase(SynchronousTestCase):
 
     def assertConfigError(self, text: str, *fragments: str) -> ConfigError:
         path = self.write(text)
-        error = self.assertRaises(ConfigError, read_config, path)
+        error: ConfigError = self.assertRaises(ConfigError, read_config, path)
         message = str(error)
         self.assertTrue(message.startswith(path + ": "), message)
         for fragment in fragments:
@@ -176,7 +176,7 @@ class ConfigFileTests(ConfigTestCase):
         self.assertEqual(config.listen[0].protocol, "websocket")
         self.assertConfigError(
             listen + 'protocol = "http"\n',
-            "listen[1].protocol: must be one of 'lines', 'websocket', not 'http'",
+            "listen[1].protocol: must be one of 'lines', 'websocket', 'sse', not 'http'",
         )
 
     def test_undeclaredBackplane(self):
@@ -252,7 +252,7 @@ class ConfigFileTests(ConfigTestCase):
         self.assertEqual(sink.rotateBytes, 100)
         self.assertEqual(sink.maxFiles, 10)
         self.assertTrue(sink.path.endswith("news.log"))
-        relay = service.getServiceNamed("connect[1]").factory
+        relay = service.getServiceNamed("connect[1]").relay
         self.assertEqual((relay.bufferSize, relay.maxDelay), (7, 9.0))
         self.assertIs(relay.publishTo, service.get("NEWS"))
         self.assertFalse(service.running)
@@ -561,6 +561,7 @@ class RedisConfigTests(SynchronousTestCase):
             "redis": {"url": "redis://10.0.0.5:6380/0", "prefix": "prod:", "max_delay": 5},
         })
         self.assertEqual(config.shared, ["NEWS"])
+        assert config.redis is not None
         self.assertEqual(config.redis.url, "redis://10.0.0.5:6380/0")
         self.assertEqual(config.redis.prefix, "prod:")
         self.assertEqual(config.redis.max_delay, 5.0)

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -33,10 +34,20 @@ RECIPES = ["time-server.toml", "relay-server.toml", "aggregating-logger.toml",
 
 ASCTIME = re.compile(rb"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun) \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}$")
 
+
+class Retry(TypedDict):
+    """
+    A relay's backoff settings, as L{run} takes them.
+    """
+
+    initial_delay: float
+    max_delay: float
+
+
 #: The relay's backoff in the tests: retries 0.2 s after a failure, doubling
 #: to at most MAX_DELAY apart.
 INITIAL_DELAY, MAX_DELAY = 0.2, 1.0
-FAST_RETRY = {"initial_delay": INITIAL_DELAY, "max_delay": MAX_DELAY}
+FAST_RETRY: Retry = {"initial_delay": INITIAL_DELAY, "max_delay": MAX_DELAY}
 
 
 # Running the shipped examples.
@@ -98,8 +109,11 @@ def example(name: str, ports: Ports, **settings: object) -> str:
     text = PORT.sub(lambda m: f"{m[1]}{ports[int(m[2])]}", text)
     for key, value in settings.items():
         new = json.dumps(value)
-        text, count = re.subn(rf"^({key}\s*=\s*)\S+", lambda m, new=new: m[1] + new,
-                              text, flags=re.MULTILINE)
+
+        def replace(m: re.Match[str], new: str = new) -> str:
+            return m[1] + new
+
+        text, count = re.subn(rf"^({key}\s*=\s*)\S+", replace, text, flags=re.MULTILINE)
         assert count == 1, f"{name} sets {key} {count} times, not once"
     return text
 
@@ -217,10 +231,11 @@ class LineServer:
             while not self._stopping.is_set():
                 for key, _ in selector.select(0.05):
                     if key.data is None:
-                        sock, _ = listener.accept()
-                        selector.register(sock, selectors.EVENT_READ, [b""])
+                        client, _ = listener.accept()
+                        selector.register(client, selectors.EVENT_READ, [b""])
                         continue
                     sock, pending = key.fileobj, key.data
+                    assert isinstance(sock, socket.socket)
                     try:
                         chunk = sock.recv(1 << 20)
                     except OSError:
@@ -234,6 +249,7 @@ class LineServer:
                         self.received.extend(complete)
         finally:
             for key in list(selector.get_map().values()):
+                assert isinstance(key.fileobj, socket.socket)
                 key.fileobj.close()
             selector.close()
 
@@ -421,8 +437,11 @@ def test_relayServerRidesOutUpstreamRestart(tmp_path):
         time.sleep(4 * MAX_DELAY)
         subscriber.drain()
         again = run(tmp_path, "time-server.toml", ports, process="upstream-again")
-        assertResumes(subscriber, again, ports[1500])
+        assertResumes(subscriber, again, ports[1510])
         relay.waitForLog("Relay reconnected")
+        # The time server keeps its history in memory: a new epoch, which
+        # the relay's RESUME meets as a gap, logged.
+        relay.waitForLog("upstream lost lines the relay asked for")
         subscriber.close()
         relay.stop()
         again.stop()
@@ -445,7 +464,7 @@ def test_relayServerStartsBeforeUpstream(tmp_path):
         relay.waitForLog("Relay could not connect")
         subscriber = Client(ports[1600])
         upstream = run(tmp_path, "time-server.toml", ports, process="upstream")
-        assertResumes(subscriber, upstream, ports[1500])
+        assertResumes(subscriber, upstream, ports[1510])
         relay.waitForLog("Relay connected to")
         subscriber.close()
         relay.stop()

@@ -9,13 +9,13 @@ from ipaddress import ip_network
 
 import pytest
 import pytest_twisted
-from twisted.internet import endpoints, reactor
+from twisted.internet import endpoints, reactor, tcp
 from twisted.internet.defer import gatherResults
 from twisted.internet.error import ConnectionRefusedError
 
 from backplane import BackplaneService, PublishToFactory, SubscribeToFactory
-from backplane.protocols import Limits
-from tests.helpers import connectClient, waitUntil
+from backplane.protocols import BackplaneProtocol, Limits
+from tests.helpers import connectClient, portNumber, waitUntil
 
 
 @pytest_twisted.inlineCallbacks
@@ -72,7 +72,7 @@ def test_manySubscribersTwoPublishers(service):
         for client in clients:
             assert len(client.lines) == total
             assert client.buffer == b""
-            seen = {b"0": [], b"1": []}
+            seen: dict[bytes, list[int]] = {b"0": [], b"1": []}
             for line in client.lines:
                 match = LINE.match(line)
                 assert match, f"merged or split line: {line!r}"
@@ -166,10 +166,10 @@ def test_listenServiceStopClosesClients():
     port = ListenService(endpoint, factory, description="tcp:0", where="listen[1]")
     port.setServiceParent(service)
     service.startService()
-    number = port.port.getHost().port
+    number = portNumber(port.port)
     clients = yield gatherResults([connectClient(number) for _ in range(3)])
     yield waitUntil(lambda: len(data) == 3)
-    data.publish_many([b"last words"] * 1000)
+    data.publishMany([b"last words"] * 1000)
     yield service.stopService()
     for client in clients:
         yield client.closed
@@ -181,7 +181,7 @@ def test_listenServiceStopClosesClients():
 
 @pytest_twisted.inlineCallbacks
 def test_listenServicePortInUse():
-    from backplane.config import ConfigError
+    from backplane.errors import ConfigError
     from backplane.ports import ListenService
 
     service = BackplaneService()
@@ -189,7 +189,7 @@ def test_listenServicePortInUse():
     first = ListenService(endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1"),
                           SubscribeToFactory(service, "DATA"), description="first")
     first.startService()
-    taken = first.port.getHost().port
+    taken = portNumber(first.port)
     try:
         second = ListenService(
             endpoints.serverFromString(reactor, f"tcp:{taken}:interface=127.0.0.1"),
@@ -259,6 +259,7 @@ def test_allowOnAnIPv6PortChecksIPv4MappedAddresses(service):
         yield stranger.closed
         assert (factory.stats.accepted, factory.stats.disallowed) == (1, 1)
         (peer,) = factory.protocols
+        assert isinstance(peer, BackplaneProtocol)
         assert peer.peer.startswith("::ffff:127.0.0.1:")
         local.transport.loseConnection()
     finally:
@@ -288,6 +289,7 @@ def test_directAndBufferedWritesKeepOrder(service):
         yield waitUntil(lambda: len(data) == 1)
         # Small kernel buffers on both sides, so that the socket fills up.
         (protocol,) = factory.protocols
+        assert isinstance(protocol.transport, tcp.Server)
         protocol.transport.getHandle().setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF,
                                                   4096)
         rng = random.Random(3)
@@ -296,7 +298,7 @@ def test_directAndBufferedWritesKeepOrder(service):
             chunk = b"".join(b"%06d %s\n" % (i * 100 + j, b"z" * rng.randint(0, 300))
                              for j in range(rng.randint(1, 40)))
             expected.append(chunk)
-            data.publish_lines(chunk)
+            data.publishLines(chunk)
             if i % 50 == 0:
                 yield deferLater(reactor, 0.01, lambda: None)
                 try:
@@ -336,7 +338,8 @@ def test_smallChunkSentAtOnce(service):
     try:
         yield waitUntil(lambda: len(data) == 1)
         (protocol,) = factory.protocols
-        data.publish_lines(b"tick\n")
+        assert isinstance(protocol.transport, tcp.Server)
+        data.publishLines(b"tick\n")
         assert protocol.transport not in reactor.getWriters()
         client.settimeout(5)
         assert client.recv(100) == b"tick\n"

@@ -5,18 +5,25 @@ test_twistd.py).
 
 import io
 import json
+from typing import Any
 
-from twisted.logger import ILogObserver, Logger, LogLevel
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import provider
 
 from backplane.logs import formatJSON, jsonStdout
 
 
 class FormatJSONTests(SynchronousTestCase):
-    def event(self, **fields):
-        events = []
-        log = Logger(namespace="backplane.test", observer=events.append)
+    def event(self, **fields: Any) -> LogEvent:
+        events: list[LogEvent] = []
+
+        @provider(ILogObserver)
+        def observe(event: LogEvent) -> None:
+            events.append(event)
+
+        log = Logger(namespace="backplane.test", observer=observe)
         log.emit(fields.pop("level", LogLevel.info), fields.pop("format"), **fields)
         return events[0]
 

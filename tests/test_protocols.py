@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IProtocol, ISSLTransport
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,7 +25,14 @@ from backplane import (
     SubscribeTo,
     SubscribeToFactory,
 )
-from backplane.protocols import BackplaneFactory, Limits, PortStats, firstOverlong, isAllowed
+from backplane.address import isAllowed
+from backplane.protocols import (
+    BackplaneFactory,
+    BackplaneProtocol,
+    Limits,
+    PortStats,
+    firstOverlong,
+)
 from backplane.testing import Recorder, connect, disconnect, sentLines
 
 
@@ -53,9 +61,11 @@ class Publisher:
         self.service = BackplaneService()
         self.backplane = self.service.create("IN")
         self.recorder = Recorder.on(self.backplane)
-        self.protocol, self.transport = connect(
+        protocol, self.transport = connect(
             PublishToFactory(self.service, "IN", limits=limits)
         )
+        assert isinstance(protocol, PublishTo)
+        self.protocol = protocol
 
 
 STREAM = (
@@ -102,8 +112,8 @@ class FramingTests(SynchronousTestCase):
         service = BackplaneService()
         service.create("IN")
         _subscriber, out = connect(SubscribeToFactory(service, "IN"))
-        writes = []
-        out.write = writes.append
+        writes: list[bytes] = []
+        self.patch(out, "write", writes.append)
         publisher, _ = connect(PublishToFactory(service, "IN"))
         publisher.dataReceived(b"a\nb\nc\nhal")
         publisher.dataReceived(b"f\nd\n")
@@ -254,7 +264,7 @@ class LineLengthTests(SynchronousTestCase):
         for _ in range(11):
             publisher.protocol.dataReceived(b"z")
         self.assertTrue(publisher.transport.disconnecting)
-        self.assertEqual(publisher.protocol._buffer, b"")
+        self.assertEqual(publisher.protocol.framer.buffered, b"")
         publisher.protocol.dataReceived(b"\n")
         self.assertEqual(publisher.recorder.messages, [])
 
@@ -313,15 +323,15 @@ class SlowSubscriberTests(SynchronousTestCase):
         slow, slowOut = self.subscriber(max_pending=10)
         _quick, quickOut = self.subscriber(max_pending=10)
         slow.pauseProducing()
-        self.news.publish_lines(b"12345\n")
+        self.news.publishLines(b"12345\n")
         slow.pauseProducing()  # as a transport does on each write while full
-        self.news.publish_lines(b"123\n")
+        self.news.publishLines(b"123\n")
         self.assertFalse(slowOut.disconnecting, "10 bytes behind is allowed")
-        self.news.publish_lines(b"x\n")
+        self.news.publishLines(b"x\n")
         self.assertTrue(slowOut.disconnected, "aborted, not waiting to flush")
         self.assertEqual(self.news.stats.slow_disconnects, 1)
         self.assertEqual(len(self.news), 1)
-        self.news.publish_lines(b"y\n")
+        self.news.publishLines(b"y\n")
         self.assertEqual(quickOut.value(), b"12345\n123\nx\ny\n")
         # What waited for it, beyond the transport's buffer, went with it.
         self.assertEqual(slowOut.value(), b"")
@@ -329,26 +339,26 @@ class SlowSubscriberTests(SynchronousTestCase):
     def test_resumeResetsBacklog(self):
         protocol, transport = self.subscriber(max_pending=10)
         protocol.pauseProducing()
-        self.news.publish_lines(b"123456789\n")
+        self.news.publishLines(b"123456789\n")
         protocol.resumeProducing()
         protocol.pauseProducing()
-        self.news.publish_lines(b"123456789\n")
+        self.news.publishLines(b"123456789\n")
         self.assertFalse(transport.disconnecting)
 
     def test_dropWholeChunksAndCount(self):
         protocol, transport = self.subscriber(max_pending=10, slow="drop")
         _other, otherOut = self.subscriber(max_pending=10, slow="drop")
         protocol.pauseProducing()
-        self.news.publish_lines(b"1234\n")
-        self.news.publish_lines(b"a\nb\nc\n")  # 6 more: 11 > 10, dropped whole
-        self.news.publish_lines(b"5\n")  # fits
+        self.news.publishLines(b"1234\n")
+        self.news.publishLines(b"a\nb\nc\n")  # 6 more: 11 > 10, dropped whole
+        self.news.publishLines(b"5\n")  # fits
         self.assertFalse(transport.disconnecting)
         self.assertEqual(transport.value(), b"", "waiting for the transport to empty")
         self.assertEqual(protocol.dropped, 3)
         self.assertEqual(self.news.stats.dropped, 3)
         protocol.resumeProducing()
         self.assertEqual(transport.value(), b"1234\n5\n")
-        self.news.publish_lines(b"caught up\n")
+        self.news.publishLines(b"caught up\n")
         self.assertEqual(transport.value(), b"1234\n5\ncaught up\n")
         self.assertEqual(otherOut.value(), b"1234\na\nb\nc\n5\ncaught up\n")
 
@@ -379,7 +389,7 @@ class SlowReaderTransport(FileDescriptor):
         self.received = bytearray()
         self.aborted = False
         self.closed = False
-        self.protocol = None
+        self.protocol: IProtocol | None = None
         self._quota = 0
 
     def writeSomeData(self, data) -> int:
@@ -399,6 +409,7 @@ class SlowReaderTransport(FileDescriptor):
             if isinstance(result, Exception):
                 self.closed = True
                 self.connected = 0
+                assert self.protocol is not None
                 self.protocol.connectionLost(Failure(result))
             elif not (self.waiting and self._quota):
                 break
@@ -414,6 +425,7 @@ class SlowReaderTransport(FileDescriptor):
     def abortConnection(self) -> None:
         self.aborted = True
         self.connected = 0
+        assert self.protocol is not None
         self.protocol.connectionLost(Failure(ConnectionDone()))
 
     def getPeer(self) -> IPv4Address:
@@ -437,7 +449,9 @@ class PendingOutputTests(SynchronousTestCase):
         self.news = self.service.create("NEWS")
         self.factory = SubscribeToFactory(self.service, "NEWS",
                                           limits=Limits(max_pending=100_000))
-        self.protocol = self.factory.buildProtocol(None)
+        protocol = self.factory.buildProtocol(None)
+        assert isinstance(protocol, SubscribeTo)
+        self.protocol = protocol
         self.transport = SlowReaderTransport()
         self.transport.protocol = self.protocol
         self.protocol.makeConnection(self.transport)
@@ -448,10 +462,10 @@ class PendingOutputTests(SynchronousTestCase):
         80 KB behind, however much goes through: it is not disconnected.
         """
         for _ in range(8):
-            self.news.publish_lines(self.CHUNK)
+            self.news.publishLines(self.CHUNK)
         self.assertTrue(self.transport.producerPaused, "the transport's buffer is full")
         for _ in range(200):  # 2 MB, twenty times max_pending
-            self.news.publish_lines(self.CHUNK)
+            self.news.publishLines(self.CHUNK)
             self.transport.read(len(self.CHUNK))
         self.assertFalse(self.transport.aborted)
         self.assertEqual(self.news.stats.slow_disconnects, 0)
@@ -465,7 +479,7 @@ class PendingOutputTests(SynchronousTestCase):
         """
         published = 0
         while not self.transport.aborted:
-            self.news.publish_lines(self.CHUNK)
+            self.news.publishLines(self.CHUNK)
             published += 1
             self.assertLessEqual(self.transport.waiting, 65536 + len(self.CHUNK))
         self.assertEqual(self.news.stats.slow_disconnects, 1)
@@ -479,9 +493,9 @@ class PendingOutputTests(SynchronousTestCase):
         waiting for an abort.
         """
         for _ in range(12):
-            self.news.publish_lines(self.CHUNK)
+            self.news.publishLines(self.CHUNK)
         closed = self.factory.disconnectAll()
-        self.news.publish_lines(b"after the close began\n")
+        self.news.publishLines(b"after the close began\n")
         self.transport.read(10**9)
         self.assertTrue(self.transport.closed, "closed once everything was sent")
         self.assertFalse(self.transport.aborted)
@@ -497,12 +511,13 @@ class PendingOutputTests(SynchronousTestCase):
         factory = BackplaneFactory(self.service, publish_to="NEWS", subscribe_to="NEWS",
                                    limits=Limits(max_line_length=100))
         chat, transport = factory.buildProtocol(None), SlowReaderTransport()
+        assert chat is not None
         transport.protocol = chat
         chat.makeConnection(transport)
         for _ in range(8):
-            self.news.publish_lines(self.CHUNK)
+            self.news.publishLines(self.CHUNK)
         chat.dataReceived(b"y" * 101)
-        self.news.publish_lines(b"after\n")
+        self.news.publishLines(b"after\n")
         transport.read(10**9)
         self.assertTrue(transport.closed)
         self.assertEqual(bytes(transport.received), self.CHUNK * 8)
@@ -578,6 +593,7 @@ class NoDelayTests(SynchronousTestCase):
         for factory, expected in [(SubscribeToFactory(service, "NEWS"), True),
                                   (PublishToFactory(service, "NEWS"), False)]:
             protocol = factory.buildProtocol(None)
+            assert protocol is not None
             transport = TCPish()
             protocol.makeConnection(transport)
             self.assertEqual(transport.noDelay, expected)
@@ -625,9 +641,10 @@ class PortStatsTests(SynchronousTestCase):
                                       limits=Limits(max_pending=1, slow="drop"))
         slow, _ = connect(disconnecting)
         dropper, _ = connect(dropping)
+        assert isinstance(slow, SubscribeTo) and isinstance(dropper, SubscribeTo)
         slow.pauseProducing()
         dropper.pauseProducing()
-        self.news.publish_lines(b"a\nb\n")
+        self.news.publishLines(b"a\nb\n")
         self.assertEqual(disconnecting.stats.slow_disconnects, 1)
         self.assertEqual(dropping.stats.dropped, 2)
         self.assertEqual((disconnecting.stats.dropped, dropping.stats.slow_disconnects), (0, 0))
@@ -728,6 +745,7 @@ class TLSHandshakeTests(SynchronousTestCase):
 
     def test_joinsAfterHandshake(self):
         protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert isinstance(protocol, BackplaneProtocol)
         transport = tlsTransport()
         protocol.makeConnection(transport)
         self.news.publish(b"before")
@@ -744,6 +762,7 @@ class TLSHandshakeTests(SynchronousTestCase):
 
     def test_handshakeNeverCompleted(self):
         protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert isinstance(protocol, BackplaneProtocol)
         protocol.makeConnection(tlsTransport())
         self.assertEqual(self.factory.clients, 1)
         protocol.connectionLost(Failure(ConnectionDone()))
@@ -753,6 +772,7 @@ class TLSHandshakeTests(SynchronousTestCase):
 
     def test_handshakeAfterCloseIgnored(self):
         protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert isinstance(protocol, BackplaneProtocol)
         protocol.makeConnection(tlsTransport())
         protocol.connectionLost(Failure(ConnectionDone()))
         protocol.handshakeCompleted()
@@ -764,6 +784,7 @@ class TLSHandshakeTests(SynchronousTestCase):
         C{loseConnection}, as a TLS transport closes only without one.
         """
         protocol, transport = connect(self.factory)
+        assert isinstance(protocol, BackplaneProtocol)
         protocol.close()
         self.assertIsNone(transport.producer)
         self.assertTrue(transport.disconnecting)
@@ -790,13 +811,43 @@ class DirectSocketTests(SynchronousTestCase):
 
         from twisted.internet import tcp
 
-        from backplane.protocols import _directSocket
+        from backplane.output import _directSocket
 
         a, b = socket.socketpair()
         self.addCleanup(a.close)
         self.addCleanup(b.close)
-        connection = tcp.Connection(a, None, reactor=MemoryReactor())
+        connection = tcp.Connection(a, Protocol(), reactor=MemoryReactor())
         self.assertIs(_directSocket(connection), a)
         connection.TLS = True
         self.assertIsNone(_directSocket(connection))
         self.assertIsNone(_directSocket(StringTransport()))
+
+    def test_drainedReadsTwistedsBuffers(self):
+        """
+        Tripwire for the one use of Twisted's internals: C{_drained} reads a
+        C{FileDescriptor}'s unsent data from C{dataBuffer} and
+        C{_tempDataBuffer}.  If Twisted keeps it elsewhere, this fails (and
+        C{_directSocket} turns the direct write off rather than write out of
+        order).
+        """
+        import socket
+
+        from twisted.internet import tcp
+
+        from backplane.output import _drained
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        connection = tcp.Connection(a, Protocol(), reactor=MemoryReactor())
+        connection.connected = 1
+        self.assertIsInstance(connection.dataBuffer, bytes)
+        self.assertIsInstance(connection._tempDataBuffer, list)
+        self.assertTrue(_drained(connection))
+        connection.write(b"held by the transport\n")
+        self.assertFalse(_drained(connection), "written data waits in the transport")
+        connection.doWrite()
+        self.assertTrue(_drained(connection), "sent: nothing waits")
+        self.assertEqual(b.recv(100), b"held by the transport\n")
+        connection.loseConnection()
+        self.assertFalse(_drained(connection), "closing")

@@ -5,9 +5,12 @@ builds them, against real upstream servers.
 """
 
 import shutil
+from collections.abc import Generator
+from typing import Any
 
 import pytest_twisted
 from twisted.internet import endpoints, reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
 
 from backplane import BackplaneService, PublishToFactory
 from backplane.build import build_service
@@ -17,8 +20,9 @@ from tests.certs import Certificates
 from tests.helpers import freePort, waitUntil
 
 
-@pytest_twisted.inlineCallbacks
-def relayThrough(serverDescription: str, clientDescription: str):
+@inlineCallbacks
+def relayThrough(serverDescription: str,
+                 clientDescription: str) -> Generator[Deferred[Any], Any, None]:
     """
     Serve an upstream on C{serverDescription}, relay it through a
     C{[[connect]]} entry on C{clientDescription}, and check that lines go

@@ -4,14 +4,15 @@ The Python API of SPEC §3: the registry and the backplane, as a user calls them
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, fail
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
+from zope.interface import implementer, provider
 
 import backplane
 from backplane import Backplane, BackplaneService
+from backplane.errors import BackplaneExists, UnknownBackplane
 from backplane.interfaces import ILineSink
-from backplane.service import BackplaneExists, UnknownBackplane
+from backplane.service import Subscription
 from backplane.testing import AsyncRecorder, Recorder
 
 
@@ -29,12 +30,17 @@ class CapturedLog:
     Collects log events emitted while a test runs.
     """
 
-    def __init__(self, case):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+    def __init__(self, case: SynchronousTestCase) -> None:
+        self.events: list[LogEvent] = []
 
-    def failures(self):
+        @provider(ILogObserver)
+        def observe(event: LogEvent) -> None:
+            self.events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        case.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def failures(self) -> list[LogEvent]:
         return [e for e in self.events if "log_failure" in e]
 
 
@@ -188,9 +194,10 @@ class PublishTests(SynchronousTestCase):
 
     def test_subscriberCancelsAnotherDuringDelivery(self):
         second = Recorder()
-        subscription = None
+        subscription: Subscription | None = None
 
         def first(message):
+            assert subscription is not None
             subscription.cancel()
 
         self.backplane.subscribe(first)
@@ -221,7 +228,7 @@ class PublishManyTests(SynchronousTestCase):
         recorder = Recorder.on(self.backplane)
         sink = ChunkSink()
         self.backplane.attach(sink)
-        d = self.backplane.publish_many([b"a", b"", b"c"])
+        d = self.backplane.publishMany([b"a", b"", b"c"])
         self.assertEqual(self.successResultOf(d), 2)
         self.assertEqual(recorder.messages, [b"a", b"", b"c"])
         self.assertEqual(sink.chunks, [(b"a\n\nc\n", 3)], "one chunk for the batch")
@@ -230,23 +237,23 @@ class PublishManyTests(SynchronousTestCase):
 
     def test_acceptsAnyIterable(self):
         recorder = Recorder.on(self.backplane)
-        self.backplane.publish_many(b"%d" % i for i in range(3))
+        self.backplane.publishMany(b"%d" % i for i in range(3))
         self.assertEqual(recorder.messages, [b"0", b"1", b"2"])
 
     def test_empty(self):
         Recorder.on(self.backplane)
-        self.assertEqual(self.successResultOf(self.backplane.publish_many([])), 0)
+        self.assertEqual(self.successResultOf(self.backplane.publishMany([])), 0)
 
     def test_badMessagePublishesNothing(self):
         recorder = Recorder.on(self.backplane)
-        self.assertRaises(TypeError, self.backplane.publish_many, [b"ok", "text"])
-        self.assertRaises(ValueError, self.backplane.publish_many, [b"ok", b"a\nb"])
+        self.assertRaises(TypeError, self.backplane.publishMany, [b"ok", "text"])
+        self.assertRaises(ValueError, self.backplane.publishMany, [b"ok", b"a\nb"])
         self.assertEqual(recorder.messages, [])
 
     def test_waitsForDeferreds(self):
         slow = AsyncRecorder()
         self.backplane.subscribe(slow)
-        d = self.backplane.publish_many([b"a", b"b"])
+        d = self.backplane.publishMany([b"a", b"b"])
         self.assertNoResult(d)
         self.assertEqual(len(slow.pending), 2)
         slow.release()
@@ -261,12 +268,12 @@ class PublishLinesTests(SynchronousTestCase):
         sink = ChunkSink()
         recorder = Recorder.on(self.backplane)
         self.backplane.attach(sink)
-        self.assertEqual(self.backplane.publish_lines(b"a\nb\n"), 2)
+        self.assertEqual(self.backplane.publishLines(b"a\nb\n"), 2)
         self.assertEqual(sink.chunks, [(b"a\nb\n", 2)])
         self.assertEqual(recorder.messages, [b"a", b"b"])
 
     def test_incompleteLineRefused(self):
-        self.assertRaises(ValueError, self.backplane.publish_lines, b"a\nb")
+        self.assertRaises(ValueError, self.backplane.publishLines, b"a\nb")
 
     def test_echoExcluded(self):
         me, other = object(), object()
@@ -275,7 +282,7 @@ class PublishLinesTests(SynchronousTestCase):
         self.backplane.attach(theirs, origin=other)
         recorder = Recorder()
         self.backplane.subscribe(recorder, origin=me)
-        self.assertEqual(self.backplane.publish_lines(b"x\n", origin=me), 1)
+        self.assertEqual(self.backplane.publishLines(b"x\n", origin=me), 1)
         self.assertEqual(mine.chunks, [])
         self.assertEqual(recorder.messages, [])
         self.assertEqual(theirs.chunks, [(b"x\n", 1)])
@@ -283,7 +290,7 @@ class PublishLinesTests(SynchronousTestCase):
     def test_noOriginReachesEveryone(self):
         sink = ChunkSink()
         self.backplane.attach(sink)
-        self.backplane.publish_lines(b"x\n")
+        self.backplane.publishLines(b"x\n")
         self.assertEqual(sink.chunks, [(b"x\n", 1)])
 
     def test_raisingSinkIsolated(self):
@@ -296,14 +303,14 @@ class PublishLinesTests(SynchronousTestCase):
         self.backplane.attach(Broken())
         sink = ChunkSink()
         self.backplane.attach(sink)
-        self.assertEqual(self.backplane.publish_lines(b"x\n"), 2)
+        self.assertEqual(self.backplane.publishLines(b"x\n"), 2)
         self.assertEqual(sink.chunks, [(b"x\n", 1)])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_stats(self):
         self.backplane.attach(ChunkSink())
         self.backplane.attach(ChunkSink())
-        self.backplane.publish_lines(b"ab\ncd\n")
+        self.backplane.publishLines(b"ab\ncd\n")
         stats = self.backplane.stats
         self.assertEqual((stats.messages_in, stats.bytes_in, stats.deliveries), (2, 6, 4))
         self.assertEqual(len(self.backplane), 2)
@@ -342,8 +349,8 @@ class EncodedTests(SynchronousTestCase):
         sinks = [EncodingSink(self.backplane, self.upper) for _ in range(3)]
         for sink in sinks:
             self.backplane.attach(sink)
-        self.backplane.publish_lines(b"a\nb\n")
-        self.backplane.publish_lines(b"c\n")
+        self.backplane.publishLines(b"a\nb\n")
+        self.backplane.publishLines(b"c\n")
         self.assertEqual(self.calls, [(b"a\nb\n", 2), (b"c\n", 1)])
         for sink in sinks:
             self.assertEqual(sink.sent, [b"A\nB\n", b"C\n"])
@@ -364,16 +371,21 @@ class EncodedTests(SynchronousTestCase):
         self.assertEqual(len(self.calls), 2)
         self.backplane.attach(EncodingSink(self.backplane, self.upper))
         chunk = b"y\n"
-        self.backplane.publish_lines(chunk)
+        self.backplane.publishLines(chunk)
         self.assertEqual(len(self.calls), 3)
         self.backplane.encoded(chunk, 1, self.upper)
         self.assertEqual(len(self.calls), 4, "forgotten after the fan-out")
 
     def test_eachEncoderItsOwn(self):
-        lower = []
+        lower: list[bytes] = []
+
+        def keep(data: bytes, count: int) -> bytes:
+            lower.append(data)
+            return data
+
         self.backplane.attach(EncodingSink(self.backplane, self.upper))
-        self.backplane.attach(EncodingSink(self.backplane, lambda d, c: lower.append(d) or d))
-        self.backplane.publish_lines(b"Aa\n")
+        self.backplane.attach(EncodingSink(self.backplane, keep))
+        self.backplane.publishLines(b"Aa\n")
         self.assertEqual(len(self.calls), 1)
         self.assertEqual(lower, [b"Aa\n"])
 
@@ -434,14 +446,14 @@ class RetainTests(SynchronousTestCase):
     def test_replayedBeforeLive(self):
         backplane = Backplane("TIME", retain=2)
         self.assertEqual(backplane.retain, 2)
-        backplane.publish_many([b"1", b"2", b"3"])
+        backplane.publishMany([b"1", b"2", b"3"])
         recorder = Recorder.on(backplane)
         backplane.publish(b"4")
         self.assertEqual(recorder.messages, [b"2", b"3", b"4"])
 
     def test_replayedToSinkInOneChunk(self):
         backplane = Backplane("TIME", retain=3)
-        backplane.publish_lines(b"a\nb\n")
+        backplane.publishLines(b"a\nb\n")
         sink = ChunkSink()
         backplane.attach(sink)
         self.assertEqual(sink.chunks, [(b"a\nb\n", 2)])
@@ -489,8 +501,8 @@ class StopOrderTests(SynchronousTestCase):
         The last child added stops first, and the next only once it has
         finished: ports (added last) close before sinks (added first) flush.
         """
-        events = []
-        waits = {}
+        events: list[str | None] = []
+        waits: dict[str | None, Deferred[None]] = {}
 
         class Child(MultiService):
             def __init__(self, name):
@@ -532,3 +544,48 @@ class StopOrderTests(SynchronousTestCase):
         self.successResultOf(service.stopService())
         self.assertEqual(events, ["fine"])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class AliasTests(SynchronousTestCase):
+    """
+    The snake_case spellings of earlier releases are the camelCase methods.
+    """
+
+    def test_aliases(self):
+        from backplane import build, config
+
+        self.assertIs(Backplane.publish_many, Backplane.publishMany)
+        self.assertIs(Backplane.publish_lines, Backplane.publishLines)
+        self.assertIs(backplane.load_config, build.loadConfig)
+        self.assertIs(build.build_service, build.buildService)
+        self.assertIs(config.read_config, config.readConfig)
+        self.assertIs(config.parse_config, config.parseConfig)
+        self.assertIs(config.default_config, config.defaultConfig)
+
+
+class ImportGraphTests(SynchronousTestCase):
+    """
+    The core is light: importing it imports neither the config, nor
+    endpoints' users such as the Redis bridge, nor txredisapi or autobahn.
+    """
+
+    def test_coreImportsLittle(self):
+        import subprocess
+        import sys
+
+        code = ("import sys, backplane.service; "
+                "print(' '.join(sorted(m for m in sys.modules if m.startswith("
+                "('backplane', 'txredisapi', 'autobahn', 'prometheus_client', 'jwt')))))")
+        loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
+                                text=True).stdout.split()
+        for module in ("backplane.config", "backplane.build", "backplane.redis.bridge",
+                       "txredisapi", "autobahn", "prometheus_client", "jwt"):
+            self.assertNotIn(module, loaded)
+        self.assertIn("backplane.service", loaded)
+
+    def test_publicNamesLazily(self):
+        self.assertEqual(sorted(backplane.__all__), sorted(set(backplane.__all__)))
+        for name in backplane.__all__:
+            self.assertIsNotNone(getattr(backplane, name))
+        with self.assertRaises(AttributeError):
+            backplane.NoSuchName  # noqa: B018

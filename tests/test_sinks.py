@@ -15,13 +15,15 @@ import stat
 import tempfile
 from contextlib import contextmanager
 
+from twisted.application.service import IService
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from backplane import BackplaneService, FileSink, PublishToFactory
 from backplane.sinks import _AppendFile
 from backplane.testing import Recorder, connect
+from tests.test_relay import LogCapture
 
 NOBODY = 65534
 
@@ -58,9 +60,7 @@ class SinkTestCase(SynchronousTestCase):
         self.service = BackplaneService()
         self.backplane = self.service.create("LOGGER")
         self.clock = Clock()
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = LogCapture(self).events
 
     def _removeFolder(self) -> None:
         for root, dirs, _ in os.walk(self.folder):
@@ -71,10 +71,15 @@ class SinkTestCase(SynchronousTestCase):
     def sink(self, path=None, **options) -> FileSink:
         options.setdefault("clock", self.clock)
         sink = FileSink(self.backplane, path or self.path, **options)
-        self.addCleanup(lambda: sink.running and sink.stopService())
+
+        def stop() -> None:
+            if sink.running:
+                sink.stopService()
+
+        self.addCleanup(stop)
         return sink
 
-    def critical(self) -> list[dict]:
+    def critical(self) -> list[LogEvent]:
         return [e for e in self.events if e.get("log_level") == LogLevel.critical]
 
 
@@ -85,7 +90,7 @@ class AppendTests(SinkTestCase):
         sink = self.sink()
         sink.startService()
         self.backplane.publish(b"new 1")
-        self.backplane.publish_many([b"", b"new \x00\xff 2"])
+        self.backplane.publishMany([b"", b"new \x00\xff 2"])
         sink.stopService()
         self.assertEqual(read(self.path), b"kept 1\nkept 2\nnew 1\n\nnew \x00\xff 2\n")
         self.assertEqual(sink.stats.lines_written, 3)
@@ -160,9 +165,11 @@ class FlushTests(SinkTestCase):
     def test_flushedOnStop(self):
         sink = self.sink(flush_interval=60.0)
         sink.startService()
-        self.backplane.publish_many([b"a", b"b"])
+        self.backplane.publishMany([b"a", b"b"])
         self.assertEqual(read(self.path), b"")
-        self.assertIsNone(sink.stopService())
+        # An IService may return a Deferred from stopService: a FileSink does not.
+        service: IService = sink
+        self.assertIsNone(service.stopService())
         self.assertEqual(read(self.path), b"a\nb\n")
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
@@ -264,7 +271,7 @@ class RotationTests(SinkTestCase):
         sink.startService()
         published = [b"line %03d " % n + b"x" * (n % 17) for n in range(120)]
         for n in range(0, 120, 7):
-            self.backplane.publish_many(published[n : n + 7])
+            self.backplane.publishMany(published[n : n + 7])
             if n % 21 == 0:
                 self.clock.advance(1.0)
         sink.stopService()
@@ -295,7 +302,7 @@ class RotationTests(SinkTestCase):
     def test_aLineLongerThanRotateBytesGetsAFileToItself(self):
         sink = self.sink(rotate_bytes=10)
         sink.startService()
-        self.backplane.publish_many([b"short", b"x" * 25, b"tail"])
+        self.backplane.publishMany([b"short", b"x" * 25, b"tail"])
         sink.stopService()
         self.assertEqual(read(f"{self.path}.2"), b"short\n")
         self.assertEqual(read(f"{self.path}.1"), b"x" * 25 + b"\n")
@@ -335,7 +342,7 @@ class WriteErrorTests(SinkTestCase):
         self.assertLoud(path)
         reached = self.successResultOf(self.backplane.publish(b"still delivered"))
         self.assertEqual(reached, 2)
-        self.assertEqual(self.backplane.publish_lines(b"fast\npath\n"), 2)
+        self.assertEqual(self.backplane.publishLines(b"fast\npath\n"), 2)
         self.clock.advance(1.0)
         self.clock.advance(1.0)
         self.assertEqual(other.messages, [b"still delivered", b"fast", b"path"])
@@ -420,7 +427,7 @@ class WriteErrorTests(SinkTestCase):
             return real(logfile, data)
 
         self.patch(_AppendFile, "writeSome", flaky)
-        self.backplane.publish_many([b"abcdefgh", b"ijk"])  # 9 + 4 bytes
+        self.backplane.publishMany([b"abcdefgh", b"ijk"])  # 9 + 4 bytes
         self.clock.advance(1.0)
         self.assertEqual(read(self.path), b"abc")
         self.assertEqual(sink.stats.pending, 10)
@@ -450,7 +457,7 @@ class WriteErrorTests(SinkTestCase):
             return real(logfile, data)
 
         self.patch(_AppendFile, "writeSome", flaky)
-        self.backplane.publish_many([b"abcdefgh", b"ij"])
+        self.backplane.publishMany([b"abcdefgh", b"ij"])
         self.clock.advance(1.0)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.clock.advance(1.0)
@@ -485,3 +492,32 @@ class WriteErrorTests(SinkTestCase):
         self.assertEqual(sink.stats.errors, 2)
         self.assertEqual(len([e for e in self.events
                               if "cannot be rotated" in (e.get("log_format") or "")]), 1)
+
+
+class LogFileTripwireTests(SynchronousTestCase):
+    """
+    The tripwire of C{_AppendFile}, the one use of a private method of
+    Twisted's L{LogFile}: it overrides C{_openFile} so that the file is
+    opened for appending.  If Twisted stops calling it, these fail.
+    """
+
+    def test_openFileCalledOnOpenAndRotate(self):
+        from twisted.python.logfile import LogFile
+
+        self.assertTrue(callable(getattr(LogFile, "_openFile", None)),
+                        "LogFile._openFile is gone: _AppendFile must open its file another way")
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        path = os.path.join(folder, "f.log")
+        with open(path, "wb") as f:
+            f.write(b"kept\n")
+        log = _AppendFile.fromFullPath(path)
+        self.assertEqual(log.size, 5, "opened for appending: the file was not truncated")
+        log.writeSome(memoryview(b"more\n"))
+        log.rotate()
+        log.writeSome(memoryview(b"new\n"))
+        log.close()
+        with open(path + ".1", "rb") as f:
+            self.assertEqual(f.read(), b"kept\nmore\n")
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"new\n")

@@ -5,8 +5,8 @@ how the monitor finds them.
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import succeed
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -16,6 +16,7 @@ from backplane.interfaces import IStatsSource
 from backplane.ports import ListenService
 from backplane.protocols import Limits
 from backplane.testing import connect, timeSource
+from tests.helpers import section
 
 
 @implementer(IStatsSource)
@@ -34,11 +35,20 @@ class FakeRelay(MultiService):
                 "counters": {"connects": 2, "lines_in": 7}, "gauges": {"buffered": 3}}
 
 
+@implementer(IStreamServerEndpoint)
 class FakeEndpoint:
-    def __init__(self, port=None):
-        self.port = port
+    """
+    Listens at once on C{port}, or once the test fires C{listening}.
+    """
 
-    def listen(self, factory):
+    def __init__(self, port: IListeningPort | None = None) -> None:
+        self.port = port
+        self.listening: Deferred[IListeningPort] | None = None
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        if self.listening is not None:
+            return self.listening
+        assert self.port is not None
         return succeed(self.port)
 
 
@@ -82,22 +92,21 @@ class ListenStatsTests(SynchronousTestCase):
         self.assertIsNone(self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2)))
         stats = self.port.report()
         self.assertEqual(stats["state"], "listening")
-        self.assertEqual(stats["info"]["address"], "127.0.0.1:1500")
+        self.assertEqual(section(stats, "info")["address"], "127.0.0.1:1500")
         self.assertEqual(stats["gauges"], {"clients": 1})
         self.assertEqual(stats["counters"], {
             "accepted": 1, "refused": 1, "disallowed": 0, "tls_failures": 0, "overlong": 0,
-            "slow_disconnects": 0, "dropped": 0, "messages_in": 2, "bytes_in": 4,
+            "slow_disconnects": 0, "dropped": 0, "messages_in": 2, "bytes_in": 4, "resumes": 0,
+            "gaps": 0, "bad_requests": 0,
         })
 
     def test_starting(self):
         """
         An endpoint that has not listened yet: starting.
         """
-        from twisted.internet.defer import Deferred
-
-        listening = Deferred()
+        listening: Deferred[IListeningPort] = Deferred()
         endpoint = FakeEndpoint()
-        endpoint.listen = lambda factory: listening
+        endpoint.listening = listening
         port = ListenService(endpoint, self.factory, description="x")
         port.startService()
         self.assertEqual(port.report()["state"], "starting")
@@ -105,11 +114,9 @@ class ListenStatsTests(SynchronousTestCase):
         self.assertEqual(port.report()["state"], "listening")
 
     def test_failed(self):
-        from twisted.internet.defer import Deferred
-
-        listening = Deferred()
+        listening: Deferred[IListeningPort] = Deferred()
         endpoint = FakeEndpoint()
-        endpoint.listen = lambda factory: listening
+        endpoint.listening = listening
         port = ListenService(endpoint, self.factory, description="x")
         port.startService()
         listening.errback(OSError("no"))
@@ -162,15 +169,16 @@ class OtherSourcesTests(SynchronousTestCase):
         from twisted.internet.testing import StringTransport
 
         from backplane.relay import RelayFactory, RelayService
+        from tests.test_relay import FakeEndpoint as FakeClientEndpoint
 
         service = BackplaneService()
         service.create("IN")
         out = service.create("OUT")
         relay = RelayFactory(service, "IN", subscribe_to="OUT", buffer=10, clock=Clock())
-        relayService = RelayService(FakeEndpoint(), relay, description="tcp:up:1600")
+        relayService = RelayService(FakeClientEndpoint(), relay, description="tcp:up:1600")
         relayService.setName("connect[1]")
         verifyObject(IStatsSource, relayService)
-        out.publish_many([b"a", b"b"])  # no upstream yet: buffered
+        out.publishMany([b"a", b"b"])  # no upstream yet: buffered
         report = relayService.report()
         self.assertEqual((report["name"], report["kind"]), ("connect[1]", "connect"))
         self.assertEqual(report["gauges"], {"buffered": 2, "connected": 0})
@@ -181,8 +189,8 @@ class OtherSourcesTests(SynchronousTestCase):
         protocol.dataReceived(b"x\ny\n")
         report = relayService.report()
         self.assertEqual(report["state"], "connected")
-        self.assertEqual(report["counters"]["lines_in"], 2)
-        self.assertEqual(report["counters"]["lines_out"], 2)
+        self.assertEqual(section(report, "counters")["lines_in"], 2)
+        self.assertEqual(section(report, "counters")["lines_out"], 2)
         self.assertEqual(report["gauges"], {"buffered": 0, "connected": 1})
 
     def test_fileSink(self):
@@ -196,20 +204,20 @@ class OtherSourcesTests(SynchronousTestCase):
         verifyObject(IStatsSource, sink)
         self.assertEqual(sink.report()["state"], "stopped")
         sink.startService()
-        backplane.publish_many([b"one", b"two"])
+        backplane.publishMany([b"one", b"two"])
         self.assertEqual(sink.report()["gauges"], {"pending": 8})
         sink.flush()
         report = sink.report()
         self.assertEqual(report["state"], "writing")
-        self.assertEqual(report["counters"]["lines_written"], 2)
+        self.assertEqual(section(report, "counters")["lines_written"], 2)
         self.assertEqual(report["gauges"], {"pending": 0})
-        self.assertEqual(report["info"]["subscribe_to"], "LOG")
+        self.assertEqual(section(report, "info")["subscribe_to"], "LOG")
         sink.stopService()
 
     def test_redisBridge(self):
         from twisted.internet.testing import MemoryReactorClock
 
-        from backplane.bridge import RedisBridge
+        from backplane.redis.bridge import RedisBridge
 
         service = BackplaneService()
         service.create("NEWS")
@@ -220,6 +228,6 @@ class OtherSourcesTests(SynchronousTestCase):
         report = bridge.report()
         self.assertEqual((report["kind"], report["state"]), ("redis", "stopped"))
         self.assertEqual(report["gauges"], {"connected": 0, "queued": 0, "last_outage": 0.0})
-        self.assertEqual(report["counters"]["messages_out"], 0)
-        self.assertEqual(report["info"]["node"], "n1")
+        self.assertEqual(section(report, "counters")["messages_out"], 0)
+        self.assertEqual(section(report, "info")["node"], "n1")
         self.assertNotIn("secret", str(report["info"]), "no password in the statistics")

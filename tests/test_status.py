@@ -8,26 +8,30 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Generator
 from importlib import resources
 from ipaddress import ip_network
+from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import endpoints, reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
 
 from backplane import BackplaneService
-from backplane.config import ConfigError, MonitorEntry, parse_config
+from backplane.config import MonitorEntry, parse_config
+from backplane.errors import ConfigError
 from backplane.monitor import MonitorService
 from backplane.protocols import Limits
 from backplane.tail import HEARTBEAT_INTERVAL, encodeEvents
 from backplane.testing import Recorder
-from tests.helpers import connectClient, httpGet, waitUntil
+from tests.helpers import connectClient, httpGet, portNumber, waitUntil
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 
@@ -83,6 +87,7 @@ def test_pageAtTheRoot(service):
     assert body.startswith(b"<!doctype html>")
     assert b'<meta name="viewport"' in body
     policy = header(response, b"content-security-policy")
+    assert policy is not None
     assert b"default-src 'none'" in policy and b"script-src 'self'" in policy
     assert header(response, b"x-content-type-options") == b"nosniff"
 
@@ -182,8 +187,9 @@ class EventStream(Protocol):
         return sum(int(data) for kind, data in self.events if kind == "dropped")
 
 
-@pytest_twisted.inlineCallbacks
-def openTail(service, name: str):
+@inlineCallbacks
+def openTail(service: BackplaneService,
+             name: str) -> Generator[Deferred[Any], Any, tuple[IResponse, EventStream]]:
     """
     GET the tail of C{name}: the response and an L{EventStream} once the
     stream has begun.
@@ -206,7 +212,7 @@ def test_tailStreamsWhatIsPublished(service):
     assert stream.retry == 2000
     assert len(data) == 1, "the tail is a subscriber"
     data.publish(b"hello")
-    data.publish_many([b"caf\xc3\xa9", b"", b"not \xff UTF-8", b"cr\rinside", b"<b>x</b>"])
+    data.publishMany([b"caf\xc3\xa9", b"", b"not \xff UTF-8", b"cr\rinside", b"<b>x</b>"])
     yield waitUntil(lambda: len(stream.lines()) == 6, what="every line at the tail")
     assert stream.lines() == ["hello", "café", "", "not \ufffd UTF-8", "cr\rinside", "<b>x</b>"]
     assert [kind for kind, _ in stream.events] == ["message", "message"], "one event a chunk"
@@ -317,8 +323,8 @@ def test_stalledTailMissesLinesOnly(service):
     pad = b"x" * 992
     total, batch, most = 20_000, 20, 0
     for start in range(0, total, batch):
-        data.publish_many(b"%08d" % i + pad for i in range(start, start + batch))
-        most = max(most, tail._waitingBytes)
+        data.publishMany(b"%08d" % i + pad for i in range(start, start + batch))
+        most = max(most, tail.output.pending)
         yield deferLater(reactor, 0, lambda: None)
     assert len(recorder.messages) == total
     assert data.stats.dropped > 0
@@ -387,7 +393,7 @@ def test_tailAllow():
     monitor = startMonitor(service, allow=[ip_network("127.0.0.1/32")])
     service.startService()
     try:
-        stranger = yield connectClient(monitor.port.getHost().port, source="127.0.0.2")
+        stranger = yield connectClient(portNumber(monitor.port), source="127.0.0.2")
         stranger.transport.write(b"GET /tail/DATA HTTP/1.1\r\nHost: x\r\n\r\n")
         yield stranger.closed
         assert stranger.lines == [] and stranger.buffer == b""
@@ -419,7 +425,7 @@ def test_stopEndsTails():
     startMonitor(service)
     service.startService()
     _, stream = yield openTail(service, "DATA")
-    data.publish_many([b"last words"] * 1000)
+    data.publishMany([b"last words"] * 1000)
     yield service.stopService()
     yield stream.done
     assert stream.lines() == ["last words"] * 1000
@@ -452,6 +458,7 @@ class ConfigTests(SynchronousTestCase):
     def test_keys(self):
         monitor = parse_config(
             {"monitor": {"endpoint": "tcp:9100", "tail": False, "max_tails": 3}}).monitor
+        assert monitor is not None
         self.assertEqual((monitor.tail, monitor.max_tails), (False, 3))
 
     def test_badKeys(self):

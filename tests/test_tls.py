@@ -142,10 +142,30 @@ def test_stopClosesTLSSubscribersAfterSendingWhatIsPending(certs):
     service.startService()
     readers = yield gatherResults([connectTLS(port, certs) for _ in range(3)])
     yield waitUntil(lambda: len(data) == 3)
-    data.publish_many([b"last words"] * 1000)
+    data.publishMany([b"last words"] * 1000)
     started = reactor.seconds()
     yield service.stopService()
     for reader in readers:
         yield reader.closed
         assert reader.lines == [b"last words"] * 1000
     assert reactor.seconds() - started < 10
+
+
+def test_sslEndpointTripwire(tmp_path):
+    """
+    The tripwire of L{backplane.tls.requireClientCertificates}, the one use
+    of a private attribute of Twisted's C{SSL4ServerEndpoint}
+    (C{_sslContextFactory}): an C{ssl:} endpoint made by C{serverFromString}
+    must still keep its L{CertificateOptions} there.
+    """
+    from twisted.internet.ssl import CertificateOptions
+    from twisted.internet.testing import MemoryReactor
+
+    from backplane.tls import requireClientCertificates
+
+    certs = Certificates.make(tmp_path)
+    endpoint = endpoints.serverFromString(MemoryReactor(), certs.sslEndpoint())
+    assert isinstance(getattr(endpoint, "_sslContextFactory", None), CertificateOptions), \
+        "SSL4ServerEndpoint changed: requireClientCertificates must find another way"
+    requireClientCertificates(endpoint, loadCertificates(str(certs.ca.path)))
+    assert endpoint._sslContextFactory.requireCertificate

@@ -12,7 +12,7 @@ import time
 import urllib.request
 
 import pytest
-from twisted.application.service import IServiceMaker
+from twisted.application.service import IServiceMaker, MultiService
 from twisted.plugin import getPlugins
 
 from backplane import tap
@@ -45,6 +45,7 @@ def test_optionsConfig(tmp_path):
     options.parseOptions(["-c", str(path)])
     assert options.config.path == str(path)
     service = tap.makeService(options)
+    assert isinstance(service, MultiService)
     (backplaneService,) = list(service)
     assert backplaneService.names() == ["A"]
 
@@ -292,14 +293,20 @@ def test_raiseFileLimit(monkeypatch):
     monkeypatch.setattr(resource, "setrlimit", lambda which, limits: calls.append(limits))
     config = parse_config({"backplane": {"A": {}}, "listen": [
         {"endpoint": "tcp:0", "subscribe_to": "A", "max_clients": 5000}]})
-    events = []
-    from twisted.logger import globalLogPublisher
+    from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+    from zope.interface import provider
 
-    globalLogPublisher.addObserver(events.append)
+    events: list[LogEvent] = []
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        events.append(event)
+
+    globalLogPublisher.addObserver(observe)
     try:
         assert tap.raiseFileLimit(config) == 4096
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(observe)
     assert calls == [(4096, 4096)]
     warnings = [e for e in events if "open files limit" in e.get("log_format", "")]
     assert len(warnings) == 1
@@ -360,6 +367,7 @@ allow = ["127.0.0.1"]
             assert (response.status, response.read()) == (200, b"ok\n")
         before = httpGetJSON(base + "/stats")
         assert before["backplanes"]["NEWS"]["messages_in"] == 0
+        assert twistd.process is not None
         assert before["server"]["pid"] == twistd.process.pid
 
         readers = [subscribeTo(subPort) for _ in range(2)]

@@ -5,8 +5,9 @@ encoding per chunk, and the per-client limits shared with the line ports.
 """
 
 import struct
+from typing import TYPE_CHECKING, Any
 
-import txaio
+import txaio.tx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -124,7 +125,14 @@ def gone(protocol, transport):
     protocol.connectionLost(Failure(ConnectionDone()))
 
 
-class Ports:
+if TYPE_CHECKING:
+    # Mixed into SynchronousTestCases.
+    _PortsBase = SynchronousTestCase
+else:
+    _PortsBase = object
+
+
+class Ports(_PortsBase):
     """
     A service with backplanes NEWS and CHAT, and autobahn's timers (its
     handshake timeouts) on a L{Clock}, since no reactor runs here.
@@ -132,7 +140,8 @@ class Ports:
 
     def setUp(self):
         self.clock = Clock()
-        self.patch(txaio.config, "loop", self.clock)
+        # txaio.config is txaio.tx's once autobahn.twisted chose Twisted.
+        self.patch(txaio.tx.config, "loop", self.clock)
         self.service = BackplaneService()
         self.news = self.service.create("NEWS")
         self.chat = self.service.create("CHAT")
@@ -194,6 +203,7 @@ class HandshakeTests(Ports, SynchronousTestCase):
     def test_acceptKey(self):
         factory = WebSocketFactory(self.service, subscribe_to="NEWS")
         protocol = factory.buildProtocol(None)
+        assert isinstance(protocol, WebSocketClient)
         transport = StringTransport()
         protocol.makeConnection(transport)
         protocol.dataReceived(request())
@@ -202,6 +212,7 @@ class HandshakeTests(Ports, SynchronousTestCase):
     def test_noCompressionNoPing(self):
         factory = WebSocketFactory(self.service, subscribe_to="NEWS")
         protocol = factory.buildProtocol(None)
+        assert isinstance(protocol, WebSocketClient)
         transport = StringTransport()
         protocol.makeConnection(transport)
         protocol.dataReceived(request(
@@ -209,11 +220,14 @@ class HandshakeTests(Ports, SynchronousTestCase):
         response = transport.value()
         self.assertIn(b" 101 ", response)
         self.assertNotIn(b"Sec-WebSocket-Extensions", response)
-        self.assertEqual(protocol.autoPingInterval, 0)
+        # autobahn copies its factory's options onto the protocol, undeclared.
+        options: Any = protocol
+        self.assertEqual(options.autoPingInterval, 0)
 
     def test_plainHTTP(self):
         factory = WebSocketFactory(self.service, subscribe_to="NEWS")
         protocol = factory.buildProtocol(None)
+        assert isinstance(protocol, WebSocketClient)
         transport = StringTransport()
         protocol.makeConnection(transport)
         protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -226,6 +240,7 @@ class HandshakeTests(Ports, SynchronousTestCase):
         """
         factory = WebSocketFactory(self.service, subscribe_to="NEWS", publish_to="CHAT")
         protocol = factory.buildProtocol(None)
+        assert isinstance(protocol, WebSocketClient)
         transport = StringTransport()
         protocol.makeConnection(transport)
         self.assertEqual(len(self.news), 0)
@@ -240,7 +255,7 @@ class HandshakeTests(Ports, SynchronousTestCase):
 class SubscribeTests(Ports, SynchronousTestCase):
     def test_eachLineItsOwnMessageOneWritePerChunk(self):
         _protocol, transport = opened(WebSocketFactory(self.service, subscribe_to="NEWS"))
-        self.news.publish_lines(b"one\ntwo\n\nfour\n")
+        self.news.publishLines(b"one\ntwo\n\nfour\n")
         self.news.publish(b"five")
         self.assertEqual(len(transport.writes), 2)
         self.assertEqual(serverFrames(transport.value()), [
@@ -248,8 +263,9 @@ class SubscribeTests(Ports, SynchronousTestCase):
 
     def test_retainedOnOpen(self):
         last = self.service.create("LAST", retain=2)
-        last.publish_many([b"one", b"two", b"three"])
+        last.publishMany([b"one", b"two", b"three"])
         protocol = WebSocketFactory(self.service, subscribe_to="LAST").buildProtocol(None)
+        assert isinstance(protocol, WebSocketClient)
         transport = StringTransport()
         protocol.makeConnection(transport)
         protocol.dataReceived(request())
@@ -259,7 +275,7 @@ class SubscribeTests(Ports, SynchronousTestCase):
 
     def test_binaryWhenNotUTF8(self):
         _protocol, transport = opened(WebSocketFactory(self.service, subscribe_to="NEWS"))
-        self.news.publish_many([b"caf\xc3\xa9", b"caf\xe9", b"\x00\x01"])
+        self.news.publishMany([b"caf\xc3\xa9", b"caf\xe9", b"\x00\x01"])
         self.assertEqual(serverFrames(transport.value()), [
             (TEXT, b"caf\xc3\xa9"), (BINARY, b"caf\xe9"), (TEXT, b"\x00\x01")])
 
@@ -272,7 +288,7 @@ class SubscribeTests(Ports, SynchronousTestCase):
         second = WebSocketFactory(self.service, subscribe_to="NEWS", publish_to="CHAT")
         clients = [opened(first, ("127.0.0.1", i)) for i in range(3)]
         clients.append(opened(second))
-        self.news.publish_lines(b"a\nb\n")
+        self.news.publishLines(b"a\nb\n")
         writes = [transport.writes for _, transport in clients]
         self.assertEqual([len(w) for w in writes], [1, 1, 1, 1])
         for w in writes:
@@ -534,7 +550,7 @@ class SlowSubscriberTests(Ports, SynchronousTestCase):
         protocol, transport = self.subscriber(max_pending=10, slow="drop")
         protocol.pauseProducing()
         self.news.publish(b"1234")  # 6
-        self.news.publish_many([b"a", b"b"])  # 6 more: 12 > 10, dropped whole
+        self.news.publishMany([b"a", b"b"])  # 6 more: 12 > 10, dropped whole
         self.news.publish(b"56")  # 4: fits
         self.assertFalse(transport.disconnecting)
         self.assertEqual(serverFrames(transport.value()), [], "waiting for the transport")
@@ -575,10 +591,11 @@ class FactoryTests(Ports, SynchronousTestCase):
         factory = WebSocketFactory(self.service, subscribe_to="NEWS")
         clients = [opened(factory, ("127.0.0.1", i)) for i in range(2)]
         early = factory.buildProtocol(None)
+        assert isinstance(early, WebSocketClient)
         earlyOut = StringTransport()
         early.makeConnection(earlyOut)
         self.news.publish(b"last words")
-        done = []
+        done: list[None] = []
         factory.disconnectAll().addCallback(done.append)
         self.assertTrue(earlyOut.disconnecting)
         for protocol, transport in clients:

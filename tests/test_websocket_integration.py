@@ -3,19 +3,23 @@ WebSocket ports over real loopback sockets, with autobahn's own Twisted
 WebSocket client: subscribing, publishing, the limits, and stopping.
 """
 
+from collections.abc import Generator
+from typing import Any
+
 import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import endpoints, reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import deferLater
 
-from backplane import BackplaneService, PublishToFactory, SubscribeToFactory
+from backplane import Backplane, BackplaneService, PublishToFactory, SubscribeToFactory
 from backplane.ports import ListenService
 from backplane.protocols import Limits
 from backplane.websocket import WebSocketFactory
-from tests.helpers import connectClient, waitUntil
+from tests.helpers import connectClient, portNumber, waitUntil
 
 
 class Client(WebSocketClientProtocol):
@@ -25,10 +29,10 @@ class Client(WebSocketClientProtocol):
 
     def __init__(self):
         super().__init__()
-        self.messages = []
-        self.opened = Deferred()
-        self.closed = Deferred()
-        self.closeCode = None
+        self.messages: list[tuple[bytes, bool]] = []
+        self.opened: Deferred[Client] = Deferred()
+        self.closed: Deferred[int] = Deferred()
+        self.closeCode: int | None = None
 
     def onOpen(self):
         self.opened.callback(self)
@@ -53,7 +57,12 @@ def connectWebSocket(port, path="/"):
     factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}")
     factory.protocol = Client
     connecting = TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
-    return connecting.addCallback(lambda client: client.opened)
+
+    def opened(client: IProtocol) -> Deferred[Client]:
+        assert isinstance(client, Client)
+        return client.opened
+
+    return connecting.addCallback(opened)
 
 
 @pytest.fixture
@@ -74,7 +83,7 @@ def listen(service, factory):
     endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
     port = ListenService(endpoint, factory, description="tcp:0")
     port.setServiceParent(service)
-    return port.port.getHost().port
+    return portNumber(port.port)
 
 
 @pytest_twisted.inlineCallbacks
@@ -169,8 +178,9 @@ def stall(client):
     client.transport.pauseProducing()
 
 
-@pytest_twisted.inlineCallbacks
-def publishWhileReading(backplane, reader, messages, size=1000, batch=20):
+@inlineCallbacks
+def publishWhileReading(backplane: Backplane, reader: Client, messages: int, size: int = 1000,
+                        batch: int = 20) -> Generator[Deferred[Any], Any, None]:
     """
     Publish C{messages} numbered messages of C{size} bytes, in chunks of
     C{batch}, keeping within 256 kB of what C{reader} has received, so that
@@ -178,11 +188,14 @@ def publishWhileReading(backplane, reader, messages, size=1000, batch=20):
     """
     pad = "x" * (size - 8)
     for start in range(0, messages, batch):
-        backplane.publish_many(f"{i:08d}{pad}".encode() for i in range(start, start + batch))
+        backplane.publishMany(f"{i:08d}{pad}".encode() for i in range(start, start + batch))
         yield deferLater(reactor, 0, lambda: None)
         sent = start + batch
-        yield waitUntil(lambda sent=sent: (sent - len(reader.messages)) * size <= 256 * 1024,
-                        what=f"the reader, at {sent}")
+
+        def caughtUp(sent: int = sent) -> bool:
+            return (sent - len(reader.messages)) * size <= 256 * 1024
+
+        yield waitUntil(caughtUp, what=f"the reader, at {sent}")
     yield waitUntil(lambda: len(reader.messages) == messages, timeout=60,
                     what="every message at the reader")
 
@@ -247,7 +260,7 @@ def test_stopClosesClients():
     number = listen(service, factory)
     clients = yield gatherResults([connectWebSocket(number) for _ in range(3)])
     yield waitUntil(lambda: len(data) == 3)
-    data.publish_many([b"last words"] * 1000)
+    data.publishMany([b"last words"] * 1000)
     yield service.stopService()
     for client in clients:
         assert (yield client.closed) == 1001

@@ -185,7 +185,12 @@
       fields[key] = value;
     }
     card.append(numbers);
-    return { card, fields, rateValue, spark: { title, area, line } };
+
+    // Its history, for a backplane that keeps one (history or store).
+    const historyLine = element("p", "history");
+    historyLine.hidden = true;
+    card.append(historyLine);
+    return { card, fields, rateValue, historyLine, spark: { title, area, line } };
   }
 
   function drawSpark(spark, points, now) {
@@ -210,6 +215,21 @@
     }
     spark.title.textContent =
       `messages a second over the last ${duration(span)}; the most: ${rate(top)}`;
+  }
+
+  function showHistory(line, data) {
+    const history = data.history;
+    line.hidden = !history;
+    if (!history) return;
+    const kept = history.messages
+      ? `ids ${history.first}–${history.last}, ${count(history.messages)} kept ` +
+        `(${bytes(history.bytes)})`
+      : `nothing kept yet (next id ${history.last + 1})`;
+    line.textContent = `history ${history.epoch}: ${kept}; ` +
+      `${count(data.resumes)} resumes, ${count(data.replayed)} replayed, ` +
+      `${count(data.gaps)} gaps`;
+    line.title = `epoch ${history.epoch}` + (history.path ? `, stored in ${history.path}` : ", in memory");
+    line.classList.toggle("warn", data.gaps > 0);
   }
 
   function showBackplanes(stats) {
@@ -254,6 +274,7 @@
         field.textContent = format(data[key]);
         field.classList.toggle("warn", WARNINGS.has(key) && data[key] > 0);
       }
+      showHistory(entry.historyLine, data);
       let points = rates.get(name) || [];
       if (previous !== null && !restarted && previous.messages.has(name)) {
         const seconds = now - previous.uptime;

@@ -1,0 +1,369 @@
+"""
+Server-Sent Events ports (C{protocol = "sse"}): a backplane served as a
+C{text/event-stream} to C{curl -N} and to a browser's C{EventSource}.
+
+Any path is served with C{GET} (and C{HEAD}); the stream is:
+
+  - C{retry: 2000} first (an C{EventSource} reconnects 2 s after losing it);
+  - one event a message: C{id: EPOCH:SEQ} (when the backplane keeps a
+    history) and C{data: payload}.  A payload is sent as it is; a CR in it
+    would end the field, so it starts another C{data:} line, which an
+    C{EventSource} joins with a newline;
+  - C{event: gap} with C{data: ASKED NEXT} when a client resumes and
+    messages it asked for are missing (SPEC section 9);
+  - a comment every 15 seconds, so that proxies keep an idle stream open.
+
+A client resumes with the C{Last-Event-ID} header (which an C{EventSource}
+sends by itself when it reconnects) or a C{last-event-id} query parameter,
+exactly as a line client does with C{RESUME}.  A malformed one gets a 400.
+
+Every client is a bounded subscriber like any other (C{max_pending},
+C{slow}); there is nothing to publish through it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, Request
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
+
+from backplane.address import describePeer
+from backplane.history import parseId
+from backplane.interfaces import ILineSink
+from backplane.output import BoundedWriter
+from backplane.protocols import BackplaneFactory, Limits
+from backplane.resume import Follower
+from backplane.service import BackplaneService, Gap, Subscription
+
+RETRY_MILLISECONDS = 2000
+HEARTBEAT_INTERVAL = 15.0
+_DATA = b"data: "
+_ID_LINE = re.compile(rb"^([0-9a-z]{1,32}:[0-9]+) ", re.MULTILINE)
+
+
+def encodeEvents(data: bytes, count: int) -> bytes:
+    """
+    The events of a chunk of messages without ids: C{data: payload}, each
+    followed by a blank line.
+
+    @param data: complete lines, each ending with C{b"\\n"}.
+    @param count: their number (unused: the signature of an encoder for
+        L{Backplane.encoded}).
+    """
+    events = _DATA + data.replace(b"\n", b"\n\n" + _DATA)[:-len(_DATA)]
+    if b"\r" in events:
+        events = events.replace(b"\r", b"\n" + _DATA)
+    return events
+
+
+def encodeIdEvents(data: bytes, count: int) -> bytes:
+    """
+    The events of a chunk of messages with ids (lines C{ID payload}):
+    C{id: ID}, C{data: payload}, each followed by a blank line.
+    """
+    events = _ID_LINE.sub(rb"id: \1\n" + _DATA, data.replace(b"\n", b"\n\n"))
+    if b"\r" in events:
+        events = events.replace(b"\r", b"\n" + _DATA)
+    return events
+
+
+class _RequestTransport:
+    """
+    What a client's L{BoundedWriter} writes to and aborts: a streaming
+    response.
+    """
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+
+    def write(self, data: bytes) -> None:
+        self.request.write(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.request.write(b"".join(data))
+
+    def abortConnection(self) -> None:
+        transport: Any = self.request.channel and self.request.channel.transport
+        if transport is not None:
+            transport.abortConnection()
+
+
+@implementer(ILineSink)
+class EventStream:
+    """
+    One client of an SSE port: a bounded, read-only subscriber whose output
+    is a C{text/event-stream} response.
+    """
+
+    log = Logger()
+
+    def __init__(self, port: SSEFactory, request: Request) -> None:
+        self.port = port
+        self.request = request
+        backplane = port.subscribeTo
+        assert backplane is not None
+        self.backplane = backplane
+        address = request.getClientAddress()
+        self.peer = describePeer(address) if address is not None else "?"
+        self.output = BoundedWriter(self, _RequestTransport(request), port.limits,
+                                    name=backplane.name, counters=(port.stats, backplane.stats))
+        self.follower: Follower | None = None
+        self._subscription: Subscription | None = None
+        self._closing = False
+
+    def start(self, position: str | None) -> None:
+        """
+        Start the stream: from the history after C{position} if given (and
+        the backplane keeps one), or live.
+
+        @raise ValueError: C{position} is not an id.
+        """
+        request = self.request
+        request.registerProducer(self, True)
+        request.notifyFinish().addBoth(self._finished)
+        request.write(b"retry: %d\n\n" % RETRY_MILLISECONDS)
+        if self.backplane.history is None:
+            self._subscription = self.backplane.attach(self)
+            return
+        self.follower = Follower(self.backplane, self, deliverGap=self.deliverGap,
+                                 paused=lambda: self.output.paused, peer=self.peer)
+        self.follower.start(position)
+
+    def deliver(self, data: bytes, count: int) -> None:
+        """
+        Send a chunk of messages as events, within C{max_pending}.
+        """
+        if self._closing:
+            return
+        follower = self.follower
+        if follower is None:
+            self.output.deliver(self.backplane.encoded(data, count, encodeEvents), count)
+        elif follower.subscription is not None and follower.subscription.cursor is not None:
+            self.output.deliver(encodeIdEvents(data, count), count)  # a replay: its own
+        else:
+            self.output.deliver(self.backplane.encoded(data, count, encodeIdEvents), count)
+
+    def deliverGap(self, gap: Gap) -> None:
+        """
+        Tell the client that messages it asked for are missing.
+        """
+        self.port.stats.gaps += 1
+        if not self._closing:
+            self.output.deliver(b"event: gap\ndata: " + gap.asked + b" " + gap.next + b"\n\n", 0)
+
+    def heartbeat(self) -> None:
+        """
+        Send a comment, which a client ignores (unless its connection's
+        buffer is full: then there is no need).
+        """
+        if not self._closing and not self.output.paused:
+            self.output.deliver(b":\n\n", 0)
+
+    def outputTooSlow(self) -> None:
+        """
+        Past C{max_pending} with C{slow = "disconnect"}: nothing more (the
+        writer aborts the connection; an C{EventSource} reconnects, and
+        resumes where there is a history).
+        """
+        self._stop()
+
+    def outputCaughtUp(self, missed: int) -> None:
+        """
+        Caught up after missing messages (C{slow = "drop"}): the writer
+        logged it.
+        """
+
+    # IPushProducer, for the response: passed on to the writer.
+
+    def pauseProducing(self) -> None:
+        self.output.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.output.resumeProducing()
+        if self.follower is not None and not self._closing:
+            self.follower.pump()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def close(self) -> None:
+        """
+        End the stream once what waits for the client is written.
+        """
+        if self._closing:
+            return
+        self._stop()
+        self.output.flush()
+        self.request.unregisterProducer()
+        self.request.finish()
+
+    def _stop(self) -> None:
+        self._closing = True
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+        if self.follower is not None:
+            self.follower.cancel()
+        self.port.streams.discard(self)
+
+    def _finished(self, result: Failure | None) -> None:
+        # The response is done: finished by close(), or its connection lost.
+        self._stop()
+        self.output.discard()
+
+
+def _text(request: Request, code: int, message: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    return (message + "\n").encode("utf-8")
+
+
+class EventStreamResource(Resource):
+    """
+    Every path of an SSE port: C{GET} starts a stream of its backplane.
+    """
+
+    isLeaf = True
+
+    def __init__(self, port: SSEFactory) -> None:
+        super().__init__()
+        self.port = port
+
+    def render(self, request: Request) -> bytes | int:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return _text(request, 405, "this port serves Server-Sent Events: GET it")
+        position = self.position(request)
+        backplane = self.port.subscribeTo
+        assert backplane is not None
+        if position is not None and backplane.history is not None and position != "0":
+            try:
+                parseId(position)
+            except ValueError as e:
+                self.port.stats.bad_requests += 1
+                return _text(request, 400, f"bad Last-Event-ID: {e}")
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        # Pages of any site may read the stream, as they may open a WebSocket
+        # port (an EventSource of another origin needs this to read it).
+        request.setHeader(b"access-control-allow-origin", b"*")
+        # Nginx buffers a proxied response unless told not to.
+        request.setHeader(b"x-accel-buffering", b"no")
+        if request.method == b"HEAD":
+            return b""
+        stream = EventStream(self.port, request)
+        self.port.streams.add(stream)
+        if position is not None and backplane.history is not None:
+            self.port.stats.resumes += 1
+        stream.start(position if backplane.history is not None else None)
+        return NOT_DONE_YET
+
+    @staticmethod
+    def position(request: Request) -> str | None:
+        """
+        Where the client asks to resume: the C{Last-Event-ID} header, or
+        the C{last-event-id} query parameter.
+        """
+        header = request.getHeader(b"last-event-id")
+        if header is None:
+            values = (request.args or {}).get(b"last-event-id")
+            header = values[-1] if values else None
+        if header is None:
+            return None
+        return header.decode("ascii", "replace").strip()
+
+
+class _Channel(HTTPChannel):
+    """
+    An SSE port's HTTP connection: its port counts it, and forgets it when
+    it closes.
+    """
+
+    port: SSEFactory
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.port.clientGone(self)
+
+
+class _Site(Site):
+    """
+    The site of an SSE port: its channels are L{_Channel}s (HTTP/1.1).
+    """
+
+    protocol = _Channel  # type: ignore[assignment]
+
+
+class SSEFactory(BackplaneFactory):
+    """
+    A Server-Sent Events port of one backplane: a L{BackplaneFactory} (the
+    same L{Limits}, C{allow}, C{max_clients}, statistics, C{disconnectAll})
+    whose clients speak HTTP, each C{GET} a stream.
+
+    @ivar site: the Twisted web site that parses the clients' requests.
+    @ivar streams: the streams open now.
+    """
+
+    def __init__(self, service: BackplaneService, *, publish_to: str | None = None,
+                 subscribe_to: str | None = None, limits: Limits = Limits(),
+                 clock: IReactorTime | None = None,
+                 heartbeat: float = HEARTBEAT_INTERVAL) -> None:
+        """
+        @raise ValueError: C{publish_to} is given, or no C{subscribe_to}.
+        """
+        if publish_to is not None or subscribe_to is None:
+            raise ValueError("an sse port only serves a backplane: it needs subscribe_to, "
+                             "and no publish_to")
+        super().__init__(service, subscribe_to=subscribe_to, limits=limits)
+        self.site = _Site(EventStreamResource(self))
+        self.site.displayTracebacks = False
+        self.site.noisy = False
+        self.streams: set[EventStream] = set()
+        self._heartbeat = LoopingCall(self.heartbeat)
+        if clock is not None:
+            self._heartbeat.clock = clock
+            self.site.reactor = clock
+        self._interval = heartbeat
+
+    def startFactory(self) -> None:
+        self._heartbeat.start(self._interval, now=False)
+
+    def stopFactory(self) -> None:
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+
+    def heartbeat(self) -> None:
+        for stream in list(self.streams):
+            stream.heartbeat()
+
+    def makeProtocol(self) -> Any:
+        return self.site.buildProtocol(None)
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        channel: Any = super().buildProtocol(addr)
+        if channel is not None:
+            # The HTTP channel's factory is its site (for the access log).
+            channel.factory = self.site
+            channel.port = self
+        return channel
+
+    def closeClient(self, protocol: Any) -> None:
+        """
+        End the client's streams after what is pending for them, then
+        close its connection.
+        """
+        for stream in list(self.streams):
+            if stream.request.channel is protocol:
+                stream.close()
+        protocol.transport.loseConnection()
+
