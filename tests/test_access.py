@@ -18,13 +18,14 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import provider
 
 from backplane.auth.authority import MAX_TOKEN_LENGTH, AccessCounters, Authority
 from backplane.auth.glob import MAX_NESTING, compileGlob, globMatch
@@ -392,7 +393,9 @@ class UsersTests(SynchronousTestCase):
         identity = self.users.authenticate(TOKEN)
         self.assertEqual(identity, Identity("alice", ALICE.permissions, None))
         self.assertEqual(self.users.authenticate(TOKEN.encode()), identity)
-        self.assertEqual(self.users.authenticate("carol").name, "carol")
+        carol = self.users.authenticate("carol")
+        assert carol is not None
+        self.assertEqual(carol.name, "carol")
 
     def test_unknown(self) -> None:
         self.assertIsNone(self.users.authenticate("nope"))
@@ -422,7 +425,9 @@ class UsersTests(SynchronousTestCase):
     def test_fromCertificate(self) -> None:
         self.assertEqual(self.users.fromCertificate("bob.example.com"),
                          Identity("bob", BOB.permissions))
-        self.assertEqual(self.users.fromCertificate("carol").name, "carol")
+        carol = self.users.fromCertificate("carol")
+        assert carol is not None
+        self.assertEqual(carol.name, "carol")
         self.assertIsNone(self.users.fromCertificate("BOB.example.com"))
         self.assertIsNone(self.users.fromCertificate("alice"))
         self.assertIsNone(self.users.fromCertificate(""))
@@ -469,11 +474,16 @@ def _rsa(bits: int = 2048) -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 
-def _publicPEM(private: Any, form: Any = serialization.PublicFormat.SubjectPublicKeyInfo) -> bytes:
+PrivateKey = Ed25519PrivateKey | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+def _publicPEM(private: PrivateKey,
+               form: serialization.PublicFormat = serialization.PublicFormat.SubjectPublicKeyInfo
+               ) -> bytes:
     return private.public_key().public_bytes(serialization.Encoding.PEM, form)
 
 
-def _privatePEM(private: Any) -> bytes:
+def _privatePEM(private: PrivateKey) -> bytes:
     return private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                  serialization.NoEncryption())
 
@@ -510,7 +520,7 @@ class JWTVerifierTests(SynchronousTestCase):
 
     def assertDenied(self, verifier: JWTVerifier, token: str, reason: str,
                      code: str = "invalid") -> AccessDenied:
-        denied = self.assertRaises(AccessDenied, verifier.verify, token)
+        denied: AccessDenied = self.assertRaises(AccessDenied, verifier.verify, token)
         self.assertEqual((denied.reason, denied.status, denied.code), (reason, 401, code))
         return denied
 
@@ -575,7 +585,7 @@ class JWTVerifierTests(SynchronousTestCase):
         self.assertDenied(self.verifier, token, "token claim 'nbf' must be a number")
 
     def test_wrongClaimTypes(self) -> None:
-        for claims, reason in [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"publish": 5}, "token claim 'publish' must be a string or a list of strings"),
             ({"subscribe": ["A", 1]},
              "token claim 'subscribe' must be a string or a list of strings"),
@@ -583,7 +593,8 @@ class JWTVerifierTests(SynchronousTestCase):
              "token claim 'subscribe' must be a string or a list of strings"),
             ({"sub": 17}, "token claim 'sub' must be a non-empty string"),
             ({"sub": ""}, "token claim 'sub' must be a non-empty string"),
-        ]:
+        ]
+        for claims, reason in cases:
             self.assertDenied(self.verifier, self.hs256(**claims), reason)
 
     def test_tampered(self) -> None:
@@ -605,7 +616,7 @@ class JWTVerifierTests(SynchronousTestCase):
                           "token signature does not verify")
 
     def test_algNone(self) -> None:
-        unsigned = jwt.encode(self.claims(subscribe="*"), None, algorithm="none")
+        unsigned = jwt.encode(self.claims(subscribe="*"), "", algorithm="none")
         self.assertTrue(unsigned.endswith("."))
         for verifier in [self.verifier, JWTVerifier(_ed25519().public_key(), clock=_clock()),
                          JWTVerifier(_rsa().public_key(), clock=_clock())]:
@@ -619,7 +630,8 @@ class JWTVerifierTests(SynchronousTestCase):
         The HS256/RS256 confusion: a token signed with HMAC, using the
         server's public key (which anyone may have) as the secret, is refused.
         """
-        for private in [_rsa(), _ed25519()]:
+        privates: list[Ed25519PrivateKey | rsa.RSAPrivateKey] = [_rsa(), _ed25519()]
+        for private in privates:
             pem = _publicPEM(private)
             verifier = JWTVerifier(private.public_key(), clock=_clock())
             for alg in ["HS256", "HS384", "HS512"]:
@@ -679,8 +691,8 @@ class JWTVerifierTests(SynchronousTestCase):
             self.assertLess(len(denied.reason), 64)
 
     def test_keyTypes(self) -> None:
-        self.assertRaises(TypeError, JWTVerifier, "a str secret")  # type: ignore[arg-type]
-        self.assertRaises(TypeError, JWTVerifier, _ed25519())  # type: ignore[arg-type]
+        self.assertRaises(TypeError, JWTVerifier, "a str secret")
+        self.assertRaises(TypeError, JWTVerifier, _ed25519())
 
     def test_reprHidesTheSecret(self) -> None:
         self.assertEqual(repr(self.verifier), "<JWTVerifier HS256>")
@@ -740,8 +752,6 @@ class KeyFileTests(SynchronousTestCase):
         self.assertKeyFileError(str(certs.ca.path), "certificate", "-pubkey")
 
     def test_unsupportedPublicKeys(self) -> None:
-        from cryptography.hazmat.primitives.asymmetric import ec
-
         self.assertKeyFileError(_publicPEM(ec.generate_private_key(ec.SECP256R1())),
                                 "unsupported public key", "Ed25519", "RSA")
         self.assertKeyFileError(_publicPEM(_rsa(1024)), "at least 2048 bits", "1024")
@@ -933,13 +943,18 @@ class AuthorityTests(SynchronousTestCase):
         self.events: list[dict[str, Any]] = []
         self.authority = Authority(Users([ALICE, BOB, CAROL]),
                                    JWTVerifier(SECRET, clock=_clock()))
-        self.authority.log = Logger(observer=self.events.append)
+
+        @provider(ILogObserver)
+        def observe(event: LogEvent) -> None:
+            self.events.append(event)
+
+        self.authority.log = Logger(observer=observe)
 
     def signed(self, **claims: Any) -> str:
         return jwt.encode({"exp": NOW + 60, **claims}, SECRET, algorithm="HS256")
 
     def assertDenied(self, token: Any, reason: str, code: str) -> AccessDenied:
-        denied = self.assertRaises(AccessDenied, self.authority.identify, token)
+        denied: AccessDenied = self.assertRaises(AccessDenied, self.authority.identify, token)
         self.assertEqual((denied.reason, denied.status, denied.code), (reason, 401, code))
         return denied
 

@@ -762,12 +762,14 @@ class AuthKeyTests(ConfigTestCase):
     def test_offByDefault(self):
         config = read_config(self.write(PORT + '[monitor]\nendpoint = "tcp:2"\n'))
         self.assertFalse(config.listen[0].auth)
+        assert config.monitor is not None
         self.assertFalse(config.monitor.auth)
 
     def test_on(self):
         config = read_config(self.write(
             PORT + 'auth = true\n[monitor]\nendpoint = "tcp:2"\nauth = true\n' + self.USER))
         self.assertTrue(config.listen[0].auth)
+        assert config.monitor is not None
         self.assertTrue(config.monitor.auth)
 
     def test_withSignedTokensOnly(self):
@@ -860,6 +862,7 @@ class SecurityDocTests(SynchronousTestCase):
         path.write_text(hardened)
         config = read_config(str(path))
         self.assertTrue(all(entry.auth for entry in config.listen))
+        assert config.monitor is not None
         self.assertTrue(config.monitor.auth)
         self.assertEqual([user.name for user in config.user], ["collector", "prometheus"])
         self.assertEqual(config.listen[1].origins, ("https://app.example.com",))
