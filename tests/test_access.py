@@ -1140,7 +1140,8 @@ class PackageTests(SynchronousTestCase):
         import sys
 
         code = ("import sys, backplane.auth, backplane.auth.glob, backplane.auth.authority, "
-                "backplane.auth.origins, backplane.auth.wire; "
+                "backplane.auth.origins, backplane.auth.wire, backplane.auth.gate, "
+                "backplane.auth.lines; "
                 "print(sorted({'jwt', 'cryptography'} & set(sys.modules)))")
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 check=True)

@@ -7,6 +7,8 @@ Access control (SPEC section 11): who may connect, publish and subscribe.
   - L{User}, L{Users}, L{hashToken}, L{newToken}: the C{[[user]]} tables.
   - L{JWTVerifier}, L{KeyFileError}: signed tokens (C{[auth] jwt_key_file}).
   - L{Authority}, L{AccessCounters}: the one entry point, and its counts.
+  - L{Gate}, L{LineAdmission}: what a port checks when a client connects,
+    and the C{AUTH} line of a line client.
   - L{originAllowed}, L{checkOrigin}: which web pages may connect.
   - L{authLine}, L{bearerToken}, L{subprotocolToken}: where a token travels.
 
@@ -21,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from backplane.auth.authority import AccessCounters, Authority
+    from backplane.auth.gate import Gate
     from backplane.auth.glob import compileGlob, globMatch
     from backplane.auth.identity import AccessDenied, Identity, Permissions
+    from backplane.auth.lines import LineAdmission
     from backplane.auth.origins import checkOrigin, originAllowed
     from backplane.auth.signed import JWTVerifier, KeyFileError
     from backplane.auth.users import User, Users, hashToken, newToken
@@ -32,9 +36,11 @@ _WHERE = {
     "AccessCounters": "backplane.auth.authority",
     "AccessDenied": "backplane.auth.identity",
     "Authority": "backplane.auth.authority",
+    "Gate": "backplane.auth.gate",
     "Identity": "backplane.auth.identity",
     "JWTVerifier": "backplane.auth.signed",
     "KeyFileError": "backplane.auth.signed",
+    "LineAdmission": "backplane.auth.lines",
     "Permissions": "backplane.auth.identity",
     "User": "backplane.auth.users",
     "Users": "backplane.auth.users",
@@ -53,9 +59,11 @@ __all__ = [
     "AccessCounters",
     "AccessDenied",
     "Authority",
+    "Gate",
     "Identity",
     "JWTVerifier",
     "KeyFileError",
+    "LineAdmission",
     "Permissions",
     "User",
     "Users",
