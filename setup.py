@@ -49,6 +49,10 @@ setup(
             # its chromedriver (apt-get install chromium chromium-driver); 4.10 is
             # the lowest verified.
             "selenium>=4.10",
+            # A WebSocket client nobody here wrote, for the access tests
+            # (tests/test_access_twistd.py): its sync client and typed
+            # Origin and Subprotocol; 17.4 is the version verified.
+            "websockets>=14.0",
         ],
         # python -m bench (docs/performance.md): matplotlib draws the plot.
         "bench": ["matplotlib>=3.5"],
