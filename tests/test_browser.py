@@ -394,3 +394,53 @@ subscribe = ["CHAT"]
         twistd.kill()
         for pages in servers:
             pages.shutdown()
+
+
+def test_statusPageWithAuth(tmp_path, chromium):
+    """
+    With [monitor] auth = true, the page opened as /?token=TOKEN shows the
+    statistics and a tail (the token goes with its requests); without a
+    token, or with one that may not subscribe, it says why.
+    """
+    import hashlib
+
+    from selenium.webdriver.common.by import By
+
+    token, limited = "monitor-token-0123456789abcdef0123456789ab", "limited-token-0123456789ab"
+    monitorPort = freePort()
+    twistd = Twistd(tmp_path, config=f"""
+[backplane.TIME]
+retain = 1
+[[clock]]
+publish_to = "TIME"
+interval = 0.25
+[monitor]
+endpoint = "tcp:{monitorPort}:interface=127.0.0.1"
+auth = true
+[[user]]
+name = "operator"
+token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"
+subscribe = ["*"]
+[[user]]
+name = "dashboard"
+token_sha256 = "{hashlib.sha256(limited.encode()).hexdigest()}"
+""").start()
+    base = f"http://127.0.0.1:{monitorPort}/"
+    try:
+        twistd.waitForPort(monitorPort)
+        driver = chromium
+        driver.get(base)
+        waitFor("the refusal", lambda: "HTTP 401" in driver.find_element(By.ID, "connection").text)
+        driver.get(f"{base}?token={token}#tail=TIME")
+        names = waitFor("the backplanes", lambda: [
+            h.text for h in driver.find_elements(By.CSS_SELECTOR, "#backplanes .card h3")])
+        assert names == ["TIME"]
+        waitFor("TIME's lines", lambda: len(driver.find_elements(By.CSS_SELECTOR, "#tail li")) >= 2)
+        driver.get(f"{base}?token={limited}#tail=TIME")
+        waitFor("the tail's refusal", lambda: "refused (403): may not subscribe to 'TIME'"
+                in driver.find_element(By.ID, "tail-status").text)
+        driver.get("about:blank")
+        assert token not in twistd.text()
+        twistd.stop()
+    finally:
+        twistd.kill()
