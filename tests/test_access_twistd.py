@@ -403,6 +403,27 @@ def test_sseOrigins(server: Server) -> None:
         response.close()
 
 
+def test_ssePreflight(server: Server) -> None:
+    """
+    A page's preflight (fetch with an Authorization header) from an allowed
+    origin is answered without a token; from another site it is refused.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", server.ports["sse"], timeout=10)
+    connection.request("OPTIONS", "/", headers={
+        "Origin": "https://app.example.com", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization"})
+    response = connection.getresponse()
+    response.read()
+    assert response.status == 204
+    assert response.getheader("access-control-allow-origin") == "https://app.example.com"
+    assert "authorization" in (response.getheader("access-control-allow-headers") or "")
+    connection.request("OPTIONS", "/", headers={"Origin": "https://evil.example"})
+    response = connection.getresponse()
+    response.read()
+    assert response.status == 403
+    connection.close()
+
+
 # The monitor.
 
 
@@ -431,6 +452,9 @@ def test_monitor(server: Server) -> None:
     # The status page's own files hold no data: no token needed.
     assert monitor(server, "/")[0] == 200
     assert monitor(server, "/assets/status.js")[0] == 200
+    for path in ["//stats", "/assets/../stats", "/stats/", "/tail/"]:
+        status, _, body = monitor(server, path)
+        assert status in (401, 404) and b"uptime" not in body, path
     # A tail needs the right to subscribe to its backplane.
     status, _, body = monitor(server, "/tail/CHAT", **bearer)
     assert (status, body) == (403, b"may not subscribe to 'CHAT'\n")
