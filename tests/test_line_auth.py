@@ -25,7 +25,7 @@ from backplane import BackplaneService, PublishToFactory, SubscribeToFactory
 from backplane.acks import AckingFactory
 from backplane.auth.authority import Authority
 from backplane.auth.gate import AUTH_TIMEOUT
-from backplane.auth.identity import Permissions
+from backplane.auth.identity import AccessDenied, Permissions
 from backplane.auth.lines import MAX_AUTH_LINE
 from backplane.auth.signed import JWTVerifier
 from backplane.auth.users import User, Users
@@ -294,3 +294,53 @@ class LineAuthTests(SynchronousTestCase):
         protocol.dataReceived(b"AUTH x\nhello\n")
         self.assertEqual(self.recorder.messages, [b"AUTH x", b"hello"])
         self.assertEqual(transport.value(), b"")
+
+
+class GateTests(SynchronousTestCase):
+    """
+    The Gate alone: what a port without auth lets in, what a certificate
+    alone gives, and the CN of a transport's certificate.
+    """
+
+    def test_authOff(self) -> None:
+        from backplane.auth.gate import Gate
+
+        gate = Gate(publish="IN")
+        self.assertFalse(gate.auth)
+        self.assertFalse(gate.checks)
+        self.assertIsNone(gate.admit(None))
+        self.assertIsNone(gate.certificate("collector.example.com"))
+        gate.authorize(None, subscribe="ANY")
+        self.assertTrue(Gate(web=True).checks)
+
+    def test_certificate(self) -> None:
+        from backplane.auth.gate import Gate
+
+        gate = Gate(Authority(USERS), publish="IN")
+        identity = gate.certificate("collector.example.com")
+        assert identity is not None
+        self.assertEqual(identity.name, "collector")
+        self.assertIsNone(gate.certificate("nobody"))
+        self.assertIsNone(gate.certificate(None))
+        self.assertEqual(gate.counters.snapshot(), {"accepted": 1, "refused": {}})
+        # A token wins over a certificate; no token and no certificate: 401.
+        admitted = gate.admit(WRITER, commonName="collector.example.com")
+        assert admitted is not None
+        self.assertEqual(admitted.name, "writer")
+        denied = self.assertRaises(AccessDenied, gate.admit, None, commonName="nobody")
+        self.assertEqual((denied.status, denied.code), (401, "missing"))
+
+    def test_peerCommonName(self) -> None:
+        from backplane.address import peerCommonName
+
+        self.assertIsNone(peerCommonName(StringTransport()))
+        self.assertIsNone(peerCommonName(TLSTransport(None)))
+        self.assertIsNone(peerCommonName(TLSTransport("")))
+        self.assertEqual(peerCommonName(TLSTransport("collector.example.com")),
+                         "collector.example.com")
+
+        class Failing:
+            def getPeerCertificate(self) -> None:
+                raise ValueError("no handshake yet")
+
+        self.assertIsNone(peerCommonName(Failing()))
