@@ -32,6 +32,11 @@ setup(
         # 0.5.0: the lowest with prometheus_client.registry; 0.14.0 lacks choose_encoder.
         "prometheus_client>=0.5.0,!=0.14.0",
         "tomli>=1.1.0; python_version < '3.11'",
+        # Signed tokens ([auth] jwt_key_file, backplane/auth/signed.py): EdDSA and
+        # options={"require": ...} came in 2.0 (tested with 2.0.0 too); 2.4.0 is
+        # the fix for CVE-2022-29217, the lowest we support. [crypto] brings
+        # cryptography, for Ed25519 and RSA public keys.
+        "PyJWT[crypto]>=2.4.0",
     ],
     extras_require={
         "test": [
@@ -44,6 +49,10 @@ setup(
             # its chromedriver (apt-get install chromium chromium-driver); 4.10 is
             # the lowest verified.
             "selenium>=4.10",
+            # A WebSocket client nobody here wrote, for the access tests
+            # (tests/test_access_twistd.py): its sync client and typed
+            # Origin and Subprotocol; 17.4 is the version verified.
+            "websockets>=14.0",
         ],
         # python -m bench (docs/performance.md): matplotlib draws the plot.
         "bench": ["matplotlib>=3.5"],

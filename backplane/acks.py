@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from backplane._types import defaultReactor
+from backplane.auth.authority import Authority
 from backplane.protocols import BackplaneFactory, BackplaneProtocol, Limits
 from backplane.service import Backplane, BackplaneService
 
@@ -231,8 +232,11 @@ class AckingFactory(BackplaneFactory):
                  subscribe_to: str | None = None, limits: Limits = Limits(),
                  ack_lines: int = DEFAULT_ACK_LINES,
                  ack_interval: float = DEFAULT_ACK_INTERVAL,
+                 authority: Authority | None = None,
                  clock: IReactorTime | None = None) -> None:
         """
+        @param authority: as for L{BackplaneFactory}: C{AUTH} comes before
+            C{HELLO}.
         @raise ValueError: no C{publish_to}, a C{subscribe_to}, or bounds out
             of range.
         """
@@ -241,7 +245,8 @@ class AckingFactory(BackplaneFactory):
                              "and no subscribe_to")
         if ack_lines < 1 or ack_interval <= 0:
             raise ValueError("ack_lines must be at least 1, ack_interval more than 0")
-        super().__init__(service, publish_to=publish_to, limits=limits)
+        super().__init__(service, publish_to=publish_to, limits=limits, authority=authority,
+                         clock=clock)
         self.ackLines = ack_lines
         self.ackInterval = ack_interval
         self.clock = clock

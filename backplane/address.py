@@ -1,6 +1,7 @@
 """
-Addresses: who may connect (L{isAllowed}), and how a peer is named in log
-lines (L{describePeer}).
+Addresses: who may connect (L{isAllowed}), how a peer is named in log lines
+(L{describePeer}), and the name its TLS client certificate gives it
+(L{peerCommonName}).
 """
 
 from __future__ import annotations
@@ -46,3 +47,24 @@ def describePeer(address: IAddress) -> str:
         return f"{host}:{port}"
     name = getattr(address, "name", None)
     return str(name) if name else str(address)
+
+
+def peerCommonName(transport: object) -> str | None:
+    """
+    The subject common name (CN) of the certificate a TLS client presented,
+    or L{None}: not TLS, no certificate, or one without a CN.
+
+    @param transport: the connection's transport (an L{ISSLTransport}
+        provides C{getPeerCertificate}).
+    """
+    getPeerCertificate = getattr(transport, "getPeerCertificate", None)
+    if getPeerCertificate is None:
+        return None
+    try:
+        certificate = getPeerCertificate()
+    except Exception:  # pyOpenSSL's, before the handshake is done
+        return None
+    if certificate is None:
+        return None
+    name = certificate.get_subject().commonName
+    return name if isinstance(name, str) and name else None

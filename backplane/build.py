@@ -4,8 +4,9 @@ Build the service a validated L{Config} describes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService
 from twisted.internet import endpoints
@@ -20,6 +21,9 @@ from backplane.relay import RelayFactory, RelayService
 from backplane.service import BackplaneService
 from backplane.sinks import FileSink
 from backplane.sources import TimeSource
+
+if TYPE_CHECKING:
+    from backplane.auth.authority import Authority
 
 
 def loadConfig(path: str | Path, reactor: IBackplaneReactor | None = None) -> BackplaneService:
@@ -46,6 +50,7 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
     """
     reactor = defaultReactor(reactor)
     service = BackplaneService()
+    authority = _authorities(config, reactor)
 
     def add(child: IService, table: str, i: int) -> None:
         child.setName(f"{table}[{i}]")
@@ -61,7 +66,8 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
             service, endpoints.serverFromString(reactor, config.monitor.endpoint),
             description=config.monitor.endpoint, where="monitor", path=config.path,
             allow=config.monitor.allow, tail=config.monitor.tail,
-            max_tails=config.monitor.max_tails, clock=reactor)
+            max_tails=config.monitor.max_tails, clock=reactor,
+            authority=authority() if config.monitor.auth else None)
         monitor.setName("monitor")
         monitor.setServiceParent(service)
     for i, sink in enumerate(config.file, 1):
@@ -91,7 +97,7 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
     for i, clock in enumerate(config.clock, 1):
         add(TimeSource(service.get(clock.publish_to), clock.interval, clock=reactor), "clock", i)
     for i, listen in enumerate(config.listen, 1):
-        factory = _factory(service, listen, reactor)
+        factory = _factory(service, listen, reactor, authority() if listen.auth else None)
         endpoint = endpoints.serverFromString(reactor, listen.description)
         if listen.tls_client_ca is not None:
             _requireClientCertificates(endpoint, listen.tls_client_ca, config.path, i)
@@ -120,6 +126,29 @@ def _history(entry: BackplaneEntry, reactor: IBackplaneReactor,
     return None
 
 
+def _authorities(config: Config, reactor: IBackplaneReactor) -> Callable[[], Authority]:
+    """
+    What makes the authority of each port (and of the monitor) with C{auth =
+    true}: all share the users and the verifier of signed tokens, read once
+    (and only if some port asks), and each counts its own decisions.
+    """
+    shared: list[Authority] = []
+
+    def authority() -> Authority:
+        from backplane.auth.authority import Authority
+        from backplane.auth.signed import KeyFileError
+
+        if not shared:
+            try:
+                shared.append(Authority.fromConfig(config, clock=reactor))
+            except KeyFileError as e:
+                # read_config has checked it already; the file may have gone since.
+                raise ConfigError(str(e), path=config.path, where="auth.jwt_key_file") from None
+        return Authority(shared[0].users, shared[0].jwt)
+
+    return authority
+
+
 def _requireClientCertificates(endpoint: Any, path: str, configPath: str, i: int) -> None:
     from backplane.tls import loadCertificates, requireClientCertificates
 
@@ -131,37 +160,39 @@ def _requireClientCertificates(endpoint: Any, path: str, configPath: str, i: int
                           where=f"listen[{i}].tls_client_ca") from None
 
 
-def _factory(service: BackplaneService, listen: ListenEntry,
-             reactor: IBackplaneReactor) -> BackplaneFactory:
+def _factory(service: BackplaneService, listen: ListenEntry, reactor: IBackplaneReactor,
+             authority: Authority | None = None) -> BackplaneFactory:
     """
-    The factory of a C{[[listen]]} port.
+    The factory of a C{[[listen]]} port, with its authority if it has
+    C{auth = true}.
     """
     if listen.ids and listen.protocol == "lines":
         from backplane.resume import ResumingFactory
 
         return ResumingFactory(service, subscribe_to=listen.subscribe_to, limits=listen.limits,
-                               clock=reactor)
+                               authority=authority, clock=reactor)
     if listen.acks:
         from backplane.acks import AckingFactory
 
         return AckingFactory(service, publish_to=listen.publish_to, limits=listen.limits,
                              ack_lines=listen.ack_lines, ack_interval=listen.ack_interval,
-                             clock=reactor)
+                             authority=authority, clock=reactor)
     if listen.protocol == "sse":
         from backplane.sse import SSEFactory
 
         return SSEFactory(service, subscribe_to=listen.subscribe_to, limits=listen.limits,
-                          clock=reactor)
+                          clock=reactor, origins=listen.origins, authority=authority)
     if listen.protocol == "websocket":
         # Imported only when used: autobahn is big.
         from backplane.websocket import WebSocketFactory
 
         return WebSocketFactory(service, publish_to=listen.publish_to,
                                 subscribe_to=listen.subscribe_to, limits=listen.limits,
-                                ids=listen.ids)
+                                ids=listen.ids, origins=listen.origins, authority=authority,
+                                clock=reactor)
     return _factoryType(listen.protocol)(
         service, publish_to=listen.publish_to, subscribe_to=listen.subscribe_to,
-        limits=listen.limits)
+        limits=listen.limits, authority=authority, clock=reactor)
 
 
 def _factoryType(protocol: str) -> type[BackplaneFactory]:

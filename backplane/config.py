@@ -89,6 +89,50 @@ def _networks(value: Any) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+def _patterns(value: Any) -> tuple[str, ...]:
+    """
+    The value of a C{publish} or C{subscribe} key: an array of backplane
+    names and Redis glob patterns.
+    """
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f'must be an array of backplane names or glob patterns such as '
+                         f'["TIME", "chat.*"], not {value!r}')
+    if "" in value:
+        raise ValueError("must not hold an empty name")
+    return tuple(value)
+
+
+def _sha256(value: Any) -> str:
+    """
+    The value of a C{token_sha256} key: 64 hexadecimal digits.
+    """
+    if isinstance(value, str) and re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        return value.lower()
+    # Never quoted: it may be the token itself, pasted here by mistake.
+    what = f"{len(value)} characters" if isinstance(value, str) else _describe(type(value))
+    raise ValueError(f"must be the hex SHA-256 of the token, 64 hexadecimal digits, not {what} "
+                     f"(python -m backplane hash-token makes it; the token itself never goes "
+                     f"in the config)")
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    """
+    The value of an C{origins} key: an array of origins, or C{"*"}.
+    """
+    from backplane.auth.origins import parseOrigin
+
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f'must be an array of origins such as ["https://app.example.com"], '
+                         f"not {value!r}")
+    for text in value:
+        if text == "null":
+            raise ValueError("'null' cannot be listed: every sandboxed frame and file: page "
+                             "sends it; list '*' to allow every page")
+        if text != "*":
+            parseOrigin(text)
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class BackplaneEntry:
     """
@@ -148,6 +192,9 @@ class ListenEntry:
         None, parse=_networks, doc="the networks clients may connect from (default: any)")
     tls_client_ca: str | None = _option(
         None, doc="an ssl: port requires client certificates signed by a CA in this PEM file")
+    auth: bool = _option(False, doc="every client must present a token (SPEC section 11)")
+    origins: tuple[str, ...] | None = _option(
+        None, parse=_origins, doc="the web page origins allowed besides the port's own")
 
     @property
     def limits(self) -> Limits:
@@ -243,6 +290,35 @@ class MonitorEntry:
         None, parse=_networks, doc="the networks clients may connect from (default: any)")
     tail: bool = _option(True, doc="whether /tail/NAME serves the lines of backplanes")
     max_tails: int = _option(16, minimum=1, doc="live tails open at once")
+    auth: bool = _option(False, doc="every request must present a token")
+
+
+@dataclass(frozen=True)
+class UserEntry:
+    """
+    C{[[user]]}: a user, who proves who it is with a token (kept here only
+    as its SHA-256) or a client certificate, and the backplanes it may use.
+    """
+
+    name: str = _option(doc="the user's name, in log lines and statistics")
+    token_sha256: str | None = _option(None, parse=_sha256, doc="the hex SHA-256 of its token")
+    cert: str | None = _option(None, doc="a client certificate subject CN that names it")
+    publish: tuple[str, ...] = _option((), parse=_patterns, doc="names or globs it may publish to")
+    subscribe: tuple[str, ...] = _option(
+        (), parse=_patterns, doc="names or globs it may subscribe to")
+
+
+@dataclass(frozen=True)
+class AuthEntry:
+    """
+    C{[auth]}: signed tokens (JWT) that a web application mints for its
+    pages.
+    """
+
+    jwt_key_file: str = _option(
+        doc="an HS256 secret or an Ed25519/RSA public key (PEM); relative to the config file")
+    jwt_audience: str | None = _option(None, doc="tokens must name this in their aud claim")
+    jwt_issuer: str | None = _option(None, doc="tokens must have this iss claim")
 
 
 @dataclass(frozen=True)
@@ -259,6 +335,8 @@ class Config:
     file: list[FileEntry] = field(default_factory=list)
     monitor: MonitorEntry | None = None
     redis: RedisEntry | None = None
+    user: list[UserEntry] = field(default_factory=list)
+    auth: AuthEntry | None = None
 
     @property
     def shared(self) -> list[str]:
@@ -274,13 +352,17 @@ _TABLES: dict[str, type] = {
     "connect": ConnectEntry,
     "clock": ClockEntry,
     "file": FileEntry,
+    "user": UserEntry,
 }
 # The tables written once, and the type of their entry.
 _SINGLE_TABLES: dict[str, type] = {
     "redis": RedisEntry,
     "monitor": MonitorEntry,
+    "auth": AuthEntry,
 }
 _TOP_LEVEL = ["backplane", *_TABLES, *_SINGLE_TABLES]
+# The protocols of ports that browsers reach, whose Origin is checked.
+_ORIGIN_PROTOCOLS = ("websocket", "sse")
 
 DEFAULT_CONFIG = """\
 # The embedded default: the time, once a second, to every client of port 1500.
@@ -404,8 +486,50 @@ class _Parser:
                 if not isinstance(entry, dict):
                     raise self.error(table, f"must be written [{table}] (one table)")
                 singles[table] = self.entry(entryType, entry, table)
-        config = Config(path=self.path, backplanes=backplanes, **tables, **singles)
+        config = self.access(Config(path=self.path, backplanes=backplanes, **tables, **singles))
         self.references(config)
+        return config
+
+    def access(self, config: Config) -> Config:
+        """
+        Check the C{[[user]]} tables, the C{[auth]} table and the C{auth} and
+        C{origins} keys of ports; return the config with the key file's path
+        made relative to the config file's folder.
+        """
+        seen: dict[str, dict[str, int]] = {"name": {}, "cert": {}, "token_sha256": {}}
+        for i, user in enumerate(config.user, 1):
+            where = f"user[{i}]"
+            for key, earlier in seen.items():
+                value = getattr(user, key)
+                if value is not None and value in earlier:
+                    raise self.error(f"{where}.{key}",
+                                     f"must be unique: it is the same as user[{earlier[value]}]'s")
+                earlier[value] = i
+            if user.token_sha256 is None and user.cert is None:
+                raise self.error(where, "needs token_sha256, cert, or both (python -m backplane "
+                                        "hash-token --new makes a token and its hash)")
+        if config.auth is not None:
+            from backplane.auth.signed import KeyFileError, readKeyFile
+
+            path = str(self.folder / config.auth.jwt_key_file)
+            try:
+                readKeyFile(path)
+            except KeyFileError as e:
+                raise self.error("auth.jwt_key_file", f"cannot use {path!r}: {e}") from None
+            config = dataclasses.replace(
+                config, auth=dataclasses.replace(config.auth, jwt_key_file=path))
+        checking = [(f"listen[{i}]", entry.auth) for i, entry in enumerate(config.listen, 1)]
+        if config.monitor is not None:
+            checking.append(("monitor", config.monitor.auth))
+        for where, auth in checking:
+            if auth and not config.user and config.auth is None:
+                raise self.error(f"{where}.auth", "needs a [[user]] table or an [auth] table "
+                                                  "with jwt_key_file, to check tokens against")
+        for i, entry in enumerate(config.listen, 1):
+            if entry.origins is not None and entry.protocol not in _ORIGIN_PROTOCOLS:
+                raise self.error(f"listen[{i}].origins",
+                                 f"applies to web ports only ({', '.join(_ORIGIN_PROTOCOLS)}), "
+                                 f"not to protocol {entry.protocol!r}")
         return config
 
     def backplanes(self, table: Any) -> dict[str, BackplaneEntry]:

@@ -8,6 +8,12 @@ C{ok} while the service runs.  C{/} is a status page drawn from C{/stats}
 (L{backplane.tail}).  Every port, clock, relay or sink reports
 through one mechanism: a child service that provides
 L{backplane.interfaces.IStatsSource}.
+
+With C{[monitor] auth = true}, every request but those of the status page's
+own static files (C{/} and C{/assets/}) must present a token
+(C{Authorization: Bearer TOKEN} or C{?token=TOKEN}): any accepted token may
+read C{/stats}, C{/metrics} and C{/healthz}; C{/tail/NAME} needs the right
+to subscribe to C{NAME}.
 """
 
 from __future__ import annotations
@@ -44,6 +50,10 @@ from zope.interface import implementer
 
 from backplane._version import __version__
 from backplane.address import Network, describePeer, isAllowed
+from backplane.auth.authority import Authority
+from backplane.auth.gate import Gate
+from backplane.auth.identity import AccessDenied
+from backplane.auth.web import admitRequest, refusal
 from backplane.interfaces import IStatsSource
 from backplane.ports import EndpointService
 from backplane.service import BackplaneService
@@ -97,6 +107,13 @@ SOURCE_HELP = {
     ("monitor", "tail_dropped"): "Lines live tails missed, being more than max_pending behind.",
     ("monitor", "tails_cut_off"): "Live tails cut off: their connection stayed full.",
     ("monitor", "tails"): "Live tails open now.",
+}
+
+# The counters of a port's (or the monitor's) access checks, and their help.
+ACCESS_HELP = {
+    "accepted": "Tokens and client certificates accepted.",
+    "refused": "Clients refused (no token, a token not accepted, not allowed, another "
+               "site's page), by reason.",
 }
 
 
@@ -252,6 +269,9 @@ class StatsCollector:
                 family(GaugeMetricFamily, _metricName("backplane", kind, "state"),
                        f"The state of each {kind} (1, with the state as a label).",
                        ["name", "state"]).add_metric([name, str(report["state"])], 1)
+            access = report.get("access")
+            if isinstance(access, dict):
+                self.access(family, kind, name, access)
             details = report.get("info")
             if isinstance(details, dict) and details:
                 labels = {_metricName(str(key)): "" if value is None else str(value)
@@ -260,6 +280,21 @@ class StatsCollector:
                 family(InfoMetricFamily, _metricName("backplane", kind),
                        f"How each {kind} is configured.", ["name"]).add_metric([name], labels)
         yield from families.values()
+
+    @staticmethod
+    def access(family: Any, kind: str, name: str, access: dict[str, Any]) -> None:
+        """
+        The counters of a source's access checks: C{backplane_KIND_access_accepted_total}
+        and C{backplane_KIND_access_refused_total}, by C{reason}.
+        """
+        accepted = access.get("accepted")
+        if isinstance(accepted, (int, float)):
+            family(CounterMetricFamily, _metricName("backplane", kind, "access_accepted"),
+                   ACCESS_HELP["accepted"], ["name"]).add_metric([name], accepted)
+        refused = family(CounterMetricFamily, _metricName("backplane", kind, "access_refused"),
+                         ACCESS_HELP["refused"], ["name", "reason"])
+        for reason, count in _numbers(access.get("refused")).items():
+            refused.add_metric([name, reason], count)
 
 
 class _Page(Resource):
@@ -343,20 +378,64 @@ class MonitorResource(Resource):
         return notFound()
 
 
+class _Refused(Resource):
+    """
+    What a request the monitor's gate refused gets: 401 or 403.
+    """
+
+    isLeaf = True
+
+    def __init__(self, denied: AccessDenied) -> None:
+        super().__init__()
+        self.denied = denied
+
+    def render(self, request: Request) -> bytes:
+        return refusal(request, self.denied)
+
+
+#: The first path segments served without a token: the status page's own
+#: static files, which hold no data (what the page shows, it reads from
+#: C{/stats} and C{/tail/NAME} with the token it was given).
+PUBLIC = (b"", b"assets")
+
+
 class MonitorSite(Site):
     """
     The monitor's HTTP server: it closes the connection of a client not in
-    C{allow} at once, shows no tracebacks, and keeps no access log.
+    C{allow} at once, asks its gate (if it has C{auth}) whether a request
+    may be served, shows no tracebacks, and keeps no access log.
+
+    @ivar gate: the monitor's access checks.
     """
 
     noisy = False
     displayTracebacks = False
 
     def __init__(self, resource: Resource, *, allow: Sequence[Network] | None = None,
-                 reactor: Any = None) -> None:
+                 reactor: Any = None, gate: Gate | None = None) -> None:
         super().__init__(resource, reactor=reactor)
         self.allow = allow
         self.disallowed = 0
+        self.gate = gate if gate is not None else Gate()
+
+    def getResourceFor(self, request: Request) -> IResource:
+        """
+        The resource that serves C{request}, or a refusal: with C{auth},
+        every path but the status page's static files needs a token, and
+        C{tail/NAME} the right to subscribe to C{NAME}.
+        """
+        gate = self.gate
+        path: list[bytes] = getattr(request, "postpath", None) or [b""]
+        if gate.auth and not (path == [b""] or path[0] in PUBLIC[1:]):
+            try:
+                identity = admitRequest(gate, request)
+                if path[0] == b"tail" and len(path) > 1:
+                    gate.authorize(identity, subscribe=path[1],
+                                   peer=describePeer(request.getClientAddress()))
+            except AccessDenied as denied:
+                return _Refused(denied)
+        resource: IResource = super().getResourceFor(request)
+        return resource
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         if not isAllowed(addr, self.allow):
@@ -391,9 +470,12 @@ class MonitorService(EndpointService):
                  description: str, where: str | None = "monitor", path: str | None = None,
                  allow: Sequence[Network] | None = None, tail: bool = True,
                  max_tails: int = DEFAULT_MAX_TAILS,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None,
+                 authority: Authority | None = None) -> None:
         """
         @param service: the service whose statistics are reported.
+        @param authority: with C{[monitor] auth = true}, what decides who may
+            read it.
         @param description: the endpoint as the user wrote it, for messages.
         @param allow: the networks clients may connect from (L{None}: any).
         @param tail: whether C{/tail/NAME} serves the lines of backplanes.
@@ -413,7 +495,8 @@ class MonitorService(EndpointService):
         ProcessCollector(registry=self.registry)
         self.tails = Tails(service, enabled=tail, max_tails=max_tails, clock=clock)
         self.resource = MonitorResource(self)
-        site = MonitorSite(self.resource, allow=allow, reactor=clock)
+        self.gate = Gate(authority, clock=clock)
+        site = MonitorSite(self.resource, allow=allow, reactor=clock, gate=self.gate)
         super().__init__(endpoint, site, description=description, where=where, path=path)
 
     def startService(self) -> None:
@@ -495,7 +578,7 @@ class MonitorService(EndpointService):
         connections refused by C{allow}, live tails.
         """
         tails = self.tails
-        return {
+        report: dict[str, object] = {
             "name": self.name or "monitor",
             "kind": "monitor",
             "state": self.state,
@@ -507,3 +590,6 @@ class MonitorService(EndpointService):
             "gauges": {"tails": len(tails.clients)},
             "info": {"endpoint": self.description, "tail": tails.enabled},
         }
+        if self.gate.checks:
+            report["access"] = self.gate.counters.snapshot()
+        return report

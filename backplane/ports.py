@@ -192,11 +192,13 @@ class ListenService(EndpointService):
 
     def report(self) -> dict[str, object]:
         """
-        The port's statistics: state, C{clients} now, and the counters of
-        L{backplane.protocols.PortStats}.
+        The port's statistics: state, C{clients} now, the counters of
+        L{backplane.protocols.PortStats}, and, on a port that checks access
+        (C{auth = true}, or a web port), C{access}: tokens accepted and
+        clients refused by reason (L{backplane.auth.AccessCounters}).
         """
         factory = self.factory
-        return {
+        report: dict[str, object] = {
             "name": self.name or self.where or self.description,
             "kind": "listen",
             "state": self.state,
@@ -209,6 +211,12 @@ class ListenService(EndpointService):
                 "subscribe_to": None if factory.subscribeTo is None else factory.subscribeTo.name,
             },
         }
+        gate = factory.gate
+        if gate.checks:
+            # What the port's access checks decided (auth = true, or a web
+            # port's origin check).
+            report["access"] = gate.counters.snapshot()
+        return report
 
     def stopService(self) -> Deferred[None]:
         """

@@ -9,13 +9,23 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress, IHandshakeListener, IPushProducer, ISSLTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from backplane.address import Network, describePeer, isAllowed
+from backplane.address import Network, describePeer, isAllowed, peerCommonName
+from backplane.auth.authority import Authority
+from backplane.auth.gate import Gate
+from backplane.auth.identity import AccessDenied, Identity
+from backplane.auth.lines import LineAdmission
 from backplane.framing import DEFAULT_MAX_LINE_LENGTH as DEFAULT_MAX_LINE_LENGTH
 from backplane.framing import LineFramer
 from backplane.framing import firstOverlong as firstOverlong
@@ -127,6 +137,12 @@ class BackplaneProtocol(Protocol):
     so a client that never completes it (one without the client certificate
     a port requires) neither publishes nor holds messages.
 
+    On a port with C{auth = true} (its L{gate} has an authority), the
+    client's first line must be C{AUTH TOKEN} (a L{LineAdmission} reads it),
+    unless its TLS certificate names a user: it joins its backplanes only
+    once admitted, and a refused client gets one line C{ERR reason} and is
+    disconnected, having published and received nothing.
+
     Two objects do the work: L{framer} (a L{LineFramer}) splits what the
     client sends into lines, and, once it subscribes, L{output} (a
     L{BoundedWriter}) writes to it within C{max_pending}.  The protocol is
@@ -136,12 +152,19 @@ class BackplaneProtocol(Protocol):
     @ivar framer: the client's L{LineFramer}.
     @ivar output: the client's L{BoundedWriter}, once it subscribes
         (L{None} before, and for a client that only publishes).
+    @ivar gate: the access checks of the port (its factory sets it), or
+        L{None}: none.
+    @ivar admission: what reads the client's C{AUTH} line, until it is
+        admitted or refused.
+    @ivar identity: who the client proved to be, once admitted on a port
+        with C{auth}.
     """
 
     log = Logger()
     # Once connected: an ITransport that is also an IConsumer and can
     # abortConnection (TCP, TLS, UNIX and StringTransport all are).
     transport: Any
+    gate: Gate | None = None
 
     def __init__(
         self,
@@ -163,6 +186,8 @@ class BackplaneProtocol(Protocol):
         self._joined = False
         self._handshaking = False
         self._producing = False
+        self.admission: LineAdmission | None = None
+        self.identity: Identity | None = None
 
     @property
     def dropped(self) -> int:
@@ -173,19 +198,52 @@ class BackplaneProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.peer = describePeer(self.transport.getPeer())
+        gate = self.gate
+        if gate is not None and gate.auth:
+            self.admission = LineAdmission(self, self.framer, gate, peer=self.peer)
+            self.admission.start()
         if ISSLTransport.providedBy(self.transport):
             self._handshaking = True
-        else:
+        elif self.admission is None:
             self._join()
 
     def handshakeCompleted(self) -> None:
         """
         The TLS handshake is done (and the client's certificate, if the port
-        asks for one, verified): join the backplanes.
+        asks for one, verified): join the backplanes, or, on a port with
+        C{auth}, let a certificate that names a user admit the client.
         """
         if self._handshaking and not self._closing:
             self._handshaking = False
-            self._join()
+            if self.admission is not None:
+                self.admission.certificate(peerCommonName(self.transport))
+            else:
+                self._join()
+
+    def admitted(self, identity: Identity | None, rest: bytes) -> None:
+        """
+        The client's token (or certificate) is accepted for the port's
+        backplanes: join them, and read what it sent after C{AUTH} as its
+        first lines.
+        """
+        self.admission = None
+        self.identity = identity
+        if self._closing:
+            return
+        self._join()
+        if rest and not self._closing:
+            self.linesReceived(rest)
+
+    def accessRefused(self, denied: AccessDenied) -> None:
+        """
+        The client is refused (counted and logged by the port's gate): one
+        line C{ERR reason}, and the connection is closed.
+        """
+        self.admission = None
+        if self._closing:
+            return
+        self.transport.write(b"ERR " + denied.reason.encode("ascii", "backslashreplace") + b"\n")
+        self.close()
 
     def _join(self) -> None:
         self._joined = True
@@ -230,6 +288,9 @@ class BackplaneProtocol(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.admission is not None:
+            self.admission.cancel()
+            self.admission = None
         if self._handshaking:
             self._handshaking = False
             self.portStats.tls_failures += 1
@@ -254,7 +315,20 @@ class BackplaneProtocol(Protocol):
     # Publishing: lines in, through the framer (a LinesReceiver).
 
     def dataReceived(self, data: bytes) -> None:
-        if self.publishTo is not None and not self._closing:
+        if self._closing:
+            return
+        if self.admission is not None:
+            self.admission.dataReceived(data)
+        else:
+            self.readData(data)
+
+    def readData(self, data: bytes) -> None:
+        """
+        Read what an admitted client sent: frame it, if it publishes (what
+        a client that does not publish sends is discarded).  Subclasses
+        override it to read otherwise.
+        """
+        if self.publishTo is not None:
             self.framer.dataReceived(data)
 
     def linesReceived(self, data: bytes) -> None:
@@ -357,7 +431,10 @@ class BackplaneFactory(Factory):
     A server factory for clients that publish to and/or subscribe to
     backplanes, enforcing L{Limits} (C{allow} and C{max_clients} here, the
     rest in each protocol) and counting what its clients do in L{stats}, a
-    L{PortStats}.
+    L{PortStats}, and checking access with its L{gate}.
+
+    @ivar gate: the port's access checks (L{Gate}): the C{AUTH} line on a
+        port with an authority, C{Origin} on web ports.
     """
 
     log = Logger()
@@ -365,9 +442,15 @@ class BackplaneFactory(Factory):
     noisy = False
 
     def __init__(self, service: BackplaneService, *, publish_to: str | None = None,
-                 subscribe_to: str | None = None, limits: Limits = Limits()) -> None:
+                 subscribe_to: str | None = None, limits: Limits = Limits(),
+                 authority: Authority | None = None,
+                 clock: IReactorTime | None = None) -> None:
         """
         @param service: the registry the backplanes are looked up in.
+        @param authority: with C{auth = true}, what decides who a client is
+            and what it may do (one per port: its counters are the port's).
+        @param clock: the time (the reactor by default), for the time a
+            client has to send C{AUTH}.
         @raise UnknownBackplane: a named backplane is not registered.
         @raise ValueError: neither C{publish_to} nor C{subscribe_to} is given.
         """
@@ -376,6 +459,7 @@ class BackplaneFactory(Factory):
         self.publishTo = None if publish_to is None else service.get(publish_to)
         self.subscribeTo = None if subscribe_to is None else service.get(subscribe_to)
         self.limits = limits
+        self.gate = Gate(authority, publish=publish_to, subscribe=subscribe_to, clock=clock)
         self.protocols: set[Protocol] = set()
         self.stats = PortStats()
         self._emptied: list[Deferred[None]] = []
@@ -400,6 +484,8 @@ class BackplaneFactory(Factory):
             return None
         protocol = self.makeProtocol()
         protocol.factory = self
+        if isinstance(protocol, BackplaneProtocol):
+            protocol.gate = self.gate
         # Its clients (BackplaneProtocol, WebSocketClient) count in this
         # port's stats: an attribute they have, and Protocol has not.
         counted: Any = protocol
@@ -475,8 +561,11 @@ class PublishToFactory(BackplaneFactory):
     """
 
     def __init__(self, service: BackplaneService, name: str, *,
-                 subscribe_to: str | None = None, limits: Limits = Limits()) -> None:
-        super().__init__(service, publish_to=name, subscribe_to=subscribe_to, limits=limits)
+                 subscribe_to: str | None = None, limits: Limits = Limits(),
+                 authority: Authority | None = None,
+                 clock: IReactorTime | None = None) -> None:
+        super().__init__(service, publish_to=name, subscribe_to=subscribe_to, limits=limits,
+                         authority=authority, clock=clock)
 
     def makeProtocol(self) -> PublishTo:
         assert self.publishTo is not None
@@ -489,8 +578,11 @@ class SubscribeToFactory(BackplaneFactory):
     """
 
     def __init__(self, service: BackplaneService, name: str, *,
-                 publish_to: str | None = None, limits: Limits = Limits()) -> None:
-        super().__init__(service, publish_to=publish_to, subscribe_to=name, limits=limits)
+                 publish_to: str | None = None, limits: Limits = Limits(),
+                 authority: Authority | None = None,
+                 clock: IReactorTime | None = None) -> None:
+        super().__init__(service, publish_to=publish_to, subscribe_to=name, limits=limits,
+                         authority=authority, clock=clock)
 
     def makeProtocol(self) -> SubscribeTo:
         assert self.subscribeTo is not None

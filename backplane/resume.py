@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from backplane._types import defaultReactor
+from backplane.auth.authority import Authority
 from backplane.interfaces import ILineSink
 from backplane.protocols import BackplaneFactory, BackplaneProtocol, Limits
 from backplane.service import Backplane, BackplaneService, Gap, Subscription
@@ -170,8 +171,8 @@ class ResumingProtocol(BackplaneProtocol):
             return
         self.portStats.resumes += 1
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._asked or self._closing:
+    def readData(self, data: bytes) -> None:
+        if self._asked:
             return
         self.framer.dataReceived(data)
         if not self._asked and len(self.framer.buffered) > MAX_CONTROL_LINE:
@@ -259,15 +260,19 @@ class ResumingFactory(BackplaneFactory):
 
     def __init__(self, service: BackplaneService, *, publish_to: str | None = None,
                  subscribe_to: str | None = None, limits: Limits = Limits(),
+                 authority: Authority | None = None,
                  clock: IReactorTime | None = None) -> None:
         """
+        @param authority: as for L{BackplaneFactory}: C{AUTH} comes before
+            C{RESUME}.
         @raise ValueError: C{publish_to} is given, or C{subscribe_to} has no
             history.
         """
         if publish_to is not None or subscribe_to is None:
             raise ValueError("an ids port only subscribes: it needs subscribe_to, "
                              "and no publish_to")
-        super().__init__(service, subscribe_to=subscribe_to, limits=limits)
+        super().__init__(service, subscribe_to=subscribe_to, limits=limits, authority=authority,
+                         clock=clock)
         assert self.subscribeTo is not None
         if self.subscribeTo.history is None:
             raise ValueError(f"backplane {subscribe_to!r} keeps no history: it has no ids")

@@ -19,6 +19,15 @@ exactly as a line client does with C{RESUME}.  A malformed one gets a 400.
 
 Every client is a bounded subscriber like any other (C{max_pending},
 C{slow}); there is nothing to publish through it.
+
+Access (SPEC section 11): a request from a web page (one with an C{Origin})
+of another origin than the port's own and those of its C{origins} is refused
+with 403; an allowed one gets C{Access-Control-Allow-Origin} with its
+origin (and every response C{Vary: Origin}), so that the page may read the
+stream.  On a port with C{auth = true}, a request must present a token
+(C{Authorization: Bearer TOKEN} or C{?token=TOKEN}) that allows the port's
+backplane: 401 (with C{WWW-Authenticate: Bearer}) without one or with one
+not accepted, 403 beyond its rights.
 """
 
 from __future__ import annotations
@@ -37,6 +46,10 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from backplane.address import describePeer
+from backplane.auth.authority import Authority
+from backplane.auth.gate import Gate
+from backplane.auth.identity import AccessDenied
+from backplane.auth.web import admitRequest, checkRequestOrigin, refusal
 from backplane.history import parseId
 from backplane.interfaces import ILineSink
 from backplane.output import BoundedWriter
@@ -230,7 +243,8 @@ def _text(request: Request, code: int, message: str) -> bytes:
 
 class EventStreamResource(Resource):
     """
-    Every path of an SSE port: C{GET} starts a stream of its backplane.
+    Every path of an SSE port: C{GET} starts a stream of its backplane,
+    once the port's gate lets the request in.
     """
 
     isLeaf = True
@@ -240,9 +254,32 @@ class EventStreamResource(Resource):
         self.port = port
 
     def render(self, request: Request) -> bytes | int:
+        gate = self.port.gate
+        # The response depends on the Origin: caches must know.
+        request.setHeader(b"vary", b"Origin")
+        try:
+            origin = checkRequestOrigin(gate, request)
+        except AccessDenied as denied:
+            return refusal(request, denied)
+        if origin is not None:
+            # Pages of the origins allowed may read the stream (an
+            # EventSource of another origin needs this to read it).
+            request.setHeader(b"access-control-allow-origin", origin.encode("latin-1"))
+        if request.method == b"OPTIONS":
+            # A page's preflight, before a request with an Authorization
+            # header (fetch; an EventSource sends none).
+            request.setResponseCode(204)
+            request.setHeader(b"access-control-allow-methods", b"GET, HEAD")
+            request.setHeader(b"access-control-allow-headers", b"authorization, last-event-id")
+            request.setHeader(b"access-control-max-age", b"600")
+            return b""
         if request.method not in (b"GET", b"HEAD"):
-            request.setHeader(b"allow", b"GET, HEAD")
+            request.setHeader(b"allow", b"GET, HEAD, OPTIONS")
             return _text(request, 405, "this port serves Server-Sent Events: GET it")
+        try:
+            admitRequest(gate, request)
+        except AccessDenied as denied:
+            return refusal(request, denied)
         position = self.position(request)
         backplane = self.port.subscribeTo
         assert backplane is not None
@@ -254,9 +291,6 @@ class EventStreamResource(Resource):
                 return _text(request, 400, f"bad Last-Event-ID: {e}")
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        # Pages of any site may read the stream, as they may open a WebSocket
-        # port (an EventSource of another origin needs this to read it).
-        request.setHeader(b"access-control-allow-origin", b"*")
         # Nginx buffers a proxied response unless told not to.
         request.setHeader(b"x-accel-buffering", b"no")
         if request.method == b"HEAD":
@@ -317,14 +351,23 @@ class SSEFactory(BackplaneFactory):
     def __init__(self, service: BackplaneService, *, publish_to: str | None = None,
                  subscribe_to: str | None = None, limits: Limits = Limits(),
                  clock: IReactorTime | None = None,
-                 heartbeat: float = HEARTBEAT_INTERVAL) -> None:
+                 heartbeat: float = HEARTBEAT_INTERVAL,
+                 origins: tuple[str, ...] | None = None,
+                 authority: Authority | None = None) -> None:
         """
+        @param origins: the web page origins allowed besides the port's own
+            (C{"*"}: every one).
+        @param authority: with C{auth = true}, what decides who a client is
+            and what it may do (one per port: its counters are the port's).
         @raise ValueError: C{publish_to} is given, or no C{subscribe_to}.
         """
         if publish_to is not None or subscribe_to is None:
             raise ValueError("an sse port only serves a backplane: it needs subscribe_to, "
                              "and no publish_to")
-        super().__init__(service, subscribe_to=subscribe_to, limits=limits)
+        super().__init__(service, subscribe_to=subscribe_to, limits=limits, authority=authority,
+                         clock=clock)
+        self.gate = Gate(authority, subscribe=subscribe_to, origins=origins, web=True,
+                         clock=clock)
         self.site = _Site(EventStreamResource(self))
         self.site.displayTracebacks = False
         self.site.noisy = False

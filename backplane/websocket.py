@@ -15,6 +15,12 @@ only the framing differs:
     line; the end of the message ends its last line, so C{b"a"} and
     C{b"a\\n"} are the one line C{a}, and an empty message is one empty line.
     The lines of one message are published together.
+
+Before the upgrade (SPEC section 11), a request from a web page of another
+origin than the port's own and those of its C{origins} is refused with 403,
+and on a port with C{auth = true} a request without an accepted token
+(C{?token=TOKEN}, or the subprotocols C{backplane} and the token) with 401,
+one whose token does not allow the port's backplanes with 403.
 """
 
 from __future__ import annotations
@@ -23,14 +29,18 @@ import struct
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.protocol import WebSocketProtocol, parseHttpHeader
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from backplane.address import describePeer
+from backplane.address import describePeer, peerCommonName
+from backplane.auth.authority import Authority
+from backplane.auth.gate import Gate
+from backplane.auth.identity import AccessDenied, Identity
+from backplane.auth.wire import SUBPROTOCOL, subprotocolToken
 from backplane.framing import LineFramer
 from backplane.history import parseId
 from backplane.interfaces import ILineSink
@@ -81,6 +91,13 @@ def encodeFrames(data: bytes, count: int) -> bytes:
             append(_SHORT_BINARY[n] if n < 126 else _header(_BINARY, n))
         append(line)
     return b"".join(parts)
+
+
+def _statusReason(denied: AccessDenied) -> str:
+    """
+    A refusal's reason as the reason phrase of an HTTP status line: ASCII.
+    """
+    return denied.reason.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _header(opcode: int, length: int) -> bytes:
@@ -137,6 +154,9 @@ class WebSocketClient(WebSocketServerProtocol):
         # the client asked to resume (?resume=ID).
         self.follower: Any = None
         self._resume: str | None = None
+        # Who the client proved to be, on a port with auth.
+        self.identity: Identity | None = None
+        self._originChecked = False
 
     @property
     def dropped(self) -> int:
@@ -158,13 +178,62 @@ class WebSocketClient(WebSocketServerProtocol):
         # whoever it is.
         self.transport.registerProducer(self, True)
 
-    def onConnect(self, request: ConnectionRequest) -> None:
+    def processHandshake(self) -> None:
         """
-        The opening handshake's request: on an C{ids = true} port, take
-        C{?resume=ID} (refusing a malformed one with 400).
+        Check the C{Origin} of the opening handshake's request (403 if it
+        may not connect) before autobahn reads the request, so that every
+        C{Origin} refused, malformed ones included, is refused, counted and
+        logged by the port's gate, in its words.
         """
+        if not self._originChecked:
+            end = self.data.find(b"\r\n\r\n")
+            if end < 0:
+                return  # the rest of the request is on its way
+            self._originChecked = True
+            try:
+                self._checkOrigin(self.data[:end + 4])
+            except AccessDenied as denied:
+                self.failHandshake(_statusReason(denied), denied.status)
+                return
+        super().processHandshake()
+
+    def _checkOrigin(self, head: bytes) -> None:
+        try:
+            _, headers, counts = parseHttpHeader(head)
+        except Exception:
+            return  # autobahn refuses a malformed request (400)
+        gate = self.port.gate
+        peer = self.peer or "?"
+        key = "origin" if "origin" in headers else "sec-websocket-origin"  # hybi < 13
+        if counts.get(key, 0) > 1:
+            denied = AccessDenied("more than one Origin header", 403, code="origin")
+            gate.refused(denied, peer=peer)
+            raise denied
+        scheme = "https" if ISSLTransport.providedBy(self.transport) else "http"
+        gate.checkOrigin(headers.get(key), headers.get("host"), scheme, peer=peer)
+
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        """
+        The opening handshake's request, its C{Origin} checked already: on a
+        port with C{auth}, check its token (401, or 403 beyond its rights);
+        on an C{ids = true} port, take C{?resume=ID} (refusing a malformed
+        one with 400).
+
+        @return: the subprotocol chosen: C{backplane} if the client offered
+            it, none otherwise.
+        """
+        gate = self.port.gate
+        if gate.auth:
+            tokens = request.params.get("token")
+            token = tokens[-1] if tokens else subprotocolToken(request.protocols)
+            try:
+                self.identity = gate.admit(token, commonName=peerCommonName(self.transport),
+                                           peer=self.peer or "?")
+            except AccessDenied as denied:
+                raise ConnectionDeny(denied.status, _statusReason(denied)) from None
+        chosen = SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
         if not self.port.ids:
-            return None
+            return chosen
         values = request.params.get("resume")
         if values:
             position = values[-1]
@@ -175,7 +244,7 @@ class WebSocketClient(WebSocketServerProtocol):
                     self.portStats.bad_requests += 1
                     raise ConnectionDeny(400, f"bad resume: {e}") from None
             self._resume = position
-        return None
+        return chosen
 
     def onOpen(self) -> None:
         if self._closing:
@@ -343,10 +412,14 @@ class WebSocketFactory(BackplaneFactory):
     C{protocols}, C{disconnectAll} and C{abortAll}) whose clients speak
     WebSocket.
 
-    Any request path is accepted, any C{Origin} (browsers' pages from any
-    site, and C{file:} pages), no subprotocol is chosen, per-message
-    compression is off (frames are encoded once for everyone), and no pings
-    are sent.  A plain HTTP request gets C{426 Upgrade Required}.
+    Any request path is accepted; a request with an C{Origin} header (a
+    browser's) must come from the port's own origin or one of C{origins}
+    (L{backplane.auth.origins.originAllowed}); on a port with an authority,
+    a token must allow the port's backplanes.  The subprotocol C{backplane}
+    is chosen when a client offers it (with a token beside it), none
+    otherwise.  Per-message compression is off (frames are encoded once for
+    everyone), and no pings are sent.  A plain HTTP request gets C{426
+    Upgrade Required}.
 
     @ivar websocket: autobahn's factory, which holds the WebSocket options
         (C{setProtocolOptions}) every client reads when it connects.
@@ -356,18 +429,26 @@ class WebSocketFactory(BackplaneFactory):
 
     def __init__(self, service: BackplaneService, *, publish_to: str | None = None,
                  subscribe_to: str | None = None, limits: Limits = _LIMITS,
-                 ids: bool = False) -> None:
+                 ids: bool = False, origins: tuple[str, ...] | None = None,
+                 authority: Authority | None = None,
+                 clock: IReactorTime | None = None) -> None:
         """
         @param service: the registry the backplanes are looked up in.
         @param ids: send each message as C{ID payload}, and resume a client
             that asks with C{?resume=ID} (C{subscribe_to} needs a history,
             and there is no C{publish_to}).
+        @param origins: the web page origins allowed besides the port's own
+            (C{"*"}: every one).
+        @param authority: with C{auth = true}, what decides who a client is
+            and what it may do (one per port: its counters are the port's).
         @raise UnknownBackplane: a named backplane is not registered.
         @raise ValueError: neither C{publish_to} nor C{subscribe_to} is given,
             or C{ids} where they do not allow it.
         """
         super().__init__(service, publish_to=publish_to, subscribe_to=subscribe_to,
-                         limits=limits)
+                         limits=limits, authority=authority, clock=clock)
+        self.gate = Gate(authority, publish=publish_to, subscribe=subscribe_to, origins=origins,
+                         web=True, clock=clock)
         if ids and (self.publishTo is not None or self.subscribeTo is None
                     or self.subscribeTo.history is None):
             raise ValueError("ids need a subscribe_to with a history, and no publish_to")
@@ -381,6 +462,8 @@ class WebSocketFactory(BackplaneFactory):
             maxMessagePayloadSize=maxPayload,
             maxFramePayloadSize=maxPayload,
             autoPingInterval=0,
+            # The Origin is checked in onConnect, by the port's gate, which
+            # counts and logs what it refuses.
             allowedOrigins=["*"],
             allowNullOrigin=True,
             webStatus=False,

@@ -259,7 +259,9 @@ def test_eventSourceResumes(tmp_path, chromium):
         ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler,
                                             directory=str(tmp_path)))
     threading.Thread(target=pages.serve_forever, daemon=True).start()
-    server = Server(tmp_path, 'store = "store"').start()
+    # The page's origin may read the stream (SPEC section 11).
+    server = Server(tmp_path, 'store = "store"',
+                    sseOrigins=[f"http://127.0.0.1:{pages.server_address[1]}"]).start()
     try:
         # A page of another origin (another port) than the stream's.
         chromium.get(f"http://127.0.0.1:{pages.server_address[1]}/page.html")
@@ -293,3 +295,152 @@ def test_eventSourceResumes(tmp_path, chromium):
     finally:
         server.stop()
         pages.shutdown()
+
+
+def test_webSocketOrigins(tmp_path, chromium):
+    """
+    A WebSocket port with origins = [the page's origin] and auth: the page
+    of that origin connects with its token beside the subprotocol
+    "backplane", publishes and receives; the same page from another origin
+    (another port), token and all, is refused before the upgrade, as is the
+    right page without a token; neither publishes anything.
+    """
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    from tests.twistd import readLines
+
+    token = "page-token-0123456789abcdef0123456789abcdef"
+    (tmp_path / "page.html").write_text("<!doctype html><title>ws</title>")
+    servers = []
+    for _ in range(2):
+        pages = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler,
+                                                directory=str(tmp_path)))
+        threading.Thread(target=pages.serve_forever, daemon=True).start()
+        servers.append(pages)
+    right, other = (f"http://127.0.0.1:{pages.server_address[1]}" for pages in servers)
+    wsPort, tapPort = freePort(), freePort()
+    twistd = Twistd(tmp_path, config=f"""
+[backplane.CHAT]
+[[listen]]
+endpoint = "tcp:{wsPort}:interface=127.0.0.1"
+protocol = "websocket"
+publish_to = "CHAT"
+subscribe_to = "CHAT"
+auth = true
+origins = ["{right}"]
+[[listen]]
+endpoint = "tcp:{tapPort}:interface=127.0.0.1"
+publish_to = "CHAT"
+subscribe_to = "CHAT"
+[[user]]
+name = "page"
+token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"
+publish = ["CHAT"]
+subscribe = ["CHAT"]
+""").start()
+
+    def openSocket(protocols: str) -> None:
+        chromium.execute_script(f"""
+            window.events = []; window.got = [];
+            const socket = new WebSocket("ws://127.0.0.1:{wsPort}/", {protocols});
+            window.socket = socket;
+            socket.onopen = () => {{
+                window.events.push("open:" + socket.protocol);
+                socket.send("from the page");
+            }};
+            socket.onmessage = (e) => window.got.push(e.data);
+            socket.onerror = () => window.events.push("error");
+            socket.onclose = (e) => window.events.push("close:" + e.code);
+        """)
+
+    def events() -> list[str]:
+        got: list[str] = chromium.execute_script("return window.events")
+        return got
+
+    try:
+        twistd.waitForPort(wsPort)
+        twistd.waitForPort(tapPort)
+        with socket.create_connection(("127.0.0.1", tapPort), timeout=10) as tap:
+            time.sleep(0.2)
+            # Another origin, with the token: refused before the upgrade.
+            chromium.get(f"{other}/page.html")
+            openSocket(f'["backplane", "{token}"]')
+            waitFor("the refusal", lambda: "close:1006" in events())
+            assert "error" in events() and not any(e.startswith("open") for e in events())
+            # The right origin without a token: refused too.
+            chromium.get(f"{right}/page.html")
+            openSocket("[]")
+            waitFor("the refusal", lambda: "close:1006" in events())
+            # The right origin with its token: open, "backplane" chosen.
+            openSocket(f'["backplane", "{token}"]')
+            waitFor("the socket to open", lambda: "open:backplane" in events())
+            assert readLines(tap, 1) == [b"from the page"]
+            tap.sendall(b"to the page\n")
+            waitFor("the message", lambda: chromium.execute_script("return window.got")
+                    == ["to the page"])
+            tap.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                tap.recv(100)  # nothing else was published
+        chromium.execute_script("window.socket.close()")
+        text = twistd.text()
+        assert f"origin '{other}' not allowed" in text
+        assert token not in text
+        twistd.stop()
+    finally:
+        twistd.kill()
+        for pages in servers:
+            pages.shutdown()
+
+
+def test_statusPageWithAuth(tmp_path, chromium):
+    """
+    With [monitor] auth = true, the page opened as /?token=TOKEN shows the
+    statistics and a tail (the token goes with its requests); without a
+    token, or with one that may not subscribe, it says why.
+    """
+    import hashlib
+
+    from selenium.webdriver.common.by import By
+
+    token, limited = "monitor-token-0123456789abcdef0123456789ab", "limited-token-0123456789ab"
+    monitorPort = freePort()
+    twistd = Twistd(tmp_path, config=f"""
+[backplane.TIME]
+retain = 1
+[[clock]]
+publish_to = "TIME"
+interval = 0.25
+[monitor]
+endpoint = "tcp:{monitorPort}:interface=127.0.0.1"
+auth = true
+[[user]]
+name = "operator"
+token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"
+subscribe = ["*"]
+[[user]]
+name = "dashboard"
+token_sha256 = "{hashlib.sha256(limited.encode()).hexdigest()}"
+""").start()
+    base = f"http://127.0.0.1:{monitorPort}/"
+    try:
+        twistd.waitForPort(monitorPort)
+        driver = chromium
+        driver.get(base)
+        waitFor("the refusal", lambda: "HTTP 401" in driver.find_element(By.ID, "connection").text)
+        driver.get(f"{base}?token={token}#tail=TIME")
+        names = waitFor("the backplanes", lambda: [
+            h.text for h in driver.find_elements(By.CSS_SELECTOR, "#backplanes .card h3")])
+        assert names == ["TIME"]
+        waitFor("TIME's lines", lambda: len(driver.find_elements(By.CSS_SELECTOR, "#tail li")) >= 2)
+        driver.get(f"{base}?token={limited}#tail=TIME")
+        waitFor("the tail's refusal", lambda: "refused (403): may not subscribe to 'TIME'"
+                in driver.find_element(By.ID, "tail-status").text)
+        driver.get("about:blank")
+        assert token not in twistd.text()
+        twistd.stop()
+    finally:
+        twistd.kill()

@@ -4,6 +4,8 @@ naming the file, the entry and the key.
 """
 
 import os
+import re
+import sys
 from ipaddress import ip_network
 from pathlib import Path
 
@@ -13,8 +15,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from backplane import ConfigError, load_config
 from backplane.config import (
+    AuthEntry,
     ListenEntry,
     MonitorEntry,
+    UserEntry,
     default_config,
     parse_config,
     read_config,
@@ -22,6 +26,11 @@ from backplane.config import (
 from backplane.protocols import Limits
 from tests.certs import Certificates
 from tests.helpers import tempDir
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 FULL = """\
 [backplane.TIME]
@@ -594,3 +603,275 @@ class RedisConfigTests(SynchronousTestCase):
         service = build_service(parse_config({
             "backplane": {"LOCAL": {}}, "redis": {"url": "redis://127.0.0.1:1/0"}}))
         self.assertEqual(list(service), [])
+
+
+HASH = "a" * 64
+WEB = ('[backplane.A]\n[[listen]]\nendpoint = "tcp:1"\nsubscribe_to = "A"\n'
+       'protocol = "websocket"\n')
+
+
+class UserTableTests(ConfigTestCase):
+    """
+    C{[[user]]}: a name, a token's hash and/or a certificate, and the
+    backplanes it may use.
+    """
+
+    def test_users(self):
+        config = read_config(self.write(
+            '[[user]]\nname = "alice"\ntoken_sha256 = "' + "AB" * 32 + '"\n'
+            'publish = ["chat.*", "LOGS"]\nsubscribe = ["*"]\n'
+            '[[user]]\nname = "bob"\ncert = "bob.example.com"\n'))
+        alice, bob = config.user
+        self.assertEqual(alice, UserEntry(name="alice", token_sha256="ab" * 32,
+                                          publish=("chat.*", "LOGS"), subscribe=("*",)))
+        self.assertEqual(bob, UserEntry(name="bob", cert="bob.example.com"))
+        self.assertEqual((bob.publish, bob.subscribe, bob.token_sha256), ((), (), None))
+
+    def test_noneByDefault(self):
+        config = read_config(self.write(PORT))
+        self.assertEqual(config.user, [])
+        self.assertIsNone(config.auth)
+
+    def test_nameRequired(self):
+        self.assertConfigError(f'[[user]]\ntoken_sha256 = "{HASH}"\n',
+                               "user[1]: missing key 'name'")
+
+    def test_needsTokenOrCert(self):
+        self.assertConfigError('[[user]]\nname = "alice"\nsubscribe = ["*"]\n',
+                               "user[1]: needs token_sha256, cert, or both",
+                               "hash-token --new")
+
+    def test_unique(self):
+        self.assertConfigError(
+            f'[[user]]\nname = "a"\ncert = "x"\n[[user]]\nname = "a"\ntoken_sha256 = "{HASH}"\n',
+            "user[2].name: must be unique: it is the same as user[1]'s")
+        self.assertConfigError(
+            '[[user]]\nname = "a"\ncert = "x"\n[[user]]\nname = "b"\ncert = "x"\n',
+            "user[2].cert: must be unique")
+        self.assertConfigError(
+            f'[[user]]\nname = "a"\ntoken_sha256 = "{HASH}"\n'
+            f'[[user]]\nname = "b"\ncert = "y"\n'
+            f'[[user]]\nname = "c"\ntoken_sha256 = "{HASH.upper()}"\n',
+            "user[3].token_sha256: must be unique: it is the same as user[1]'s")
+
+    def test_tokenSha256(self):
+        error = self.assertConfigError(
+            '[[user]]\nname = "a"\ntoken_sha256 = "my-secret-token"\n',
+            "user[1].token_sha256: must be the hex SHA-256 of the token, 64 hexadecimal "
+            "digits, not 15 characters", "hash-token")
+        self.assertNotIn("my-secret-token", str(error), "a pasted token is never repeated")
+        self.assertConfigError(f'[[user]]\nname = "a"\ntoken_sha256 = "{"g" * 64}"\n',
+                               "not 64 characters")
+        self.assertConfigError('[[user]]\nname = "a"\ntoken_sha256 = 5\n',
+                               "user[1].token_sha256: must be the hex SHA-256", "not an integer")
+
+    def test_patterns(self):
+        user = '[[user]]\nname = "a"\ncert = "a"\n'
+        self.assertConfigError(user + 'publish = "chat.*"\n',
+                               "user[1].publish: must be an array of backplane names or glob "
+                               "patterns")
+        self.assertConfigError(user + 'subscribe = [1]\n', "user[1].subscribe: must be an array")
+        self.assertConfigError(user + 'subscribe = ["A", ""]\n',
+                               "user[1].subscribe: must not hold an empty name")
+        self.assertEqual(read_config(self.write(user + "publish = []\n")).user[0].publish, ())
+
+    def test_unknownKey(self):
+        self.assertConfigError(f'[[user]]\nname = "a"\ntoken_sha265 = "{HASH}"\n',
+                               "user[1]: unknown key 'token_sha265'",
+                               "did you mean 'token_sha256'?")
+
+    def test_mustBeArray(self):
+        self.assertConfigError('[user]\nname = "a"\n', "user: must be written [[user]]")
+
+
+class AuthTableTests(ConfigTestCase):
+    """
+    C{[auth]}: the key of signed tokens, read and checked with the config.
+    """
+
+    def setUp(self):
+        self.folder = tempDir(self)
+
+    def config(self, text: str, key: bytes | None = None, name: str = "jwt.key"):
+        if key is not None:
+            (self.folder / name).write_bytes(key)
+        path = self.folder / "backplane.toml"
+        path.write_text(text)
+        return str(path)
+
+    def assertAuthError(self, path: str, *fragments: str):
+        message = str(self.assertRaises(ConfigError, read_config, path))
+        self.assertTrue(message.startswith(path + ": "), message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+
+    def test_secretRelativeToTheConfig(self):
+        config = read_config(self.config('[auth]\njwt_key_file = "jwt.key"\n', b"k" * 32 + b"\n"))
+        self.assertEqual(config.auth, AuthEntry(jwt_key_file=str(self.folder / "jwt.key")))
+
+    def test_publicKey(self):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        pem = Ed25519PrivateKey.generate().public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        (self.folder / "keys").mkdir()
+        config = read_config(self.config(
+            '[auth]\njwt_key_file = "keys/jwt.pub"\njwt_audience = "backplane"\n'
+            'jwt_issuer = "https://app.example.com"\n', pem, "keys/jwt.pub"))
+        self.assertEqual(config.auth, AuthEntry(jwt_key_file=str(self.folder / "keys/jwt.pub"),
+                                                jwt_audience="backplane",
+                                                jwt_issuer="https://app.example.com"))
+
+    def test_missingFile(self):
+        path = self.config('[auth]\njwt_key_file = "nope.key"\n')
+        self.assertAuthError(path, f"auth.jwt_key_file: cannot use "
+                                   f"{str(self.folder / 'nope.key')!r}: cannot read it: "
+                                   f"No such file or directory")
+
+    def test_unusableKeys(self):
+        text = '[auth]\njwt_key_file = "jwt.key"\n'
+        self.assertAuthError(self.config(text, b"short\n"), "auth.jwt_key_file: cannot use",
+                             "at least 32 bytes")
+        self.assertAuthError(self.config(text, b"x" * (64 * 1024 + 1)), "too big")
+        self.assertAuthError(
+            self.config(text, b"-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n"),
+            "private key")
+
+    def test_neverReadsForever(self):
+        self.assertAuthError(self.config('[auth]\njwt_key_file = "/dev/zero"\n'),
+                             "auth.jwt_key_file: cannot use '/dev/zero': not a regular file")
+
+    def test_keyFileRequired(self):
+        self.assertAuthError(self.config("[auth]\n"), "auth: missing key 'jwt_key_file'")
+        self.assertAuthError(self.config('[auth]\njwt_key_file = ""\n'),
+                             "auth.jwt_key_file: must not be empty")
+
+    def test_mustBeOneTable(self):
+        self.assertAuthError(self.config('[[auth]]\njwt_key_file = "k"\n'),
+                             "auth: must be written [auth] (one table)")
+
+
+class AuthKeyTests(ConfigTestCase):
+    """
+    C{auth = true} on a port or the monitor needs tokens to check against.
+    """
+
+    USER = f'[[user]]\nname = "a"\ntoken_sha256 = "{HASH}"\n'
+
+    def test_offByDefault(self):
+        config = read_config(self.write(PORT + '[monitor]\nendpoint = "tcp:2"\n'))
+        self.assertFalse(config.listen[0].auth)
+        assert config.monitor is not None
+        self.assertFalse(config.monitor.auth)
+
+    def test_on(self):
+        config = read_config(self.write(
+            PORT + 'auth = true\n[monitor]\nendpoint = "tcp:2"\nauth = true\n' + self.USER))
+        self.assertTrue(config.listen[0].auth)
+        assert config.monitor is not None
+        self.assertTrue(config.monitor.auth)
+
+    def test_withSignedTokensOnly(self):
+        folder = tempDir(self)
+        (folder / "jwt.key").write_bytes(b"s" * 40)
+        path = folder / "backplane.toml"
+        path.write_text(PORT + 'auth = true\n[auth]\njwt_key_file = "jwt.key"\n')
+        self.assertTrue(read_config(str(path)).listen[0].auth)
+
+    def test_needsUsersOrKey(self):
+        self.assertConfigError(PORT + "auth = true\n",
+                               "listen[1].auth: needs a [[user]] table or an [auth] table with "
+                               "jwt_key_file")
+        self.assertConfigError(PORT + '[monitor]\nendpoint = "tcp:2"\nauth = true\n',
+                               "monitor.auth: needs a [[user]] table")
+
+    def test_bool(self):
+        self.assertConfigError(PORT + 'auth = "yes"\n' + self.USER,
+                               "listen[1].auth: must be true or false, not a string 'yes'")
+
+
+class OriginsKeyTests(ConfigTestCase):
+    """
+    C{origins} on a web port: the page origins allowed besides its own.
+    """
+
+    def test_origins(self):
+        config = read_config(self.write(
+            WEB + 'origins = ["https://app.example.com", "http://localhost:3000", '
+                  '"http://[::1]:8080"]\n'))
+        self.assertEqual(config.listen[0].origins,
+                         ("https://app.example.com", "http://localhost:3000", "http://[::1]:8080"))
+
+    def test_defaultNone(self):
+        self.assertIsNone(read_config(self.write(WEB)).listen[0].origins)
+
+    def test_starAndEmpty(self):
+        self.assertEqual(read_config(self.write(WEB + 'origins = ["*"]\n')).listen[0].origins,
+                         ("*",))
+        self.assertEqual(read_config(self.write(WEB + "origins = []\n")).listen[0].origins, ())
+
+    def test_notAnOrigin(self):
+        self.assertConfigError(WEB + 'origins = ["https://app.example.com/"]\n',
+                               "listen[1].origins: 'https://app.example.com/' is not an origin",
+                               "scheme://host[:port]")
+        self.assertConfigError(WEB + 'origins = ["app.example.com"]\n',
+                               "listen[1].origins: 'app.example.com' is not an origin")
+        self.assertConfigError(WEB + 'origins = ["https://app.example.com:70000"]\n',
+                               "listen[1].origins: 'https://app.example.com:70000' is not an "
+                               "origin: '70000' is not a port")
+
+    def test_null(self):
+        self.assertConfigError(WEB + 'origins = ["null"]\n',
+                               "listen[1].origins: 'null' cannot be listed", "'*'")
+
+    def test_notAnArray(self):
+        self.assertConfigError(WEB + 'origins = "https://app.example.com"\n',
+                               "listen[1].origins: must be an array of origins")
+
+    def test_webPortsOnly(self):
+        self.assertConfigError(PORT + 'origins = ["https://app.example.com"]\n',
+                               "listen[1].origins: applies to web ports only (websocket, sse), "
+                               "not to protocol 'lines'")
+
+
+class SecurityDocTests(SynchronousTestCase):
+    """
+    The config examples of docs/security.md and of configuration.md's new
+    tables are valid.
+    """
+
+    def tomlBlocks(self, name: str) -> list[str]:
+        text = (Path(__file__).parent.parent / "docs" / name).read_text()
+        return [block.split("```", 1)[0] for block in text.split("```toml\n")[1:]]
+
+    def test_hardenedConfig(self):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        hardened = self.tomlBlocks("security.md")[-1]
+        self.assertIn("[auth]", hardened)
+        folder = tempDir(self)
+        certs = Certificates.make(folder)
+        (folder / "clients-ca.pem").write_bytes(certs.ca.path.read_bytes())
+        (folder / "jwt-ed25519.pub").write_bytes(
+            Ed25519PrivateKey.generate().public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        hardened = re.sub(r'"ssl:(\d+):privateKey=[^"]+"', f'"{certs.sslEndpoint()}"', hardened)
+        path = folder / "backplane.toml"
+        path.write_text(hardened)
+        config = read_config(str(path))
+        self.assertTrue(all(entry.auth for entry in config.listen))
+        assert config.monitor is not None
+        self.assertTrue(config.monitor.auth)
+        self.assertEqual([user.name for user in config.user], ["collector", "prometheus"])
+        self.assertEqual(config.listen[1].origins, ("https://app.example.com",))
+
+    def test_configurationExamples(self):
+        folder = tempDir(self)
+        (folder / "jwt-ed25519.pub").write_bytes(b"k" * 32)
+        blocks = [block for block in self.tomlBlocks("configuration.md")
+                  if "[[user]]" in block or "[auth]" in block]
+        self.assertEqual(len(blocks), 2)
+        for block in blocks:
+            parse_config(tomllib.loads(block), folder=folder)

@@ -29,7 +29,7 @@ def parse(line: bytes) -> tuple[bytes, int, bytes]:
     return match.group(1), int(match.group(2)), match.group(3)
 
 
-def config(pub: int, sub: int, history: str, sse: int, ws: int) -> str:
+def config(pub: int, sub: int, history: str, sse: int, ws: int, origins: str = "") -> str:
     return f"""
 [backplane.LOG]
 {history}
@@ -47,6 +47,7 @@ ids = true
 endpoint = "tcp:{sse}:interface=127.0.0.1"
 subscribe_to = "LOG"
 protocol = "sse"
+{origins}
 
 [[listen]]
 endpoint = "tcp:{ws}:interface=127.0.0.1"
@@ -61,16 +62,23 @@ class Server:
     One backplane server with a publishing port and an C{ids = true} port.
     """
 
-    def __init__(self, folder: Path, history: str, name: str = "backplane") -> None:
+    def __init__(self, folder: Path, history: str, name: str = "backplane", *,
+                 sseOrigins: list[str] | None = None) -> None:
+        """
+        @param sseOrigins: the C{origins} of the SSE port (pages of other
+            origins than its own that may read it).
+        """
         self.pub, self.sub, self.sse, self.ws = freePort(), freePort(), freePort(), freePort()
         self.folder = folder
         self.history = history
         self.name = name
+        self.origins = "" if sseOrigins is None else f"origins = {sseOrigins!r}"
         self.twistd: Twistd | None = None
 
     def start(self) -> Server:
         self.twistd = Twistd(
-            self.folder, config=config(self.pub, self.sub, self.history, self.sse, self.ws),
+            self.folder, config=config(self.pub, self.sub, self.history, self.sse, self.ws,
+                                       self.origins),
             name=self.name).start()
         self.twistd.waitForPort(self.pub)
         self.twistd.waitForPort(self.sub)

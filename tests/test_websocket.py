@@ -29,14 +29,40 @@ KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 ACCEPT = b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
 
 
-def request(path="/", origin="http://example.org", extra=""):
+def request(path="/", origin="http://localhost:1502", extra=""):
     """
-    A browser's WebSocket opening handshake.
+    A browser's WebSocket opening handshake, from a page of the port's own
+    origin unless told otherwise.
     """
     origin = f"Origin: {origin}\r\n" if origin else ""
     return (f"GET {path} HTTP/1.1\r\nHost: localhost:1502\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\n{origin}"
             f"Sec-WebSocket-Version: 13\r\n{extra}\r\n").encode()
+
+
+def handshake(factory, data, peer=("127.0.0.1", 40000)):
+    """
+    A client of C{factory} on a StringTransport that has sent C{data}.
+    """
+    address = IPv4Address("TCP", *peer)
+    protocol = factory.buildProtocol(address)
+    assert protocol is not None, "refused"
+    transport = StringTransport(peerAddress=address)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(data)
+    return protocol, transport
+
+
+def refused(factory, data):
+    """
+    Send an opening handshake that is refused: the response's status line
+    and the response, and the connection closed.
+    """
+    _protocol, transport = handshake(factory, data)
+    response = transport.value()
+    assert not response.startswith(b"HTTP/1.1 101 "), response
+    assert transport.disconnecting or transport.disconnected, "closed"
+    return response.split(b"\r\n", 1)[0], response
 
 
 def clientFrame(payload, opcode=1, fin=True, length=None, mask=b"\x37\xfa\x21\x3d"):
@@ -193,12 +219,44 @@ class HandshakeTests(Ports, SynchronousTestCase):
             opened(factory, handshake=request(path))
         self.assertEqual(len(self.news), 3)
 
-    def test_anyOrigin(self):
+    def test_origins(self):
+        """
+        A page of the port's own origin, or a client that is no page (no
+        Origin), may connect; pages of other sites are refused with 403
+        before the upgrade, counted; origins lists more, "*" every one.
+        """
         factory = WebSocketFactory(self.service, subscribe_to="NEWS")
-        for origin in ("https://example.com", "http://localhost:8000", "null",
-                       "file://", None):
+        for origin in ("http://localhost:1502", "http://LOCALHOST:1502", None):
             opened(factory, handshake=request(origin=origin))
-        self.assertEqual(len(self.news), 5)
+        self.assertEqual(len(self.news), 3)
+        for origin in ("https://example.com", "http://localhost:8000", "https://localhost:1502",
+                       "null", "file://", "http://localhost:1502, http://evil.example"):
+            status, _ = refused(factory, request(origin=origin))
+            self.assertEqual(status, b"HTTP/1.1 403 origin " + repr(origin).encode()
+                             + b" not allowed")
+        status, _ = refused(factory, request(
+            extra="Origin: http://localhost:1502\r\nOrigin: https://evil.example\r\n"))
+        self.assertEqual(status, b"HTTP/1.1 403 more than one Origin header")
+        self.assertEqual(len(self.news), 3)
+        self.assertEqual(factory.gate.counters.snapshot(),
+                         {"accepted": 0, "refused": {"origin": 7}})
+
+        listed = WebSocketFactory(self.service, subscribe_to="NEWS",
+                                  origins=("https://app.example.com",))
+        opened(listed, handshake=request(origin="https://app.example.com"))
+        opened(listed, handshake=request(origin="https://app.example.com:443"))
+        refused(listed, request(origin="https://example.com"))
+        anyone = WebSocketFactory(self.service, subscribe_to="NEWS", origins=("*",))
+        for origin in ("https://example.com", "null"):
+            opened(anyone, handshake=request(origin=origin))
+
+    def test_foreignOriginPublishesNothing(self):
+        factory = WebSocketFactory(self.service, publish_to="NEWS")
+        recorder = Recorder.on(self.news)
+        protocol, transport = handshake(factory, request(origin="https://evil.example"))
+        protocol.dataReceived(clientFrame(b"hello"))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 403 "))
+        self.assertEqual((recorder.messages, self.news.stats.publishers), ([], 0))
 
     def test_acceptKey(self):
         factory = WebSocketFactory(self.service, subscribe_to="NEWS")
@@ -634,3 +692,116 @@ class FactoryTests(Ports, SynchronousTestCase):
         protocol, _ = opened(WebSocketFactory(self.service, subscribe_to="NEWS"))
         self.assertIsInstance(protocol, WebSocketClient)
         self.assertIs(protocol.port.protocol, WebSocketClient)
+
+
+TOKEN = "token-of-the-page"
+READER = "token-of-the-reader"
+
+
+def _authority():
+    import hashlib
+
+    from backplane.auth.authority import Authority
+    from backplane.auth.identity import Permissions
+    from backplane.auth.users import User, Users
+
+    return Authority(Users([
+        User("page", Permissions(("CHAT",), ("NEWS",)),
+             tokenSha256=hashlib.sha256(TOKEN.encode()).digest()),
+        User("reader", Permissions((), ("NEWS",)),
+             tokenSha256=hashlib.sha256(READER.encode()).digest()),
+    ]))
+
+
+class AccessTests(Ports, SynchronousTestCase):
+    """
+    A WebSocket port with auth: the token in ?token= or beside the
+    subprotocol "backplane"; 401 or 403 before the upgrade; nothing
+    published nor delivered to a refused client.
+    """
+
+    def factory(self, **kwargs):
+        return WebSocketFactory(self.service, publish_to="CHAT", subscribe_to="NEWS",
+                                authority=_authority(), **kwargs)
+
+    def test_tokenInQuery(self):
+        factory = self.factory()
+        protocol, _transport = opened(factory, handshake=request(f"/?token={TOKEN}"))
+        self.assertEqual(len(self.news), 1)
+        assert isinstance(protocol, WebSocketClient)
+        assert protocol.identity is not None
+        self.assertEqual(protocol.identity.name, "page")
+        self.assertEqual(factory.gate.counters.snapshot(), {"accepted": 1, "refused": {}})
+
+    def test_tokenAsSubprotocol(self):
+        """
+        A browser's WebSocket(url, ["backplane", token]): the server chooses
+        "backplane".
+        """
+        factory = self.factory()
+        _protocol, transport = handshake(factory, request(
+            extra=f"Sec-WebSocket-Protocol: backplane, {TOKEN}\r\n"))
+        response = transport.value()
+        self.assertTrue(response.startswith(b"HTTP/1.1 101 "), response)
+        self.assertIn(b"Sec-WebSocket-Protocol: backplane\r\n", response)
+        self.assertNotIn(TOKEN.encode(), response)
+        self.assertEqual(len(self.news), 1)
+
+    def test_refused(self):
+        factory = self.factory()
+        recorder = Recorder.on(self.chat)
+        for path, extra, status in [
+            ("/", "", b"HTTP/1.1 401 no token"),
+            ("/?token=", "", b"HTTP/1.1 401 no token"),
+            ("/?token=nope", "", b"HTTP/1.1 401 unknown token"),
+            ("/", "Sec-WebSocket-Protocol: backplane, nope\r\n", b"HTTP/1.1 401 unknown token"),
+            ("/", f"Sec-WebSocket-Protocol: {TOKEN}\r\n", b"HTTP/1.1 401 no token"),
+            (f"/?token={READER}", "", b"HTTP/1.1 403 may not publish to 'CHAT'"),
+        ]:
+            protocol, transport = handshake(factory, request(path, extra=extra))
+            self.assertEqual(transport.value().split(b"\r\n", 1)[0], status)
+            self.assertTrue(transport.disconnecting or transport.disconnected)
+            protocol.dataReceived(clientFrame(b"published?"))
+        self.news.publish(b"delivered?")
+        self.assertEqual((recorder.messages, len(self.news), self.chat.stats.publishers),
+                         ([], 0, 0))
+        self.assertEqual(factory.gate.counters.snapshot(), {
+            "accepted": 1, "refused": {"forbidden": 1, "missing": 3, "unknown": 2}})
+
+    def test_originBeforeToken(self):
+        factory = self.factory()
+        status, _ = refused(factory, request(f"/?token={TOKEN}", origin="https://evil.example"))
+        self.assertEqual(status, b"HTTP/1.1 403 origin 'https://evil.example' not allowed")
+        self.assertEqual(factory.gate.counters.snapshot(),
+                         {"accepted": 0, "refused": {"origin": 1}})
+
+    def test_refusalsLogNoToken(self):
+        """
+        A refusal is logged with the client's address and a reason that
+        quotes at most 64 characters of what was sent, and never the token.
+        """
+        log = CapturedLog(self)
+        factory = self.factory()
+        long = "https://" + "x" * 5000 + ".example"
+        refused(factory, request(origin=long))
+        refused(factory, request("/?token=" + "s3cret" * 10))
+        refused(factory, request(f"/?token={READER}"))
+        from twisted.logger import formatEvent
+
+        text = "\n".join(formatEvent(event) for event in log.events)
+        self.assertIn("Refused 127.0.0.1:40000 (403): origin 'https://xxxx", text)
+        self.assertNotIn("x" * 80, text)
+        self.assertNotIn("s3cret", text)
+        self.assertNotIn(READER, text)
+        self.assertIn("may not publish to 'CHAT'", text)
+
+    def test_authOffOffersTheSubprotocol(self):
+        """
+        Without auth, a token offered beside "backplane" is not read; the
+        subprotocol is chosen all the same.
+        """
+        factory = WebSocketFactory(self.service, subscribe_to="NEWS")
+        _protocol, transport = handshake(factory, request(
+            extra="Sec-WebSocket-Protocol: backplane, whatever\r\n"))
+        self.assertIn(b"Sec-WebSocket-Protocol: backplane\r\n", transport.value())
+        self.assertEqual(len(self.news), 1)

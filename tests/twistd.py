@@ -153,15 +153,18 @@ def readLines(sock: socket.socket, count: int, timeout: float = 20) -> list[byte
 # A blocking WebSocket client, enough for end-to-end tests.
 
 
-def wsConnect(port: int, path: str = "/", timeout: float = 10) -> socket.socket:
+def wsConnect(port: int, path: str = "/", timeout: float = 10, *,
+              origin: str | None = None) -> socket.socket:
     """
-    Open a WebSocket connection to C{port} on 127.0.0.1, as a browser does.
+    Open a WebSocket connection to C{port} on 127.0.0.1, as a browser does
+    from a page of the port's own origin (or of C{origin}).
     """
+    origin = origin or f"http://127.0.0.1:{port}"
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     sock.sendall((
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\nOrigin: http://example.org\r\n\r\n").encode())
+        f"Sec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n").encode())
     response = b""
     while b"\r\n\r\n" not in response:
         chunk = sock.recv(1)

@@ -7,6 +7,10 @@
 //
 // Everything from the server goes into the page as text (textContent), never
 // as HTML. Every URL is relative, so the page works under any path.
+//
+// With `[monitor] auth = true` the page is opened as `/?token=TOKEN`: the
+// token goes with every request for data, as `Authorization: Bearer` for
+// `stats`, in the URL of the tail (an EventSource can set no header).
 
 "use strict";
 
@@ -19,6 +23,10 @@
   const SVG = "http://www.w3.org/2000/svg";
 
   const $ = (id) => document.getElementById(id);
+
+  const TOKEN = new URLSearchParams(location.search).get("token");
+  const AUTH_HEADERS = TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {};
+  const withToken = (url) => (TOKEN ? `${url}?token=${encodeURIComponent(TOKEN)}` : url);
 
   // An element with a class and text, both optional.
   function element(tag, className, text) {
@@ -435,7 +443,9 @@
   async function explainRefusal(name, url) {
     const controller = new AbortController();
     try {
-      const response = await fetch(url, { cache: "no-store", signal: controller.signal });
+      const response = await fetch(url, {
+        cache: "no-store", signal: controller.signal, headers: AUTH_HEADERS,
+      });
       if (response.ok) {
         controller.abort();
         tailStatus(`${name}: the connection was lost; choose it again to retry`, true);
@@ -462,7 +472,7 @@
       tailStatus("Choose a backplane to see its lines as they are published.");
       return;
     }
-    const url = `tail/${encodeURIComponent(name)}`;
+    const url = withToken(`tail/${encodeURIComponent(name)}`);
     const source = new EventSource(url);
     tail.source = source;
     tailStatus(`${name}: connecting…`);
@@ -570,7 +580,7 @@
 
   async function poll() {
     try {
-      const response = await fetch("stats", { cache: "no-store" });
+      const response = await fetch("stats", { cache: "no-store", headers: AUTH_HEADERS });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const stats = await response.json();
       showServer(stats.server);
