@@ -56,6 +56,7 @@ from backplane.output import BoundedWriter
 from backplane.protocols import BackplaneFactory, Limits
 from backplane.resume import Follower
 from backplane.service import BackplaneService, Gap, Subscription
+from backplane.tail import ResponseTransport
 
 RETRY_MILLISECONDS = 2000
 HEARTBEAT_INTERVAL = 15.0
@@ -89,27 +90,6 @@ def encodeIdEvents(data: bytes, count: int) -> bytes:
     return events
 
 
-class _RequestTransport:
-    """
-    What a client's L{BoundedWriter} writes to and aborts: a streaming
-    response.
-    """
-
-    def __init__(self, request: Request) -> None:
-        self.request = request
-
-    def write(self, data: bytes) -> None:
-        self.request.write(data)
-
-    def writeSequence(self, data: list[bytes]) -> None:
-        self.request.write(b"".join(data))
-
-    def abortConnection(self) -> None:
-        transport: Any = self.request.channel and self.request.channel.transport
-        if transport is not None:
-            transport.abortConnection()
-
-
 @implementer(ILineSink)
 class EventStream:
     """
@@ -127,7 +107,7 @@ class EventStream:
         self.backplane = backplane
         address = request.getClientAddress()
         self.peer = describePeer(address) if address is not None else "?"
-        self.output = BoundedWriter(self, _RequestTransport(request), port.limits,
+        self.output = BoundedWriter(self, ResponseTransport(request), port.limits,
                                     name=backplane.name, counters=(port.stats, backplane.stats))
         self.follower: Follower | None = None
         self._subscription: Subscription | None = None

@@ -73,9 +73,10 @@ def encodeEvents(data: bytes, count: int) -> bytes:
         "utf-8") + b"\n\n"
 
 
-class _RequestTransport:
+class ResponseTransport:
     """
-    What a tail's L{BoundedWriter} writes to and aborts: a streaming response.
+    What the L{BoundedWriter} of a streaming response (a live tail, a
+    Server-Sent Events client) writes to and aborts.
     """
 
     def __init__(self, request: Request) -> None:
@@ -116,7 +117,7 @@ class TailClient:
         self.request = request
         self.limits = tails.limits
         self.portStats = tails.stats
-        self.transport = _RequestTransport(request)
+        self.transport = ResponseTransport(request)
         address = request.getClientAddress()
         self.peer = describePeer(address) if address is not None else "?"
         self.output = BoundedWriter(self, self.transport, self.limits, name=backplane.name,
