@@ -71,6 +71,10 @@ def parser() -> argparse.ArgumentParser:
                         help="run only this scenario (may be given more than once)")
     fanout.add_argument("--no-redis", action="store_true",
                         help="do not run Redis, even if redis-server is on PATH")
+    fanout.add_argument("--fanin-acks", action="store_true",
+                        help="fanin: the publish port has acks = true (ACK N lines back)")
+    fanout.add_argument("--fanin-store", action="store_true",
+                        help="fanin: the backplane keeps a store (acks then wait for its fsyncs)")
     stalled = commands.add_parser(
         "stalled", parents=[common],
         help="99 reading subscribers without and with one that never reads",
@@ -128,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         window=arguments.window,
         policies=POLICIES if getattr(arguments, "policy", "both") == "both"
         else (arguments.policy,),
+        fanin_acks=getattr(arguments, "fanin_acks", False),
+        fanin_store=getattr(arguments, "fanin_store", False),
     )
     started = datetime.datetime.now(datetime.timezone.utc)
     meta = _meta(started, placement, options, arguments.command)

@@ -116,6 +116,8 @@ class Options:
     workers: int = 2
     window: int = 10_000
     policies: tuple[str, ...] = POLICIES
+    fanin_acks: bool = False
+    fanin_store: bool = False
 
 
 @dataclass
@@ -658,9 +660,15 @@ class Suite:
         """
         publish = free_port()
         path = self.folder / f"fanin-{repeat}.data"
-        config = toml_config(["LOG"], listen=[
-            {"endpoint": endpoint(publish), "publish_to": "LOG", "backlog": BACKLOG},
-        ], file=[{"subscribe_to": "LOG", "path": path.name, "flush_interval": FLUSH_INTERVAL}])
+        port: dict[str, object] = {"endpoint": endpoint(publish), "publish_to": "LOG",
+                                   "backlog": BACKLOG}
+        if self.options.fanin_acks:
+            port["acks"] = True
+        backplane: dict[str, object] = {}
+        if self.options.fanin_store:
+            backplane["store"] = f"fanin-{repeat}.store"
+        config = toml_config({"LOG": backplane}, listen=[port], file=[
+            {"subscribe_to": "LOG", "path": path.name, "flush_interval": FLUSH_INTERVAL}])
         valid, message = check_backplane_config(self.folder, "fanin-check", config)
         if not valid:
             raise ServerError(message)
