@@ -1607,3 +1607,78 @@ class MemoryBoundTests(SynchronousTestCase):
             tracemalloc.stop()
         self.assertEqual(history.report()["messages"], 10)
         self.assertLess(held, 30 * 10_006, f"{held} bytes held for 10 messages of 10 kB")
+
+
+class ForgetTests(DiskStoreTestCase):
+    """
+    C{forget(upTo)}: a spool's lines go once delivered (L{backplane.outbox}).
+    """
+
+    def test_memoryAtOnce(self):
+        history = MemoryHistory(100)
+        for seq in (1, 4, 7):
+            history.append(chunkOf(seq, 3), 3)
+        history.forget(5)
+        self.assertEqual((history.first, history.last), (6, 9))
+        self.assertEqual(readAll(history), (chunkOf(6, 4), 4, 6))
+        self.assertEqual(history._data[history._head - 1], b"", "let go")
+        history.forget(3)
+        self.assertEqual(history.first, 6, "never back")
+        history.forget(100)
+        self.assertEqual((history.first, history.last), (10, 9))
+        self.assertEqual(history.read(0, 100), (b"", 0, 10))
+
+    def test_diskAtTheNextFsync(self):
+        """
+        The lines go at the next fsync: the files holding nothing else are
+        removed then, never the one being written.
+        """
+        store = self.open(segmentBytes=300, fsyncInterval=0.1)
+        last = self.appendMany(store, 20)
+        self.clock.advance(0.1)
+        before = segments(self.path)
+        self.assertGreater(len(before), 3)
+        store.forget(last - 4)
+        self.assertEqual(store.first, 1, "not yet")
+        self.clock.advance(0.1)
+        self.assertEqual(store.first, last - 3)
+        self.assertHolds(store, last - 3, last)
+        self.assertLess(len(segments(self.path)), len(before))
+        store.forget(last + 10)
+        self.clock.advance(0.1)
+        self.assertEqual((store.first, store.last), (last + 1, last))
+        self.assertEqual(segments(self.path), before[-1:], "the last file stays")
+        self.assertEqual(self.appendMany(store, 1), last + 3)
+        self.assertHolds(store, last + 1, last + 3)
+
+    def test_marksDurableFirst(self):
+        """
+        A mark set before forget() is durable before the lines go: killed
+        between the two, the store still has them; and opened again, it reads
+        its files from their first line.
+        """
+        store = self.open(segmentBytes=300, fsyncInterval=0.1)
+        last = self.appendMany(store, 20)
+        self.clock.advance(0.1)
+        store.setMark("acked.x", last - 4)
+        store.forget(last - 4)
+        abandon(store)
+        store = self.open(segmentBytes=300, fsyncInterval=0.1)
+        self.assertEqual((store.first, store.last, store.mark("acked.x")), (1, last, 0))
+        store.setMark("acked.x", last - 4)
+        store.forget(last - 4)
+        self.clock.advance(0.1)
+        abandon(store)
+        store = self.open(segmentBytes=300, fsyncInterval=0.1)
+        self.assertEqual(store.mark("acked.x"), last - 4)
+        self.assertLessEqual(store.first, last - 3)
+        self.assertGreater(store.first, 1)
+        self.assertEqual(store.read(last - 4, 1000), (chunkOf(last - 3, 4), 4, last - 3))
+
+    def test_atClose(self):
+        store = self.open(segmentBytes=300, fsyncInterval=0.1)
+        last = self.appendMany(store, 20)
+        store.forget(last)
+        store = self.reopen(store, segmentBytes=300)
+        self.assertEqual(len(segments(self.path)), 1)
+        self.assertEqual(store.last, last)

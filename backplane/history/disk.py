@@ -145,6 +145,8 @@ class DiskStore(History):
         self._truncations = 0
         self._errors = 0
         self._epochs = 0
+        # forget(): the messages up to this SEQ go at the next fsync.
+        self._forgetting = 0
 
     @classmethod
     def open(
@@ -566,6 +568,7 @@ class DiskStore(History):
         target = self._next - 1
         if not (self._unsynced or self._syncFds or self._syncFolder or self._marks.dirty):
             self._synced = target
+            self._forget()
             return
         try:
             while self._syncFds:
@@ -583,8 +586,36 @@ class DiskStore(History):
         self._unsynced = self._syncFolder = False
         self._fsyncs += 1
         self._synced = target
+        self._forget()
         if self._waiters:
             self._waiters.fire(target)
+
+    def forget(self, upTo: int) -> None:
+        """
+        Forget the messages up to SEQ C{upTo}, which are no longer needed (a
+        spool's lines, once delivered: see L{backplane.outbox}).
+
+        They go at the next fsync, after the marks set before this call are
+        durable (so that a mark saying how far they were delivered never
+        lags behind what is gone, even after a C{kill -9}): from then on
+        they are no longer read, and the segment files that hold nothing
+        else are removed (never the one being written).  A store opened
+        again reads its files from their first message.
+        """
+        if upTo <= self._forgetting:
+            return
+        self._forgetting = upTo
+        if self._timer is None and not self._broken and not self._closed:
+            self._scheduleSync()
+
+    def _forget(self) -> None:
+        """
+        Forget what L{forget} was asked to, now that the marks are durable.
+        """
+        first = min(self._forgetting + 1, self._next)
+        if first > self._first:
+            self._first = first
+            self._trim()
 
     # -- when a write fails
 

@@ -170,6 +170,17 @@ class MemoryHistory(History):
                 break
         return b"".join(pieces), count, start
 
+    def forget(self, upTo: int) -> None:
+        """
+        Forget the messages up to SEQ C{upTo} at once (a spool's lines, once
+        delivered: see L{backplane.outbox}): they are no longer read, and
+        the chunks that hold nothing else are let go.
+        """
+        first = min(upTo + 1, self._next)
+        if first > self._first:
+            self._first = first
+            self._dropBefore(first)
+
     def whenSynced(self, seq: int) -> Deferred[None]:
         if seq < self._next:
             return succeed(None)
