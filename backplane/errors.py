@@ -56,3 +56,11 @@ class UnknownBackplane(KeyError):
     def __str__(self) -> str:
         # KeyError.__str__ would show the message in quotes.
         return str(self.args[0])
+
+
+class NotAcknowledged(Exception):
+    """
+    Lines sent to an C{acks = true} port will not be acknowledged: they were
+    dropped before upstream acknowledged them (past the bound of the
+    outbox), or the outbox was closed first.  The message says which.
+    """
