@@ -16,6 +16,12 @@ The pieces, one job each:
     the factory reconnects by itself); L{RelayService} is a L{ClientService}
     over a core, for any client endpoint (tcp, tls, unix, ...), connecting
     through a plain L{RelayClientFactory}.
+
+With C{acks}, the lines going upstream are kept in an L{Outbox} (in memory,
+or on disk with a spool) instead of a L{LineBuffer} until upstream, a port
+with C{acks = true}, acknowledges them (SPEC section 10): each connection
+begins with C{HELLO}, the relay resends what was not acknowledged, and takes
+C{ACK N} lines.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
 from twisted.application.internet import ClientService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IConnector,
@@ -52,6 +58,9 @@ from backplane._types import defaultReactor
 from backplane.address import describePeer
 from backplane.framing import DEFAULT_MAX_LINE_LENGTH, LineFramer
 from backplane.interfaces import ILineSink, IStatsSource
+from backplane.outbox import DEFAULT_SPOOL_BYTES as DEFAULT_SPOOL_BYTES
+from backplane.outbox import DEFAULT_SPOOL_FSYNC_INTERVAL as DEFAULT_SPOOL_FSYNC_INTERVAL
+from backplane.outbox import Outbox
 from backplane.protocols import Limits
 from backplane.retry import DEFAULT_FACTOR as DEFAULT_FACTOR
 from backplane.retry import DEFAULT_INITIAL_DELAY as DEFAULT_INITIAL_DELAY
@@ -63,6 +72,9 @@ from backplane.service import Backplane, BackplaneService, Subscription
 RelayState = Literal["connecting", "connected", "waiting", "stopped"]
 
 DEFAULT_BUFFER = 10000
+#: Seconds after which a relay with C{acks} warns (once a connection) that
+#: upstream has acknowledged none of the lines it sent.
+ACK_WARNING = 10.0
 
 # An id at the start of a line (SPEC section 9: EPOCH:SEQ), and the room one
 # takes beyond max_line_length.
@@ -93,7 +105,14 @@ class RelayStats:
     @ivar gaps: times upstream said messages the relay asked for are
         missing.
     @ivar refused: lines from upstream that are not what C{resume = true}
-        expects (an id, or a control line): the connection is dropped.
+        or C{acks = true} expects (an id or a control line; an C{ACK}), and
+        C{ERR} lines of an C{acks = true} upstream.
+    @ivar acknowledged: with C{acks}: lines upstream acknowledged.
+    @ivar resent: with C{acks}: lines sent again, because upstream had not
+        acknowledged them when the connection (or, with a spool, the
+        process) ended.
+    @ivar spooled: with C{acks}: lines kept now that upstream has not
+        acknowledged (in memory, or in the spool).
     """
 
     state: RelayState = "connecting"
@@ -108,6 +127,9 @@ class RelayStats:
     resumes: int = 0
     gaps: int = 0
     refused: int = 0
+    acknowledged: int = 0
+    resent: int = 0
+    spooled: int = 0
 
 
 def retryPolicy(
@@ -149,7 +171,9 @@ class PendingLines(Protocol):
     """
     Where a L{Relay} keeps the lines that cannot go upstream now (no
     connection, or upstream not reading), to send them first, oldest first,
-    when they can: a L{LineBuffer} in memory.
+    when they can: a L{LineBuffer} in memory; with C{acks}, an
+    L{Outbox}, which keeps the lines sent too, until upstream acknowledges
+    them.
     """
 
     @property
@@ -173,6 +197,14 @@ class PendingLines(Protocol):
     def take(self) -> tuple[bytes, int]:
         """
         Remove and return the oldest chunk kept, and its number of lines.
+        """
+
+    def written(self, data: bytes, count: int) -> int:
+        """
+        A chunk of C{count} lines is written upstream at once (none is kept
+        now): take note of it, if it must be kept until acknowledged.
+
+        @return: how many lines (the oldest) were dropped to make room.
         """
 
 
@@ -236,6 +268,14 @@ class LineBuffer:
         self._lines -= count
         return data, count
 
+    def written(self, data: bytes, count: int) -> int:
+        """
+        A chunk goes upstream at once: nothing to keep.
+
+        @return: 0.
+        """
+        return 0
+
 
 @implementer(ILineSink)
 class Relay:
@@ -250,6 +290,18 @@ class Relay:
     oldest are dropped and counted.  A relay that does both with one
     backplane does not send upstream's own lines back to it (it is their
     origin).
+
+    With C{acks} (SPEC section 10: upstream is a port with C{acks = true},
+    and the relay only sends), every line of C{subscribe_to} is kept in an
+    L{Outbox} (L{outbox}, which is also L{pending}) until upstream
+    acknowledges it: up to C{buffer} lines in memory, or in a folder on disk
+    (C{spool}), bounded by C{spool_bytes}, which survives the relay's
+    restarts.  Each connection begins with C{HELLO PUBLISHER-ID SEQ}, then
+    the lines not acknowledged, oldest first, then live lines; upstream's
+    C{ACK N} lines say how many of them are safe.  Past the bound, the
+    oldest lines not acknowledged are dropped and counted; if lines not yet
+    sent had to go, the connection is closed and the next one begins a new
+    publisher id (upstream refuses a C{HELLO} that skips lines).
 
     Whoever makes the connections (L{RelayFactory}, L{RelayService}) tells
     it of each attempt (L{connecting}), failure (L{connectionFailed}) and of
@@ -266,6 +318,8 @@ class Relay:
 
     @ivar stats: the relay's L{RelayStats}.
     @ivar pending: the lines waiting to go upstream (L{PendingLines}).
+    @ivar outbox: with C{acks}, the L{Outbox} (also L{pending}); else
+        L{None}.
     @ivar protocol: the L{RelayProtocol} connected now, or L{None}.
     @ivar destination: where upstream is, for log lines.
     @ivar trying: whether the relay keeps (re)connecting: C{False} once
@@ -286,13 +340,18 @@ class Relay:
         max_delay: float = DEFAULT_MAX_DELAY,
         clock: IReactorTime | None = None,
         resume: bool = False,
+        acks: bool = False,
+        spool: str | None = None,
+        spool_bytes: int = DEFAULT_SPOOL_BYTES,
+        spool_fsync_interval: float = DEFAULT_SPOOL_FSYNC_INTERVAL,
     ) -> None:
         """
         @param service: the registry the backplanes are looked up in.
         @param publish_to: the backplane lines from upstream are published to.
         @param subscribe_to: the backplane whose lines are sent upstream.
         @param buffer: the most lines of C{subscribe_to} kept while they
-            cannot be sent (0: none are kept).
+            cannot be sent (0: none are kept); with C{acks} and no C{spool},
+            the most lines kept until upstream acknowledges them (1 or more).
         @param idle_timeout: drop the connection when upstream sends nothing
             for this many seconds; L{None}: never.
         @param max_line_length: the longest line accepted from upstream;
@@ -304,8 +363,18 @@ class Relay:
             of its lines, remember the last, and on every connection after
             the first send C{RESUME} with it, so that nothing is lost or
             repeated across reconnects (SPEC section 9).
+        @param acks: upstream is a port with C{acks = true}: keep every line
+            of C{subscribe_to} until upstream acknowledges it (SPEC section
+            10).  Needs C{subscribe_to}, and no C{publish_to}.
+        @param spool: with C{acks}: keep the lines in this folder (made if
+            missing) instead of in memory, so that they survive restarts.
+        @param spool_bytes: the most bytes of the spool's files; past it the
+            oldest lines not acknowledged are dropped.
+        @param spool_fsync_interval: the most seconds between a write to the
+            spool and its fsync.
         @raise ValueError: no direction, or an option out of range.
         @raise UnknownBackplane: a named backplane is not registered.
+        @raise StoreError: the spool cannot be opened.
         """
         if publish_to is None and subscribe_to is None:
             raise ValueError("a relay needs publish_to, subscribe_to, or both")
@@ -313,9 +382,27 @@ class Relay:
             raise ValueError("idle_timeout must be more than 0 (or None: off)")
         if max_line_length < 1:
             raise ValueError("max_line_length must be at least 1")
-        self.pending: PendingLines = LineBuffer(buffer)
+        if acks and (subscribe_to is None or publish_to is not None):
+            raise ValueError("acks are for a relay that only sends upstream: it needs "
+                             "subscribe_to, and no publish_to")
+        if spool is not None and not acks:
+            raise ValueError("a spool keeps lines until upstream acknowledges them: it needs acks")
+        if acks and spool is None and buffer < 1:
+            raise ValueError("with acks, buffer must be at least 1 (the lines kept until "
+                             "upstream acknowledges them)")
         self.publishTo = None if publish_to is None else service.get(publish_to)
         self.subscribeTo = None if subscribe_to is None else service.get(subscribe_to)
+        #: The clock of timeouts.
+        self.clock: IReactorTime = defaultReactor() if clock is None else clock
+        self.outbox: Outbox | None = None
+        if not acks:
+            self.pending: PendingLines = LineBuffer(buffer)
+        elif spool is None:
+            self.pending = self.outbox = Outbox.inMemory(buffer)
+        else:
+            self.pending = self.outbox = Outbox.onDisk(
+                spool, maxBytes=spool_bytes, fsyncInterval=spool_fsync_interval,
+                clock=self.clock)
         self.bufferSize = buffer
         self.idleTimeout = idle_timeout
         self.resume = resume
@@ -326,9 +413,10 @@ class Relay:
         #: With C{resume}: the id of the last line published from upstream.
         self.lastId: bytes | None = None
         self.maxDelay = max_delay
-        #: The clock of timeouts.
-        self.clock: IReactorTime = defaultReactor() if clock is None else clock
         self.stats = RelayStats()
+        if self.outbox is not None:
+            self.stats.buffered = self.outbox.lines
+            self.stats.spooled = self.outbox.unacknowledged
         self.destination = "upstream"
         self.protocol: RelayProtocol | None = None
         self.trying = True
@@ -337,6 +425,8 @@ class Relay:
         self._attemptsSinceUp = 0
         self._droppedSinceUp = 0
         self._quiet = False  # a failure of this outage has been logged
+        self._ackWarning: IDelayedCall | None = None
+        self._acksHeard = False  # an ACK came on this connection
         self._subscribe()
 
     def __repr__(self) -> str:
@@ -348,6 +438,36 @@ class Relay:
         Whether a connection to upstream is up now.
         """
         return self.protocol is not None
+
+    @property
+    def reads(self) -> bool:
+        """
+        Whether the relay reads what upstream sends: lines to publish
+        (C{publish_to}), or acknowledgements (C{acks}).
+        """
+        return self.publishTo is not None or self.outbox is not None
+
+    def open(self) -> None:
+        """
+        Open the spool again if L{close} closed it (nothing otherwise).
+
+        @raise StoreError: it cannot be opened.
+        """
+        outbox = self.outbox
+        if outbox is not None:
+            outbox.open()
+            self.stats.buffered = outbox.lines
+            self.stats.spooled = outbox.unacknowledged
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the spool, if any, once the relay is stopped and has no
+        connection: what it holds is made durable, to be sent after the
+        next start.
+        """
+        if self.outbox is None:
+            return succeed(None)
+        return self.outbox.close()
 
     # Whether to keep trying: told by whoever connects.
 
@@ -438,11 +558,43 @@ class Relay:
         it: the place for a first line (C{protocol.sendLines(b"HELLO ...\\n")})
         or a reader of control lines (C{protocol.framer.receiver}).  The
         plain relay says nothing; with C{resume}, it asks for what follows
-        the last id it has.
+        the last id it has; with C{acks}, it says C{HELLO} (and the lines
+        not acknowledged follow it).
         """
         if self.resume and self.lastId is not None:
             self.stats.resumes += 1
             protocol.sendLines(b"RESUME " + self.lastId + b"\n")
+        outbox = self.outbox
+        if outbox is not None:
+            before = outbox.publisherId
+            hello = outbox.hello()
+            if outbox.publisherId != before:
+                self.log.warn(
+                    "Relay to {destination}: lines were dropped (or upstream refused to go "
+                    "on) before upstream acknowledged them, so the relay goes on as a new "
+                    "publisher, {publisherId}, from the first line it keeps",
+                    destination=self.destination, publisherId=outbox.publisherId)
+            protocol.sendLines(hello)
+            self._acksHeard = False
+            self._ackWarning = self.clock.callLater(ACK_WARNING, self._noAcks, protocol)
+
+    def _noAcks(self, protocol: RelayProtocol) -> None:
+        """
+        C{ACK_WARNING} seconds after C{protocol} said C{HELLO}: warn if lines
+        were sent and none acknowledged (upstream may not be an C{acks =
+        true} port); wait again if none were sent.
+        """
+        self._ackWarning = None
+        outbox = self.outbox
+        if outbox is None or protocol is not self.protocol or self._acksHeard:
+            return
+        if outbox.sent > outbox.acked:
+            self.log.warn(
+                "Relay to {destination}: upstream has acknowledged none of the lines sent "
+                "in {seconds} seconds; is it a port with acks = true?",
+                destination=self.destination, seconds=ACK_WARNING)
+            return
+        self._ackWarning = self.clock.callLater(ACK_WARNING, self._noAcks, protocol)
 
     def connectionLost(self, protocol: RelayProtocol, reason: Failure | None) -> None:
         """
@@ -451,6 +603,13 @@ class Relay:
         if protocol is not self.protocol:
             return
         self.protocol = None
+        if self._ackWarning is not None:
+            if self._ackWarning.active():
+                self._ackWarning.cancel()
+            self._ackWarning = None
+        if self.outbox is not None:
+            self.outbox.disconnected()
+            self.stats.buffered = self.outbox.lines
         why = reason.getErrorMessage() if reason is not None else "closed"
         if self.trying:
             self.stats.state = "waiting"
@@ -483,6 +642,9 @@ class Relay:
         Publish a chunk of complete lines upstream sent, framed by the
         protocol, with the relay as their origin.
         """
+        if self.outbox is not None:
+            self._acknowledgements(data)
+            return
         backplane = self.publishTo
         if backplane is None:
             return
@@ -520,6 +682,46 @@ class Relay:
         self.lastId = data[start:data.index(b" ", start)]
         return payloads
 
+    def _acknowledgements(self, data: bytes) -> None:
+        """
+        What an C{acks = true} upstream sends: C{ACK N} lines, or one C{ERR}
+        line before it closes the connection.  Anything else (or an C{ACK}
+        of more lines than were sent) drops the connection.
+        """
+        outbox = self.outbox
+        protocol = self.protocol
+        if outbox is None or protocol is None:
+            return
+        for line in data.split(b"\n")[:-1]:
+            count = line[4:]
+            if line.startswith(b"ACK ") and count.isdigit() and len(count) < 20:
+                self._acksHeard = True
+                try:
+                    self.stats.acknowledged += outbox.acknowledge(int(count))
+                except ValueError as e:
+                    self._refuse(protocol, str(e))
+                    return
+            elif line.startswith(b"ERR "):
+                self.stats.refused += 1
+                outbox.refused()
+                self.log.error(
+                    "Relay to {destination}: upstream refused HELLO for publisher "
+                    "{publisherId}: {reason}; the lines it has not acknowledged go again, "
+                    "as a new publisher", destination=self.destination,
+                    publisherId=outbox.publisherId,
+                    reason=line[4:200].decode("ascii", "replace"))
+            else:
+                self._refuse(protocol, f"it sent {line[:64]!r}, not ACK N; is it a port "
+                                       "with acks = true?")
+                return
+        self.stats.spooled = outbox.unacknowledged
+
+    def _refuse(self, protocol: RelayProtocol, reason: str) -> None:
+        self.stats.refused += 1
+        self.log.error("Relay to {destination}: upstream does not speak acks: {reason}; "
+                       "dropping the connection", destination=self.destination, reason=reason)
+        protocol.abort()
+
     def _control(self, line: bytes) -> bool:
         if line.startswith(b"GAP "):
             self.stats.gaps += 1
@@ -541,14 +743,21 @@ class Relay:
         Send a chunk of lines upstream now, or keep it in L{pending}.
         """
         protocol = self.protocol
-        if protocol is not None and not self.pending and protocol.writable:
+        pending = self.pending
+        if protocol is not None and not pending and protocol.writable:
+            dropped = pending.written(data, count)
             protocol.sendLines(data)
             self.stats.lines_out += count
-            return
-        dropped = self.pending.add(data, count)
+        else:
+            dropped = pending.add(data, count)
+            self.stats.buffered = pending.lines
         if dropped:
             self._dropped(dropped)
-        self.stats.buffered = self.pending.lines
+        outbox = self.outbox
+        if outbox is not None:
+            self.stats.spooled = outbox.unacknowledged
+            if outbox.behind:
+                self._behind()
 
     def sendPending(self) -> None:
         """
@@ -556,20 +765,47 @@ class Relay:
         """
         protocol = self.protocol
         pending = self.pending
+        outbox = self.outbox
         while pending and protocol is not None and self.protocol is protocol \
                 and protocol.writable:
+            if outbox is not None and outbox.behind:
+                self._behind()
+                return
             data, count = pending.take()
             self.stats.buffered = pending.lines
             self.stats.lines_out += count
+            if outbox is not None:
+                self.stats.resent = outbox.resent
             protocol.sendLines(data)
+
+    def _behind(self) -> None:
+        """
+        Lines not yet sent on this connection are gone from the outbox: the
+        lines that follow are not what upstream would count, so the
+        connection is closed; the next one begins a new publisher id.
+        """
+        protocol = self.protocol
+        if protocol is None or protocol.closing:
+            return
+        self.log.warn("Relay to {destination}: lines not yet sent were dropped; closing the "
+                      "connection, to go on as a new publisher", destination=self.destination)
+        protocol.abort()
 
     def _dropped(self, count: int) -> None:
         if not self._droppedSinceUp:
-            self.log.warn(
-                "Relay to {destination}: {buffer} lines are waiting to go upstream "
-                "(the buffer option); dropping the oldest",
-                destination=self.destination, buffer=self.bufferSize,
-            )
+            outbox = self.outbox
+            if outbox is None:
+                self.log.warn(
+                    "Relay to {destination}: {buffer} lines are waiting to go upstream "
+                    "(the buffer option); dropping the oldest",
+                    destination=self.destination, buffer=self.bufferSize,
+                )
+            else:
+                self.log.warn(
+                    "Relay to {destination}: the lines upstream has not acknowledged fill the "
+                    "{bound}; dropping the oldest", destination=self.destination,
+                    bound="buffer" if outbox.path is None else f"spool {outbox.path}",
+                )
         self._droppedSinceUp += count
         self.stats.dropped += count
         assert self.subscribeTo is not None
@@ -648,7 +884,7 @@ class RelayProtocol(TwistedProtocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
-        if self.relay.publishTo is not None and not self._closing:
+        if self.relay.reads and not self._closing:
             self.framer.dataReceived(data)
 
     def linesReceived(self, data: bytes) -> None:
@@ -675,6 +911,21 @@ class RelayProtocol(TwistedProtocol, TimeoutMixin):
         Write complete lines upstream.
         """
         self.transport.write(data)
+
+    @property
+    def closing(self) -> bool:
+        """
+        Whether the connection is being closed (or is closed).
+        """
+        return self._closing
+
+    def abort(self) -> None:
+        """
+        Abort the connection at once (a reset: upstream publishes no half
+        line), reading nothing more from it.
+        """
+        self._closing = True
+        self.transport.abortConnection()
 
     def timeoutConnection(self) -> None:
         self.relay.connectionIdle(self)
@@ -763,6 +1014,10 @@ class RelayFactory(ReconnectingClientFactory):
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         clock: IReactorTime | None = None,
         resume: bool = False,
+        acks: bool = False,
+        spool: str | None = None,
+        spool_bytes: int = DEFAULT_SPOOL_BYTES,
+        spool_fsync_interval: float = DEFAULT_SPOOL_FSYNC_INTERVAL,
     ) -> None:
         """
         @param service: the registry the backplanes are looked up in.
@@ -771,6 +1026,11 @@ class RelayFactory(ReconnectingClientFactory):
         @param buffer: the most lines of C{subscribe_to} kept while they
             cannot be sent (0: none are kept).
         @param resume: see L{Relay}.
+        @param acks: see L{Relay}; close the spool with C{relay.close()}
+            when done (L{RelayService} does).
+        @param spool: see L{Relay}.
+        @param spool_bytes: see L{Relay}.
+        @param spool_fsync_interval: see L{Relay}.
         @param idle_timeout: drop the connection (and reconnect) when upstream
             sends nothing for this many seconds; L{None}: never.
         @param initial_delay: seconds before the first retry.
@@ -781,11 +1041,14 @@ class RelayFactory(ReconnectingClientFactory):
         @param clock: the reactor (L{IReactorTime}) for timeouts and retries.
         @raise ValueError: no direction, or an option out of range.
         @raise UnknownBackplane: a named backplane is not registered.
+        @raise StoreError: the spool cannot be opened.
         """
         backoffPolicy(initial_delay, max_delay, jitter=jitter)  # validates them
         self.relay = Relay(service, publish_to, subscribe_to=subscribe_to, buffer=buffer,
                            idle_timeout=idle_timeout, max_line_length=max_line_length,
-                           max_delay=max_delay, clock=clock, resume=resume)
+                           max_delay=max_delay, clock=clock, resume=resume, acks=acks,
+                           spool=spool, spool_bytes=spool_bytes,
+                           spool_fsync_interval=spool_fsync_interval)
         # ReconnectingClientFactory's knobs.
         self.initialDelay = self.delay = initial_delay
         self.maxDelay = max_delay  # type: ignore[assignment]
@@ -999,34 +1262,44 @@ class RelayService(ClientService):
         relay = self.relay
         counters = asdict(relay.stats)
         state = counters.pop("state")
-        buffered = counters.pop("buffered")
+        gauges: dict[str, int] = {"buffered": counters.pop("buffered")}
+        spooled = counters.pop("spooled")
+        info: dict[str, object] = {
+            "endpoint": relay.destination,
+            "publish_to": None if relay.publishTo is None else relay.publishTo.name,
+            "subscribe_to": None if relay.subscribeTo is None else relay.subscribeTo.name,
+        }
+        outbox = relay.outbox
+        if outbox is not None:
+            gauges["spooled"] = spooled
+            info.update(acks=True, spool=outbox.path, publisher_id=outbox.publisherId)
+        gauges["connected"] = int(relay.connected)
         return {
             "name": self.name or "connect",
             "kind": "connect",
             "state": state,
             "counters": counters,
-            "gauges": {"buffered": buffered, "connected": int(relay.connected)},
-            "info": {
-                "endpoint": relay.destination,
-                "publish_to": None if relay.publishTo is None else relay.publishTo.name,
-                "subscribe_to": None if relay.subscribeTo is None else relay.subscribeTo.name,
-            },
+            "gauges": gauges,
+            "info": info,
         }
 
     def startService(self) -> None:
         """
-        Start connecting, and keep the relay connected.
+        Start connecting, and keep the relay connected (opening its spool
+        again if it was stopped before).
         """
         if not self.running:
+            self.relay.open()
             self.relay.start()
         super().startService()
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop retrying and close the connection.
+        Stop retrying and close the connection, then the relay's spool.
 
         @return: a L{Deferred} that fires once the connection is closed (it
-            is aborted if upstream does not let it close in L{stopTimeout}).
+            is aborted if upstream does not let it close in L{stopTimeout})
+            and the spool too.
         """
         self.relay.stop()
         protocol = self.relay.protocol
@@ -1040,4 +1313,7 @@ class RelayService(ClientService):
                 return result
 
             stopped.addBoth(closed)
+        relay = self.relay
+        if relay.outbox is not None:
+            stopped.addCallback(lambda _: relay.close())
         return stopped
