@@ -86,12 +86,17 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
         bridge.setName("redis")
         bridge.setServiceParent(service)
     for i, connect in enumerate(config.connect, 1):
-        relay = RelayFactory(
-            service, connect.publish_to, subscribe_to=connect.subscribe_to,
-            buffer=connect.buffer, idle_timeout=connect.idle_timeout,
-            initial_delay=connect.initial_delay, max_delay=connect.max_delay,
-            max_line_length=connect.max_line_length, clock=reactor, resume=connect.resume,
-        )
+        try:
+            relay = RelayFactory(
+                service, connect.publish_to, subscribe_to=connect.subscribe_to,
+                buffer=connect.buffer, idle_timeout=connect.idle_timeout,
+                initial_delay=connect.initial_delay, max_delay=connect.max_delay,
+                max_line_length=connect.max_line_length, clock=reactor, resume=connect.resume,
+                acks=connect.acks, spool=connect.spool, spool_bytes=connect.spool_bytes,
+                spool_fsync_interval=connect.spool_fsync_interval,
+            )
+        except StoreError as e:
+            raise ConfigError(str(e), path=config.path, where=f"connect[{i}].spool") from None
         add(RelayService(endpoints.clientFromString(reactor, connect.endpoint), relay,
                          description=connect.endpoint, clock=reactor), "connect", i)
     for i, clock in enumerate(config.clock, 1):

@@ -50,6 +50,9 @@ MIN_INTERVAL = 0.001
 DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
 DEFAULT_STORE_BYTES = 1024 * 1024 * 1024
 DEFAULT_FSYNC_INTERVAL = 0.1
+#: The defaults of a relay's spool (SPEC section 10), as L{backplane.outbox}'s.
+DEFAULT_SPOOL_BYTES = 256 * 1024 * 1024
+DEFAULT_SPOOL_FSYNC_INTERVAL = 0.05
 
 
 def _option(default: Any = dataclasses.MISSING, *, doc: str = "", minimum: float | None = None,
@@ -237,6 +240,18 @@ class ConnectEntry:
     max_line_length: int = _option(DEFAULT_MAX_LINE_LENGTH, minimum=1)
     resume: bool = _option(
         False, doc="upstream sends ids (ids = true): RESUME from the last one on every connect")
+    acks: bool = _option(
+        False, doc="upstream is an acks = true port: keep every line until it is acknowledged, "
+                   "HELLO and resend on every connect (subscribe_to only)")
+    spool: str | None = _option(
+        None, doc="with acks: keep the lines in this folder (relative to the config file), "
+                  "across restarts")
+    spool_bytes: int = _option(
+        DEFAULT_SPOOL_BYTES, minimum=1,
+        doc="the most bytes of a spool's files (the oldest lines dropped past it)")
+    spool_fsync_interval: float = _option(
+        DEFAULT_SPOOL_FSYNC_INTERVAL, minimum=0.0,
+        doc="seconds between a spool's fsyncs while it has unsynced lines (0: every write)")
 
 
 @dataclass(frozen=True)
@@ -471,6 +486,8 @@ class _Parser:
             ]
         tables["file"] = [dataclasses.replace(e, path=str(self.folder / e.path))
                           for e in tables["file"]]
+        tables["connect"] = [dataclasses.replace(e, spool=str(self.folder / e.spool))
+                             if e.spool else e for e in tables["connect"]]
         backplanes = {
             name: dataclasses.replace(e, store=str(self.folder / e.store)) if e.store else e
             for name, e in backplanes.items()
@@ -679,6 +696,45 @@ class _Parser:
             if connect.resume and connect.publish_to is None:
                 raise self.error(f"connect[{i}].resume",
                                  "resume is for what comes from upstream: it needs publish_to")
+        self.acks(config, stores)
+
+    def acks(self, config: Config, stores: dict[str, str]) -> None:
+        """
+        The keys of a relay with acks (SPEC section 10), and its spool's
+        folder, which nothing else may use.
+        """
+        spools: dict[str, str] = {}
+        for i, connect in enumerate(config.connect, 1):
+            where = f"connect[{i}]"
+            if connect.acks and (connect.subscribe_to is None or connect.publish_to is not None):
+                raise self.error(f"{where}.acks",
+                                 "acks are for a relay that only sends upstream: it needs "
+                                 "subscribe_to, and no publish_to")
+            if connect.spool is None:
+                for key, default in (("spool_bytes", DEFAULT_SPOOL_BYTES),
+                                     ("spool_fsync_interval", DEFAULT_SPOOL_FSYNC_INTERVAL)):
+                    if getattr(connect, key) != default:
+                        raise self.error(f"{where}.{key}",
+                                         'is for a spool: add spool = "DIR" (and acks = true)')
+                if connect.acks and connect.buffer < 1:
+                    raise self.error(f"{where}.buffer",
+                                     "with acks, buffer must be at least 1 (the lines kept "
+                                     "until upstream acknowledges them)")
+                continue
+            if not connect.acks:
+                raise self.error(f"{where}.spool",
+                                 "a spool keeps lines until upstream acknowledges them: "
+                                 "add acks = true")
+            folder = str(Path(connect.spool).resolve())
+            if folder in stores:
+                raise self.error(f"{where}.spool",
+                                 f"backplane {stores[folder]!r} keeps its store there: a spool "
+                                 "needs a folder of its own")
+            other = spools.setdefault(folder, where)
+            if other != where:
+                raise self.error(f"{where}.spool",
+                                 f"{other} has this spool already: each relay needs a "
+                                 "folder of its own")
 
     def endpoint(self, description: str, parse: Any, where: str,
                  parsed: str | None = None) -> Any:

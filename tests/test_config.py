@@ -875,3 +875,84 @@ class SecurityDocTests(SynchronousTestCase):
         self.assertEqual(len(blocks), 2)
         for block in blocks:
             parse_config(tomllib.loads(block), folder=folder)
+
+
+class AcksConfigTests(ConfigTestCase):
+    """
+    C{[[connect]] acks = true}, C{spool}, C{spool_bytes},
+    C{spool_fsync_interval} (SPEC section 10).
+    """
+
+    RELAY = '[backplane.A]\n[backplane.B]\n[[connect]]\nendpoint = "tcp:host=up:port=1"\n'
+
+    def test_defaultsAndRelativeSpool(self):
+        from backplane import outbox
+
+        config = read_config(self.write(self.RELAY + 'subscribe_to = "A"\n'))
+        (connect,) = config.connect
+        self.assertEqual((connect.acks, connect.spool), (False, None))
+        self.assertEqual((connect.spool_bytes, connect.spool_fsync_interval),
+                         (outbox.DEFAULT_SPOOL_BYTES, outbox.DEFAULT_SPOOL_FSYNC_INTERVAL))
+        path = self.write(self.RELAY + 'subscribe_to = "A"\nacks = true\nspool = "out"\n'
+                          'spool_bytes = 1000000\nspool_fsync_interval = 0\n')
+        (connect,) = read_config(path).connect
+        self.assertEqual(connect.spool, str(Path(path).parent / "out"))
+        self.assertEqual((connect.acks, connect.spool_bytes, connect.spool_fsync_interval),
+                         (True, 1000000, 0.0))
+
+    def test_mistakes(self):
+        relay = self.RELAY + 'subscribe_to = "A"\n'
+        self.assertConfigError(relay + 'publish_to = "B"\nacks = true\n', "connect[1].acks",
+                               "needs subscribe_to, and no publish_to")
+        self.assertConfigError(self.RELAY + 'publish_to = "B"\nacks = true\n',
+                               "connect[1].acks")
+        self.assertConfigError(relay + 'spool = "out"\n', "connect[1].spool",
+                               "add acks = true")
+        self.assertConfigError(relay + 'acks = true\nspool_bytes = 100\n',
+                               "connect[1].spool_bytes", 'add spool = "DIR"')
+        self.assertConfigError(relay + 'spool_fsync_interval = 1\n',
+                               "connect[1].spool_fsync_interval")
+        self.assertConfigError(relay + 'acks = true\nbuffer = 0\n', "connect[1].buffer",
+                               "at least 1")
+        self.assertConfigError(relay + 'acks = true\nspool = "out"\nspool_bytes = 0\n',
+                               "connect[1].spool_bytes: must be 1 or more")
+        self.assertConfigError(relay + 'acks = "yes"\n', "connect[1].acks: must be true or false")
+        self.assertConfigError(
+            '[backplane.A]\nstore = "here"\n' + relay.split("\n", 1)[1]
+            + 'acks = true\nspool = "here"\n', "connect[1].spool",
+            "backplane 'A' keeps its store there")
+        twice = relay + 'acks = true\nspool = "out"\n'
+        self.assertConfigError(twice + twice.split("\n", 2)[2], "connect[2].spool",
+                               "connect[1] has this spool already")
+
+    def test_built(self):
+        """
+        The relay of an entry with acks keeps its lines in an outbox: in
+        memory (buffer lines), or in its spool.
+        """
+        from backplane.relay import RelayService
+
+        service = load_config(self.write(self.RELAY + 'subscribe_to = "A"\nacks = true\n'
+                                         "buffer = 7\n"))
+        relay = service.getServiceNamed("connect[1]")
+        assert isinstance(relay, RelayService)
+        assert relay.relay.outbox is not None
+        self.assertIsNone(relay.relay.outbox.path)
+        path = self.write(self.RELAY + 'subscribe_to = "A"\nacks = true\nspool = "out"\n')
+        service = load_config(path)
+        relay = service.getServiceNamed("connect[1]")
+        assert isinstance(relay, RelayService) and relay.relay.outbox is not None
+        self.assertEqual(relay.relay.outbox.path, str(Path(path).parent / "out"))
+        self.assertEqual(relay.report()["info"]["spool"],  # type: ignore[index]
+                         relay.relay.outbox.path)
+        self.successResultOf(relay.relay.close())
+
+    def test_spoolThatCannotBeUsed(self):
+        """
+        A spool folder that cannot be made is a config error naming the key.
+        """
+        path = self.write(self.RELAY + 'subscribe_to = "A"\nacks = true\nspool = "out"\n')
+        (Path(path).parent / "out").write_text("a file")
+        error = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual(error.where, "connect[1].spool")
+        self.assertIn("cannot make or write the folder", str(error))
