@@ -36,7 +36,7 @@ _OUT = "publisher"
 class Publisher(MultiService):
     """
     Publishes lines to a port with C{acks = true}, keeping a connection to it
-    and every line until it is acknowledged.
+    and every line until it is acknowledged.  For example::
 
         publisher = Publisher(clientFromString(reactor, "tcp:host=h:port=1601"),
                               spool="/var/spool/myapp")
