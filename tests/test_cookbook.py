@@ -30,7 +30,7 @@ from tests.twistd import ROOT, Twistd
 EXAMPLES = ROOT / "docs" / "examples"
 COOKBOOK = ROOT / "docs" / "cookbook.md"
 RECIPES = ["time-server.toml", "relay-server.toml", "aggregating-logger.toml",
-           "logger-relay.toml"]
+           "logger-relay.toml", "logger-relay-spool.toml"]
 
 ASCTIME = re.compile(rb"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun) \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}$")
 
@@ -649,3 +649,46 @@ def test_loggerRelaySigintWritesTheFile(tmp_path):
         assert (tmp_path / "logger-relay.log").read_bytes() == b"one\ntwo\n"
     finally:
         logger.kill()
+
+
+# Recipe 5: the logger that is also a relay, with acknowledgements and a spool.
+
+
+def test_loggerRelaySpoolNeverLosesALine(tmp_path):
+    """
+    Lines published to the relay while the central logger is stopped, and
+    across a kill -9 of the relay itself, all reach the central file, once
+    each, in order.
+    """
+    ports = Ports()
+    central = run(tmp_path, "aggregating-logger.toml", ports, process="central",
+                  flush_interval=0.1)
+    relay = run(tmp_path, "logger-relay-spool.toml", ports, **FAST_RETRY)
+    again = None
+    try:
+        central.waitForPort(ports[1511])
+        relay.waitForPort(ports[1621])
+        relay.waitForLog("Relay connected")
+        first = [b"first %d" % i for i in range(500)]
+        send(ports[1621], first)
+        waitForLines(tmp_path / "aggregated.log", 500)
+        central.stop()
+        second = [b"second %d" % i for i in range(500)]
+        send(ports[1621], second)
+        time.sleep(0.5)  # in the spool
+        relay.kill()
+        relay = run(tmp_path, "logger-relay-spool.toml", ports, process="relay-again",
+                    **FAST_RETRY)
+        relay.waitForPort(ports[1621])
+        again = run(tmp_path, "aggregating-logger.toml", ports, process="central-again",
+                    flush_interval=0.1)
+        waitForLines(tmp_path / "aggregated.log", 1000)
+        time.sleep(0.5)
+        again.stop()
+        relay.stop()
+        lines = (tmp_path / "aggregated.log").read_bytes().split(b"\n")[:-1]
+        assert lines == first + second
+    finally:
+        for process in (central, relay, again):
+            if process is not None:
+                process.kill()
