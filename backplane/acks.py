@@ -34,9 +34,39 @@ from backplane.protocols import BackplaneFactory, BackplaneProtocol, Limits
 from backplane.service import Backplane, BackplaneService
 
 DEFAULT_ACK_LINES = 1000
+#: The most publisher ids an acks port keeps figures of (the least recently
+#: seen go first).
+MAX_PUBLISHER_STATS = 1000
 DEFAULT_ACK_INTERVAL = 1.0
 
 _HELLO = re.compile(rb"HELLO ([A-Za-z0-9._:-]{1,64}) (0|[1-9][0-9]{0,18})")
+
+
+class PublisherStats:
+    """
+    What each publisher id did on one port: lines acknowledged, lines
+    skipped as already published, connections (with C{HELLO}); bounded to
+    the L{MAX_PUBLISHER_STATS} ids seen last.
+    """
+
+    def __init__(self, limit: int = MAX_PUBLISHER_STATS) -> None:
+        self.limit = limit
+        self._ids: dict[str, dict[str, int]] = {}
+
+    def of(self, publisherId: str) -> dict[str, int]:
+        """
+        The figures of C{publisherId}, made (and made the most recent) now.
+        """
+        figures = self._ids.pop(publisherId, None)
+        if figures is None:
+            figures = {"connections": 0, "acknowledged": 0, "deduplicated": 0}
+            if len(self._ids) >= self.limit:
+                del self._ids[next(iter(self._ids))]
+        self._ids[publisherId] = figures
+        return figures
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        return {publisherId: dict(figures) for publisherId, figures in self._ids.items()}
 
 
 class AckingProtocol(BackplaneProtocol):
@@ -69,6 +99,7 @@ class AckingProtocol(BackplaneProtocol):
         self._syncing: Deferred[None] | None = None
         self._outPaused = False
         self._ackWaiting = False
+        self._figures: dict[str, int] | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -95,6 +126,8 @@ class AckingProtocol(BackplaneProtocol):
             self._skip -= skipped
             self.received += skipped
             self.portStats.deduplicated += skipped
+            if self._figures is not None:
+                self._figures["deduplicated"] += skipped
             count -= skipped
             if not count:
                 self._ackLater()
@@ -129,6 +162,9 @@ class AckingProtocol(BackplaneProtocol):
         self.publisherId = publisherId
         self.base = seq
         self._skip = mark - seq
+        if isinstance(factory, AckingFactory):
+            self._figures = factory.publisherStats.of(publisherId)
+            self._figures["connections"] += 1
         if self._skip:
             self.log.info("Publisher {publisherId} ({peer}) resends from line {seq}; "
                           "{skip} lines are already published and are skipped",
@@ -189,6 +225,8 @@ class AckingProtocol(BackplaneProtocol):
         if self._closing or target <= self.acked:
             return
         self.portStats.acknowledged += target - self.acked
+        if self._figures is not None:
+            self._figures["acknowledged"] += target - self.acked
         self.acked = target
         if self._outPaused:
             self._ackWaiting = True
@@ -251,6 +289,8 @@ class AckingFactory(BackplaneFactory):
         self.ackInterval = ack_interval
         self.clock = clock
         self.publishers: dict[str, AckingProtocol] = {}
+        #: What each publisher id did here (in C{/stats}).
+        self.publisherStats = PublisherStats()
 
     def makeProtocol(self) -> AckingProtocol:
         assert self.publishTo is not None

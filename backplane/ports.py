@@ -216,6 +216,11 @@ class ListenService(EndpointService):
             # What the port's access checks decided (auth = true, or a web
             # port's origin check).
             report["access"] = gate.counters.snapshot()
+        publishers = getattr(factory, "publisherStats", None)
+        if publishers is not None:
+            # An acks = true port: what each publisher id did (in /stats
+            # only: as metric labels, ids would grow without bound).
+            report["publishers"] = publishers.snapshot()
         return report
 
     def stopService(self) -> Deferred[None]:

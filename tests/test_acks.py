@@ -79,6 +79,8 @@ class AckTests(SynchronousTestCase):
         self.assertEqual(sentLines(transport), [b"ACK 30"])
         self.assertEqual(self.published(), [b"line %d" % i for i in range(1, 181)])
         self.assertEqual(self.factory.stats.deduplicated, 20)
+        self.assertEqual(self.factory.publisherStats.snapshot(), {
+            "pub-1": {"connections": 2, "acknowledged": 180, "deduplicated": 20}})
 
     def test_helloInPieces(self) -> None:
         protocol, _transport = connect(self.factory)
@@ -246,3 +248,15 @@ class MarkRecordTests(SynchronousTestCase):
         again = DiskStore.open(folder, clock=Clock())
         self.addCleanup(again.close)
         self.assertEqual((again.epoch, again.read(0, 100)), (store.epoch, (b"old\n", 1, 1)))
+
+
+class PublisherStatsTests(SynchronousTestCase):
+    def test_bounded(self) -> None:
+        from backplane.acks import PublisherStats
+
+        stats = PublisherStats(limit=3)
+        for name in "abcd":
+            stats.of(name)["acknowledged"] += 1
+        stats.of("b")
+        stats.of("e")
+        self.assertEqual(list(stats.snapshot()), ["d", "b", "e"])

@@ -232,3 +232,26 @@ class OtherSourcesTests(SynchronousTestCase):
         self.assertEqual(section(report, "counters")["messages_out"], 0)
         self.assertEqual(section(report, "info")["node"], "n1")
         self.assertNotIn("secret", str(report["info"]), "no password in the statistics")
+
+
+class AcksPortStatsTests(SynchronousTestCase):
+    def test_publishers(self) -> None:
+        """
+        An acks = true port reports what each publisher id did.
+        """
+        from twisted.internet.task import Clock
+
+        from backplane.acks import AckingFactory
+
+        service = BackplaneService()
+        service.create("LOG")
+        factory = AckingFactory(service, publish_to="LOG", ack_lines=2, clock=Clock())
+        port = ListenService(FakeEndpoint(FakePort()), factory, description="tcp:1511")
+        protocol, _ = connect(factory)
+        protocol.dataReceived(b"HELLO p1 0\na\nb\n")
+        report = port.report()
+        self.assertEqual(report["publishers"],
+                         {"p1": {"connections": 1, "acknowledged": 2, "deduplicated": 0}})
+        counters = report["counters"]
+        assert isinstance(counters, dict)
+        self.assertEqual(counters["acknowledged"], 2)
