@@ -67,7 +67,8 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
             description=config.monitor.endpoint, where="monitor", path=config.path,
             allow=config.monitor.allow, tail=config.monitor.tail,
             max_tails=config.monitor.max_tails, clock=reactor,
-            authority=authority() if config.monitor.auth else None)
+            authority=authority() if config.monitor.auth else None,
+            hosts=config.monitor.hosts)
         monitor.setName("monitor")
         monitor.setServiceParent(service)
     for i, sink in enumerate(config.file, 1):

@@ -69,6 +69,19 @@ def _option(default: Any = dataclasses.MISSING, *, doc: str = "", minimum: float
                                             "maximum": maximum, "parse": parse})
 
 
+def _hosts(value: Any) -> tuple[str, ...]:
+    """
+    The value of C{[monitor] hosts}: an array of host names or addresses.
+    """
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ValueError(f'must be an array of host names such as ["monitor.example.com"], '
+                         f"not {str(value)[:80]}")
+    for host in value:
+        if not re.fullmatch(r"[A-Za-z0-9.:_\[\]-]{1,253}", host):
+            raise ValueError(f"{host[:80]!r} is not a host name or address")
+    return tuple(value)
+
+
 def _networks(value: Any) -> tuple[Network, ...]:
     """
     The value of an C{allow} key: an array of IP addresses and networks.
@@ -306,6 +319,8 @@ class MonitorEntry:
     tail: bool = _option(True, doc="whether /tail/NAME serves the lines of backplanes")
     max_tails: int = _option(16, minimum=1, doc="live tails open at once")
     auth: bool = _option(False, doc="every request must present a token")
+    hosts: tuple[str, ...] = _option(
+        (), parse=_hosts, doc="the names the monitor is served under (DNS rebinding)")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
+from ipaddress import ip_address
 from typing import Any
 
 from prometheus_client.core import (
@@ -397,6 +398,25 @@ class _Refused(Resource):
         return refusal(request, self.denied)
 
 
+#: The names a monitor always answers to (besides its hosts and the address
+#: a client connected to).
+LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+class _Misdirected(Resource):
+    """
+    What a request for another site's name gets: 421 Misdirected Request.
+    """
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(421)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return (b"this monitor answers to localhost, its address and its hosts "
+                b"([monitor] hosts), not to the Host this request names\n")
+
+
 #: The first path segments served without a token: the status page's own
 #: static files, which hold no data (what the page shows, it reads from
 #: C{/stats} and C{/tail/NAME} with the token it was given).
@@ -416,11 +436,39 @@ class MonitorSite(Site):
     displayTracebacks = False
 
     def __init__(self, resource: Resource, *, allow: Sequence[Network] | None = None,
-                 reactor: Any = None, gate: Gate | None = None) -> None:
+                 reactor: Any = None, gate: Gate | None = None,
+                 hosts: Sequence[str] = ()) -> None:
         super().__init__(resource, reactor=reactor)
         self.allow = allow
         self.disallowed = 0
         self.gate = gate if gate is not None else Gate()
+        self.hosts = frozenset(host.lower().rstrip(".") for host in hosts) | LOCAL_NAMES
+        #: Requests refused for their C{Host} (DNS rebinding).
+        self.misdirected = 0
+
+    def hostAllowed(self, request: Request) -> bool:
+        """
+        Whether the request names this server in its C{Host}: C{localhost},
+        one of C{hosts}, or the IP address the client connected to.  A page
+        of a site whose name now points at this machine (DNS rebinding)
+        names that site, and is refused.
+        """
+        header = request.getHeader(b"host")
+        if header is None:
+            return True  # HTTP/1.0 without Host: no browser sends that
+        host = header.decode("ascii", "replace").strip().lower()
+        if host.startswith("["):
+            host = host[1:host.find("]")] if "]" in host else host
+        elif host.count(":") == 1:
+            host = host.split(":", 1)[0]
+        host = host.rstrip(".")
+        if host in self.hosts:
+            return True
+        local = getattr(request.getHost(), "host", None)
+        try:
+            return local is not None and ip_address(host) == ip_address(local)
+        except ValueError:
+            return False
 
     def getResourceFor(self, request: Request) -> IResource:
         """
@@ -428,6 +476,9 @@ class MonitorSite(Site):
         every path but the status page's static files needs a token, and
         C{tail/NAME} the right to subscribe to C{NAME}.
         """
+        if not self.hostAllowed(request):
+            self.misdirected += 1
+            return _Misdirected()
         gate = self.gate
         path: list[bytes] = getattr(request, "postpath", None) or [b""]
         if gate.auth and not (path == [b""] or path[0] in PUBLIC[1:]):
@@ -475,9 +526,12 @@ class MonitorService(EndpointService):
                  allow: Sequence[Network] | None = None, tail: bool = True,
                  max_tails: int = DEFAULT_MAX_TAILS,
                  clock: IReactorTime | None = None,
-                 authority: Authority | None = None) -> None:
+                 authority: Authority | None = None, hosts: Sequence[str] = ()) -> None:
         """
         @param service: the service whose statistics are reported.
+        @param hosts: the names it is served under, besides C{localhost} and
+            the address a client connects to (the defence against DNS
+            rebinding: any other C{Host} gets 421).
         @param authority: with C{[monitor] auth = true}, what decides who may
             read it.
         @param description: the endpoint as the user wrote it, for messages.
@@ -500,7 +554,8 @@ class MonitorService(EndpointService):
         self.tails = Tails(service, enabled=tail, max_tails=max_tails, clock=clock)
         self.resource = MonitorResource(self)
         self.gate = Gate(authority, clock=clock)
-        site = MonitorSite(self.resource, allow=allow, reactor=clock, gate=self.gate)
+        site = MonitorSite(self.resource, allow=allow, reactor=clock, gate=self.gate,
+                           hosts=hosts)
         super().__init__(endpoint, site, description=description, where=where, path=path)
 
     def startService(self) -> None:
@@ -587,6 +642,7 @@ class MonitorService(EndpointService):
             "kind": "monitor",
             "state": self.state,
             "counters": {"requests": self.requests, "disallowed": self.factory.disallowed,
+                         "misdirected": self.factory.misdirected,
                          "tails_opened": tails.stats.accepted,
                          "tails_refused": tails.stats.refused,
                          "tail_dropped": tails.stats.dropped,

@@ -55,6 +55,10 @@ class _ClosingRefusals(Factory):
     def __init__(self, factory: IProtocolFactory) -> None:
         self.wrappedFactory = factory
 
+    def logPrefix(self) -> str:
+        prefix: Any = getattr(self.wrappedFactory, "logPrefix", None)
+        return str(prefix()) if callable(prefix) else type(self.wrappedFactory).__name__
+
     def doStart(self) -> None:
         self.wrappedFactory.doStart()
 

@@ -285,7 +285,7 @@ def test_tailDoesNotPublish(service):
         assert body == b"a tail is read-only: GET it\n"
     _, stream = yield openTail(service, "DATA")
     client = yield connectClient(service.getServiceNamed("monitor").port.getHost().port)
-    client.transport.write(b"GET /tail/DATA HTTP/1.1\r\nHost: x\r\n\r\nsent by a tail\n")
+    client.transport.write(b"GET /tail/DATA HTTP/1.1\r\nHost: localhost\r\n\r\nsent by a tail\n")
     yield waitUntil(lambda: len(data) == 3, what="both tails subscribed")
     data.publish(b"after")
     yield waitUntil(lambda: stream.lines() == ["after"])
@@ -514,3 +514,25 @@ class ConfigTests(SynchronousTestCase):
         monitor = build_service(config).getServiceNamed("monitor")
         self.assertEqual((monitor.tails.enabled, monitor.tails.maxTails), (False, 2))
         self.assertEqual(monitor.tails.limits, Limits(max_pending=256 * 1024, slow="drop"))
+
+
+@pytest_twisted.inlineCallbacks
+def test_hostChecked(service):
+    """
+    DNS rebinding: a request naming another site in its Host gets 421 and
+    nothing; localhost and the address connected to are served.
+    """
+    monitor = service.getServiceNamed("monitor")
+    port = monitor.port.getHost().port
+    replies = {}
+    for host in (b"evil.example", b"localhost", b"127.0.0.1:%d" % port, b"LOCALHOST."):
+        client = yield connectClient(port)
+        client.transport.write(b"GET /stats HTTP/1.1\r\nHost: " + host
+                               + b"\r\nConnection: close\r\n\r\n")
+        yield client.closed
+        replies[host] = client.buffer + b"\n".join(client.lines)
+    assert replies[b"evil.example"].startswith(b"HTTP/1.1 421 ")
+    assert b'"backplanes"' not in replies[b"evil.example"]
+    for host in (b"localhost", b"127.0.0.1:%d" % port, b"LOCALHOST."):
+        assert replies[host].startswith(b"HTTP/1.1 200 "), (host, replies[host][:100])
+    assert monitor.report()["counters"]["misdirected"] == 1
