@@ -35,7 +35,12 @@ from twisted.internet.testing import MemoryReactor
 
 from backplane.address import Network
 from backplane.errors import ConfigError
-from backplane.protocols import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_PENDING, Limits
+from backplane.protocols import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_LINE_LENGTH,
+    DEFAULT_MAX_PENDING,
+    Limits,
+)
 from backplane.redis.address import parseURL
 
 #: Bounds that keep a config from asking for more than a process can give
@@ -45,6 +50,7 @@ MAX_KEY_FILE_BYTES = 1024 * 1024
 MAX_RETAIN = 1_000_000
 MAX_HISTORY = 100_000_000
 MIN_INTERVAL = 0.001
+MAX_TIMEOUT = 86400.0
 
 #: The defaults of a backplane's history (SPEC section 9; docs/configuration.md).
 DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
@@ -202,6 +208,17 @@ class ListenEntry:
     max_pending: int = _option(DEFAULT_MAX_PENDING, minimum=0)
     slow: Literal["disconnect", "drop"] = _option("disconnect")
     max_clients: int | None = _option(None, minimum=0)
+    handshake_timeout: float = _option(
+        DEFAULT_HANDSHAKE_TIMEOUT, above=0.0, maximum=3600.0,
+        doc="seconds a connection has to finish its TLS, WebSocket or HTTP handshake")
+    max_handshakes: int | None = _option(
+        None, minimum=1, maximum=1_000_000,
+        doc="connections in their handshake at once, past which the oldest is closed "
+            "(default: max_clients)")
+    idle_timeout: float = _option(
+        0.0, minimum=0.0, maximum=MAX_TIMEOUT,
+        doc="close a publisher that holds an unfinished line this long without sending "
+            "(seconds; 0: never)")
     backlog: int = _option(511, minimum=1, maximum=65535,
                            doc="the listen queue of a tcp, ssl or unix port")
     allow: tuple[Network, ...] | None = _option(
@@ -223,6 +240,9 @@ class ListenEntry:
             slow=self.slow,
             max_clients=self.max_clients,
             allow=self.allow,
+            handshake_timeout=self.handshake_timeout,
+            max_handshakes=self.max_handshakes,
+            idle_timeout=self.idle_timeout,
         )
 
     @property
@@ -690,6 +710,10 @@ class _Parser:
             if entry.protocol == "sse" and (entry.publish_to or not entry.subscribe_to):
                 raise self.error(where, "an sse port only serves a backplane: it needs "
                                         "subscribe_to and no publish_to")
+            if entry.idle_timeout and (entry.protocol != "lines" or entry.publish_to is None):
+                raise self.error(f"{where}.idle_timeout",
+                                 "is for a lines port with publish_to: its publishers' "
+                                 "unfinished lines")
             if entry.acks and (entry.subscribe_to or entry.protocol != "lines"):
                 raise self.error(f"{where}.acks", "acks are for a lines port that only publishes: "
                                                   "remove subscribe_to, or acks")

@@ -55,6 +55,7 @@ from backplane.auth.authority import Authority
 from backplane.auth.gate import Gate
 from backplane.auth.identity import AccessDenied
 from backplane.auth.web import admitRequest, refusal
+from backplane.heads import BoundedChannel
 from backplane.interfaces import IStatsSource
 from backplane.ports import EndpointService
 from backplane.service import BackplaneService
@@ -99,7 +100,16 @@ SOURCE_HELP = {
     ("listen", "dropped"): "Messages subscribers missed past max_pending (slow = \"drop\").",
     ("listen", "messages_in"): "Lines the port's clients published.",
     ("listen", "bytes_in"): "Bytes of the lines the port's clients published.",
-    ("listen", "clients"): "Clients connected to the port now.",
+    ("listen", "clients"): "Clients connected to the port now, their handshake done.",
+    ("listen", "handshakes"): "Connections to the port in their handshake now.",
+    ("listen", "handshake_timeouts"): "Connections closed: their handshake did not finish "
+                                      "within handshake_timeout.",
+    ("listen", "handshakes_evicted"): "Connections closed in their handshake to make room, "
+                                      "max_handshakes being in theirs.",
+    ("listen", "bad_heads"): "WebSocket and HTTP requests refused for their head (431 or 400).",
+    ("listen", "idle_timeouts"): "Publishers closed for holding an unfinished line for "
+                                 "idle_timeout.",
+    ("listen", "idle_discarded"): "Bytes of unfinished lines discarded at idle_timeout.",
     ("clock", "published"): "Messages the clock published.",
     ("connect", "acknowledged"): "Lines upstream acknowledged (acks = true).",
     ("connect", "resent"): "Lines sent upstream again, not having been acknowledged (acks = true).",
@@ -107,6 +117,8 @@ SOURCE_HELP = {
     ("connect", "dropped"): "Lines for upstream dropped past the relay's buffer (or spool_bytes).",
     ("monitor", "requests"): "HTTP requests the monitor served.",
     ("monitor", "disallowed"): "Connections closed at once: the address is not in allow.",
+    ("monitor", "bad_heads"): "Requests refused for their head: too big, too many headers, "
+                              "malformed.",
     ("monitor", "tails_opened"): "Live tails (tail/NAME) opened.",
     ("monitor", "tails_refused"): "Live tails refused: max_tails were open.",
     ("monitor", "tail_dropped"): "Lines live tails missed, being more than max_pending behind.",
@@ -423,6 +435,17 @@ class _Misdirected(Resource):
 PUBLIC = (b"", b"assets")
 
 
+class _MonitorChannel(BoundedChannel):
+    """
+    A connection to the monitor: its requests' heads are bounded.
+    """
+
+    site: MonitorSite
+
+    def headRefused(self) -> None:
+        self.site.badHeads += 1
+
+
 class MonitorSite(Site):
     """
     The monitor's HTTP server: it closes the connection of a client not in
@@ -434,6 +457,7 @@ class MonitorSite(Site):
 
     noisy = False
     displayTracebacks = False
+    protocol = _MonitorChannel  # type: ignore[assignment]
 
     def __init__(self, resource: Resource, *, allow: Sequence[Network] | None = None,
                  reactor: Any = None, gate: Gate | None = None,
@@ -445,6 +469,8 @@ class MonitorSite(Site):
         self.hosts = frozenset(host.lower().rstrip(".") for host in hosts) | LOCAL_NAMES
         #: Requests refused for their C{Host} (DNS rebinding).
         self.misdirected = 0
+        #: Requests refused for their head (too big, too many headers).
+        self.badHeads = 0
 
     def hostAllowed(self, request: Request) -> bool:
         """
@@ -643,6 +669,7 @@ class MonitorService(EndpointService):
             "state": self.state,
             "counters": {"requests": self.requests, "disallowed": self.factory.disallowed,
                          "misdirected": self.factory.misdirected,
+                         "bad_heads": self.factory.badHeads,
                          "tails_opened": tails.stats.accepted,
                          "tails_refused": tails.stats.refused,
                          "tail_dropped": tails.stats.dropped,

@@ -207,7 +207,7 @@ class ListenService(EndpointService):
             "kind": "listen",
             "state": self.state,
             "counters": asdict(factory.stats),
-            "gauges": {"clients": factory.clients},
+            "gauges": {"clients": factory.clients, "handshakes": factory.handshakes},
             "info": {
                 "endpoint": self.description,
                 "address": describePeer(self.port.getHost()) if self.port else None,

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IHandshakeListener,
     IPushProducer,
     IReactorTime,
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from backplane._types import defaultReactor
 from backplane.address import Network, describePeer, isAllowed, peerCommonName
 from backplane.auth.authority import Authority
 from backplane.auth.gate import Gate
@@ -36,6 +38,9 @@ from backplane.service import Backplane, BackplaneService, Subscription
 SlowPolicy = Literal["disconnect", "drop"]
 
 DEFAULT_MAX_PENDING = 1024 * 1024
+#: Seconds a new connection has to finish its handshake (TLS, WebSocket
+#: opening handshake, an HTTP request's head) before it is closed.
+DEFAULT_HANDSHAKE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,16 @@ class Limits:
     @ivar max_clients: connections a port accepts at once (L{None}: no limit).
     @ivar allow: the networks clients may connect from (L{None}: any); see
         L{isAllowed}.
+    @ivar handshake_timeout: seconds a connection has to finish its
+        handshake (TLS; a WebSocket opening handshake; an HTTP request)
+        before it is closed.  Until it has, it does not count against
+        C{max_clients}.
+    @ivar max_handshakes: connections a port keeps in their handshake at
+        once (L{None}: as many as C{max_clients}, unbounded without it); a
+        new connection past it closes the oldest unfinished one.
+    @ivar idle_timeout: seconds a publisher may hold an unfinished line
+        without sending anything before it is closed and the half line
+        discarded (0: never).
     """
 
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH
@@ -60,6 +75,17 @@ class Limits:
     slow: SlowPolicy = "disconnect"
     max_clients: int | None = None
     allow: tuple[Network, ...] | None = None
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    max_handshakes: int | None = None
+    idle_timeout: float = 0.0
+
+    @property
+    def handshakeLimit(self) -> int | None:
+        """
+        The unfinished handshakes a port keeps at once: C{max_handshakes},
+        or by default C{max_clients}.
+        """
+        return self.max_handshakes if self.max_handshakes is not None else self.max_clients
 
     def __post_init__(self) -> None:
         if self.max_line_length < 1:
@@ -70,6 +96,12 @@ class Limits:
             raise ValueError(f"slow must be 'disconnect' or 'drop', not {self.slow!r}")
         if self.max_clients is not None and self.max_clients < 0:
             raise ValueError("max_clients must be 0 or more")
+        if not self.handshake_timeout > 0:
+            raise ValueError("handshake_timeout must be more than 0")
+        if self.max_handshakes is not None and self.max_handshakes < 1:
+            raise ValueError("max_handshakes must be 1 or more")
+        if self.idle_timeout < 0:
+            raise ValueError("idle_timeout must be 0 or more")
 
 
 @dataclass
@@ -101,6 +133,16 @@ class PortStats:
         skipped.
     @ivar store_failures: connections closed because the store did not keep
         their lines, so they could not be acknowledged.
+    @ivar handshake_timeouts: connections closed because their handshake
+        (TLS, WebSocket, an HTTP request's head) did not finish within
+        C{handshake_timeout} (a TLS one is also in C{tls_failures}).
+    @ivar handshakes_evicted: connections closed in their handshake to make
+        room for a new one, C{max_handshakes} being in theirs.
+    @ivar bad_heads: WebSocket and HTTP requests refused for their head
+        (too big, too many headers, malformed): 431 or 400.
+    @ivar idle_timeouts: publishers closed for holding an unfinished line
+        for C{idle_timeout} without sending anything.
+    @ivar idle_discarded: bytes of those unfinished lines, discarded.
     """
 
     accepted: int = 0
@@ -118,6 +160,11 @@ class PortStats:
     acknowledged: int = 0
     deduplicated: int = 0
     store_failures: int = 0
+    handshake_timeouts: int = 0
+    handshakes_evicted: int = 0
+    bad_heads: int = 0
+    idle_timeouts: int = 0
+    idle_discarded: int = 0
 
 
 @implementer(ILineSink, IHandshakeListener, IPushProducer)
@@ -188,6 +235,7 @@ class BackplaneProtocol(Protocol):
         self._producing = False
         self.admission: LineAdmission | None = None
         self.identity: Identity | None = None
+        self._idle: IDelayedCall | None = None
 
     @property
     def dropped(self) -> int:
@@ -198,11 +246,14 @@ class BackplaneProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.peer = describePeer(self.transport.getPeer())
+        tls = ISSLTransport.providedBy(self.transport)
+        if not tls and not self._handshakeDone():
+            return
         gate = self.gate
         if gate is not None and gate.auth:
             self.admission = LineAdmission(self, self.framer, gate, peer=self.peer)
             self.admission.start()
-        if ISSLTransport.providedBy(self.transport):
+        if tls:
             self._handshaking = True
         elif self.admission is None:
             self._join()
@@ -215,10 +266,27 @@ class BackplaneProtocol(Protocol):
         """
         if self._handshaking and not self._closing:
             self._handshaking = False
+            if not self._handshakeDone():
+                return
             if self.admission is not None:
                 self.admission.certificate(peerCommonName(self.transport))
             else:
                 self._join()
+
+    def _handshakeDone(self) -> bool:
+        """
+        Tell the port the handshake is done, so that the client counts
+        against C{max_clients}; if the port is full, abort the connection.
+
+        @return: whether the client may stay.
+        """
+        factory = self.factory
+        if not isinstance(factory, BackplaneFactory) or factory.handshakeDone(self):
+            return True
+        self._closing = True
+        self.framer.discard()
+        self.transport.abortConnection()
+        return False
 
     def admitted(self, identity: Identity | None, rest: bytes) -> None:
         """
@@ -288,6 +356,10 @@ class BackplaneProtocol(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._idle is not None:
+            if self._idle.active():
+                self._idle.cancel()
+            self._idle = None
         if self.admission is not None:
             self.admission.cancel()
             self.admission = None
@@ -321,6 +393,43 @@ class BackplaneProtocol(Protocol):
             self.admission.dataReceived(data)
         else:
             self.readData(data)
+        if self.limits.idle_timeout:
+            self._watchIdle()
+
+    def _watchIdle(self) -> None:
+        """
+        (Re)start the C{idle_timeout} while the client holds an unfinished
+        line; forget it once it holds none.
+        """
+        timer = self._idle
+        if self._closing or not self.framer.buffered:
+            if timer is not None:
+                if timer.active():
+                    timer.cancel()
+                self._idle = None
+        elif timer is not None and timer.active():
+            timer.reset(self.limits.idle_timeout)
+        else:
+            clock = getattr(self.factory, "clock", None) or defaultReactor()
+            self._idle = clock.callLater(self.limits.idle_timeout, self._idleTimedOut)
+
+    def _idleTimedOut(self) -> None:
+        """
+        The client held an unfinished line for C{idle_timeout} without
+        sending anything: discard it (never published), count it, close.
+        """
+        self._idle = None
+        if self._closing:
+            return
+        length = len(self.framer.discard())
+        self.portStats.idle_timeouts += 1
+        self.portStats.idle_discarded += length
+        self.log.warn(
+            "Disconnecting {peer}: it sent nothing for idle_timeout ({timeout} s) with an "
+            "unfinished line of {length} bytes, which was not published",
+            peer=self.peer, timeout=self.limits.idle_timeout, length=length,
+        )
+        self.close()
 
     def readData(self, data: bytes) -> None:
         """
@@ -460,14 +569,26 @@ class BackplaneFactory(Factory):
         self.subscribeTo = None if subscribe_to is None else service.get(subscribe_to)
         self.limits = limits
         self.gate = Gate(authority, publish=publish_to, subscribe=subscribe_to, clock=clock)
+        self.clock = clock
         self.protocols: set[Protocol] = set()
         self.stats = PortStats()
         self._emptied: list[Deferred[None]] = []
+        # Clients whose handshake is done (they count against max_clients),
+        # and those still in theirs, oldest first, with their timeouts.
+        self._established: set[Protocol] = set()
+        self._handshaking: dict[Protocol, IDelayedCall] = {}
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         """
         A protocol for a new client, or L{None} (which closes the connection
         at once) for a client not in C{allow} or past C{max_clients}.
+
+        The new client is in its handshake (L{handshakeDone} ends it) and
+        does not count against C{max_clients} until it is done; past
+        C{handshake_timeout} it is closed.  With L{Limits.handshakeLimit}
+        clients in their handshake already, the oldest of them is closed to
+        make room: a client that completes its handshake promptly gets in
+        however many connections are held open unfinished.
         """
         if not isAllowed(addr, self.limits.allow):
             self.stats.disallowed += 1
@@ -475,7 +596,7 @@ class BackplaneFactory(Factory):
                           peer=describePeer(addr) if addr else "?")
             return None
         maxClients = self.limits.max_clients
-        if maxClients is not None and len(self.protocols) >= maxClients:
+        if maxClients is not None and len(self._established) >= maxClients:
             self.stats.refused += 1
             self.log.warn(
                 "Refusing {peer}: max_clients ({limit}) reached",
@@ -490,16 +611,84 @@ class BackplaneFactory(Factory):
         # port's stats: an attribute they have, and Protocol has not.
         counted: Any = protocol
         counted.portStats = self.stats
+        handshakes = self.limits.handshakeLimit
+        if handshakes is not None and len(self._handshaking) >= handshakes:
+            self._evictOldestHandshake()
+        clock: Any = self.clock if self.clock is not None else defaultReactor()
+        self._handshaking[protocol] = clock.callLater(
+            self.limits.handshake_timeout, self._handshakeTimedOut, protocol)
         self.protocols.add(protocol)
         self.stats.accepted += 1
         return protocol
 
+    def handshakeDone(self, protocol: Protocol) -> bool:
+        """
+        C{protocol}'s handshake is done (TLS, a WebSocket opening handshake,
+        a first HTTP request; at once on a plain connection): from now on it
+        counts against C{max_clients}.
+
+        @return: whether it may stay: C{False} if C{max_clients} clients
+            are there already (counted as refused; the caller closes the
+            connection), or if it was closed for its handshake's timeout.
+        """
+        timer = self._handshaking.pop(protocol, None)
+        if timer is None:
+            return protocol in self._established
+        if timer.active():
+            timer.cancel()
+        maxClients = self.limits.max_clients
+        if maxClients is not None and len(self._established) >= maxClients:
+            self.stats.refused += 1
+            self.log.warn("Refusing {peer}: max_clients ({limit}) reached",
+                          peer=self._peer(protocol), limit=maxClients)
+            return False
+        self._established.add(protocol)
+        return True
+
+    def _handshakeTimedOut(self, protocol: Protocol) -> None:
+        if self._handshaking.pop(protocol, None) is None:
+            return
+        self.stats.handshake_timeouts += 1
+        self.log.warn("Closing {peer}: its handshake did not finish within "
+                      "handshake_timeout ({timeout} s)",
+                      peer=self._peer(protocol), timeout=self.limits.handshake_timeout)
+        self._abort(protocol)
+
+    def _evictOldestHandshake(self) -> None:
+        protocol, timer = next(iter(self._handshaking.items()))
+        del self._handshaking[protocol]
+        if timer.active():
+            timer.cancel()
+        self.stats.handshakes_evicted += 1
+        self.log.warn("Closing {peer}: still in its handshake, with max_handshakes ({limit}) "
+                      "connections in theirs", peer=self._peer(protocol),
+                      limit=self.limits.handshakeLimit)
+        self._abort(protocol)
+
+    @staticmethod
+    def _peer(protocol: Protocol) -> str:
+        transport: Any = protocol.transport
+        return "?" if transport is None else describePeer(transport.getPeer())
+
+    @staticmethod
+    def _abort(protocol: Protocol) -> None:
+        transport: Any = protocol.transport
+        if transport is not None:
+            transport.abortConnection()
+
     @property
     def clients(self) -> int:
         """
-        The number of clients connected now.
+        The number of clients connected now, their handshake done.
         """
-        return len(self.protocols)
+        return len(self._established)
+
+    @property
+    def handshakes(self) -> int:
+        """
+        The number of connections in their handshake now.
+        """
+        return len(self._handshaking)
 
     @property
     def refused(self) -> int:
@@ -520,6 +709,10 @@ class BackplaneFactory(Factory):
         A client built by this factory has disconnected.
         """
         self.protocols.discard(protocol)
+        self._established.discard(protocol)
+        timer = self._handshaking.pop(protocol, None)
+        if timer is not None and timer.active():
+            timer.cancel()
         if not self.protocols:
             emptied, self._emptied = self._emptied, []
             for d in emptied:

@@ -40,7 +40,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, Request
+from twisted.web.http import Request
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
@@ -50,6 +50,7 @@ from backplane.auth.authority import Authority
 from backplane.auth.gate import Gate
 from backplane.auth.identity import AccessDenied
 from backplane.auth.web import admitRequest, checkRequestOrigin, refusal
+from backplane.heads import BoundedChannel
 from backplane.history import parseId
 from backplane.interfaces import ILineSink
 from backplane.output import BoundedWriter
@@ -234,6 +235,12 @@ class EventStreamResource(Resource):
         self.port = port
 
     def render(self, request: Request) -> bytes | int:
+        if not self.port.handshakeDone(request.channel):
+            # max_clients were connected while this client sent its request
+            # (logged and counted by the port).
+            request.setHeader(b"connection", b"close")
+            request.notifyFinish().addBoth(lambda _: request.channel.loseConnection())
+            return _text(request, 503, "max_clients reached: try again later")
         gate = self.port.gate
         # The response depends on the Origin: caches must know.
         request.setHeader(b"vary", b"Origin")
@@ -297,13 +304,16 @@ class EventStreamResource(Resource):
         return header.decode("ascii", "replace").strip()
 
 
-class _Channel(HTTPChannel):
+class _Channel(BoundedChannel):
     """
     An SSE port's HTTP connection: its port counts it, and forgets it when
-    it closes.
+    it closes.  Its first request ends its handshake (L{SSEFactory.handshakeDone}).
     """
 
     port: SSEFactory
+
+    def headRefused(self) -> None:
+        self.port.stats.bad_heads += 1
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)

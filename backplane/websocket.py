@@ -16,6 +16,11 @@ only the framing differs:
     C{b"a\\n"} are the one line C{a}, and an empty message is one empty line.
     The lines of one message are published together.
 
+The opening handshake's request may hold at most L{MAX_HEAD_BYTES} bytes
+of head in at most L{MAX_HEADERS} header lines (431 otherwise), and must be
+done within the port's C{handshake_timeout}.  A refused request is logged
+once, briefly, and its bytes are never echoed back.
+
 Before the upgrade (SPEC section 11), a request from a web page of another
 origin than the port's own and those of its C{origins} is refused with 403,
 and on a port with C{auth = true} a request without an accepted token
@@ -42,6 +47,7 @@ from backplane.auth.gate import Gate
 from backplane.auth.identity import AccessDenied, Identity
 from backplane.auth.wire import SUBPROTOCOL, subprotocolToken
 from backplane.framing import LineFramer
+from backplane.heads import MAX_HEAD_BYTES, MAX_HEADERS, shortRepr
 from backplane.history import parseId
 from backplane.interfaces import ILineSink
 from backplane.output import BoundedWriter
@@ -157,6 +163,8 @@ class WebSocketClient(WebSocketServerProtocol):
         # Who the client proved to be, on a port with auth.
         self.identity: Identity | None = None
         self._originChecked = False
+        # A refusal the port's gate (or its max_clients) logged already.
+        self._refusalLogged = False
 
     @property
     def dropped(self) -> int:
@@ -186,16 +194,53 @@ class WebSocketClient(WebSocketServerProtocol):
         logged by the port's gate, in its words.
         """
         if not self._originChecked:
-            end = self.data.find(b"\r\n\r\n")
+            end = self.data.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES)
             if end < 0:
+                if len(self.data) >= MAX_HEAD_BYTES:
+                    self._headTooBig(f"a request head of more than {MAX_HEAD_BYTES} bytes")
                 return  # the rest of the request is on its way
+            if self.data.count(b"\r\n", 0, end) > MAX_HEADERS:
+                self._headTooBig(f"more than {MAX_HEADERS} header lines")
+                return
             self._originChecked = True
             try:
                 self._checkOrigin(self.data[:end + 4])
             except AccessDenied as denied:
+                self._refusalLogged = True
                 self.failHandshake(_statusReason(denied), denied.status)
                 return
         super().processHandshake()
+
+    def _headTooBig(self, what: str) -> None:
+        self._originChecked = True
+        self.data = b""
+        self.portStats.bad_heads += 1
+        self.log.warn("Refused {peer}'s WebSocket handshake: {what} (431)",
+                      peer=self.peer or "?", what=what)
+        self.failHandshake("Request Header Fields Too Large", 431)
+
+    def failHandshake(self, reason: str, code: int = 400,
+                      responseHeaders: Any = None) -> None:
+        """
+        Refuse the opening handshake: a short HTTP response, then close.
+
+        Unlike autobahn's, it logs the refusal once (unless the port's gate
+        did), and neither the log nor the response holds more than a few
+        dozen bytes of what the client sent.
+        """
+        if len(reason) > 100:
+            reason = reason[:60] + "..."
+        reason = reason.encode("ascii", "backslashreplace").decode("ascii")
+        if not self._refusalLogged and code != 431:
+            self._refusalLogged = True
+            self.log.warn("Refused {peer}'s WebSocket handshake: {code} {reason}",
+                          peer=self.peer or "?", code=code, reason=shortRepr(reason))
+        self.wasNotCleanReason = reason
+        self.sendHttpErrorResponse(code, reason, responseHeaders)
+        # Refused on purpose, and logged above: not an unclean drop for
+        # autobahn to log again.
+        self.wasClean = True
+        self.dropConnection(abort=False)
 
     def _checkOrigin(self, head: bytes) -> None:
         try:
@@ -230,20 +275,24 @@ class WebSocketClient(WebSocketServerProtocol):
                 self.identity = gate.admit(token, commonName=peerCommonName(self.transport),
                                            peer=self.peer or "?")
             except AccessDenied as denied:
+                self._refusalLogged = True
                 raise ConnectionDeny(denied.status, _statusReason(denied)) from None
         chosen = SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
-        if not self.port.ids:
-            return chosen
-        values = request.params.get("resume")
-        if values:
-            position = values[-1]
-            if position != "0":
-                try:
-                    parseId(position)
-                except ValueError as e:
-                    self.portStats.bad_requests += 1
-                    raise ConnectionDeny(400, f"bad resume: {e}") from None
-            self._resume = position
+        if self.port.ids:
+            values = request.params.get("resume")
+            if values:
+                position = values[-1]
+                if position != "0":
+                    try:
+                        parseId(position)
+                    except ValueError as e:
+                        self.portStats.bad_requests += 1
+                        raise ConnectionDeny(400, f"bad resume: {e}") from None
+                self._resume = position
+        if not self.port.handshakeDone(self):
+            # Logged and counted as refused by the port.
+            self._refusalLogged = True
+            raise ConnectionDeny(503, "max_clients reached")
         return chosen
 
     def onOpen(self) -> None:
@@ -470,6 +519,8 @@ class WebSocketFactory(BackplaneFactory):
             # Close with a reason (e.g. 1009, message too big) rather than
             # dropping the connection, so that a page can tell why.
             failByDrop=False,
+            # The port times the handshake (handshake_timeout), with its clock.
+            openHandshakeTimeout=0,
         )
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:

@@ -190,10 +190,10 @@ def test_statsMatchWhatHappened(running):
     publish, subscribe = services["listen[1]"], services["listen[2]"]
     assert publish["kind"] == "listen"
     assert publish["state"] == "listening"
-    assert publish["gauges"] == {"clients": 1}
+    assert publish["gauges"] == {"clients": 1, "handshakes": 0}
     assert publish["counters"]["messages_in"] == 10
     assert publish["info"]["publish_to"] == "DATA"
-    assert subscribe["gauges"] == {"clients": 2}
+    assert subscribe["gauges"] == {"clients": 2, "handshakes": 0}
     assert subscribe["counters"]["accepted"] == 2
     assert subscribe["info"]["subscribe_to"] == "DATA"
     assert services["monitor"]["counters"]["requests"] == 1

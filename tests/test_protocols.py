@@ -764,11 +764,12 @@ class TLSHandshakeTests(SynchronousTestCase):
         protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         assert isinstance(protocol, BackplaneProtocol)
         protocol.makeConnection(tlsTransport())
-        self.assertEqual(self.factory.clients, 1)
+        self.assertEqual((self.factory.clients, self.factory.handshakes), (0, 1),
+                         "not a client until its handshake is done")
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.factory.stats.tls_failures, 1)
         self.assertEqual(self.news.stats.publishers, 0, "never counted, never uncounted")
-        self.assertEqual(self.factory.clients, 0)
+        self.assertEqual((self.factory.clients, self.factory.handshakes), (0, 0))
 
     def test_handshakeAfterCloseIgnored(self):
         protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))

@@ -81,7 +81,7 @@ class ListenStatsTests(SynchronousTestCase):
         self.assertEqual(stats["name"], "listen[1]")
         self.assertEqual(stats["kind"], "listen")
         self.assertEqual(stats["state"], "stopped")
-        self.assertEqual(stats["gauges"], {"clients": 0})
+        self.assertEqual(stats["gauges"], {"clients": 0, "handshakes": 0})
         self.assertEqual(stats["info"], {"endpoint": "tcp:1500", "address": None,
                                          "publish_to": "NEWS", "subscribe_to": None})
 
@@ -93,12 +93,13 @@ class ListenStatsTests(SynchronousTestCase):
         stats = self.port.report()
         self.assertEqual(stats["state"], "listening")
         self.assertEqual(section(stats, "info")["address"], "127.0.0.1:1500")
-        self.assertEqual(stats["gauges"], {"clients": 1})
+        self.assertEqual(stats["gauges"], {"clients": 1, "handshakes": 0})
         self.assertEqual(stats["counters"], {
             "accepted": 1, "refused": 1, "disallowed": 0, "tls_failures": 0, "overlong": 0,
             "slow_disconnects": 0, "dropped": 0, "messages_in": 2, "bytes_in": 4, "resumes": 0,
             "gaps": 0, "bad_requests": 0, "acknowledged": 0, "deduplicated": 0,
-            "store_failures": 0,
+            "store_failures": 0, "handshake_timeouts": 0, "handshakes_evicted": 0,
+            "bad_heads": 0, "idle_timeouts": 0, "idle_discarded": 0,
         })
 
     def test_starting(self):
