@@ -239,7 +239,7 @@ class EventStreamResource(Resource):
             # max_clients were connected while this client sent its request
             # (logged and counted by the port).
             request.setHeader(b"connection", b"close")
-            request.notifyFinish().addBoth(lambda _: request.channel.loseConnection())
+            request.channel.persistent = False  # closed once the response is sent
             return _text(request, 503, "max_clients reached: try again later")
         gate = self.port.gate
         # The response depends on the Origin: caches must know.

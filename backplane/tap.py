@@ -16,7 +16,7 @@ from twisted.python import usage
 
 from backplane._types import defaultReactor
 from backplane.build import buildService
-from backplane.config import Config, defaultConfig, readConfig
+from backplane.config import Config, ListenEntry, defaultConfig, readConfig
 from backplane.errors import ConfigError
 from backplane.sinks import FileSink
 
@@ -129,6 +129,21 @@ log = Logger()
 FD_MARGIN = 64
 
 
+def _connections(entry: ListenEntry) -> int | None:
+    """
+    The most connections a port holds at once: C{max_clients}, and as many
+    again in their handshake (C{max_handshakes}) on a port that has one
+    (TLS, WebSocket, SSE); L{None}: no bound.
+    """
+    limits = entry.limits
+    if limits.max_clients is None:
+        return None
+    tls = entry.endpoint.split(":", 1)[0].lower() == "ssl"
+    if (tls or entry.protocol != "lines") and limits.handshakeLimit is not None:
+        return limits.max_clients + limits.handshakeLimit
+    return limits.max_clients
+
+
 def raiseFileLimit(config: Config) -> int:
     """
     Raise the soft limit on open files (RLIMIT_NOFILE) to the hard limit, so
@@ -149,7 +164,7 @@ def raiseFileLimit(config: Config) -> int:
         except (ValueError, OSError) as e:
             log.warn("Could not raise the open files limit from {soft} to {target}: {error}",
                      soft=soft, target=target, error=e)
-    limits = [entry.max_clients for entry in config.listen]
+    limits = [_connections(entry) for entry in config.listen]
     if all(limit is not None for limit in limits):
         needed = sum(limit for limit in limits if limit is not None) + FD_MARGIN
         if needed > soft:

@@ -38,6 +38,7 @@ from autobahn.websocket.protocol import WebSocketProtocol, parseHttpHeader
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -59,6 +60,8 @@ GOING_AWAY = 1001
 MESSAGE_TOO_BIG = 1009
 
 _OPEN = WebSocketProtocol.STATE_OPEN
+# backplane's own log lines (a client's log attribute is autobahn's).
+_log = Logger()
 _LIMITS = Limits()
 
 # The header of a final, unmasked, uncompressed frame (RFC 6455 5.2): FIN and
@@ -215,8 +218,8 @@ class WebSocketClient(WebSocketServerProtocol):
         self._originChecked = True
         self.data = b""
         self.portStats.bad_heads += 1
-        self.log.warn("Refused {peer}'s WebSocket handshake: {what} (431)",
-                      peer=self.peer or "?", what=what)
+        _log.warn("Refused {peer}'s WebSocket handshake: {what} (431)",
+                  peer=self.peer or "?", what=what)
         self.failHandshake("Request Header Fields Too Large", 431)
 
     def failHandshake(self, reason: str, code: int = 400,
@@ -233,8 +236,8 @@ class WebSocketClient(WebSocketServerProtocol):
         reason = reason.encode("ascii", "backslashreplace").decode("ascii")
         if not self._refusalLogged and code != 431:
             self._refusalLogged = True
-            self.log.warn("Refused {peer}'s WebSocket handshake: {code} {reason}",
-                          peer=self.peer or "?", code=code, reason=shortRepr(reason))
+            _log.warn("Refused {peer}'s WebSocket handshake: {code} {reason}",
+                      peer=self.peer or "?", code=code, reason=shortRepr(reason))
         self.wasNotCleanReason = reason
         self.sendHttpErrorResponse(code, reason, responseHeaders)
         # Refused on purpose, and logged above: not an unclean drop for

@@ -17,8 +17,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
 from backplane import BackplaneService
+from backplane.config import read_config
 from backplane.protocols import BackplaneFactory, BackplaneProtocol, Limits
 from backplane.testing import Recorder
+from tests.test_config import ConfigTestCase
 
 
 def tlsTransport(port: int) -> StringTransport:
@@ -190,3 +192,81 @@ class IdleTimeoutTests(SynchronousTestCase):
         protocol.connectionLost(None)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(factory.stats.idle_timeouts, 0)
+
+
+class HandshakeConfigTests(ConfigTestCase):
+    """
+    The new C{[[listen]]} keys are read into the port's L{Limits}, and
+    C{--check} (L{read_config}) refuses what start-up would.
+    """
+
+    PORT = """
+[backplane.IN]
+
+[[listen]]
+endpoint = "tcp:0"
+publish_to = "IN"
+protocol = "{protocol}"
+{extra}
+"""
+
+    def port(self, extra: str, protocol: str = "lines") -> str:
+        return self.PORT.format(protocol=protocol, extra=extra)
+
+    def test_defaults(self) -> None:
+        (listen,) = read_config(self.write(self.port(""))).listen
+        self.assertEqual((listen.limits.handshake_timeout, listen.limits.max_handshakes,
+                          listen.limits.idle_timeout), (5.0, None, 0.0))
+
+    def test_read(self) -> None:
+        config = read_config(self.write(self.port(
+            "handshake_timeout = 2\nmax_handshakes = 7\nidle_timeout = 30\nmax_clients = 3")))
+        limits = config.listen[0].limits
+        self.assertEqual((limits.handshake_timeout, limits.max_handshakes, limits.idle_timeout,
+                          limits.handshakeLimit), (2.0, 7, 30.0, 7))
+
+    def test_handshakeLimitDefaultsToMaxClients(self) -> None:
+        config = read_config(self.write(self.port("max_clients = 3")))
+        self.assertEqual(config.listen[0].limits.handshakeLimit, 3)
+
+    def test_refused(self) -> None:
+        for extra, fragment in [
+            ("handshake_timeout = 0", "listen[1].handshake_timeout: must be more than 0.0"),
+            ("handshake_timeout = 1e300", "listen[1].handshake_timeout: must be 3600 or less"),
+            ("max_handshakes = 0", "listen[1].max_handshakes: must be 1 or more"),
+            ("idle_timeout = -1", "listen[1].idle_timeout: must be 0.0 or more"),
+            ("idle_timeout = 1e-300\nmax_clients = 1", None),
+            ('idle_timeout = "5"', "listen[1].idle_timeout: must be a number"),
+        ]:
+            if fragment is None:
+                read_config(self.write(self.port(extra)))
+            else:
+                self.assertConfigError(self.port(extra), fragment)
+
+    def test_idleTimeoutOnlyForLinePublishers(self) -> None:
+        self.assertConfigError(self.port("idle_timeout = 5", protocol="websocket"),
+                               "listen[1].idle_timeout: is for a lines port with publish_to")
+        subscribeOnly = self.port("idle_timeout = 5").replace('publish_to = "IN"',
+                                                              'subscribe_to = "IN"')
+        self.assertConfigError(subscribeOnly, "listen[1].idle_timeout")
+
+
+class FileLimitTests(SynchronousTestCase):
+    """
+    The open files a port may need: its clients, and as many again in their
+    handshake on a port that has one.
+    """
+
+    def test_connections(self) -> None:
+        from backplane.config import parse_config
+        from backplane.tap import _connections
+
+        config = parse_config({"backplane": {"A": {}}, "listen": [
+            {"endpoint": "tcp:0", "subscribe_to": "A", "max_clients": 10},
+            {"endpoint": "tcp:0", "subscribe_to": "A", "max_clients": 10,
+             "protocol": "websocket"},
+            {"endpoint": "tcp:0", "subscribe_to": "A", "max_clients": 10, "protocol": "sse",
+             "max_handshakes": 3},
+            {"endpoint": "tcp:0", "subscribe_to": "A"},
+        ]})
+        self.assertEqual([_connections(entry) for entry in config.listen], [10, 20, 13, None])

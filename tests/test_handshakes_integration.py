@@ -21,6 +21,7 @@ from twisted.web.http import HTTPChannel
 from websockets.sync.client import connect as connectWebSocket
 from zope.interface import provider
 
+from backplane import BackplaneService
 from backplane.heads import MAX_HEAD_BYTES, MAX_HEADERS
 from backplane.ports import ListenService
 from backplane.protocols import BackplaneFactory, Limits
@@ -253,3 +254,67 @@ def test_boundedChannelTripwire():
     """
     assert callable(getattr(HTTPChannel, "_respondToBadRequestAndDisconnect", None))
     assert HTTPChannel.totalHeadersSize >= MAX_HEAD_BYTES
+
+
+@pytest_twisted.inlineCallbacks
+def test_monitorHeadBounds(logged):
+    """
+    The monitor refuses a request with too many headers (400) or a line
+    too long (431), logs it once, counts it in its C{bad_heads}, and goes
+    on serving.
+    """
+    from backplane.monitor import MonitorService
+
+    service = BackplaneService()
+    service.create("DATA")
+    monitor = MonitorService(
+        service, endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1"),
+        description="tcp:0")
+    monitor.setServiceParent(service)
+    service.startService()
+    try:
+        port = portNumber(monitor.port)
+        del logged[:]
+        many = b"".join(b"X-%d: 1\r\n" % i for i in range(MAX_HEADERS + 1))
+        response = yield threads.deferToThread(
+            _rawExchange, port, b"GET /stats HTTP/1.1\r\nHost: localhost\r\n" + many + b"\r\n")
+        assert response.startswith(b"HTTP/1.1 400 ")
+        response = yield threads.deferToThread(
+            _rawExchange, port,
+            b"GET /stats HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"C" * 100_000 + b"\r\n\r\n")
+        assert b"C" * 100 not in response
+        assert len([line for line in logged if "Refused" in line]) == 2
+        assert sum(len(line) for line in logged) < 4096
+        assert monitor.report()["counters"]["bad_heads"] == 2  # type: ignore[index]
+        fine = b"".join(b"X-%d: 1\r\n" % i for i in range(MAX_HEADERS - 2))
+        response = yield threads.deferToThread(
+            _rawExchange, port,
+            b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" + fine + b"\r\n")
+        assert response.startswith(b"HTTP/1.1 200 ")
+    finally:
+        yield service.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_sseFullWhenItsRequestCame(service):
+    """
+    An SSE client that sends its request once C{max_clients} streams are
+    open gets a 503, counted as refused; it held no place while it had sent
+    nothing.
+    """
+    factory = SSEFactory(service, subscribe_to="DATA", limits=Limits(max_clients=1,
+                                                                      max_handshakes=4))
+    port = serveTCP(service, factory)
+    (early,) = yield gatherResults(holdOpen(port, 1))
+    yield waitUntil(lambda: factory.handshakes == 1, what="the early connection")
+    stream = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        stream.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        yield waitUntil(lambda: factory.clients == 1, what="the stream open")
+        early.transport.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        yield early.closed
+        assert early.lines[0].startswith(b"HTTP/1.1 503 ")
+        assert factory.stats.refused == 1
+        assert factory.clients == 1
+    finally:
+        stream.close()
