@@ -1,6 +1,7 @@
 """
 The bounds of a request's head, on every port that reads HTTP (WebSocket,
-Server-Sent Events, the monitor), and how a refusal quotes what it refused.
+Server-Sent Events, the monitor), of its body (an HTTP request's), and how a
+refusal quotes what it refused.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
+from twisted.web.server import Request
 
 from backplane.address import describePeer
 
@@ -16,6 +18,8 @@ from backplane.address import describePeer
 MAX_HEAD_BYTES = 16 * 1024
 #: The most header lines in a request's head.
 MAX_HEADERS = 100
+#: The most bytes of a request's body (SSE ports and the monitor take none).
+MAX_BODY_BYTES = 64 * 1024
 #: The most characters of a client's value a log line or a response quotes.
 QUOTE_LENGTH = 40
 
@@ -65,6 +69,15 @@ class BoundedChannel(HTTPChannel):
         self.headRefused()
         return True
 
+    def refuseBody(self) -> None:
+        """
+        A request's body is longer than L{MAX_BODY_BYTES}: 413, and close.
+        """
+        if self._refuseHead(b"413", f"a body of more than {MAX_BODY_BYTES} bytes"):
+            self.transport.write(b"HTTP/1.1 413 Content Too Large\r\n"
+                                 b"Connection: close\r\nContent-Length: 0\r\n\r\n")
+        self.transport.loseConnection()
+
     def lineLengthExceeded(self, line: bytes) -> None:
         """
         A line of the head is longer than L{MAX_HEAD_BYTES}: 431, and close.
@@ -83,3 +96,34 @@ class BoundedChannel(HTTPChannel):
             super()._respondToBadRequestAndDisconnect()
         else:
             self.transport.loseConnection()
+
+
+class BoundedRequest(Request):
+    """
+    A request whose body may hold at most L{MAX_BODY_BYTES} (Twisted keeps
+    any body, in a temporary file past 100 kB): past it, its channel (a
+    L{BoundedChannel}) refuses it with 413, and it is never served.
+    """
+
+    _bodyBytes = 0
+    _tooLarge = False
+
+    def gotLength(self, length: int | None) -> None:
+        # Never a temporary file: what is kept is bounded anyway.
+        super().gotLength(None if length is not None and length > MAX_BODY_BYTES else length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._bodyBytes += len(data)
+        if self._bodyBytes > MAX_BODY_BYTES:
+            self._tooLarge = True
+            channel: Any = self.channel
+            if isinstance(channel, BoundedChannel):
+                channel.refuseBody()
+            elif channel is not None:
+                channel.transport.loseConnection()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._tooLarge:
+            super().requestReceived(command, path, version)

@@ -55,7 +55,7 @@ from backplane.auth.authority import Authority
 from backplane.auth.gate import Gate
 from backplane.auth.identity import AccessDenied
 from backplane.auth.web import admitRequest, refusal
-from backplane.heads import BoundedChannel
+from backplane.heads import BoundedChannel, BoundedRequest
 from backplane.interfaces import IStatsSource
 from backplane.ports import EndpointService
 from backplane.service import BackplaneService
@@ -458,6 +458,7 @@ class MonitorSite(Site):
     noisy = False
     displayTracebacks = False
     protocol = _MonitorChannel  # type: ignore[assignment]
+    requestFactory = BoundedRequest
 
     def __init__(self, resource: Resource, *, allow: Sequence[Network] | None = None,
                  reactor: Any = None, gate: Gate | None = None,

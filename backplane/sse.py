@@ -50,7 +50,7 @@ from backplane.auth.authority import Authority
 from backplane.auth.gate import Gate
 from backplane.auth.identity import AccessDenied
 from backplane.auth.web import admitRequest, checkRequestOrigin, refusal
-from backplane.heads import BoundedChannel
+from backplane.heads import BoundedChannel, BoundedRequest
 from backplane.history import parseId
 from backplane.interfaces import ILineSink
 from backplane.output import BoundedWriter
@@ -326,6 +326,7 @@ class _Site(Site):
     """
 
     protocol = _Channel  # type: ignore[assignment]
+    requestFactory = BoundedRequest
 
 
 class SSEFactory(BackplaneFactory):

@@ -318,3 +318,30 @@ def test_sseFullWhenItsRequestCame(service):
         assert factory.clients == 1
     finally:
         stream.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_requestBodiesBounded(service, logged):
+    """
+    An SSE port takes no request body past 64 KiB (Twisted would keep it
+    all, in a temporary file): 413, logged once, never served.
+    """
+    factory = SSEFactory(service, subscribe_to="DATA")
+    port = serveTCP(service, factory)
+    del logged[:]
+    body = b"D" * (1024 * 1024)
+    for framing in (b"Content-Length: %d\r\n\r\n" % len(body) + body,
+                    b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(body) + body
+                    + b"\r\n0\r\n\r\n"):
+        response = yield threads.deferToThread(
+            _rawExchange, port, b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + framing)
+        if response:
+            assert response.startswith(b"HTTP/1.1 413 "), response[:100]
+    assert factory.stats.bad_heads == 2
+    assert len([line for line in logged if "Refused" in line]) == 2
+    assert len(service.get("DATA")) == 0
+    small = yield threads.deferToThread(
+        _rawExchange, port,
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Length: 5\r\n\r\nsmall")
+    assert small.startswith(b"HTTP/1.1 405 "), small[:100]
