@@ -630,10 +630,11 @@ class BackplaneFactory(Factory):
         @return: whether it may stay: C{False} if C{max_clients} clients
             are there already (counted as refused; the caller closes the
             connection), or if it was closed for its handshake's timeout.
+            (C{True} for a protocol this port did not build.)
         """
         timer = self._handshaking.pop(protocol, None)
         if timer is None:
-            return protocol in self._established
+            return protocol in self._established or protocol not in self.protocols
         if timer.active():
             timer.cancel()
         maxClients = self.limits.max_clients

@@ -270,3 +270,20 @@ class FileLimitTests(SynchronousTestCase):
             {"endpoint": "tcp:0", "subscribe_to": "A"},
         ]})
         self.assertEqual([_connections(entry) for entry in config.listen], [10, 20, 13, None])
+
+
+class ForeignProtocolTests(SynchronousTestCase):
+    def test_protocolNotBuiltByThePortMayStay(self) -> None:
+        """
+        A protocol this port did not build (a test's, a subclass's own) is
+        not tracked, and not refused.
+        """
+        service = BackplaneService()
+        service.create("NEWS")
+        factory = BackplaneFactory(service, subscribe_to="NEWS", limits=Limits(max_clients=1))
+        protocol = BackplaneProtocol(subscribe_to=service.get("NEWS"))
+        protocol.factory = factory
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(len(service.get("NEWS")), 1)
