@@ -33,7 +33,7 @@ from tests.helpers import connectClient, portNumber, waitUntil
 from tests.test_tls import connectTLS
 
 SLOTS = 10
-TIMEOUT = 1.5
+TIMEOUT = 3.0
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from tests.helpers import freePort
 from tests.twistd import Twistd
 
 SLOTS = 10
-TIMEOUT = 2.0
+TIMEOUT = 3.0
 
 
 @dataclass
