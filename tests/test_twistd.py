@@ -337,6 +337,41 @@ def test_makeServiceConfigError(tmp_path, capsys):
 # End-to-end: operations.
 
 
+def test_startLogsOneLinePerPort(tmp_path):
+    """
+    The log of a start has the service's own line for each port (its entry
+    and address), and not Twisted's "BackplaneFactory starting on 1500" or
+    "Starting factory" beside it.
+    """
+    ports = [freePort() for _ in range(3)]
+    twistd = Twistd(tmp_path, config=f"""
+[backplane.NEWS]
+[[listen]]
+endpoint = "tcp:{ports[0]}:interface=127.0.0.1"
+publish_to = "NEWS"
+[[listen]]
+endpoint = "tcp:{ports[1]}:interface=127.0.0.1"
+subscribe_to = "NEWS"
+protocol = "websocket"
+[monitor]
+endpoint = "tcp:{ports[2]}:interface=127.0.0.1"
+""").start()
+    try:
+        twistd.waitForLog(f"listen[2] listening on 127.0.0.1:{ports[1]}")
+        twistd.stop()
+    finally:
+        twistd.kill()
+    log = twistd.text()
+    assert f"listen[1] listening on 127.0.0.1:{ports[0]}" in log
+    assert f"monitor listening on 127.0.0.1:{ports[2]}" in log
+    for port in ports:
+        mentions = [line for line in log.splitlines()
+                    if f":{port}" in line or f" {port}" in line]
+        assert len(mentions) <= 2, mentions  # listening on ...; (TCP Port N Closed)
+    assert "starting on" not in log
+    assert "Starting factory" not in log
+
+
 def httpGetJSON(url: str):
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.load(response)
@@ -393,8 +428,10 @@ allow = ["127.0.0.1"]
                 samples = metricSamples(response.read().decode())
             assert sample(samples, "backplane_messages_in_total", backplane="NEWS") == 50
             assert sample(samples, "backplane_deliveries_total", backplane="NEWS") == 100
-            assert sample(samples, "backplane_listen_clients", name="listen[2]") == 2
-            assert sample(samples, "backplane_listen_accepted_total", name="listen[1]") == 1
+            assert sample(samples, "backplane_listen_clients", name="listen[2]",
+                          protocol="lines") == 2
+            assert sample(samples, "backplane_listen_accepted_total", name="listen[1]",
+                          protocol="lines") == 1
         for reader in readers:
             reader.close()
         twistd.stop()
