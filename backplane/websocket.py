@@ -93,6 +93,20 @@ def encodeFrames(data: bytes, count: int) -> bytes:
     return b"".join(parts)
 
 
+_UPGRADE_BODY = b"This is a WebSocket port: connect with a WebSocket client (ws://).\n"
+
+#: The response to a request that is not a WebSocket upgrade.
+UPGRADE_REQUIRED = (
+    b"HTTP/1.1 426 Upgrade Required\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Connection: Upgrade, close\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\n"
+    b"\r\n" % len(_UPGRADE_BODY)
+) + _UPGRADE_BODY
+
+
 def _statusReason(denied: AccessDenied) -> str:
     """
     A refusal's reason as the reason phrase of an HTTP status line: ASCII.
@@ -196,6 +210,22 @@ class WebSocketClient(WebSocketServerProtocol):
                 self.failHandshake(_statusReason(denied), denied.status)
                 return
         super().processHandshake()
+
+    def failHandshake(self, reason: str, code: int = 400,
+                      responseHeaders: Any = None) -> None:
+        """
+        Refuse the opening handshake.  A request that is not a WebSocket
+        upgrade (C{curl}, a browser's address bar) gets a complete
+        C{426 Upgrade Required}: C{Upgrade: websocket}, the version spoken,
+        a length and a line that says what the port is, then the connection
+        closes.  Other refusals are autobahn's.
+        """
+        if code != 426:
+            super().failHandshake(reason, code, responseHeaders)
+            return
+        self.wasNotCleanReason = reason
+        self.sendData(UPGRADE_REQUIRED)
+        self.dropConnection(abort=False)
 
     def _checkOrigin(self, head: bytes) -> None:
         try:
