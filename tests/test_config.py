@@ -203,8 +203,6 @@ class ConfigFileTests(ConfigTestCase):
         The table suggested for a name that is not a bare TOML key is
         quoted, and is valid TOML that declares that name.
         """
-        import tomllib
-
         from backplane.config import tableHeader
 
         for name in ("chat.room", "a b", "caf\u00e9", 'say "hi"'):
@@ -213,7 +211,8 @@ class ConfigFileTests(ConfigTestCase):
                 f'subscribe_to = {tableHeader(name)[11:-1]}\n',
                 f"add {tableHeader(name)}")
             self.assertIn(tableHeader(name), str(error))
-            self.assertEqual(list(tomllib.loads(tableHeader(name))["backplane"]), [name])
+            declared = self.write(tableHeader(name) + "\n")
+            self.assertEqual(list(read_config(declared).backplanes), [name])
         self.assertEqual(tableHeader("NEWS"), "[backplane.NEWS]")
         self.assertEqual(tableHeader("chat.room"), '[backplane."chat.room"]')
 
