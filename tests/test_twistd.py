@@ -100,7 +100,7 @@ def test_helpIsSelfContained(tmp_path):
     (sdist,) = tmp_path.glob("backplane-*.tar.gz")
     with tarfile.open(sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    assert {"docs/configuration.md", "README.md"} <= names
+    assert {"docs/configuration.md", "docs/cli.md", "README.md"} <= names
 
 
 # End-to-end: a real twistd process.
