@@ -373,7 +373,11 @@ async def publish(reactor: Any, options: argparse.Namespace,
     else:
         reader = _StandardInput(client)
         source: Any = readStandardInput(reader)
+        # Standard input is read no faster than the server takes the lines.
+        client.transport.registerProducer(source, True)
         await _first(reader.ended, client.done)
+        if not client.done.called:
+            client.transport.unregisterProducer()
         source.loseConnection()
     if not client.done.called:
         client.finish()
