@@ -51,6 +51,10 @@ _HOST_PORT = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.%a-z]+)\]|(?P<host>[A-Za-z0-
 #: (C{ERR reason}, C{ACK N}).
 MAX_REPLY = 4096
 
+#: The longest line of the live tail's stream (one event: a JSON array of
+#: the lines of one chunk) that C{tail} reads.
+MAX_EVENT_LINE = 64 * 1024 * 1024
+
 #: Seconds C{pub --acks} waits, after its last line, for the server to
 #: acknowledge every line (default).
 DEFAULT_ACK_TIMEOUT = 10.0
@@ -109,21 +113,41 @@ async def _connect(reactor: Any, where: str, protocol: Protocol) -> None:
 
 class _Replies:
     """
-    The lines a server sends, split off its byte stream, bounded.
+    The lines of a byte stream, split as they come; a line longer than
+    C{limit} is skipped (and counted in L{skipped}).
     """
 
-    def __init__(self) -> None:
-        self.buffer = b""
+    def __init__(self, limit: int = MAX_REPLY) -> None:
+        self.limit = limit
+        self.pending: list[bytes] = []
+        self.size = 0
+        self.skipping = False
+        self.skipped = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         """
         The complete lines C{data} ends, without their newline (and C{\\r}).
         """
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        if len(self.buffer) > MAX_REPLY:
-            self.buffer = b""
-        return [line.rstrip(b"\r") for line in lines]
+        if b"\n" not in data:
+            self._keep(data)
+            return []
+        first, *lines, rest = data.split(b"\n")
+        # The end of the line kept so far, unless it was too long.
+        complete = [] if self.skipping else [b"".join(self.pending) + first]
+        self.pending, self.size, self.skipping = [], 0, False
+        self._keep(rest)
+        kept = [line.rstrip(b"\r") for line in complete + lines if len(line) <= self.limit]
+        self.skipped += len(complete) + len(lines) - len(kept)
+        return kept
+
+    def _keep(self, data: bytes) -> None:
+        if self.skipping or not data:
+            return
+        self.pending.append(data)
+        self.size += len(data)
+        if self.size > self.limit:
+            self.pending, self.size, self.skipping = [], 0, True
+            self.skipped += 1
 
 
 def _refusal(line: bytes) -> str | None:
@@ -430,14 +454,18 @@ class EventStream(Protocol):
     def __init__(self, output: BinaryIO, stderr: TextIO) -> None:
         self.output = Output(output)
         self.stderr = stderr
-        self.replies = _Replies()
+        self.replies = _Replies(MAX_EVENT_LINE)
         self.event: bytes | None = None
         self.data: list[bytes] = []
         self.done: Deferred[None] = Deferred()
         self.reason: Failure | None = None
 
     def dataReceived(self, data: bytes) -> None:
-        for line in self.replies.feed(data):
+        skipped = self.replies.skipped
+        lines = self.replies.feed(data)
+        if self.replies.skipped > skipped:
+            self.stderr.write(f"(an event longer than {MAX_EVENT_LINE} bytes was skipped)\n")
+        for line in lines:
             if not line:
                 self.dispatch()
             elif not line.startswith(b":"):

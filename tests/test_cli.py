@@ -241,11 +241,14 @@ def test_tail(service):
     run = cli("tail", where(service, "monitor"), "NEWS")
     yield waitUntil(lambda: len(monitor.tails.clients) == 1, what="the tail opened")
     news.publishMany([b"first", b"second"])
-    yield waitUntil(lambda: run.out.count(b"\n") == 2, what="two lines printed")
+    # One event of 200 kB: the lines of one chunk.
+    many = [b"%d " % i + b"y" * 200 for i in range(1000)]
+    news.publishMany(many)
+    yield waitUntil(lambda: run.out.count(b"\n") == 1002, what="every line printed")
     yield monitor.stopService()
     yield run.ended
     assert run.status == 0, run.err
-    assert run.lines == [b"first", b"second"]
+    assert run.lines == [b"first", b"second", *many]
 
 
 @pytest_twisted.inlineCallbacks
@@ -306,3 +309,19 @@ def test_help():
         assert b"usage: python -m backplane " + command.encode() in run.out
         if command != "check":
             assert b"examples:" in run.out
+
+
+def test_repliesSplitLines():
+    """
+    Lines split as they come, in pieces of any size; one longer than the
+    limit is skipped, and the lines after it are not.
+    """
+    from backplane.cli import _Replies
+
+    stream = b"one\r\ntwo\n" + b"x" * 50 + b"\nthree\n\nfour\n"
+    for size in (1, 2, 3, 7, 64, len(stream)):
+        replies, lines = _Replies(limit=20), []
+        for i in range(0, len(stream), size):
+            lines += replies.feed(stream[i:i + size])
+        assert lines == [b"one", b"two", b"three", b"", b"four"], size
+        assert replies.skipped == 1
