@@ -153,6 +153,15 @@ def servedMetrics(text: str) -> dict[str, Served]:
     return served
 
 
+def tableRow(family: Served) -> str:
+    """
+    The row of the table of docs/operations.md that documents C{family}.
+    """
+    kind = "info" if family.name.endswith("_info") else family.type
+    labels = ", ".join(f"`{label}`" for label in sorted(family.labels)) or " "
+    return f"| `{family.name}` | {kind} | {labels} | {family.help} |"
+
+
 @pytest.fixture
 def everything(tmp_path: Path) -> Generator[BackplaneService, None, None]:
     """
@@ -192,13 +201,9 @@ def test_tableMatchesWhatIsServed(everything):
     """
     text = yield scrape(everything)
     served = servedMetrics(text)
-    if "BACKPLANE_PRINT_TABLE" in __import__("os").environ:  # pragma: no cover
-        for f in served.values():
-            kind = "info" if f.name.endswith("_info") else f.type
-            labels = ", ".join(f"`{label}`" for label in sorted(f.labels))
-            print(f"| `{f.name}` | {kind} | {labels} | {f.help} |")
     table = documentedMetrics()
-    assert sorted(set(served) - set(table)) == [], "served but not in docs/operations.md"
+    undocumented = [tableRow(served[name]) for name in served if name not in table]
+    assert not undocumented, "served but not in docs/operations.md:\n" + "\n".join(undocumented)
     assert sorted(set(table) - set(served)) == [], "in docs/operations.md but not served"
     for name, row in table.items():
         family = served[name]
