@@ -670,6 +670,11 @@ def run(options: argparse.Namespace, *, stdout: BinaryIO | None = None,
             return 1
 
     async def main(reactor: Any) -> None:
+        # Ctrl-C (SIGINT, SIGTERM) stops the reactor, which closes the
+        # connection: for sub and tail, the end the user asked for; pub
+        # says what it had not sent or had acknowledged.
+        interrupted: list[bool] = []
+        reactor.addSystemEventTrigger("before", "shutdown", interrupted.append, True)
         try:
             if options.command == "sub":
                 status = await subscribe(reactor, options, out, err)
@@ -678,6 +683,8 @@ def run(options: argparse.Namespace, *, stdout: BinaryIO | None = None,
             else:
                 status = await tail(reactor, options, out, err)
         except UserError as e:
+            if interrupted and options.command != "pub":
+                raise SystemExit(0) from None
             err.write(f"{prefix}: {e}\n")
             err.flush()
             raise SystemExit(1) from None

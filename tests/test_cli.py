@@ -325,3 +325,19 @@ def test_repliesSplitLines():
             lines += replies.feed(stream[i:i + size])
         assert lines == [b"one", b"two", b"three", b"", b"four"], size
         assert replies.skipped == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_subEndsQuietlyOnCtrlC(service):
+    """
+    Ctrl-C (SIGINT) ends C{sub} with status 0 and nothing on standard
+    error.
+    """
+    news = service.get("NEWS")
+    run = cli("sub", where(service, SUB))
+    yield waitUntil(lambda: len(news) == 1, what="the subscriber attached")
+    news.publish(b"before")
+    yield waitUntil(lambda: run.out == b"before\n")
+    run.transport.signalProcess("INT")  # type: ignore[union-attr]
+    yield run.ended
+    assert (run.status, run.err) == (0, b"")
