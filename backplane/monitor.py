@@ -2,7 +2,8 @@
 The monitor: the service's statistics over HTTP.
 
 C{/stats} is a JSON document (the server, every backplane, every statistics
-source), C{/metrics} the same in Prometheus' text format, C{/healthz} says
+source), C{/metrics} the same in Prometheus' text format (L{backplane.metrics}
+names each metric), C{/healthz} says
 C{ok} while the service runs.  C{/} is a status page drawn from C{/stats}
 (L{backplane.status}), with the live tail of a backplane from C{/tail/NAME}
 (L{backplane.tail}).  Every port, clock, relay or sink reports
@@ -42,7 +43,6 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from backplane import metrics
 from backplane._version import __version__
 from backplane.address import Network, describePeer, isAllowed
 from backplane.auth.authority import Authority
@@ -58,11 +58,6 @@ from backplane.tail import DEFAULT_MAX_TAILS, TailResource, Tails
 
 # The module's logger: Site.log is the access log's method.
 _log = Logger()
-
-# Kept here for the code that imported them from this module.
-BACKPLANE_COUNTERS = {key: stat.help for key, stat in metrics.BACKPLANE_COUNTERS.items()}
-ACCESS_HELP = metrics.ACCESS_HELP
-
 
 def version() -> str:
     """
