@@ -341,3 +341,27 @@ def test_subEndsQuietlyOnCtrlC(service):
     run.transport.signalProcess("INT")  # type: ignore[union-attr]
     yield run.ended
     assert (run.status, run.err) == (0, b"")
+
+
+def test_clientEndpoint():
+    """
+    C{HOST:PORT} (a name, IPv4, or IPv6 in brackets) is a
+    L{HostnameEndpoint}; anything else with a colon a Twisted client
+    endpoint description.
+    """
+    from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, UNIXClientEndpoint
+
+    from backplane.cli import UserError, clientEndpoint
+
+    for where, host, port in (("localhost:1500", b"localhost", 1500),
+                              ("10.1.2.3:80", b"10.1.2.3", 80), ("[::1]:1500", b"::1", 1500)):
+        endpoint = clientEndpoint(reactor, where)
+        assert isinstance(endpoint, HostnameEndpoint), where
+        assert (endpoint._hostBytes, endpoint._port) == (host, port)
+    assert isinstance(clientEndpoint(reactor, "tcp:host=example.org:port=1500"),
+                      TCP4ClientEndpoint)
+    assert isinstance(clientEndpoint(reactor, "unix:path=/run/backplane.sock"),
+                      UNIXClientEndpoint)
+    for bad in ("nowhere", "localhost:0", "tcp:host=x:port=y", "nosuchtype:path=x"):
+        with pytest.raises(UserError):
+            clientEndpoint(reactor, bad)
