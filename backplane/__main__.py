@@ -1,7 +1,11 @@
 """
-C{python -m backplane COMMAND}: tools for the operator of a backplane
-service (the service itself runs as C{twistd backplane}).
+C{python -m backplane COMMAND}: a command-line client and tools for the
+operator of a backplane service (the service itself runs as C{twistd
+backplane}).
 
+  - C{sub}, C{pub}, C{tail}, C{check}: the command-line client
+    (L{backplane.cli}): subscribe to a port, publish to one, read the
+    monitor's live tail of a backplane, validate a config file.
   - C{hash-token}: the C{token_sha256} of a token (read from standard input,
     or made with C{--new}) and a C{[[user]]} table for the config file.
 """
@@ -14,6 +18,7 @@ import json
 import sys
 from typing import TextIO
 
+from backplane import cli
 from backplane.auth.authority import MAX_TOKEN_LENGTH
 from backplane.auth.users import hashToken, newToken
 
@@ -27,9 +32,13 @@ def parser() -> argparse.ArgumentParser:
     """
     main = argparse.ArgumentParser(
         prog="python -m backplane",
-        description="Tools for the operator of a backplane service (which runs as "
-                    "'twistd backplane --config FILE').")
+        description="A command-line client of a backplane service (which runs as "
+                    "'twistd backplane --config FILE'), and tools for its operator. "
+                    "'python -m backplane COMMAND --help' tells more of each.",
+        epilog="examples: python -m backplane sub localhost:1500; "
+               "echo hello | python -m backplane pub localhost:1501")
     commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cli.addCommands(commands)
     hashing = commands.add_parser(
         "hash-token", help="print the token_sha256 of a token, and a [[user]] table",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -130,6 +139,8 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None,
     if options.command == "hash-token":
         return hashTokenCommand(options, stdin or sys.stdin, stdout or sys.stdout,
                                 stderr or sys.stderr)
+    if options.command in cli.commandNames():
+        return cli.run(options, stderr=stderr)
     raise AssertionError(options.command)  # pragma: no cover - argparse allows no other
 
 

@@ -108,7 +108,8 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
         if listen.tls_client_ca is not None:
             _requireClientCertificates(endpoint, listen.tls_client_ca, config.path, i)
         add(ListenService(endpoint, factory, description=listen.endpoint, where=f"listen[{i}]",
-                          path=config.path, clock=reactor), "listen", i)
+                          path=config.path, clock=reactor, protocol=listen.protocol),
+            "listen", i)
     return service
 
 

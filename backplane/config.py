@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import json
 import os
 import re
 import stat
@@ -661,11 +662,8 @@ class _Parser:
                     name = getattr(entry, key, None)
                     if name is not None and name not in declared:
                         known = ", ".join(sorted(declared)) or "none"
-                        raise self.error(
-                            f"{where}.{key}",
-                            f"backplane {name!r} is not declared: add [backplane.{name}] "
-                            f"(declared: {known})",
-                        )
+                        raise self.error(f"{where}.{key}",
+                                         _undeclared(name, key, known))
                 if table in ("listen", "connect") and not (entry.publish_to or entry.subscribe_to):
                     raise self.error(where, "needs publish_to, subscribe_to, or both")
         self.history(config)
@@ -850,6 +848,34 @@ def _endpointProblem(description: str, folder: Path, server: bool) -> str | None
                 reason = e.strerror if isinstance(e, OSError) else str(e)
                 return f"{key} {keywords[key][:80]!r}: {reason}"
     return None
+
+
+#: A name TOML takes unquoted as a key ("bare key").
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def tableHeader(name: str) -> str:
+    """
+    The TOML table header that declares backplane C{name}:
+    C{[backplane.NEWS]}, or with the name quoted where it must be,
+    C{[backplane."chat.room"]}.
+    """
+    if _BARE_KEY.fullmatch(name):
+        return f"[backplane.{name}]"
+    return f"[backplane.{json.dumps(name)}]"
+
+
+def _undeclared(name: str, key: str, known: str) -> str:
+    """
+    What to say of a C{publish_to} or C{subscribe_to} that names no
+    declared backplane.
+    """
+    if any(c in name for c in "*?["):
+        return (f"backplane {name!r} is not declared: {key} names one backplane, not a "
+                f"pattern (a port, relay or file serves one backplane; patterns are for "
+                f"[[user]] rights); declare each backplane with a table such as "
+                f"[backplane.NEWS] and name it here (declared: {known})")
+    return f"backplane {name!r} is not declared: add {tableHeader(name)} (declared: {known})"
 
 
 def _explain(error: Exception) -> str:

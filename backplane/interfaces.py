@@ -34,8 +34,10 @@ class IStatsSource(Interface):
     is in C{/stats}, and as Prometheus metrics in C{/metrics}, where counter
     C{KEY} of a source of kind C{KIND} becomes
     C{backplane_KIND_KEY_total} (labelled C{name="NAME"}) and gauge C{KEY}
-    becomes C{backplane_KIND_KEY} (labelled the same).  A source is not asked about the
-    services below it: it speaks for them.
+    becomes C{backplane_KIND_KEY} (labelled the same), unless
+    L{backplane.metrics} declares another name (with a unit) and the help
+    of that metric.  A source is not asked about the services below it: it
+    speaks for them.
     """
 
     def report() -> dict[str, object]:

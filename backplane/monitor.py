@@ -2,7 +2,8 @@
 The monitor: the service's statistics over HTTP.
 
 C{/stats} is a JSON document (the server, every backplane, every statistics
-source), C{/metrics} the same in Prometheus' text format, C{/healthz} says
+source), C{/metrics} the same in Prometheus' text format (L{backplane.metrics}
+names each metric), C{/healthz} says
 C{ok} while the service runs.  C{/} is a status page drawn from C{/stats}
 (L{backplane.status}), with the live tail of a backplane from C{/tail/NAME}
 (L{backplane.tail}).  Every port, clock, relay or sink reports
@@ -20,20 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from ipaddress import ip_address
 from typing import Any
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
@@ -57,6 +51,7 @@ from backplane.auth.identity import AccessDenied
 from backplane.auth.web import admitRequest, refusal
 from backplane.heads import BoundedChannel, BoundedRequest
 from backplane.interfaces import IStatsSource
+from backplane.metrics import StatsCollector
 from backplane.ports import EndpointService
 from backplane.service import BackplaneService
 from backplane.status import statusPage
@@ -64,75 +59,6 @@ from backplane.tail import DEFAULT_MAX_TAILS, TailResource, Tails
 
 # The module's logger: Site.log is the access log's method.
 _log = Logger()
-
-# The counters of a backplane (BackplaneStats), and what each counts.
-BACKPLANE_COUNTERS = {
-    "messages_in": "Messages published to the backplane.",
-    "bytes_in": "Bytes of the messages published to the backplane, delimiters included.",
-    "deliveries": "Messages handed to subscribers (one message to N subscribers: N).",
-    "dropped": "Messages subscribers missed past max_pending with slow = \"drop\".",
-    "slow_disconnects": "Subscribers disconnected past max_pending.",
-    "errors": "Subscriber callbacks that raised or failed.",
-    "resumes": "Subscribers that resumed from the backplane's history.",
-    "replayed": "Messages handed to resuming subscribers from the history.",
-    "gaps": "Times a resuming subscriber was told that messages it asked for are missing.",
-}
-
-# What a backplane's history reports (History.report()) that becomes a gauge,
-# and its help.
-HISTORY_GAUGES = {
-    "first": "The oldest SEQ the backplane's history keeps.",
-    "last": "The latest SEQ the backplane's history gave a message.",
-    "messages": "Messages the backplane's history keeps.",
-    "bytes": "Bytes of messages the backplane's history keeps.",
-}
-
-
-# What the counters and gauges of the statistics sources here count, for the
-# HELP of their metrics; a key not listed gets a generic one.
-SOURCE_HELP = {
-    ("listen", "accepted"): "Connections the port accepted.",
-    ("listen", "refused"): "Connections closed at once: max_clients were connected.",
-    ("listen", "disallowed"): "Connections closed at once: the address is not in allow.",
-    ("listen", "tls_failures"): "TLS connections closed before their handshake completed.",
-    ("listen", "overlong"): "Clients disconnected for a line longer than max_line_length.",
-    ("listen", "slow_disconnects"): "Subscribers disconnected past max_pending.",
-    ("listen", "dropped"): "Messages subscribers missed past max_pending (slow = \"drop\").",
-    ("listen", "messages_in"): "Lines the port's clients published.",
-    ("listen", "bytes_in"): "Bytes of the lines the port's clients published.",
-    ("listen", "clients"): "Clients connected to the port now, their handshake done.",
-    ("listen", "handshakes"): "Connections to the port in their handshake now.",
-    ("listen", "handshake_timeouts"): "Connections closed: their handshake did not finish "
-                                      "within handshake_timeout.",
-    ("listen", "handshakes_evicted"): "Connections closed in their handshake to make room, "
-                                      "max_handshakes being in theirs.",
-    ("listen", "bad_heads"): "WebSocket and HTTP requests refused for their head (431 or 400).",
-    ("listen", "idle_timeouts"): "Publishers closed for holding an unfinished line for "
-                                 "idle_timeout.",
-    ("listen", "idle_discarded"): "Bytes of unfinished lines discarded at idle_timeout.",
-    ("clock", "published"): "Messages the clock published.",
-    ("connect", "acknowledged"): "Lines upstream acknowledged (acks = true).",
-    ("connect", "resent"): "Lines sent upstream again, not having been acknowledged (acks = true).",
-    ("connect", "spooled"): "Lines kept that upstream has not acknowledged yet (acks = true).",
-    ("connect", "dropped"): "Lines for upstream dropped past the relay's buffer (or spool_bytes).",
-    ("monitor", "requests"): "HTTP requests the monitor served.",
-    ("monitor", "disallowed"): "Connections closed at once: the address is not in allow.",
-    ("monitor", "bad_heads"): "Requests refused for their head: too big, too many headers, "
-                              "malformed.",
-    ("monitor", "tails_opened"): "Live tails (tail/NAME) opened.",
-    ("monitor", "tails_refused"): "Live tails refused: max_tails were open.",
-    ("monitor", "tail_dropped"): "Lines live tails missed, being more than max_pending behind.",
-    ("monitor", "tails_cut_off"): "Live tails cut off: their connection stayed full.",
-    ("monitor", "tails"): "Live tails open now.",
-}
-
-# The counters of a port's (or the monitor's) access checks, and their help.
-ACCESS_HELP = {
-    "accepted": "Tokens and client certificates accepted.",
-    "refused": "Clients refused (no token, a token not accepted, not allowed, another "
-               "site's page), by reason.",
-}
-
 
 def version() -> str:
     """
@@ -184,134 +110,6 @@ def statsSources(services: Iterable[Any]) -> list[IStatsSource]:
 def _isoTime(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(
         timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _numbers(values: object) -> dict[str, float]:
-    if not isinstance(values, dict):
-        return {}
-    return {str(key): value for key, value in values.items()
-            if isinstance(value, (int, float))}
-
-
-def _metricName(*parts: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9_]", "_", "_".join(parts))
-
-
-class StatsCollector:
-    """
-    A Prometheus collector of a L{MonitorService}'s statistics, made fresh
-    at each scrape.
-
-    Per backplane (label C{backplane}): C{backplane_subscribers},
-    C{backplane_publishers}, and the counters C{backplane_messages_in_total},
-    C{backplane_bytes_in_total}, C{backplane_deliveries_total},
-    C{backplane_dropped_total}, C{backplane_slow_disconnects_total},
-    C{backplane_errors_total}.  Per statistics source of kind C{KIND} (label
-    C{name}): C{backplane_KIND_KEY_total} for each counter,
-    C{backplane_KIND_KEY} for each gauge, C{backplane_KIND_state} (1, with
-    the state as label C{state}) and C{backplane_KIND_info} (its C{info} as
-    labels).  And C{backplane_info} (versions), C{backplane_start_time_seconds},
-    C{backplane_uptime_seconds}.
-    """
-
-    def __init__(self, monitor: MonitorService) -> None:
-        self.monitor = monitor
-
-    def collect(self) -> Iterator[Metric]:
-        """
-        Every metric, as it is now.
-        """
-        monitor = self.monitor
-        info = InfoMetricFamily("backplane", "The versions of backplane, Twisted and Python.")
-        info.add_metric([], {"version": version(), "twisted": twistedVersion,
-                             "python": sys.version.split()[0]})
-        yield info
-        if monitor.started is not None:
-            yield GaugeMetricFamily("backplane_start_time_seconds",
-                                    "When the service started, in seconds since the epoch.",
-                                    value=monitor.started)
-        yield GaugeMetricFamily("backplane_uptime_seconds",
-                                "Seconds since the service started.", value=monitor.uptime())
-        yield from self.backplanes(monitor.service.backplanes())
-        yield from self.sources(monitor.sourceStats())
-
-    def backplanes(self, backplanes: Sequence[Any]) -> Iterator[Metric]:
-        subscribers = GaugeMetricFamily("backplane_subscribers",
-                                        "Subscribers of the backplane now.", labels=["backplane"])
-        publishers = GaugeMetricFamily("backplane_publishers",
-                                       "Network publishers to the backplane connected now.",
-                                       labels=["backplane"])
-        counters = {key: CounterMetricFamily(f"backplane_{key}", doc, labels=["backplane"])
-                    for key, doc in BACKPLANE_COUNTERS.items()}
-        history = {key: GaugeMetricFamily(f"backplane_history_{key}", doc, labels=["backplane"])
-                   for key, doc in HISTORY_GAUGES.items()}
-        epochs = InfoMetricFamily("backplane_history", "The epoch of the backplane's history.",
-                                  labels=["backplane"])
-        for backplane in backplanes:
-            subscribers.add_metric([backplane.name], len(backplane))
-            publishers.add_metric([backplane.name], backplane.stats.publishers)
-            for key, family in counters.items():
-                family.add_metric([backplane.name], getattr(backplane.stats, key))
-            if backplane.history is not None:
-                report = backplane.history.report()
-                for key, gauge in history.items():
-                    gauge.add_metric([backplane.name], report[key])
-                epochs.add_metric([backplane.name], {"epoch": str(report["epoch"])})
-        yield subscribers
-        yield publishers
-        yield from counters.values()
-        if any(backplane.history is not None for backplane in backplanes):
-            yield from history.values()
-            yield epochs
-
-    def sources(self, reports: list[dict[str, Any]]) -> Iterator[Metric]:
-        families: dict[str, Metric] = {}
-
-        def family(kind: Any, name: str, doc: str, labels: list[str]) -> Any:
-            if name not in families:
-                families[name] = kind(name, doc, labels=labels)
-            return families[name]
-
-        for report in reports:
-            kind, name = str(report.get("kind", "service")), str(report.get("name", "?"))
-            for key, value in _numbers(report.get("counters")).items():
-                family(CounterMetricFamily, _metricName("backplane", kind, key),
-                       SOURCE_HELP.get((kind, key), f"The {key} counter of each {kind}."),
-                       ["name"]).add_metric([name], value)
-            for key, value in _numbers(report.get("gauges")).items():
-                family(GaugeMetricFamily, _metricName("backplane", kind, key),
-                       SOURCE_HELP.get((kind, key), f"The {key} of each {kind} now."),
-                       ["name"]).add_metric([name], value)
-            if "state" in report:
-                family(GaugeMetricFamily, _metricName("backplane", kind, "state"),
-                       f"The state of each {kind} (1, with the state as a label).",
-                       ["name", "state"]).add_metric([name, str(report["state"])], 1)
-            access = report.get("access")
-            if isinstance(access, dict):
-                self.access(family, kind, name, access)
-            details = report.get("info")
-            if isinstance(details, dict) and details:
-                labels = {_metricName(str(key)): "" if value is None else str(value)
-                          for key, value in details.items()}
-                labels.pop("name", None)
-                family(InfoMetricFamily, _metricName("backplane", kind),
-                       f"How each {kind} is configured.", ["name"]).add_metric([name], labels)
-        yield from families.values()
-
-    @staticmethod
-    def access(family: Any, kind: str, name: str, access: dict[str, Any]) -> None:
-        """
-        The counters of a source's access checks: C{backplane_KIND_access_accepted_total}
-        and C{backplane_KIND_access_refused_total}, by C{reason}.
-        """
-        accepted = access.get("accepted")
-        if isinstance(accepted, (int, float)):
-            family(CounterMetricFamily, _metricName("backplane", kind, "access_accepted"),
-                   ACCESS_HELP["accepted"], ["name"]).add_metric([name], accepted)
-        refused = family(CounterMetricFamily, _metricName("backplane", kind, "access_refused"),
-                         ACCESS_HELP["refused"], ["name", "reason"])
-        for reason, count in _numbers(access.get("refused")).items():
-            refused.add_metric([name, reason], count)
 
 
 class _Page(Resource):
@@ -602,6 +400,12 @@ class MonitorService(EndpointService):
         Seconds since the service started (0 before).
         """
         return 0.0 if self.started is None else max(0.0, self.clock.seconds() - self.started)
+
+    def backplanes(self) -> list[Any]:
+        """
+        The backplanes of the service, for L{StatsCollector}.
+        """
+        return list(self.service.backplanes())
 
     def counted(self) -> None:
         """

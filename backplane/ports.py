@@ -20,6 +20,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python import log as legacyLog
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -68,6 +69,25 @@ class _ClosingRefusals(Factory):
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         protocol: Any = self.wrappedFactory.buildProtocol(cast(IAddress, addr))
         return _Refused() if protocol is None else protocol
+
+
+def listenQuietly(endpoint: IStreamServerEndpoint,
+                  factory: IProtocolFactory) -> Deferred[IListeningPort]:
+    """
+    C{endpoint.listen(factory)}, without the line Twisted's ports log as
+    they start (C{"Factory starting on 1500"}): the service logs its own,
+    with the entry's name and the address.
+
+    Twisted's ports log that line with the legacy C{twisted.python.log.msg}
+    while C{listen} runs, and an event whose C{log_format} is empty is
+    written by no text observer; so C{listen} runs with that in its legacy
+    log context.  Only legacy events logged during the call are affected;
+    failures come back in the L{Deferred}.  (C{tests/test_twistd.py} checks
+    the log of a real start, and fails if Twisted logs it otherwise.)
+    """
+    listening: Deferred[IListeningPort] = legacyLog.callWithContext(
+        {"log_format": ""}, endpoint.listen, factory)
+    return listening
 
 
 class EndpointService(Service):
@@ -126,7 +146,7 @@ class EndpointService(Service):
             else:  # an endpoint that listens asynchronously
                 self._listened(result)
 
-        self._listening = self.endpoint.listen(_ClosingRefusals(self.factory))
+        self._listening = listenQuietly(self.endpoint, _ClosingRefusals(self.factory))
         self._listening.addBoth(settled)
         synchronous = False
         if not outcome:
@@ -184,13 +204,17 @@ class ListenService(EndpointService):
 
     def __init__(self, endpoint: IStreamServerEndpoint, factory: BackplaneFactory, *,
                  description: str, where: str | None = None, path: str | None = None,
-                 close_timeout: float = 5.0, clock: IReactorTime | None = None) -> None:
+                 close_timeout: float = 5.0, clock: IReactorTime | None = None,
+                 protocol: str = "lines") -> None:
         """
         @param description: the endpoint as the user wrote it, for messages.
         @param where: the config entry, e.g. C{listen[2]}, for messages.
         @param path: the config file, for messages.
+        @param protocol: what its clients speak (the entry's C{protocol}),
+            for its statistics.
         """
         super().__init__(endpoint, factory, description=description, where=where, path=path)
+        self.protocol = protocol
         self.closeTimeout = close_timeout
         self.clock = clock
 
@@ -210,6 +234,7 @@ class ListenService(EndpointService):
             "gauges": {"clients": factory.clients, "handshakes": factory.handshakes},
             "info": {
                 "endpoint": self.description,
+                "protocol": self.protocol,
                 "address": describePeer(self.port.getHost()) if self.port else None,
                 "publish_to": None if factory.publishTo is None else factory.publishTo.name,
                 "subscribe_to": None if factory.subscribeTo is None else factory.subscribeTo.name,

@@ -177,7 +177,7 @@ class Publisher(MultiService):
         report = self.connection.report()
         report["name"] = self.name or "publisher"
         report["kind"] = "publisher"
-        report["info"] = {"endpoint": self.relay.destination, "spool": self._outbox.path,
+        report["info"] = {"endpoint": self.connection.description, "spool": self._outbox.path,
                           "publisher_id": self._outbox.publisherId}
         return report
 

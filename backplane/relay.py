@@ -1246,6 +1246,9 @@ class RelayService(ClientService):
         # The factory's own retry must never run beside this service's.
         factory.continueTrying = False
         relay.destination = description or type(endpoint).__name__
+        #: The endpoint as configured (C{relay.destination} becomes the
+        #: peer's address once connected, for log lines).
+        self.description = relay.destination
         self.factory = factory
         self.relay = relay
         self.clock = relay.clock if clock is None else clock
@@ -1257,7 +1260,9 @@ class RelayService(ClientService):
     def report(self) -> dict[str, object]:
         """
         The relay's statistics (L{IStatsSource}): its state and the counters
-        of L{RelayStats}.
+        of L{RelayStats}; C{info.endpoint} is the endpoint as configured,
+        and C{peer} the address of the upstream connected to now (L{None}
+        while not connected).
         """
         relay = self.relay
         counters = asdict(relay.stats)
@@ -1265,7 +1270,7 @@ class RelayService(ClientService):
         gauges: dict[str, int] = {"buffered": counters.pop("buffered")}
         spooled = counters.pop("spooled")
         info: dict[str, object] = {
-            "endpoint": relay.destination,
+            "endpoint": self.description,
             "publish_to": None if relay.publishTo is None else relay.publishTo.name,
             "subscribe_to": None if relay.subscribeTo is None else relay.subscribeTo.name,
         }
@@ -1281,6 +1286,7 @@ class RelayService(ClientService):
             "counters": counters,
             "gauges": gauges,
             "info": info,
+            "peer": relay.protocol.peer if relay.protocol is not None else None,
         }
 
     def startService(self) -> None:

@@ -31,8 +31,15 @@ class Options(usage.Options):
         "Distribute lines of data from many sources to many destinations through named "
         "backplanes. Without --config, runs the embedded default: backplane TIME, a clock "
         "publishing time.asctime() each second, served to every client of "
-        "tcp:1500:interface=127.0.0.1 (try: nc localhost 1500). The config file format is "
-        "described in docs/configuration.md."
+        "tcp:1500:interface=127.0.0.1 (try: nc localhost 1500). "
+        "The config file is TOML: [backplane.NAME] tables declare backplanes; [[listen]] "
+        "tables are ports (endpoint, publish_to, subscribe_to, protocol = \"lines\", "
+        "\"websocket\" or \"sse\"); [[clock]], [[connect]] (relays to another server), "
+        "[[file]] (sinks), [redis], [monitor], [[user]] and [auth] add the rest. A mistake is "
+        "reported with the file, the entry and the key. "
+        "'python -m backplane check FILE' validates a file, and 'python -m backplane --help' "
+        "lists a command-line client's commands (sub, pub, tail). The full reference of every "
+        "key is docs/configuration.md in backplane's source distribution."
     )
     optParameters = [
         ["config", "c", None,

@@ -102,6 +102,20 @@ def encodeFrames(data: bytes, count: int) -> bytes:
     return b"".join(parts)
 
 
+_UPGRADE_BODY = b"This is a WebSocket port: connect with a WebSocket client (ws://).\n"
+
+#: The response to a request that is not a WebSocket upgrade.
+UPGRADE_REQUIRED = (
+    b"HTTP/1.1 426 Upgrade Required\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Connection: Upgrade, close\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\n"
+    b"\r\n" % len(_UPGRADE_BODY)
+) + _UPGRADE_BODY
+
+
 def _statusReason(denied: AccessDenied) -> str:
     """
     A refusal's reason as the reason phrase of an HTTP status line: ASCII.
@@ -227,9 +241,12 @@ class WebSocketClient(WebSocketServerProtocol):
         """
         Refuse the opening handshake: a short HTTP response, then close.
 
-        Unlike autobahn's, it logs the refusal once (unless the port's gate
-        did), and neither the log nor the response holds more than a few
-        dozen bytes of what the client sent.
+        A request that is not a WebSocket upgrade (C{curl}, a browser's
+        address bar) gets a complete C{426 Upgrade Required}: C{Upgrade:
+        websocket}, the version spoken, a length and a line that says what
+        the port is.  Unlike autobahn's, it logs the refusal once (unless
+        the port's gate did), and neither the log nor the response holds
+        more than a few dozen bytes of what the client sent.
         """
         if len(reason) > 100:
             reason = reason[:60] + "..."
@@ -239,7 +256,10 @@ class WebSocketClient(WebSocketServerProtocol):
             _log.warn("Refused {peer}'s WebSocket handshake: {code} {reason}",
                       peer=self.peer or "?", code=code, reason=shortRepr(reason))
         self.wasNotCleanReason = reason
-        self.sendHttpErrorResponse(code, reason, responseHeaders)
+        if code == 426:
+            self.sendData(UPGRADE_REQUIRED)
+        else:
+            self.sendHttpErrorResponse(code, reason, responseHeaders)
         # Refused on purpose, and logged above: not an unclean drop for
         # autobahn to log again.
         self.wasClean = True

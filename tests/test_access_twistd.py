@@ -486,8 +486,9 @@ def test_countersInStatsAndMetrics(server: Server) -> None:
                                      headers={"Authorization": f"Bearer {PROMETHEUS}"})
     with urllib.request.urlopen(request, timeout=10) as response:
         metrics = response.read().decode()
-    assert 'backplane_listen_access_refused_total{name="listen[2]",reason="unknown"}' in metrics
-    assert 'backplane_listen_access_accepted_total{name="listen[1]"}' in metrics
+    assert ('backplane_listen_access_refused_total{name="listen[2]",protocol="lines",'
+            'reason="unknown"}') in metrics
+    assert 'backplane_listen_access_accepted_total{name="listen[1]",protocol="lines"}' in metrics
     assert 'backplane_monitor_access_refused_total{name="monitor",reason="missing"}' in metrics
 
 

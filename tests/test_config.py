@@ -186,6 +186,36 @@ class ConfigFileTests(ConfigTestCase):
             "[backplane.TMIE]", "declared: TIME",
         )
 
+    def test_undeclaredPattern(self):
+        """
+        C{subscribe_to = "*"} is told that a port serves one backplane, and
+        is not told to add C{[backplane.*]}, which is not TOML.
+        """
+        error = self.assertConfigError(
+            '[backplane.TIME]\n[[listen]]\nendpoint = "tcp:1"\nsubscribe_to = "*"\n',
+            "listen[1].subscribe_to: backplane '*' is not declared: subscribe_to names one "
+            "backplane, not a pattern", "declared: TIME",
+        )
+        self.assertNotIn("[backplane.*]", str(error))
+
+    def test_undeclaredNameThatTOMLQuotes(self):
+        """
+        The table suggested for a name that is not a bare TOML key is
+        quoted, and is valid TOML that declares that name.
+        """
+        from backplane.config import tableHeader
+
+        for name in ("chat.room", "a b", "caf\u00e9", 'say "hi"'):
+            error = self.assertConfigError(
+                f'[backplane.TIME]\n[[listen]]\nendpoint = "tcp:1"\n'
+                f'subscribe_to = {tableHeader(name)[11:-1]}\n',
+                f"add {tableHeader(name)}")
+            self.assertIn(tableHeader(name), str(error))
+            declared = self.write(tableHeader(name) + "\n")
+            self.assertEqual(list(read_config(declared).backplanes), [name])
+        self.assertEqual(tableHeader("NEWS"), "[backplane.NEWS]")
+        self.assertEqual(tableHeader("chat.room"), '[backplane."chat.room"]')
+
     def test_neitherDirection(self):
         self.assertConfigError('[backplane.A]\n[[listen]]\nendpoint = "tcp:1"\n',
                                "listen[1]: needs publish_to, subscribe_to, or both")

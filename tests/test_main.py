@@ -114,3 +114,40 @@ class HashTokenTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 0)
         self.assertIn("easy to guess", result.stderr)
         self.assertEqual(result.stdout.splitlines()[0], hashlib.sha256(b"secret").hexdigest())
+
+
+class ReadmeCommandTests(SynchronousTestCase):
+    """
+    The README's two commands work on a stock Debian or Ubuntu as written
+    (a virtualenv first: PEP 668 refuses a bare C{pip install} there), and
+    CI runs the test command as the README writes it.
+    """
+
+    def commands(self) -> dict[str, str]:
+        lines = (ROOT / "README.md").read_text().splitlines()
+        found = {}
+        for heading in ("Run it", "Run the tests:"):
+            start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+            found[heading] = next(line[4:] for line in lines[start + 1:]
+                                  if line.startswith("    "))
+        return found
+
+    def test_virtualenvFirst(self) -> None:
+        commands = self.commands()
+        venv = "python3 -m venv .venv && . .venv/bin/activate && "
+        self.assertEqual(commands["Run it"], venv + "pip install . && twistd -n backplane")
+        self.assertEqual(commands["Run the tests:"], venv + "pip install '.[test]' && pytest")
+
+    def test_ciRunsTheREADMEsTestCommand(self) -> None:
+        """
+        .ci/run reads the test command from the README (so the two cannot
+        drift apart) and runs it in a clean clone.
+        """
+        script = (ROOT / ".ci" / "run").read_text()
+        self.assertIn("/^Run the tests:/", script)
+        self.assertIn('bash -euo pipefail -c "$command"', script)
+        self.assertIn("git clone", script)
+        (extract,) = [line for line in script.splitlines() if line.startswith('command="')]
+        result = subprocess.run(["bash", "-c", extract + '\nprintf %s "$command"'],
+                                capture_output=True, text=True, cwd=ROOT, timeout=60)
+        self.assertEqual(result.stdout, self.commands()["Run the tests:"])

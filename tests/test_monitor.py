@@ -118,22 +118,27 @@ def test_metricsMoveWhenLinesFlow(running):
     before = metricSamples(body.decode())
     assert sample(before, "backplane_messages_in_total", backplane="DATA") == 0
     assert sample(before, "backplane_subscribers", backplane="DATA") == 0
-    assert sample(before, "backplane_listen_state", name="listen[1]", state="listening") == 1
+    assert sample(before, "backplane_listen_state", name="listen[1]", protocol="lines",
+                  state="listening") == 1
 
     writer, readers = yield flow(running, subscribers=3, lines=25)
     _, body = yield httpGet(urlOf(running, "/metrics"))
     after = metricSamples(body.decode())
     assert sample(after, "backplane_messages_in_total", backplane="DATA") == 25
-    assert sample(after, "backplane_bytes_in_total", backplane="DATA") == sum(
+    assert sample(after, "backplane_published_bytes_total", backplane="DATA") == sum(
         len(b"line %d\n" % i) for i in range(25))
     assert sample(after, "backplane_deliveries_total", backplane="DATA") == 75
     assert sample(after, "backplane_subscribers", backplane="DATA") == 3
     assert sample(after, "backplane_publishers", backplane="DATA") == 1
     assert sample(after, "backplane_messages_in_total", backplane="QUIET") == 0
-    assert sample(after, "backplane_listen_accepted_total", name="listen[1]") == 1
-    assert sample(after, "backplane_listen_accepted_total", name="listen[2]") == 3
-    assert sample(after, "backplane_listen_clients", name="listen[2]") == 3
-    assert sample(after, "backplane_listen_messages_in_total", name="listen[1]") == 25
+    assert sample(after, "backplane_listen_accepted_total", name="listen[1]",
+                  protocol="lines") == 1
+    assert sample(after, "backplane_listen_accepted_total", name="listen[2]",
+                  protocol="lines") == 3
+    assert sample(after, "backplane_listen_clients", name="listen[2]",
+                  protocol="lines") == 3
+    assert sample(after, "backplane_listen_messages_in_total", name="listen[1]",
+                  protocol="lines") == 25
     assert sample(after, "backplane_monitor_requests_total", name="monitor") == 2
     assert sample(after, "backplane_uptime_seconds") >= 0
     assert sample(after, "process_resident_memory_bytes") > 0
@@ -146,7 +151,8 @@ def test_metricsMoveWhenLinesFlow(running):
     _, body = yield httpGet(urlOf(running, "/metrics"))
     gone = metricSamples(body.decode())
     assert sample(gone, "backplane_subscribers", backplane="DATA") == 0
-    assert sample(gone, "backplane_listen_clients", name="listen[2]") == 0
+    assert sample(gone, "backplane_listen_clients", name="listen[2]",
+                  protocol="lines") == 0
     assert sample(gone, "backplane_messages_in_total", backplane="DATA") == 25
 
 
@@ -291,6 +297,7 @@ def test_sourcesOfOtherKinds():
     assert sample(samples, "backplane_connect_lines_in_total", name="connect[1]") == 7
     assert sample(samples, "backplane_connect_buffered", name="connect[1]") == 3
     assert sample(samples, "backplane_connect_state", name="connect[1]", state="backoff") == 1
+    assert sample(samples, "backplane_connect_state", name="connect[1]", state="connected") == 0
 
 
 @pytest_twisted.inlineCallbacks

@@ -109,3 +109,35 @@ def test_relayOverUNIX(tmp_path):
     path = tmp_path / "upstream.sock"
     yield relayThrough(f"unix:{path}", f"unix:path={path}")
 
+
+
+@pytest_twisted.inlineCallbacks
+def test_statsShowTheConfiguredEndpoint():
+    """
+    A relay's statistics name its endpoint as configured
+    (C{tcp:host=...:port=...}), connected or not; the address of the
+    upstream it is connected to is C{peer}.
+    """
+    upstream = BackplaneService()
+    upstream.create("UP")
+    port = yield endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+        PublishToFactory(upstream, "UP", subscribe_to="UP"))
+    number = port.getHost().port
+    description = f"tcp:host=localhost:port={number}"
+    node = build_service(parse_config({
+        "backplane": {"DOWN": {}},
+        "connect": [{"endpoint": description, "publish_to": "DOWN",
+                     "initial_delay": 0.1, "max_delay": 0.5}],
+    }))
+    service = node.getServiceNamed("connect[1]")
+    assert service.report()["info"]["endpoint"] == description
+    assert service.report()["peer"] is None
+    node.startService()
+    try:
+        yield waitUntil(lambda: service.relay.connected, what="the relay connected")
+        report = service.report()
+        assert report["info"]["endpoint"] == description
+        assert report["peer"] == f"127.0.0.1:{number}"
+    finally:
+        yield node.stopService()
+        yield port.stopListening()

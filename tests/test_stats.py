@@ -82,8 +82,9 @@ class ListenStatsTests(SynchronousTestCase):
         self.assertEqual(stats["kind"], "listen")
         self.assertEqual(stats["state"], "stopped")
         self.assertEqual(stats["gauges"], {"clients": 0, "handshakes": 0})
-        self.assertEqual(stats["info"], {"endpoint": "tcp:1500", "address": None,
-                                         "publish_to": "NEWS", "subscribe_to": None})
+        self.assertEqual(stats["info"], {"endpoint": "tcp:1500", "protocol": "lines",
+                                         "address": None, "publish_to": "NEWS",
+                                         "subscribe_to": None})
 
     def test_countsWhatClientsDo(self):
         self.port.startService()

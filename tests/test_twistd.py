@@ -74,6 +74,35 @@ def test_helpDocumentsEveryOption():
         assert option in help
 
 
+def test_helpIsSelfContained(tmp_path):
+    """
+    C{twistd backplane --help} says what a config holds and how to check
+    one without docs at hand, and the docs/configuration.md it points to
+    is in the source distribution.
+    """
+    import subprocess
+    import sys
+    import tarfile
+
+    from tests.twistd import ROOT, TWISTD
+
+    help = subprocess.run([*TWISTD, "backplane", "--help"], capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+    text = " ".join(help.split())
+    for table in ("[backplane.NAME]", "[[listen]]", "[[clock]]", "[[connect]]", "[[file]]",
+                  "[redis]", "[monitor]", "[[user]]", "[auth]"):
+        assert table in text, table
+    assert "python -m backplane check FILE" in text
+    assert "docs/configuration.md in backplane's source distribution" in text
+    subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path),
+                    "sdist", "-d", str(tmp_path)], cwd=ROOT, check=True, timeout=120,
+                   capture_output=True)
+    (sdist,) = tmp_path.glob("backplane-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    assert {"docs/configuration.md", "docs/cli.md", "README.md"} <= names
+
+
 # End-to-end: a real twistd process.
 
 
@@ -337,6 +366,41 @@ def test_makeServiceConfigError(tmp_path, capsys):
 # End-to-end: operations.
 
 
+def test_startLogsOneLinePerPort(tmp_path):
+    """
+    The log of a start has the service's own line for each port (its entry
+    and address), and not Twisted's "BackplaneFactory starting on 1500" or
+    "Starting factory" beside it.
+    """
+    ports = [freePort() for _ in range(3)]
+    twistd = Twistd(tmp_path, config=f"""
+[backplane.NEWS]
+[[listen]]
+endpoint = "tcp:{ports[0]}:interface=127.0.0.1"
+publish_to = "NEWS"
+[[listen]]
+endpoint = "tcp:{ports[1]}:interface=127.0.0.1"
+subscribe_to = "NEWS"
+protocol = "websocket"
+[monitor]
+endpoint = "tcp:{ports[2]}:interface=127.0.0.1"
+""").start()
+    try:
+        twistd.waitForLog(f"listen[2] listening on 127.0.0.1:{ports[1]}")
+        twistd.stop()
+    finally:
+        twistd.kill()
+    log = twistd.text()
+    assert f"listen[1] listening on 127.0.0.1:{ports[0]}" in log
+    assert f"monitor listening on 127.0.0.1:{ports[2]}" in log
+    for port in ports:
+        mentions = [line for line in log.splitlines()
+                    if f":{port}" in line or f" {port}" in line]
+        assert len(mentions) <= 2, mentions  # listening on ...; (TCP Port N Closed)
+    assert "starting on" not in log
+    assert "Starting factory" not in log
+
+
 def httpGetJSON(url: str):
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.load(response)
@@ -393,8 +457,10 @@ allow = ["127.0.0.1"]
                 samples = metricSamples(response.read().decode())
             assert sample(samples, "backplane_messages_in_total", backplane="NEWS") == 50
             assert sample(samples, "backplane_deliveries_total", backplane="NEWS") == 100
-            assert sample(samples, "backplane_listen_clients", name="listen[2]") == 2
-            assert sample(samples, "backplane_listen_accepted_total", name="listen[1]") == 1
+            assert sample(samples, "backplane_listen_clients", name="listen[2]",
+                          protocol="lines") == 2
+            assert sample(samples, "backplane_listen_accepted_total", name="listen[1]",
+                          protocol="lines") == 1
         for reader in readers:
             reader.close()
         twistd.stop()
@@ -592,3 +658,34 @@ def test_configFileBounded(tmp_path):
     for path, fragment in ((big, "bigger than"), (Path("/dev/zero"), "not a regular file")):
         status, output = Twistd(tmp_path, "--check", "--config", str(path)).run(timeout=20)
         assert status == 1 and fragment in output, output
+
+
+def test_composeExampleSaysWhatItServes(tmp_path):
+    """
+    C{python docs/examples/compose.py} prints what it serves and how to
+    try it, and serves that.  (Run from a copy on free ports, so that a
+    service on 1500 here does not get in the way.)
+    """
+    import subprocess
+    import sys
+
+    from tests.twistd import ROOT
+
+    sub, pub = freePort(), freePort()
+    script = (ROOT / "docs" / "examples" / "compose.py").read_text()
+    script = script.replace("1500", str(sub)).replace("1501", str(pub))
+    (tmp_path / "compose.py").write_text(script)
+    process = subprocess.Popen([sys.executable, str(tmp_path / "compose.py")],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("backplane TIME: the time on 127.0.0.1:"), line
+        assert f"127.0.0.1:{sub} (try: nc localhost {sub})" in line
+        assert f"127.0.0.1:{pub}" in line
+        with subscribeTo(sub) as sock:
+            assert ASCTIME.match(readLines(sock, 1, timeout=10)[0])
+    finally:
+        process.terminate()
+        process.wait(10)

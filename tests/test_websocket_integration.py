@@ -266,3 +266,34 @@ def test_stopClosesClients():
         assert (yield client.closed) == 1001
         assert client.payloads() == [b"last words"] * 1000
     assert factory.clients == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_plainHTTPGets426(service):
+    """
+    curl (a plain HTTP request, no upgrade) gets a complete 426 Upgrade
+    Required: Upgrade, the version, a length and a body; the connection
+    closes, so curl does not hang, and nothing is published.
+    """
+    import shutil
+
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    curl = shutil.which("curl")
+    assert curl is not None, "curl is needed (Debian: apt-get install curl)"
+    data = service.get("DATA")
+    ws = listen(service, WebSocketFactory(service, publish_to="DATA"))
+    out, err, code = yield getProcessOutputAndValue(
+        curl, ["-si", "--max-time", "10", f"http://127.0.0.1:{ws}/"])
+    assert code == 0, err
+    head, _, body = out.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 426 Upgrade Required"
+    headers = {name.lower(): value for name, _, value in
+               (line.partition(b": ") for line in lines[1:])}
+    assert headers[b"upgrade"] == b"websocket"
+    assert headers[b"sec-websocket-version"] == b"13"
+    assert b"close" in headers[b"connection"]
+    assert int(headers[b"content-length"]) == len(body)
+    assert body == b"This is a WebSocket port: connect with a WebSocket client (ws://).\n"
+    assert data.stats.messages_in == 0

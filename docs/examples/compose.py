@@ -5,6 +5,8 @@ client of tcp:1500 on 127.0.0.1, and a port 1501 whose clients publish to it.
 
     python docs/examples/compose.py
     nc localhost 1500
+
+It prints what it serves and how to try it, then runs until Ctrl-C.
 """
 
 import time
@@ -25,6 +27,9 @@ def main() -> None:
     )
     task.LoopingCall(lambda: clock.publish(time.asctime().encode())).start(1.0)
     service.startService()
+    print("backplane TIME: the time on 127.0.0.1:1500 (try: nc localhost 1500); "
+          "lines sent to 127.0.0.1:1501 are published to it (nc localhost 1501). Ctrl-C stops.",
+          flush=True)
     reactor.run()
 
 
