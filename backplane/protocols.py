@@ -5,12 +5,15 @@ backplane's lines go to a client (L{SubscribeTo}), or both at once.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
+    IHalfCloseableProtocol,
     IHandshakeListener,
     IPushProducer,
     IReactorTime,
@@ -34,8 +37,49 @@ from backplane.output import BoundedWriter
 from backplane.service import Backplane, BackplaneService, Subscription
 
 SlowPolicy = Literal["disconnect", "drop"]
+Framing = Literal["lines", "syslog"]
 
 DEFAULT_MAX_PENDING = 1024 * 1024
+
+#: The methods whose request line (C{GET / HTTP/1.1}) as the first line of
+#: a connection marks an HTTP client, answered 400 and never published.
+HTTP_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS",
+                b"TRACE", b"PATCH")
+_REQUEST_LINE = re.compile(rb"(?:%s) [!-~]+ HTTP/[0-9]\.[0-9]\r?" % b"|".join(HTTP_METHODS))
+_REQUEST_STARTS = tuple(method + b" " for method in HTTP_METHODS)
+#: The longest first line held back to tell an HTTP request line from a line.
+MAX_REQUEST_LINE = 2048
+
+
+def looksLikeHTTP(head: bytes) -> bool | None:
+    """
+    Whether the first bytes of a connection are an HTTP request line.
+
+    @param head: what the client sent first, at least one byte.
+    @return: C{True} for a complete request line (C{METHOD TARGET
+        HTTP/x.y} and a newline), C{False} for anything that cannot be one,
+        L{None} while it may still become one (no newline yet).
+    """
+    end = head.find(b"\n")
+    if end >= 0:
+        return _REQUEST_LINE.fullmatch(head, 0, end) is not None
+    if len(head) > MAX_REQUEST_LINE:
+        return False
+    if any(head.startswith(start) or start.startswith(head) for start in _REQUEST_STARTS):
+        return None
+    return False
+
+
+def httpRefusal(description: str) -> bytes:
+    """
+    The short C{400 Bad Request} an HTTP client of a line port gets.
+
+    @param description: what the port is, e.g. C{"a backplane line port"}.
+    """
+    body = (f"This is {description}, not an HTTP server: send it lines with nc "
+            f"(nc HOST PORT), not HTTP requests.\n").encode("ascii", "replace")
+    return (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
 
 
 @dataclass(frozen=True)
@@ -53,6 +97,9 @@ class Limits:
     @ivar max_clients: connections a port accepts at once (L{None}: no limit).
     @ivar allow: the networks clients may connect from (L{None}: any); see
         L{isAllowed}.
+    @ivar framing: how what clients send is split into messages: C{"lines"}
+        (L{LineFramer}), or C{"syslog"} (L{SyslogFramer<backplane.syslog.SyslogFramer>}:
+        RFC 6587 octet counting and newline-terminated frames).
     """
 
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH
@@ -60,6 +107,7 @@ class Limits:
     slow: SlowPolicy = "disconnect"
     max_clients: int | None = None
     allow: tuple[Network, ...] | None = None
+    framing: Framing = "lines"
 
     def __post_init__(self) -> None:
         if self.max_line_length < 1:
@@ -70,6 +118,8 @@ class Limits:
             raise ValueError(f"slow must be 'disconnect' or 'drop', not {self.slow!r}")
         if self.max_clients is not None and self.max_clients < 0:
             raise ValueError("max_clients must be 0 or more")
+        if self.framing not in ("lines", "syslog"):
+            raise ValueError(f"framing must be 'lines' or 'syslog', not {self.framing!r}")
 
 
 @dataclass
@@ -101,6 +151,12 @@ class PortStats:
         skipped.
     @ivar store_failures: connections closed because the store did not keep
         their lines, so they could not be acknowledged.
+    @ivar discarded_bytes: bytes of half lines never published: those of a
+        connection reset or aborted, closed by the server, or cut for a line
+        longer than C{max_line_length} (a half line before a clean end of
+        input, a FIN, is published).
+    @ivar http_requests: clients that sent an HTTP request line first,
+        answered C{400 Bad Request} and disconnected.
     """
 
     accepted: int = 0
@@ -118,9 +174,24 @@ class PortStats:
     acknowledged: int = 0
     deduplicated: int = 0
     store_failures: int = 0
+    discarded_bytes: int = 0
+    http_requests: int = 0
 
 
-@implementer(ILineSink, IHandshakeListener, IPushProducer)
+def makeFramer(receiver: Any, limits: Limits) -> LineFramer:
+    """
+    The framer of a client of a port with C{limits}: a L{LineFramer}, or a
+    L{SyslogFramer<backplane.syslog.SyslogFramer>} (the same interface) for
+    C{framing = "syslog"}.
+    """
+    if limits.framing == "syslog":
+        from backplane.syslog import SyslogFramer
+
+        return SyslogFramer(receiver, limits.max_line_length)
+    return LineFramer(receiver, limits.max_line_length)
+
+
+@implementer(ILineSink, IHandshakeListener, IPushProducer, IHalfCloseableProtocol)
 class BackplaneProtocol(Protocol):
     """
     A line client of a backplane port: it may publish, subscribe, or both.
@@ -143,6 +214,15 @@ class BackplaneProtocol(Protocol):
     once admitted, and a refused client gets one line C{ERR reason} and is
     disconnected, having published and received nothing.
 
+    The end of what a client sends: after a clean end of input (a FIN, or a
+    TLS close), its last line is published even without a newline, and a
+    client that subscribes keeps receiving (it half-closed, as C{nc -N}
+    does); a client that only publishes is disconnected.  A connection
+    that is reset or aborted, or that the server closes, publishes no half
+    line; its bytes are counted (C{discarded_bytes}).  A client whose first
+    line is an HTTP request line gets a C{400 Bad Request} and is
+    disconnected; nothing it sent is published.
+
     Two objects do the work: L{framer} (a L{LineFramer}) splits what the
     client sends into lines, and, once it subscribes, L{output} (a
     L{BoundedWriter}) writes to it within C{max_pending}.  The protocol is
@@ -158,6 +238,8 @@ class BackplaneProtocol(Protocol):
         admitted or refused.
     @ivar identity: who the client proved to be, once admitted on a port
         with C{auth}.
+    @ivar inputEnded: whether the client's input has ended cleanly (it
+        closed or half-closed its sending side).
     """
 
     log = Logger()
@@ -179,10 +261,13 @@ class BackplaneProtocol(Protocol):
         # The counters of the port this client came through (its factory's
         # when it has one).
         self.portStats = PortStats()
-        self.framer = LineFramer(self, limits.max_line_length)
+        self.framer = makeFramer(self, limits)
         self.output: BoundedWriter | None = None
         self._subscription: Subscription | None = None
         self._closing = False
+        self.inputEnded = False
+        # The first bytes, held until they cannot be an HTTP request line.
+        self._head: bytes | None = b""
         self._joined = False
         self._handshaking = False
         self._producing = False
@@ -276,7 +361,7 @@ class BackplaneProtocol(Protocol):
         nothing more is handed to it or published from it.
         """
         self._closing = True
-        self.framer.discard()
+        self._discard()
         self._unsubscribe()
         if self.output is not None:
             self.output.flush()
@@ -294,8 +379,14 @@ class BackplaneProtocol(Protocol):
         if self._handshaking:
             self._handshaking = False
             self.portStats.tls_failures += 1
+        elif (reason is not None and reason.check(ConnectionDone) and not self._closing
+              and not self.inputEnded):
+            # A clean end that was no half-close (a TLS close_notify): the
+            # client's last line is a line.
+            self.inputEnded = True
+            self.endOfInput()
         self._closing = True
-        self.framer.discard()
+        self._discard()
         if self.output is not None:
             self.output.discard()
         self._unsubscribe()
@@ -312,15 +403,114 @@ class BackplaneProtocol(Protocol):
             self._subscription.cancel()
             self._subscription = None
 
+    def _discard(self) -> None:
+        """
+        Forget the half line the client sent (and the first bytes held
+        back), counting them in C{discarded_bytes}.
+        """
+        discarded = len(self.framer.discard())
+        if self._head:
+            discarded += len(self._head)
+        self._head = None
+        if discarded:
+            self.portStats.discarded_bytes += discarded
+
+    @property
+    def _receiving(self) -> bool:
+        """
+        Whether the client receives a backplane's messages now.
+        """
+        return self._joined and self.output is not None and not self._closing
+
+    # The end of input (IHalfCloseableProtocol).
+
+    def readConnectionLost(self) -> None:
+        """
+        The client sends nothing more (a FIN: it closed, or half-closed):
+        publish its last line (L{endOfInput}); a client that subscribes
+        keeps receiving, any other is disconnected.  A client still being
+        admitted (C{AUTH}) is admitted or refused by what it sent.
+        """
+        if self._closing or self.inputEnded:
+            return
+        self.inputEnded = True
+        self.endOfInput()
+        if not self._closing and not self._receiving:
+            self.close()
+
+    def writeConnectionLost(self) -> None:
+        """
+        The connection's sending side is shut down: nothing more can reach
+        the client, so close it.
+        """
+        if not self._closing:
+            self.close()
+
+    def endOfInput(self) -> None:
+        """
+        The client's input ended cleanly: what it sent last is read, its
+        last half line as a whole line.  Subclasses override it to end
+        their reading otherwise.
+        """
+        head, self._head = self._head, None
+        if head:
+            self._read(head)
+        if not self._closing:
+            discarded = self.framer.finish()
+            if discarded:
+                self.portStats.discarded_bytes += discarded
+
     # Publishing: lines in, through the framer (a LinesReceiver).
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or not data:
             return
+        head = self._head
+        if head is not None:
+            # Until the first line cannot be an HTTP request line, it waits.
+            data = head + data
+            request = looksLikeHTTP(data)
+            if request is None and len(data) <= self.framer.maxLineLength:
+                self._head = data
+                return
+            self._head = None
+            if request:
+                self.refuseHTTP()
+                return
+        self._read(data)
+
+    def _read(self, data: bytes) -> None:
         if self.admission is not None:
             self.admission.dataReceived(data)
         else:
             self.readData(data)
+
+    def refuseHTTP(self) -> None:
+        """
+        The client's first line is an HTTP request line: answer C{400 Bad
+        Request} (naming what the port is) and disconnect it, having
+        published nothing it sent.
+        """
+        self.log.info("Refusing {peer}: it sent an HTTP request to a line port",
+                      peer=self.peer)
+        self.portStats.http_requests += 1
+        self._unsubscribe()
+        if self.output is not None:
+            # Nothing more of the backplane for it: the answer is last.
+            self.output.discard()
+        self.transport.write(httpRefusal(self.describePort()))
+        self.close()
+
+    def describePort(self) -> str:
+        """
+        What this port is, in words, for an HTTP client that came to it.
+        """
+        roles = []
+        if self.publishTo is not None:
+            roles.append(f"publishes to {self.publishTo.name}")
+        if self.subscribeTo is not None:
+            roles.append(f"serves {self.subscribeTo.name}")
+        return f"a backplane line port ({' and '.join(roles)})"
 
     def readData(self, data: bytes) -> None:
         """
@@ -365,6 +555,7 @@ class BackplaneProtocol(Protocol):
             peer=self.peer, length=length, limit=self.limits.max_line_length,
         )
         self.portStats.overlong += 1
+        self.portStats.discarded_bytes += length
         self.close()
 
     # Subscribing: lines out (ILineSink), through the writer (its OutputOwner).

@@ -98,7 +98,7 @@ class ListenStatsTests(SynchronousTestCase):
             "accepted": 1, "refused": 1, "disallowed": 0, "tls_failures": 0, "overlong": 0,
             "slow_disconnects": 0, "dropped": 0, "messages_in": 2, "bytes_in": 4, "resumes": 0,
             "gaps": 0, "bad_requests": 0, "acknowledged": 0, "deduplicated": 0,
-            "store_failures": 0,
+            "store_failures": 0, "discarded_bytes": 0, "http_requests": 0,
         })
 
     def test_starting(self):
