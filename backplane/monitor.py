@@ -100,6 +100,11 @@ SOURCE_HELP = {
     ("listen", "messages_in"): "Lines the port's clients published.",
     ("listen", "bytes_in"): "Bytes of the lines the port's clients published.",
     ("listen", "clients"): "Clients connected to the port now.",
+    ("listen", "discarded_bytes"): "Bytes of half lines never published (a reset, an abort, a "
+                                   "close by the server, a line too long).",
+    ("listen", "http_requests"): "Clients answered 400: their first line was an HTTP request.",
+    ("listen", "datagrams"): "Datagrams a udp: port received from allowed addresses.",
+    ("connect", "discarded_bytes"): "Bytes of half lines from upstream never published.",
     ("clock", "published"): "Messages the clock published.",
     ("connect", "acknowledged"): "Lines upstream acknowledged (acks = true).",
     ("connect", "resent"): "Lines sent upstream again, not having been acknowledged (acks = true).",

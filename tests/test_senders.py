@@ -335,3 +335,24 @@ class LooksLikeHTTPTests(SynchronousTestCase):
             (b"GET " + b"x" * 3000, False),
         ]:
             self.assertEqual(looksLikeHTTP(head), verdict, head)
+
+
+@pytest.mark.skipif(NC is None, reason="nc not found (Debian: netcat-openbsd)")
+@pytest_twisted.inlineCallbacks
+def test_acknowledgedPublisherWithNc(service):
+    """
+    C{printf 'HELLO id 0\\none\\ntwo' | nc -N HOST PORT} on an C{acks = true}
+    port: both lines are published, and nc gets C{ACK 2} at once and exits.
+    """
+    from backplane.acks import AckingFactory
+
+    factory = AckingFactory(service, publish_to="DATA", ack_interval=60.0)
+    port = yield listen(factory)
+    recorder = Recorder.on(service.get("DATA"))
+    try:
+        result = yield deferToThread(run, str(NC), "-N", "127.0.0.1", str(portNumber(port)),
+                                     stdin=b"HELLO nc-1 0\none\ntwo")
+        assert result.stdout == b"ACK 2\n"
+        assert recorder.messages == [b"one", b"two"]
+    finally:
+        yield port.stopListening()
