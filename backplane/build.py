@@ -125,7 +125,7 @@ def _datagramService(service: BackplaneService, listen: ListenEntry,
     from backplane.datagram import DatagramReader, DatagramService, parseUDP
 
     assert listen.publish_to is not None
-    reader = DatagramReader(service.get(listen.publish_to), listen.limits)
+    reader = DatagramReader(service.get(listen.publish_to), listen.limits, clock=reactor)
     return DatagramService(cast(IReactorUDP, reactor), parseUDP(listen.endpoint), reader,
                            description=listen.endpoint, where=where, path=configPath)
 

@@ -118,6 +118,15 @@ def _patterns(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _prefix(value: Any) -> tuple[str, ...]:
+    """
+    The value of a C{prefix} key (L{backplane.prefix.parsePrefix}).
+    """
+    from backplane.prefix import parsePrefix
+
+    return parsePrefix(value)
+
+
 def _sha256(value: Any) -> str:
     """
     The value of a C{token_sha256} key: 64 hexadecimal digits.
@@ -211,6 +220,9 @@ class ListenEntry:
     auth: bool = _option(False, doc="every client must present a token (SPEC section 11)")
     origins: tuple[str, ...] | None = _option(
         None, parse=_origins, doc="the web page origins allowed besides the port's own")
+    prefix: tuple[str, ...] = _option(
+        (), parse=_prefix, doc='put before each line published: ["time", "address"], its receive '
+                               "time and its sender's address")
     framing: Literal["lines", "syslog"] = _option(
         "lines", doc="how what clients send is split into messages: lines, or syslog "
                      "(RFC 6587 octet counting and newline-terminated frames, one message each)")
@@ -234,6 +246,7 @@ class ListenEntry:
             max_clients=self.max_clients,
             allow=self.allow,
             framing=self.framing,
+            prefix=self.prefix,
         )
 
     @property
@@ -682,6 +695,11 @@ class _Parser:
                 raise self.error(f"listen[{i}].framing",
                                  "syslog framing is for a lines port that publishes: it needs "
                                  "publish_to, protocol = \"lines\", and no ids or acks")
+            if entry.prefix and (entry.protocol != "lines" or entry.acks
+                                 or entry.publish_to is None):
+                raise self.error(f"listen[{i}].prefix",
+                                 "a prefix is for a lines port that publishes: it needs "
+                                 "publish_to, protocol = \"lines\", and no acks")
             if entry.udp:
                 self.udp(entry, f"listen[{i}]")
                 continue

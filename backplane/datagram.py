@@ -18,14 +18,16 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IReactorUDP
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from backplane._types import defaultReactor
 from backplane.address import describePeer, isAllowed
 from backplane.errors import CannotListen
 from backplane.interfaces import IStatsSource
+from backplane.prefix import makePrefix
 from backplane.protocols import Limits, makeFramer
 from backplane.service import Backplane
 
@@ -113,9 +115,15 @@ class DatagramReader(DatagramProtocol):
 
     log = Logger()
 
-    def __init__(self, backplane: Backplane, limits: Limits) -> None:
+    def __init__(self, backplane: Backplane, limits: Limits,
+                 clock: IReactorTime | None = None) -> None:
+        """
+        @param clock: the time (the reactor by default), for a C{prefix}
+            with the receive time.
+        """
         self.backplane = backplane
         self.limits = limits
+        self.clock = clock if clock is not None else defaultReactor()
         self.stats = DatagramStats()
         self.framer = makeFramer(self, limits)
         self._peer = ("?", 0)
@@ -134,8 +142,12 @@ class DatagramReader(DatagramProtocol):
 
     def linesReceived(self, data: bytes) -> None:
         """
-        The datagram's lines: publish them.
+        The datagram's lines: publish them (after the port's C{prefix}).
         """
+        if self.limits.prefix:
+            prefix = makePrefix(self.limits.prefix, self.clock, f"{self._peer[0]}:{self._peer[1]}")
+            assert prefix is not None
+            data = prefix(data)
         count = data.count(b"\n")
         stats = self.stats
         stats.messages_in += count

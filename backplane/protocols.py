@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from backplane._types import defaultReactor
 from backplane.address import Network, describePeer, isAllowed, peerCommonName
 from backplane.auth.authority import Authority
 from backplane.auth.gate import Gate
@@ -34,6 +35,7 @@ from backplane.framing import LineFramer
 from backplane.framing import firstOverlong as firstOverlong
 from backplane.interfaces import ILineSink
 from backplane.output import BoundedWriter
+from backplane.prefix import Prefix, makePrefix
 from backplane.service import Backplane, BackplaneService, Subscription
 
 SlowPolicy = Literal["disconnect", "drop"]
@@ -97,6 +99,9 @@ class Limits:
     @ivar max_clients: connections a port accepts at once (L{None}: no limit).
     @ivar allow: the networks clients may connect from (L{None}: any); see
         L{isAllowed}.
+    @ivar prefix: what is put before each line a client publishes: its
+        receive time and/or its sender's address (L{backplane.prefix}), in
+        the order of L{PREFIX_FIELDS<backplane.prefix.PREFIX_FIELDS>}.
     @ivar framing: how what clients send is split into messages: C{"lines"}
         (L{LineFramer}), or C{"syslog"} (L{SyslogFramer<backplane.syslog.SyslogFramer>}:
         RFC 6587 octet counting and newline-terminated frames).
@@ -108,6 +113,7 @@ class Limits:
     max_clients: int | None = None
     allow: tuple[Network, ...] | None = None
     framing: Framing = "lines"
+    prefix: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_line_length < 1:
@@ -120,6 +126,8 @@ class Limits:
             raise ValueError("max_clients must be 0 or more")
         if self.framing not in ("lines", "syslog"):
             raise ValueError(f"framing must be 'lines' or 'syslog', not {self.framing!r}")
+        if not set(self.prefix) <= {"time", "address"}:
+            raise ValueError(f"prefix holds 'time' and 'address' only, not {self.prefix!r}")
 
 
 @dataclass
@@ -240,6 +248,8 @@ class BackplaneProtocol(Protocol):
         with C{auth}.
     @ivar inputEnded: whether the client's input has ended cleanly (it
         closed or half-closed its sending side).
+    @ivar prefix: what puts the port's C{prefix} before each line the
+        client publishes, or L{None}.
     """
 
     log = Logger()
@@ -273,6 +283,7 @@ class BackplaneProtocol(Protocol):
         self._producing = False
         self.admission: LineAdmission | None = None
         self.identity: Identity | None = None
+        self.prefix: Prefix | None = None
 
     @property
     def dropped(self) -> int:
@@ -282,7 +293,12 @@ class BackplaneProtocol(Protocol):
         return 0 if self.output is None else self.output.dropped
 
     def connectionMade(self) -> None:
-        self.peer = describePeer(self.transport.getPeer())
+        address = self.transport.getPeer()
+        self.peer = describePeer(address)
+        if self.limits.prefix:
+            clock = self.gate.clock if self.gate is not None else None
+            self.prefix = makePrefix(self.limits.prefix, clock or defaultReactor(),
+                                     self.peer if hasattr(address, "port") else "-")
         gate = self.gate
         if gate is not None and gate.auth:
             self.admission = LineAdmission(self, self.framer, gate, peer=self.peer)
@@ -538,6 +554,8 @@ class BackplaneProtocol(Protocol):
         C{b"\\n"}.  Subclasses override it to publish with another origin or
         to count what they read.
         """
+        if self.prefix is not None:
+            data = self.prefix(data)
         count = data.count(b"\n")
         stats = self.portStats
         stats.messages_in += count
