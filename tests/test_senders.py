@@ -16,6 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import endpoints, reactor
 from twisted.internet.error import ConnectionLost
+from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
@@ -149,6 +150,40 @@ def test_halfClosedSubscriberWithNc(service):
     finally:
         process.kill()
         process.wait()
+        yield port.stopListening()
+
+
+def _connectAndClose(portNumber: int) -> None:
+    with socket.create_connection(("127.0.0.1", portNumber), timeout=20):
+        pass
+
+
+@pytest_twisted.inlineCallbacks
+def test_closedSubscriberGoneAtTheSecondWrite(service):
+    """
+    A subscriber that closes cleanly looks half-closed until something is
+    written to it: its system answers the first message with a reset, and
+    the second write finds the connection gone.
+    """
+    factory = SubscribeToFactory(service, "DATA")
+    port = yield listen(factory)
+    data = service.get("DATA")
+    try:
+        yield deferToThread(_connectAndClose, portNumber(port))
+        yield waitUntil(
+            lambda: any(isinstance(p, BackplaneProtocol) and p.inputEnded
+                        for p in factory.protocols),
+            what="the FIN")
+        assert factory.clients == 1
+        for sent in range(1, 11):
+            data.publishLines(b"%d\n" % sent, 1)
+            # Time for the write to go out, and the reset to come back.
+            yield deferLater(reactor, 0.1, lambda: None)
+            if factory.clients == 0:
+                break
+        assert (factory.clients, sent) == (0, 2)
+        assert len(data) == 0
+    finally:
         yield port.stopListening()
 
 
