@@ -72,14 +72,15 @@ def looksLikeHTTP(head: bytes) -> bool | None:
     return False
 
 
-def httpRefusal(description: str) -> bytes:
+def httpRefusal(description: str, client: str = "nc HOST PORT") -> bytes:
     """
     The short C{400 Bad Request} an HTTP client of a line port gets.
 
     @param description: what the port is, e.g. C{"a backplane line port"}.
+    @param client: a command that speaks the port's protocol.
     """
-    body = (f"This is {description}, not an HTTP server: send it lines with nc "
-            f"(nc HOST PORT), not HTTP requests.\n").encode("ascii", "replace")
+    body = (f"This is {description}, not an HTTP server: use {client}, "
+            f"not HTTP.\n").encode("ascii", "replace")
     return (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
 
@@ -514,19 +515,21 @@ class BackplaneProtocol(Protocol):
         if self.output is not None:
             # Nothing more of the backplane for it: the answer is last.
             self.output.discard()
-        self.transport.write(httpRefusal(self.describePort()))
+        if self.limits.framing == "syslog":
+            client = "logger --tcp --octet-count -n HOST -P PORT"
+        else:
+            client = "nc HOST PORT"
+        self.transport.write(httpRefusal(self.describePort(), client))
         self.close()
 
     def describePort(self) -> str:
         """
-        What this port is, in words, for an HTTP client that came to it.
+        What this port is, in words, for an HTTP client that came to it (it
+        names no backplane: the client has not been admitted).
         """
-        roles = []
-        if self.publishTo is not None:
-            roles.append(f"publishes to {self.publishTo.name}")
-        if self.subscribeTo is not None:
-            roles.append(f"serves {self.subscribeTo.name}")
-        return f"a backplane line port ({' and '.join(roles)})"
+        if self.limits.framing == "syslog":
+            return "a backplane syslog port (RFC 6587 frames over TCP)"
+        return "a backplane line port (one message a line, over TCP)"
 
     def readData(self, data: bytes) -> None:
         """

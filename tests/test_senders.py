@@ -350,7 +350,9 @@ class EndOfInputTests(SynchronousTestCase):
         for byte in b"GET / HTTP/1.0\r\nHost: x\r\n\r\n":
             protocol.dataReceived(bytes([byte]))
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n"))
-        self.assertIn(b"publishes to DATA", transport.value())
+        self.assertIn(b"This is a backplane line port (one message a line, over TCP)",
+                      transport.value())
+        self.assertNotIn(b"DATA", transport.value())
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.recorder.messages, [])
 
