@@ -27,7 +27,7 @@ from backplane._types import defaultReactor
 from backplane.address import describePeer, isAllowed
 from backplane.errors import CannotListen
 from backplane.interfaces import IStatsSource
-from backplane.prefix import makePrefix
+from backplane.prefix import hostPort, makePrefix
 from backplane.protocols import Limits, makeFramer
 from backplane.service import Backplane
 
@@ -110,7 +110,7 @@ class DatagramReader(DatagramProtocol):
     (L{makeFramer}: lines, or syslog) that frames the datagram as one whole
     message: its last line needs no newline, and a line is never made of
     two datagrams.  A datagram with a line longer than C{max_line_length}
-    is dropped whole.
+    is dropped whole; an empty one publishes nothing.
     """
 
     log = Logger()
@@ -137,6 +137,9 @@ class DatagramReader(DatagramProtocol):
             stats.disallowed += 1
             return
         stats.datagrams += 1
+        if not datagram:
+            # Nothing to publish (a probe): not even an empty line.
+            return
         self._peer, self._size = (host, port), len(datagram)
         self.framer.messageReceived(datagram)
 
@@ -145,7 +148,7 @@ class DatagramReader(DatagramProtocol):
         The datagram's lines: publish them (after the port's C{prefix}).
         """
         if self.limits.prefix:
-            prefix = makePrefix(self.limits.prefix, self.clock, f"{self._peer[0]}:{self._peer[1]}")
+            prefix = makePrefix(self.limits.prefix, self.clock, hostPort(*self._peer))
             assert prefix is not None
             data = prefix(data)
         count = data.count(b"\n")

@@ -27,6 +27,14 @@ def receiveTime(seconds: float) -> bytes:
             + f".{milliseconds:03d}Z").encode("ascii")
 
 
+def hostPort(host: str, port: int) -> str:
+    """
+    An address as written in a prefix: C{host:port}, an IPv6 host in
+    brackets (C{[::1]:514}).
+    """
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def makePrefix(fields: tuple[str, ...], clock: IReactorTime, address: str) -> Prefix | None:
     """
     What puts C{fields} before each line of a chunk received from
@@ -36,7 +44,7 @@ def makePrefix(fields: tuple[str, ...], clock: IReactorTime, address: str) -> Pr
     followed by a space: C{TIME ADDRESS line}.  The time is taken once a
     chunk (the lines of a chunk arrived together).
 
-    @param address: the sender's address (C{host:port}), or C{"-"} where
+    @param address: the sender's address (L{hostPort}), or C{"-"} where
         it has none (a UNIX socket).
     @return: a function of a chunk of complete lines (each ending with
         C{b"\\n"}) to the same lines, prefixed.

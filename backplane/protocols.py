@@ -35,7 +35,7 @@ from backplane.framing import LineFramer
 from backplane.framing import firstOverlong as firstOverlong
 from backplane.interfaces import ILineSink
 from backplane.output import BoundedWriter
-from backplane.prefix import Prefix, makePrefix
+from backplane.prefix import Prefix, hostPort, makePrefix
 from backplane.service import Backplane, BackplaneService, Subscription
 
 SlowPolicy = Literal["disconnect", "drop"]
@@ -298,8 +298,9 @@ class BackplaneProtocol(Protocol):
         self.peer = describePeer(address)
         if self.limits.prefix:
             clock = self.gate.clock if self.gate is not None else None
-            self.prefix = makePrefix(self.limits.prefix, clock or defaultReactor(),
-                                     self.peer if hasattr(address, "port") else "-")
+            host, port = getattr(address, "host", None), getattr(address, "port", None)
+            shown = "-" if host is None or port is None else hostPort(host, port)
+            self.prefix = makePrefix(self.limits.prefix, clock or defaultReactor(), shown)
         gate = self.gate
         if gate is not None and gate.auth:
             self.admission = LineAdmission(self, self.framer, gate, peer=self.peer)

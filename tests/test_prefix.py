@@ -16,7 +16,7 @@ from backplane import BackplaneService
 from backplane.config import parseConfig
 from backplane.datagram import DatagramReader
 from backplane.errors import ConfigError
-from backplane.prefix import makePrefix, parsePrefix, receiveTime
+from backplane.prefix import hostPort, makePrefix, parsePrefix, receiveTime
 from backplane.protocols import BackplaneFactory, BackplaneProtocol, Limits
 from backplane.testing import Recorder
 
@@ -48,6 +48,8 @@ class PrefixTests(SynchronousTestCase):
         assert address is not None
         self.assertEqual(address(b"a\n"), b"- a\n")
         self.assertIsNone(makePrefix((), clock, "x"))
+        self.assertEqual(hostPort("::1", 514), "[::1]:514")
+        self.assertEqual(hostPort("10.0.0.5", 514), "10.0.0.5:514")
 
     def test_parse(self) -> None:
         self.assertEqual(parsePrefix(["address", "time"]), ("time", "address"))

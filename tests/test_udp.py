@@ -102,7 +102,7 @@ def test_overlongAndDisallowed(service):
     listening, port = udpPort(service, Limits(max_line_length=10))
     recorder = Recorder.on(service.get("DATA"))
     try:
-        yield deferToThread(send, port, b"short\n" + b"x" * 11, b"ok")
+        yield deferToThread(send, port, b"short\n" + b"x" * 11, b"", b"ok")
         yield waitUntil(lambda: recorder.messages == [b"ok"], what="the short datagram")
         stats = listening.reader.stats
         assert (stats.overlong, stats.discarded_bytes) == (1, 17)
