@@ -941,9 +941,12 @@ class RelayProtocol(TwistedProtocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)
-        if reason.check(ConnectionDone) and not self._closing and self.relay.reads:
+        if (reason.check(ConnectionDone) and not self._closing and self.relay.reads
+                and self.relay.trying):
             # Upstream ended cleanly (a FIN, a TLS close): its last line is a
-            # line, as a file's last line without a newline is.
+            # line, as a file's last line without a newline is.  (A relay
+            # that is stopping closed the connection itself: its half line
+            # is upstream's unfinished one.)
             self.framer.finish()
         self._closing = True
         self._handshaking = False

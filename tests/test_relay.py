@@ -495,6 +495,19 @@ class RelayDirectionsTests(SynchronousTestCase):
         self.assertEqual(self.incoming.messages, [b"whole", b"last"])
         self.assertEqual(factory.stats.discarded_bytes, 0)
 
+    def test_halfLineWhenTheRelayStopsIsNotPublished(self):
+        """
+        The connection of a relay that stops is closed by the relay: a half
+        line from upstream is upstream's unfinished one, not published.
+        """
+        factory = self.factory(publish_to="IN")
+        protocol, transport = connectProtocol(factory)
+        protocol.dataReceived(b"whole\nhalf")
+        factory.relay.stop()
+        lose(protocol, transport, ConnectionDone())
+        self.assertEqual(self.incoming.messages, [b"whole"])
+        self.assertEqual(factory.stats.discarded_bytes, 4)
+
     def test_halfLineWhenTheRelayClosesIsNotPublished(self):
         """
         A connection the relay itself closes (a line too long) publishes
