@@ -101,6 +101,28 @@ class AckingProtocol(BackplaneProtocol):
         self._ackWaiting = False
         self._figures: dict[str, int] | None = None
 
+    def readConnectionLost(self) -> None:
+        """
+        The publisher's input ended (a FIN): publish its last line, send the
+        last C{ACK} at once (once its lines are durable, with a store), and
+        then close the connection.
+        """
+        if self._closing or self.inputEnded:
+            return
+        self.inputEnded = True
+        self.endOfInput()
+        if self._closing:
+            return
+        self._ackNow()
+        if self._syncing is None:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._ackWaiting:
+            self._ackWaiting = False
+            self.transport.write(b"ACK %d\n" % self.acked)
+        self.close()
+
     def connectionMade(self) -> None:
         super().connectionMade()
         # What is written is ACK lines only: when the client does not read
@@ -209,6 +231,12 @@ class AckingProtocol(BackplaneProtocol):
     def _synced(self, result: object, target: int) -> None:
         self._syncing = None
         self._send(target)
+        if self.inputEnded and not self._closing:
+            # Its input has ended: this was the last ACK it waits for.
+            self._ackNow()
+            if self._syncing is None:
+                self._finish()
+            return
         self._ackLater()
 
     def _notSynced(self, failure: Failure, target: int) -> None:

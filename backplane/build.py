@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import IService
 from twisted.internet import endpoints
+from twisted.internet.interfaces import IReactorUDP
 
 from backplane._types import IBackplaneReactor, defaultReactor
 from backplane.config import BackplaneEntry, Config, ListenEntry, readConfig
@@ -103,6 +104,10 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
     for i, clock in enumerate(config.clock, 1):
         add(TimeSource(service.get(clock.publish_to), clock.interval, clock=reactor), "clock", i)
     for i, listen in enumerate(config.listen, 1):
+        if listen.udp:
+            add(_datagramService(service, listen, reactor, f"listen[{i}]", config.path),
+                "listen", i)
+            continue
         factory = _factory(service, listen, reactor, authority() if listen.auth else None)
         endpoint = endpoints.serverFromString(reactor, listen.description)
         if listen.tls_client_ca is not None:
@@ -111,6 +116,19 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
                           path=config.path, clock=reactor, protocol=listen.protocol),
             "listen", i)
     return service
+
+
+def _datagramService(service: BackplaneService, listen: ListenEntry,
+                     reactor: IBackplaneReactor, where: str, configPath: str) -> IService:
+    """
+    The service of a C{udp:} port.
+    """
+    from backplane.datagram import DatagramReader, DatagramService, parseUDP
+
+    assert listen.publish_to is not None
+    reader = DatagramReader(service.get(listen.publish_to), listen.limits, clock=reactor)
+    return DatagramService(cast(IReactorUDP, reactor), parseUDP(listen.endpoint), reader,
+                           description=listen.endpoint, where=where, path=configPath)
 
 
 def _history(entry: BackplaneEntry, reactor: IBackplaneReactor,

@@ -125,6 +125,15 @@ def _patterns(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _prefix(value: Any) -> tuple[str, ...]:
+    """
+    The value of a C{prefix} key (L{backplane.prefix.parsePrefix}).
+    """
+    from backplane.prefix import parsePrefix
+
+    return parsePrefix(value)
+
+
 def _sha256(value: Any) -> str:
     """
     The value of a C{token_sha256} key: 64 hexadecimal digits.
@@ -229,6 +238,19 @@ class ListenEntry:
     auth: bool = _option(False, doc="every client must present a token (SPEC section 11)")
     origins: tuple[str, ...] | None = _option(
         None, parse=_origins, doc="the web page origins allowed besides the port's own")
+    prefix: tuple[str, ...] = _option(
+        (), parse=_prefix, doc='put before each line published: ["time", "address"], its receive '
+                               "time and its sender's address")
+    framing: Literal["lines", "syslog"] = _option(
+        "lines", doc="how what clients send is split into messages: lines, or syslog "
+                     "(RFC 6587 octet counting and newline-terminated frames, one message each)")
+
+    @property
+    def udp(self) -> bool:
+        """
+        Whether the port receives UDP datagrams (C{udp:PORT}).
+        """
+        return self.endpoint.split(":", 1)[0].lower() == "udp"
 
     @property
     def limits(self) -> Limits:
@@ -244,6 +266,8 @@ class ListenEntry:
             handshake_timeout=self.handshake_timeout,
             max_handshakes=self.max_handshakes,
             idle_timeout=self.idle_timeout,
+            framing=self.framing,
+            prefix=self.prefix,
         )
 
     @property
@@ -571,6 +595,11 @@ class _Parser:
                 raise self.error("auth.jwt_key_file", f"cannot use {path!r}: {e}") from None
             config = dataclasses.replace(
                 config, auth=dataclasses.replace(config.auth, jwt_key_file=path))
+        for i, entry in enumerate(config.listen, 1):
+            if entry.udp and entry.auth:
+                raise self.error(f"listen[{i}].auth", "a udp: port cannot check tokens (a "
+                                                      "datagram has no AUTH line): restrict it "
+                                                      "with allow")
         checking = [(f"listen[{i}]", entry.auth) for i, entry in enumerate(config.listen, 1)]
         if config.monitor is not None:
             checking.append(("monitor", config.monitor.auth))
@@ -679,6 +708,19 @@ class _Parser:
                 raise self.error("redis.max_delay",
                                  f"must be at least initial_delay ({config.redis.initial_delay})")
         for i, entry in enumerate(config.listen, 1):
+            if entry.framing == "syslog" and (entry.protocol != "lines" or entry.ids
+                                              or entry.acks or entry.publish_to is None):
+                raise self.error(f"listen[{i}].framing",
+                                 "syslog framing is for a lines port that publishes: it needs "
+                                 "publish_to, protocol = \"lines\", and no ids or acks")
+            if entry.prefix and (entry.protocol != "lines" or entry.acks
+                                 or entry.publish_to is None):
+                raise self.error(f"listen[{i}].prefix",
+                                 "a prefix is for a lines port that publishes: it needs "
+                                 "publish_to, protocol = \"lines\", and no acks")
+            if entry.udp:
+                self.udp(entry, f"listen[{i}]")
+                continue
             endpoint = self.endpoint(entry.endpoint, endpoints.serverFromString,
                                      f"listen[{i}].endpoint", parsed=entry.description)
             if entry.tls_client_ca is not None:
@@ -772,6 +814,36 @@ class _Parser:
                 raise self.error(f"{where}.spool",
                                  f"{other} has this spool already: each relay needs a "
                                  "folder of its own")
+
+    def udp(self, entry: ListenEntry, where: str) -> None:
+        """
+        A C{udp:} port: its endpoint, and the keys that a datagram port
+        cannot honour (it has no connections, no subscribers).
+        """
+        from backplane.datagram import parseUDP
+
+        try:
+            parseUDP(entry.endpoint)
+        except ValueError as e:
+            raise self.error(f"{where}.endpoint",
+                             f"cannot use endpoint {entry.endpoint!r}: {e}") from None
+        if entry.publish_to is None or entry.subscribe_to is not None:
+            raise self.error(where, "a udp: port only publishes what it receives: it needs "
+                                    "publish_to, and no subscribe_to")
+        if entry.protocol != "lines":
+            raise self.error(f"{where}.protocol",
+                             f"a udp: port receives lines, not {entry.protocol!r}")
+        refused = {
+            "max_clients": (entry.max_clients is not None, "a udp: port has no connections"),
+            "auth": (entry.auth, "a udp: port cannot check tokens (a datagram has no "
+                                 "AUTH line): restrict it with allow"),
+            "tls_client_ca": (entry.tls_client_ca is not None, "a udp: port has no TLS"),
+            "acks": (entry.acks, "a udp: port cannot acknowledge: use a tcp port with acks"),
+            "ids": (entry.ids, "a udp: port only publishes"),
+        }
+        for key, (wrong, reason) in refused.items():
+            if wrong:
+                raise self.error(f"{where}.{key}", reason)
 
     def endpoint(self, description: str, parse: Any, where: str,
                  parsed: str | None = None) -> Any:

@@ -83,9 +83,9 @@ class LineFramer:
         lines (C{HELLO}, C{AUTH}, C{RESUME}) that takes the first lines of
         the connection and hands the rest of the chunk on to the data
         receiver;
-      - on a clean close (a FIN) the owner may publish the last half line
-        (L{buffered}) with C{framer.messageReceived(b"")}, which frames it
-        as a line, instead of forgetting it with L{discard}.
+      - on a clean close (a FIN) the owner publishes the last half line
+        (L{buffered}) with L{finish}, which frames it as a line, instead of
+        forgetting it with L{discard}.
 
     @ivar receiver: a L{LinesReceiver}.
     @ivar maxLineLength: the longest line, in bytes without the C{\\n}.
@@ -161,6 +161,19 @@ class LineFramer:
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")
         self.receiver.linesReceived(data)
+
+    def finish(self) -> int:
+        """
+        The stream ended cleanly (a FIN): hand on the half line waiting for
+        its newline as a line, as a file's last line without a newline is
+        still a line.
+
+        @return: the bytes forgotten instead (none here; a framer of frames
+            forgets an incomplete frame).
+        """
+        if self._buffer:
+            self.messageReceived(b"")
+        return 0
 
     def discard(self) -> bytes:
         """

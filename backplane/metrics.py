@@ -119,6 +119,8 @@ _RELAY_COUNTERS = {
     "acknowledged": Stat("acknowledged", "Lines upstream acknowledged (acks = true)."),
     "resent": Stat("resent", "Lines sent upstream again, not having been acknowledged "
                              "(acks = true)."),
+    "discarded_bytes": Stat("discarded_bytes", "Bytes of half lines from upstream never "
+                                               "published."),
 }
 _RELAY_GAUGES = {
     "buffered": Stat("buffered", "Lines waiting in the relay's buffer for upstream now."),
@@ -162,6 +164,12 @@ COUNTERS: dict[str, dict[str, Stat]] = {
                                                "for idle_timeout."),
         "idle_discarded": Stat("idle_discarded_bytes", "Bytes of unfinished lines discarded at "
                                                        "idle_timeout."),
+        "discarded_bytes": Stat("discarded_bytes", "Bytes of half lines never published (a "
+                                                   "reset, an abort, a close by the server, a "
+                                                   "line too long)."),
+        "http_requests": Stat("http_requests", "Clients answered 400: their first line was an "
+                                               "HTTP request."),
+        "datagrams": Stat("datagrams", "Datagrams a udp: port received from allowed addresses."),
     },
     "monitor": {
         "requests": Stat("requests", "HTTP requests the monitor served."),

@@ -5,13 +5,16 @@ backplane's lines go to a client (L{SubscribeTo}), or both at once.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IHalfCloseableProtocol,
     IHandshakeListener,
     IPushProducer,
     IReactorTime,
@@ -33,14 +36,57 @@ from backplane.framing import LineFramer
 from backplane.framing import firstOverlong as firstOverlong
 from backplane.interfaces import ILineSink
 from backplane.output import BoundedWriter
+from backplane.prefix import Prefix, hostPort, makePrefix
 from backplane.service import Backplane, BackplaneService, Subscription
 
 SlowPolicy = Literal["disconnect", "drop"]
+Framing = Literal["lines", "syslog"]
 
 DEFAULT_MAX_PENDING = 1024 * 1024
 #: Seconds a new connection has to finish its handshake (TLS, WebSocket
 #: opening handshake, an HTTP request's head) before it is closed.
 DEFAULT_HANDSHAKE_TIMEOUT = 5.0
+
+#: The methods whose request line (C{GET / HTTP/1.1}) as the first line of
+#: a connection marks an HTTP client, answered 400 and never published.
+HTTP_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS",
+                b"TRACE", b"PATCH")
+_REQUEST_LINE = re.compile(rb"(?:%s) [!-~]+ HTTP/[0-9]\.[0-9]\r?" % b"|".join(HTTP_METHODS))
+_REQUEST_STARTS = tuple(method + b" " for method in HTTP_METHODS)
+#: The longest first line held back to tell an HTTP request line from a line.
+MAX_REQUEST_LINE = 2048
+
+
+def looksLikeHTTP(head: bytes) -> bool | None:
+    """
+    Whether the first bytes of a connection are an HTTP request line.
+
+    @param head: what the client sent first, at least one byte.
+    @return: C{True} for a complete request line (C{METHOD TARGET
+        HTTP/x.y} and a newline), C{False} for anything that cannot be one,
+        L{None} while it may still become one (no newline yet).
+    """
+    end = head.find(b"\n")
+    if end >= 0:
+        return _REQUEST_LINE.fullmatch(head, 0, end) is not None
+    if len(head) > MAX_REQUEST_LINE:
+        return False
+    if any(head.startswith(start) or start.startswith(head) for start in _REQUEST_STARTS):
+        return None
+    return False
+
+
+def httpRefusal(description: str, client: str = "nc HOST PORT") -> bytes:
+    """
+    The short C{400 Bad Request} an HTTP client of a line port gets.
+
+    @param description: what the port is, e.g. C{"a backplane line port"}.
+    @param client: a command that speaks the port's protocol.
+    """
+    body = (f"This is {description}, not an HTTP server: use {client}, "
+            f"not HTTP.\n").encode("ascii", "replace")
+    return (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
 
 
 @dataclass(frozen=True)
@@ -68,6 +114,12 @@ class Limits:
     @ivar idle_timeout: seconds a publisher may hold an unfinished line
         without sending anything before it is closed and the half line
         discarded (0: never).
+    @ivar prefix: what is put before each line a client publishes: its
+        receive time and/or its sender's address (L{backplane.prefix}), in
+        the order of L{PREFIX_FIELDS<backplane.prefix.PREFIX_FIELDS>}.
+    @ivar framing: how what clients send is split into messages: C{"lines"}
+        (L{LineFramer}), or C{"syslog"} (L{SyslogFramer<backplane.syslog.SyslogFramer>}:
+        RFC 6587 octet counting and newline-terminated frames).
     """
 
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH
@@ -86,6 +138,8 @@ class Limits:
         or by default C{max_clients}.
         """
         return self.max_handshakes if self.max_handshakes is not None else self.max_clients
+    framing: Framing = "lines"
+    prefix: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_line_length < 1:
@@ -102,6 +156,10 @@ class Limits:
             raise ValueError("max_handshakes must be 1 or more")
         if self.idle_timeout < 0:
             raise ValueError("idle_timeout must be 0 or more")
+        if self.framing not in ("lines", "syslog"):
+            raise ValueError(f"framing must be 'lines' or 'syslog', not {self.framing!r}")
+        if not set(self.prefix) <= {"time", "address"}:
+            raise ValueError(f"prefix holds 'time' and 'address' only, not {self.prefix!r}")
 
 
 @dataclass
@@ -143,6 +201,12 @@ class PortStats:
     @ivar idle_timeouts: publishers closed for holding an unfinished line
         for C{idle_timeout} without sending anything.
     @ivar idle_discarded: bytes of those unfinished lines, discarded.
+    @ivar discarded_bytes: bytes of half lines never published: those of a
+        connection reset or aborted, closed by the server, or cut for a line
+        longer than C{max_line_length} (a half line before a clean end of
+        input, a FIN, is published).
+    @ivar http_requests: clients that sent an HTTP request line first,
+        answered C{400 Bad Request} and disconnected.
     """
 
     accepted: int = 0
@@ -165,9 +229,24 @@ class PortStats:
     bad_heads: int = 0
     idle_timeouts: int = 0
     idle_discarded: int = 0
+    discarded_bytes: int = 0
+    http_requests: int = 0
 
 
-@implementer(ILineSink, IHandshakeListener, IPushProducer)
+def makeFramer(receiver: Any, limits: Limits) -> LineFramer:
+    """
+    The framer of a client of a port with C{limits}: a L{LineFramer}, or a
+    L{SyslogFramer<backplane.syslog.SyslogFramer>} (the same interface) for
+    C{framing = "syslog"}.
+    """
+    if limits.framing == "syslog":
+        from backplane.syslog import SyslogFramer
+
+        return SyslogFramer(receiver, limits.max_line_length)
+    return LineFramer(receiver, limits.max_line_length)
+
+
+@implementer(ILineSink, IHandshakeListener, IPushProducer, IHalfCloseableProtocol)
 class BackplaneProtocol(Protocol):
     """
     A line client of a backplane port: it may publish, subscribe, or both.
@@ -190,6 +269,15 @@ class BackplaneProtocol(Protocol):
     once admitted, and a refused client gets one line C{ERR reason} and is
     disconnected, having published and received nothing.
 
+    The end of what a client sends: after a clean end of input (a FIN, or a
+    TLS close), its last line is published even without a newline, and a
+    client that subscribes keeps receiving (it half-closed, as C{nc -N}
+    does); a client that only publishes is disconnected.  A connection
+    that is reset or aborted, or that the server closes, publishes no half
+    line; its bytes are counted (C{discarded_bytes}).  A client whose first
+    line is an HTTP request line gets a C{400 Bad Request} and is
+    disconnected; nothing it sent is published.
+
     Two objects do the work: L{framer} (a L{LineFramer}) splits what the
     client sends into lines, and, once it subscribes, L{output} (a
     L{BoundedWriter}) writes to it within C{max_pending}.  The protocol is
@@ -205,6 +293,10 @@ class BackplaneProtocol(Protocol):
         admitted or refused.
     @ivar identity: who the client proved to be, once admitted on a port
         with C{auth}.
+    @ivar inputEnded: whether the client's input has ended cleanly (it
+        closed or half-closed its sending side).
+    @ivar prefix: what puts the port's C{prefix} before each line the
+        client publishes, or L{None}.
     """
 
     log = Logger()
@@ -226,16 +318,20 @@ class BackplaneProtocol(Protocol):
         # The counters of the port this client came through (its factory's
         # when it has one).
         self.portStats = PortStats()
-        self.framer = LineFramer(self, limits.max_line_length)
+        self.framer = makeFramer(self, limits)
         self.output: BoundedWriter | None = None
         self._subscription: Subscription | None = None
         self._closing = False
+        self.inputEnded = False
+        # The first bytes, held until they cannot be an HTTP request line.
+        self._head: bytes | None = b""
         self._joined = False
         self._handshaking = False
         self._producing = False
         self.admission: LineAdmission | None = None
         self.identity: Identity | None = None
         self._idle: IDelayedCall | None = None
+        self.prefix: Prefix | None = None
 
     @property
     def dropped(self) -> int:
@@ -245,10 +341,16 @@ class BackplaneProtocol(Protocol):
         return 0 if self.output is None else self.output.dropped
 
     def connectionMade(self) -> None:
-        self.peer = describePeer(self.transport.getPeer())
+        address = self.transport.getPeer()
+        self.peer = describePeer(address)
         tls = ISSLTransport.providedBy(self.transport)
         if not tls and not self._handshakeDone():
             return
+        if self.limits.prefix:
+            clock = self.gate.clock if self.gate is not None else None
+            host, port = getattr(address, "host", None), getattr(address, "port", None)
+            shown = "-" if host is None or port is None else hostPort(host, port)
+            self.prefix = makePrefix(self.limits.prefix, clock or defaultReactor(), shown)
         gate = self.gate
         if gate is not None and gate.auth:
             self.admission = LineAdmission(self, self.framer, gate, peer=self.peer)
@@ -344,7 +446,7 @@ class BackplaneProtocol(Protocol):
         nothing more is handed to it or published from it.
         """
         self._closing = True
-        self.framer.discard()
+        self._discard()
         self._unsubscribe()
         if self.output is not None:
             self.output.flush()
@@ -366,8 +468,14 @@ class BackplaneProtocol(Protocol):
         if self._handshaking:
             self._handshaking = False
             self.portStats.tls_failures += 1
+        elif (reason is not None and reason.check(ConnectionDone) and not self._closing
+              and not self.inputEnded):
+            # A clean end that was no half-close (a TLS close_notify): the
+            # client's last line is a line.
+            self.inputEnded = True
+            self.endOfInput()
         self._closing = True
-        self.framer.discard()
+        self._discard()
         if self.output is not None:
             self.output.discard()
         self._unsubscribe()
@@ -384,11 +492,83 @@ class BackplaneProtocol(Protocol):
             self._subscription.cancel()
             self._subscription = None
 
+    def _discard(self) -> None:
+        """
+        Forget the half line the client sent (and the first bytes held
+        back), counting them in C{discarded_bytes}.
+        """
+        discarded = len(self.framer.discard())
+        if self._head:
+            discarded += len(self._head)
+        self._head = None
+        if discarded:
+            self.portStats.discarded_bytes += discarded
+
+    @property
+    def _receiving(self) -> bool:
+        """
+        Whether the client receives a backplane's messages now.
+        """
+        return self._joined and self.output is not None and not self._closing
+
+    # The end of input (IHalfCloseableProtocol).
+
+    def readConnectionLost(self) -> None:
+        """
+        The client sends nothing more (a FIN: it closed, or half-closed):
+        publish its last line (L{endOfInput}); a client that subscribes
+        keeps receiving, any other is disconnected.  A client still being
+        admitted (C{AUTH}) is admitted or refused by what it sent.
+        """
+        if self._closing or self.inputEnded:
+            return
+        self.inputEnded = True
+        self.endOfInput()
+        if not self._closing and not self._receiving:
+            self.close()
+
+    def writeConnectionLost(self) -> None:
+        """
+        The connection's sending side is shut down: nothing more can reach
+        the client, so close it.
+        """
+        if not self._closing:
+            self.close()
+
+    def endOfInput(self) -> None:
+        """
+        The client's input ended cleanly: what it sent last is read, its
+        last half line as a whole line.  Subclasses override it to end
+        their reading otherwise.
+        """
+        head, self._head = self._head, None
+        if head:
+            self._read(head)
+        if not self._closing:
+            discarded = self.framer.finish()
+            if discarded:
+                self.portStats.discarded_bytes += discarded
+
     # Publishing: lines in, through the framer (a LinesReceiver).
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or not data:
             return
+        head = self._head
+        if head is not None:
+            # Until the first line cannot be an HTTP request line, it waits.
+            data = head + data
+            request = looksLikeHTTP(data)
+            if request is None and len(data) <= self.framer.maxLineLength:
+                self._head = data
+                return
+            self._head = None
+            if request:
+                self.refuseHTTP()
+                return
+        self._read(data)
+
+    def _read(self, data: bytes) -> None:
         if self.admission is not None:
             self.admission.dataReceived(data)
         else:
@@ -431,6 +611,35 @@ class BackplaneProtocol(Protocol):
         )
         self.close()
 
+    def refuseHTTP(self) -> None:
+        """
+        The client's first line is an HTTP request line: answer C{400 Bad
+        Request} (naming what the port is) and disconnect it, having
+        published nothing it sent.
+        """
+        self.log.info("Refusing {peer}: it sent an HTTP request to a line port",
+                      peer=self.peer)
+        self.portStats.http_requests += 1
+        self._unsubscribe()
+        if self.output is not None:
+            # Nothing more of the backplane for it: the answer is last.
+            self.output.discard()
+        if self.limits.framing == "syslog":
+            client = "logger --tcp --octet-count -n HOST -P PORT"
+        else:
+            client = "nc HOST PORT"
+        self.transport.write(httpRefusal(self.describePort(), client))
+        self.close()
+
+    def describePort(self) -> str:
+        """
+        What this port is, in words, for an HTTP client that came to it (it
+        names no backplane: the client has not been admitted).
+        """
+        if self.limits.framing == "syslog":
+            return "a backplane syslog port (RFC 6587 frames over TCP)"
+        return "a backplane line port (one message a line, over TCP)"
+
     def readData(self, data: bytes) -> None:
         """
         Read what an admitted client sent: frame it, if it publishes (what
@@ -457,6 +666,8 @@ class BackplaneProtocol(Protocol):
         C{b"\\n"}.  Subclasses override it to publish with another origin or
         to count what they read.
         """
+        if self.prefix is not None:
+            data = self.prefix(data)
         count = data.count(b"\n")
         stats = self.portStats
         stats.messages_in += count
@@ -474,6 +685,7 @@ class BackplaneProtocol(Protocol):
             peer=self.peer, length=length, limit=self.limits.max_line_length,
         )
         self.portStats.overlong += 1
+        self.portStats.discarded_bytes += length
         self.close()
 
     # Subscribing: lines out (ILineSink), through the writer (its OutputOwner).

@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol
 
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IConnector,
@@ -113,6 +114,10 @@ class RelayStats:
         process) ended.
     @ivar spooled: with C{acks}: lines kept now that upstream has not
         acknowledged (in memory, or in the spool).
+    @ivar discarded_bytes: bytes of half lines from upstream never
+        published: a connection reset, aborted or cut for a line longer than
+        C{max_line_length} (a half line before a clean end, a FIN, is
+        published).
     """
 
     state: RelayState = "connecting"
@@ -130,6 +135,7 @@ class RelayStats:
     acknowledged: int = 0
     resent: int = 0
     spooled: int = 0
+    discarded_bytes: int = 0
 
 
 def retryPolicy(
@@ -903,6 +909,7 @@ class RelayProtocol(TwistedProtocol, TimeoutMixin):
             "max_line_length ({limit}); it was not published",
             peer=self.peer, length=length, limit=self.relay.maxLineLength,
         )
+        self.relay.stats.discarded_bytes += length
         self._closing = True
         self.transport.loseConnection()
 
@@ -934,9 +941,18 @@ class RelayProtocol(TwistedProtocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)
+        if (reason.check(ConnectionDone) and not self._closing and self.relay.reads
+                and self.relay.trying):
+            # Upstream ended cleanly (a FIN, a TLS close): its last line is a
+            # line, as a file's last line without a newline is.  (A relay
+            # that is stopping closed the connection itself: its half line
+            # is upstream's unfinished one.)
+            self.framer.finish()
         self._closing = True
         self._handshaking = False
-        self.framer.discard()
+        discarded = len(self.framer.discard())
+        if discarded:
+            self.relay.stats.discarded_bytes += discarded
         if self._joined:
             self._joined = False
             publishTo: Backplane | None = self.relay.publishTo

@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from backplane import BackplaneService
-from backplane.acks import AckingFactory
+from backplane.acks import AckingFactory, AckingProtocol
 from backplane.history import DiskStore, MemoryHistory
 from backplane.testing import Recorder, connect, disconnect, sentLines
 
@@ -62,6 +62,26 @@ class AckTests(SynchronousTestCase):
             protocol.dataReceived(b"line %d\n" % i)
         self.clock.advance(1)
         self.assertEqual(sentLines(transport)[-1], b"ACK 1000")
+
+    def test_endOfInputAcksAtOnce(self) -> None:
+        """
+        A publisher that ends its input (a FIN) after a last line without a
+        newline: the line is published, the last ACK sent at once, and the
+        connection closed.
+        """
+        protocol, transport = connect(self.factory)
+        assert isinstance(protocol, AckingProtocol)
+        protocol.dataReceived(b"HELLO pub-2 0\none\ntwo")
+        protocol.readConnectionLost()
+        self.assertEqual(self.published(), [b"one", b"two"])
+        self.synced()
+        self.assertEqual(sentLines(transport), [b"ACK 2"])
+        self.assertTrue(transport.disconnecting)
+
+    def synced(self) -> None:
+        """
+        Let what was published become durable (with a store).
+        """
 
     def test_helloDeduplicates(self) -> None:
         """
@@ -151,6 +171,9 @@ class StoreAckTests(AckTests):
         store = DiskStore.open(self.folder, fsyncInterval=0.1, clock=self.storeClock)
         self.addCleanup(store.close)
         return store
+
+    def synced(self) -> None:
+        self.storeClock.advance(0.1)
 
     def test_ackLinesAndInterval(self) -> None:
         protocol, transport = connect(self.factory)

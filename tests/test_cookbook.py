@@ -16,6 +16,7 @@ import re
 import selectors
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -96,7 +97,7 @@ class Ports(dict[int, int]):
         return free
 
 
-PORT = re.compile(r"\b(tcp:|port=)(\d+)\b")
+PORT = re.compile(r"\b(tcp:|udp:|port=)(\d+)\b")
 
 
 def example(name: str, ports: Ports, **settings: object) -> str:
@@ -498,6 +499,42 @@ def test_aggregatingLogger(tmp_path):
         assert first == b"written before the logger started"
         assert end == b""
         assertAllLines(lines, streams)
+    finally:
+        logger.kill()
+
+
+def test_aggregatingLoggerTakesSyslog(tmp_path):
+    """
+    util-linux C{logger} on the syslog ports: an octet-counted multi-line
+    message over TCP, a newline-framed one, one over UDP, and a last line
+    without a newline from C{nc}: each one line of the log.
+    """
+    ports = Ports()
+    log = tmp_path / "aggregated.log"
+    logger = run(tmp_path, "aggregating-logger.toml", ports)
+    try:
+        logger.waitForPort(ports[1514])
+        logger.waitForPort(ports[1501])
+        where = ["-n", "127.0.0.1", "-P", str(ports[1514]), "-t", "cookbook"]
+        for arguments in (["--tcp", "--octet-count", "first\nsecond"], ["--tcp", "framed"],
+                          ["-d", "over UDP"]):
+            subprocess.run(["logger", *where, *arguments], check=True, timeout=20)
+        subprocess.run(["nc", "-q1", "127.0.0.1", str(ports[1501])], input=b"no newline",
+                       check=True, timeout=20)
+        waitForLines(log, 4)
+        logger.stop()
+        lines = log.read_bytes().split(b"\n")[:-1]
+        assert len(lines) == 4, lines
+        ends = sorted(line.rsplit(b"] ", 1)[-1] for line in lines if b" cookbook " in line)
+        assert ends == [b"first#012second", b"framed", b"over UDP"], lines
+        for line in lines:
+            if line.endswith(b"] over UDP"):
+                # The UDP port's prefix: the receive time, the sender's address.
+                assert re.match(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z 127\.0\.0\.1:\d+ <13>1 ",
+                                line), line
+            elif b" cookbook " in line:
+                assert line.startswith(b"<13>1 "), line
+        assert b"no newline" in lines
     finally:
         logger.kill()
 

@@ -66,6 +66,11 @@ endpoint = "tcp:0:interface=127.0.0.1"
 protocol = "sse"
 subscribe_to = "TIME"
 
+[[listen]]
+endpoint = "udp:0:interface=127.0.0.1"
+publish_to = "LOG"
+framing = "syslog"
+
 [[connect]]
 endpoint = "tcp:host=127.0.0.1:port=1"
 subscribe_to = "LOG"

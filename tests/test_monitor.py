@@ -145,8 +145,10 @@ def test_metricsMoveWhenLinesFlow(running):
     info = [key for key in after if key[0] == "backplane_info"]
     assert dict(info[0][1])["version"]
 
+    # Reset, not closed: a subscriber that closes cleanly is one that
+    # half-closed (SPEC section 6), subscribed until a write finds it gone.
     for client in (writer, *readers):
-        client.transport.loseConnection()
+        client.transport.abortConnection()
     yield waitUntil(lambda: len(running.get("DATA")) == 0)
     _, body = yield httpGet(urlOf(running, "/metrics"))
     gone = metricSamples(body.decode())

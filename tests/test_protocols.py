@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IProtocol, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
@@ -119,12 +119,28 @@ class FramingTests(SynchronousTestCase):
         publisher.dataReceived(b"f\nd\n")
         self.assertEqual(writes, [b"a\nb\nc\n", b"half\nd\n"])
 
-    def test_halfLineAtDisconnectNotPublished(self):
+    def test_halfLineAtResetNotPublished(self):
+        """
+        A connection that is reset publishes no half line, and counts its bytes.
+        """
         publisher = Publisher()
         publisher.protocol.dataReceived(b"whole\nhalf a li")
-        disconnect(publisher.protocol, publisher.transport)
+        publisher.transport.disconnecting = True
+        publisher.protocol.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(publisher.recorder.messages, [b"whole"])
         self.assertEqual(publisher.backplane.stats.publishers, 0)
+        self.assertEqual(publisher.protocol.portStats.discarded_bytes, len(b"half a li"))
+
+    def test_halfLineAtCleanCloseIsALine(self):
+        """
+        A connection that ends cleanly without a half-close (a TLS
+        close_notify) publishes its last line, as a FIN does.
+        """
+        publisher = Publisher()
+        publisher.protocol.dataReceived(b"whole\nlast li")
+        disconnect(publisher.protocol, publisher.transport)
+        self.assertEqual(publisher.recorder.messages, [b"whole", b"last li"])
+        self.assertEqual(publisher.protocol.portStats.discarded_bytes, 0)
 
     def test_silentClient(self):
         publisher = Publisher()

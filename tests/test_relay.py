@@ -475,12 +475,50 @@ class RelayDirectionsTests(SynchronousTestCase):
             self.assertEqual(factory.stats.lines_in, 5)
             self.assertEqual(transport.value(), b"")  # publish_to only: nothing sent up
 
-    def test_halfLineAtDisconnectIsNotPublished(self):
+    def test_halfLineAtResetIsNotPublished(self):
         factory = self.factory(publish_to="IN")
         protocol, transport = connectProtocol(factory)
         protocol.dataReceived(b"whole\nhalf")
         lose(protocol, transport)
         self.assertEqual(self.incoming.messages, [b"whole"])
+        self.assertEqual(factory.stats.discarded_bytes, 4)
+
+    def test_lastLineAtACleanEndIsPublished(self):
+        """
+        Upstream ending cleanly (a FIN) after a last line without a newline:
+        that line is published.
+        """
+        factory = self.factory(publish_to="IN")
+        protocol, transport = connectProtocol(factory)
+        protocol.dataReceived(b"whole\nlast")
+        lose(protocol, transport, ConnectionDone())
+        self.assertEqual(self.incoming.messages, [b"whole", b"last"])
+        self.assertEqual(factory.stats.discarded_bytes, 0)
+
+    def test_halfLineWhenTheRelayStopsIsNotPublished(self):
+        """
+        The connection of a relay that stops is closed by the relay: a half
+        line from upstream is upstream's unfinished one, not published.
+        """
+        factory = self.factory(publish_to="IN")
+        protocol, transport = connectProtocol(factory)
+        protocol.dataReceived(b"whole\nhalf")
+        factory.relay.stop()
+        lose(protocol, transport, ConnectionDone())
+        self.assertEqual(self.incoming.messages, [b"whole"])
+        self.assertEqual(factory.stats.discarded_bytes, 4)
+
+    def test_halfLineWhenTheRelayClosesIsNotPublished(self):
+        """
+        A connection the relay itself closes (a line too long) publishes
+        nothing more, at its clean end included.
+        """
+        factory = self.factory(publish_to="IN", max_line_length=4)
+        protocol, transport = connectProtocol(factory)
+        protocol.dataReceived(b"ok\n123456")
+        lose(protocol, transport, ConnectionDone())
+        self.assertEqual(self.incoming.messages, [b"ok"])
+        self.assertEqual(factory.stats.discarded_bytes, 6)
 
     def test_overlongLineIsNotPublishedAndDropsTheConnection(self):
         factory = self.factory(publish_to="IN", max_line_length=10)

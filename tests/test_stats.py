@@ -101,6 +101,7 @@ class ListenStatsTests(SynchronousTestCase):
             "gaps": 0, "bad_requests": 0, "acknowledged": 0, "deduplicated": 0,
             "store_failures": 0, "handshake_timeouts": 0, "handshakes_evicted": 0,
             "bad_heads": 0, "idle_timeouts": 0, "idle_discarded": 0,
+            "discarded_bytes": 0, "http_requests": 0,
         })
 
     def test_starting(self):

@@ -188,3 +188,29 @@ def test_refusedTLSClientIsClosed(service, certs):
     assert not first.closed.called
     service.get("DATA").publish(b"still served")
     yield waitUntil(lambda: first.lines == [b"still served"])
+
+
+@pytest_twisted.inlineCallbacks
+def test_lastLineAtACleanTLSClose(service, certs):
+    """
+    A TLS client's last line without a newline is published when it closes
+    cleanly (Twisted's loseConnection sends close_notify); one that is
+    aborted publishes no half line, and its bytes are counted.
+    """
+    recorder = Recorder.on(service.get("DATA"))
+    port = tlsPort(service, certs, publish_to="DATA")
+    clean = yield connectTLS(port, certs)
+    clean.transport.write(b"whole\nlast, no newline")
+    clean.transport.loseConnection()
+    yield clean.closed
+    yield waitUntil(lambda: len(recorder.messages) >= 2, what="the last line")
+    assert recorder.messages == [b"whole", b"last, no newline"]
+    aborted = yield connectTLS(port, certs)
+    aborted.transport.write(b"half a line")
+    factory = port.factory
+    yield waitUntil(lambda: any(p.framer.buffered == b"half a line" for p in factory.protocols),
+                    what="the half line read")
+    aborted.transport.abortConnection()
+    yield waitUntil(lambda: factory.clients == 0, what="the abort seen")
+    assert recorder.messages == [b"whole", b"last, no newline"]
+    assert factory.stats.discarded_bytes == len(b"half a line")

@@ -84,7 +84,11 @@ class Twistd:
                 raise AssertionError(f"twistd exited with {self.process.returncode}:\n"
                                      + self.text())
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                probe = socket.create_connection(("127.0.0.1", port), timeout=1)
+                # Reset, not closed: a clean close is a half-close, and a
+                # half-closed subscriber stays subscribed (SPEC section 6).
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                probe.close()
                 return
             except OSError:
                 time.sleep(0.05)
