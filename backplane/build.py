@@ -183,6 +183,14 @@ def _factory(service: BackplaneService, listen: ListenEntry, reactor: IBackplane
         return AckingFactory(service, publish_to=listen.publish_to, limits=listen.limits,
                              ack_lines=listen.ack_lines, ack_interval=listen.ack_interval,
                              authority=authority, clock=reactor)
+    if listen.protocol == "redis":
+        from backplane.redis.server import RedisFactory
+
+        assert listen.backplanes is not None
+        return RedisFactory(service, backplanes=listen.backplanes,
+                            max_backplanes=listen.max_backplanes,
+                            max_request=listen.max_request, limits=listen.limits,
+                            authority=authority, clock=reactor)
     if listen.protocol == "sse":
         from backplane.sse import SSEFactory
 

@@ -46,6 +46,10 @@ MAX_RETAIN = 1_000_000
 MAX_HISTORY = 100_000_000
 MIN_INTERVAL = 0.001
 
+#: The defaults of a Redis port (SPEC section 12), as L{backplane.redis.server}'s.
+DEFAULT_MAX_BACKPLANES = 1000
+DEFAULT_MAX_REQUEST = 8 * 1024 * 1024
+
 #: The defaults of a backplane's history (SPEC section 9; docs/configuration.md).
 DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
 DEFAULT_STORE_BYTES = 1024 * 1024 * 1024
@@ -189,9 +193,18 @@ class ListenEntry:
     endpoint: str = _option(doc="a Twisted server endpoint description")
     publish_to: str | None = _option(None, doc="each client's lines are published here")
     subscribe_to: str | None = _option(None, doc="each client receives every line of this")
-    protocol: Literal["lines", "websocket", "sse"] = _option(
-        "lines", doc="what clients speak: lines, one line per WebSocket message, or "
-                     "Server-Sent Events (subscribe only)")
+    protocol: Literal["lines", "websocket", "sse", "redis"] = _option(
+        "lines", doc="what clients speak: lines, one line per WebSocket message, "
+                     "Server-Sent Events (subscribe only), or Redis pub/sub")
+    backplanes: tuple[str, ...] | None = _option(
+        None, parse=_patterns,
+        doc="a redis port: the backplanes its clients may reach (names and glob patterns)")
+    max_backplanes: int = _option(
+        DEFAULT_MAX_BACKPLANES, minimum=0,
+        doc="a redis port: the most backplanes created on demand that may exist")
+    max_request: int = _option(
+        DEFAULT_MAX_REQUEST, minimum=1,
+        doc="a redis port: the most bytes of one request (a command and its arguments)")
     ids: bool = _option(
         False, doc="send each message with its id, and take RESUME (subscribe_to needs a history)")
     acks: bool = _option(
@@ -646,6 +659,8 @@ class _Parser:
                             f"backplane {name!r} is not declared: add [backplane.{name}] "
                             f"(declared: {known})",
                         )
+                if table == "listen" and self.redisPort(entry, where):
+                    continue
                 if table in ("listen", "connect") and not (entry.publish_to or entry.subscribe_to):
                     raise self.error(where, "needs publish_to, subscribe_to, or both")
         self.history(config)
@@ -672,6 +687,32 @@ class _Parser:
             if entry.max_delay < entry.initial_delay:
                 raise self.error(f"connect[{i}].max_delay",
                                  f"must be at least initial_delay ({entry.initial_delay})")
+
+    def redisPort(self, entry: ListenEntry, where: str) -> bool:
+        """
+        Check the keys of a C{[[listen]]} that are a Redis port's alone
+        (SPEC section 12); return whether it is one.
+        """
+        if entry.protocol != "redis":
+            for key, default in (("backplanes", None),
+                                 ("max_backplanes", DEFAULT_MAX_BACKPLANES),
+                                 ("max_request", DEFAULT_MAX_REQUEST)):
+                if getattr(entry, key) != default:
+                    raise self.error(f"{where}.{key}", 'is for a port with protocol = "redis"')
+            return False
+        for key in ("publish_to", "subscribe_to"):
+            if getattr(entry, key) is not None:
+                raise self.error(f"{where}.{key}",
+                                 "a redis port's clients choose their backplanes: list them "
+                                 'in backplanes = [...] instead (names or patterns, "chat.*")')
+        for key in ("ids", "acks"):
+            if getattr(entry, key):
+                raise self.error(f"{where}.{key}", "is not for a redis port")
+        if not entry.backplanes:
+            raise self.error(where, 'a redis port needs backplanes = [...]: the names or glob '
+                                    'patterns of the backplanes its clients may reach, such as '
+                                    '["TIME", "chat.*"]')
+        return True
 
     def history(self, config: Config) -> None:
         """
