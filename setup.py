@@ -59,6 +59,9 @@ setup(
             # redis-py, a Redis client nobody here wrote, for the Redis-protocol
             # port's tests: RESP3 (protocol=3) came in 5.0; 8.1.0 is verified.
             "redis>=5.0",
+            # A framework's Redis adapter against the Redis-protocol port
+            # (tests/test_redis_port_socketio.py): 5.18 is the version verified.
+            "python-socketio>=5.18",
         ],
         # python -m bench (docs/performance.md): matplotlib draws the plot.
         "bench": ["matplotlib>=3.5"],
