@@ -518,3 +518,97 @@ class ConfigTests(SynchronousTestCase):
                                "listen[1].max_backplanes: must be 0 or more")
         self.assertConfigError('[[listen]]\nendpoint = "tcp:6379"\nprotocol = "redis"\n'
                                'backplanes = [""]\n', "must not hold an empty name")
+
+
+class OnDemandServiceTests(SynchronousTestCase):
+    """
+    BackplaneService.ensure, watch and release: what a port whose clients
+    choose their backplanes stands on.
+    """
+
+    def test_ensure(self) -> None:
+        service = BackplaneService()
+        declared = service.create("A", retain=2)
+        self.assertIs(service.ensure("A", limit=0), declared)
+        created = service.ensure("b", limit=1, owner="port1")
+        self.assertIn("b", service)
+        self.assertEqual((service.onDemand, service.onDemandFor("port1")), (1, 1))
+        with self.assertRaises(TooManyBackplanes):
+            service.ensure("c", limit=1, owner="port1")
+        service.ensure("c", limit=1, owner="port2")  # each owner has its own count
+        service.release(created)
+        self.assertNotIn("b", service)
+        service.release(declared)
+        self.assertIn("A", service)
+        self.assertEqual(service.onDemandFor("port1"), 0)
+
+    def test_forgottenWithLastSubscriber(self) -> None:
+        service = BackplaneService()
+        backplane = service.ensure("b", limit=5)
+        first = backplane.subscribe(lambda message: None)
+        second = backplane.subscribe(lambda message: None)
+        first.cancel()
+        self.assertIn("b", service)
+        second.cancel()
+        self.assertNotIn("b", service)
+        self.assertEqual(service.onDemand, 0)
+        # The name is free for a new one.
+        self.assertIsNot(service.ensure("b", limit=5), backplane)
+
+    def test_watch(self) -> None:
+        service = BackplaneService()
+        heard: list[str] = []
+        watch = service.watch("chat.*", lambda backplane: heard.append(backplane.name))
+        other = service.watch("chat.*", lambda backplane: heard.append("again"))
+        service.ensure("chat.a", limit=5)
+        service.ensure("news", limit=5)
+        service.create("chat.declared")  # declared backplanes exist before any client
+        self.assertEqual(heard, ["chat.a", "again"])
+        self.assertEqual(service.patterns, 1)
+        self.assertTrue(service.watched("chat.b"))
+        self.assertFalse(service.watched("news2"))
+        watch.cancel()
+        watch.cancel()
+        other.cancel()
+        self.assertEqual(service.patterns, 0)
+        self.assertFalse(service.watched("chat.b"))
+
+
+class PortLimitTests(SynchronousTestCase):
+    def test_maxClients(self) -> None:
+        harness = Harness(limits=Limits(max_clients=1))
+        harness.connect()
+        self.assertIsNone(harness.factory.buildProtocol(None))
+        self.assertEqual(harness.factory.stats.refused, 1)
+
+    def test_allow(self) -> None:
+        from ipaddress import ip_network
+
+        from twisted.internet.address import IPv4Address
+
+        harness = Harness(limits=Limits(allow=(ip_network("10.0.0.0/8"),)))
+        self.assertIsNone(harness.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1)))
+        self.assertIsNotNone(harness.factory.buildProtocol(IPv4Address("TCP", "10.1.2.3", 1)))
+        self.assertEqual(harness.factory.stats.disallowed, 1)
+
+    def test_report(self) -> None:
+        harness = Harness()
+        client, _ = harness.connect()
+        client.dataReceived(command("SUBSCRIBE", "chat.a", "chat.b"))
+        client.dataReceived(command("PSUBSCRIBE", "x*"))
+        report = harness.factory.report()
+        self.assertEqual(report["gauges"], {"subscriptions": 2, "pattern_subscriptions": 1,
+                                            "backplanes_on_demand": 2})
+        self.assertEqual(report["counters"]["commands"], 2)
+        self.assertEqual(report["counters"]["created"], 2)
+        self.assertEqual(report["info"]["backplanes"], "chat.*, NEWS")
+
+    def test_closeOnStop(self) -> None:
+        harness = Harness()
+        client, transport = harness.connect()
+        client.dataReceived(command("SUBSCRIBE", "chat.a"))
+        done = harness.factory.disconnectAll()
+        self.assertTrue(transport.disconnecting)
+        client.connectionLost()
+        self.assertIsNone(self.successResultOf(done))
+        self.assertNotIn("chat.a", harness.service)

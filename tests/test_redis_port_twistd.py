@@ -7,6 +7,7 @@ real redis-server and to backplane, their replies compared byte for byte.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.certs import Certificates
 from tests.helpers import freePort
 from tests.redis_helpers import RedisServer, findRedisServer
 from tests.resp_client import RawClient
@@ -26,11 +28,14 @@ from tests.twistd import Twistd, readLines
 
 redis = pytest.importorskip("redis", reason="pip install '.[test]'")
 
+TOKEN = "writer-token-0123456789abcdef0123456789"
+
 
 @dataclass
 class Server:
     twistd: Twistd
     ports: dict[str, int]
+    certs: Certificates
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['monitor']}/stats") as r:
@@ -49,10 +54,23 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("redisport")
-    ports = {name: freePort() for name in ["redis", "small", "lines", "monitor"]}
+    ports = {name: freePort() for name in ["redis", "small", "lines", "secure", "monitor"]}
+    certs = Certificates.make(folder)
     twistd = Twistd(folder, config=f"""
 [backplane.NEWS]
 history = 100
+
+[[user]]
+name = "writer"
+token_sha256 = "{hashlib.sha256(TOKEN.encode()).hexdigest()}"
+publish = ["chat.w*"]
+subscribe = ["chat.*"]
+
+[[listen]]
+endpoint = "{certs.sslEndpoint(ports['secure'])}"
+protocol = "redis"
+backplanes = ["chat.*"]
+auth = true
 
 [[listen]]
 endpoint = "tcp:{ports['redis']}:interface=127.0.0.1"
@@ -77,7 +95,7 @@ endpoint = "tcp:{ports['monitor']}:interface=127.0.0.1"
     try:
         for port in ports.values():
             twistd.waitForPort(port)
-        yield Server(twistd, ports)
+        yield Server(twistd, ports, certs)
     finally:
         twistd.stop()
 
@@ -412,3 +430,37 @@ def test_stats(server: Server) -> None:
         metrics = server.metrics()
         assert "backplane_listen_commands_total" in metrics
         assert "backplane_listen_subscriptions" in metrics
+
+
+def test_tlsAndAuth(server: Server) -> None:
+    """
+    redis-py over TLS to an ssl: Redis port with auth = true: a token's
+    rights apply to each backplane; no token, or a wrong one, is refused as
+    Redis refuses them.
+    """
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    def client(protocol: int = 2, **options: Any) -> Any:
+        # No retries: redis-py retries a refused AUTH, with a backoff.
+        return redis.Redis(port=server.ports["secure"], ssl=True, protocol=protocol,
+                           ssl_ca_certs=str(server.certs.ca.path), socket_timeout=10,
+                           retry=Retry(NoBackoff(), 0), **options)
+
+    with pytest.raises(redis.AuthenticationError):
+        client(password="wrong").ping()
+    anonymous = client()
+    with pytest.raises(redis.AuthenticationError, match="Authentication required"):
+        anonymous.publish("chat.w1", "x")
+    for protocol in (2, 3):
+        subscriber = client(protocol, password=TOKEN).pubsub()
+        subscriber.subscribe("chat.w1")
+        assert subscriber.get_message(timeout=5)["type"] == "subscribe"
+        writer = client(protocol, username="writer", password=TOKEN)
+        assert writer.publish("chat.w1", "secret") == 1
+        message = subscriber.get_message(timeout=5)
+        assert (message["channel"], message["data"]) == (b"chat.w1", b"secret")
+        with pytest.raises(redis.ResponseError, match=r"may not publish to 'chat\.other'"):
+            writer.publish("chat.other", "x")
+        subscriber.close()
+        writer.close()
