@@ -198,10 +198,11 @@ class ListenEntry:
                      "Server-Sent Events (subscribe only), or Redis pub/sub")
     backplanes: tuple[str, ...] | None = _option(
         None, parse=_patterns,
-        doc="a redis port: the backplanes its clients may reach (names and glob patterns)")
+        doc="the backplanes the clients of a redis, websocket or sse port may choose "
+            "(names and glob patterns)")
     max_backplanes: int = _option(
         DEFAULT_MAX_BACKPLANES, minimum=0,
-        doc="a redis port: the most backplanes created on demand that may exist")
+        doc="with backplanes: the most backplanes created on demand that may exist")
     max_request: int = _option(
         DEFAULT_MAX_REQUEST, minimum=1,
         doc="a redis port: the most bytes of one request (a command and its arguments)")
@@ -659,7 +660,7 @@ class _Parser:
                             f"backplane {name!r} is not declared: add [backplane.{name}] "
                             f"(declared: {known})",
                         )
-                if table == "listen" and self.redisPort(entry, where):
+                if table == "listen" and self.chosenBackplanes(entry, where):
                     continue
                 if table in ("listen", "connect") and not (entry.publish_to or entry.subscribe_to):
                     raise self.error(where, "needs publish_to, subscribe_to, or both")
@@ -688,30 +689,35 @@ class _Parser:
                 raise self.error(f"connect[{i}].max_delay",
                                  f"must be at least initial_delay ({entry.initial_delay})")
 
-    def redisPort(self, entry: ListenEntry, where: str) -> bool:
+    def chosenBackplanes(self, entry: ListenEntry, where: str) -> bool:
         """
-        Check the keys of a C{[[listen]]} that are a Redis port's alone
-        (SPEC section 12); return whether it is one.
+        Check the keys of a C{[[listen]]} whose clients choose their
+        backplanes (SPEC section 12): a C{"redis"} port, or a C{"websocket"}
+        or C{"sse"} port that lists C{backplanes}; return whether it is one.
         """
-        if entry.protocol != "redis":
-            for key, default in (("backplanes", None),
-                                 ("max_backplanes", DEFAULT_MAX_BACKPLANES),
-                                 ("max_request", DEFAULT_MAX_REQUEST)):
-                if getattr(entry, key) != default:
-                    raise self.error(f"{where}.{key}", 'is for a port with protocol = "redis"')
+        if entry.protocol != "redis" and entry.max_request != DEFAULT_MAX_REQUEST:
+            raise self.error(f"{where}.max_request", 'is for a port with protocol = "redis"')
+        if entry.backplanes is None:
+            if entry.protocol == "redis":
+                raise self.error(where, 'a redis port needs backplanes = [...]: the names or '
+                                        'glob patterns of the backplanes its clients may reach, '
+                                        'such as ["TIME", "chat.*"]')
+            if entry.max_backplanes != DEFAULT_MAX_BACKPLANES:
+                raise self.error(f"{where}.max_backplanes", "is for a port that lists backplanes")
             return False
+        if entry.protocol not in ("redis", *_ORIGIN_PROTOCOLS):
+            raise self.error(f"{where}.backplanes",
+                             'is for a port with protocol = "redis", "websocket" or "sse", whose '
+                             "clients choose their backplanes")
         for key in ("publish_to", "subscribe_to"):
             if getattr(entry, key) is not None:
                 raise self.error(f"{where}.{key}",
-                                 "a redis port's clients choose their backplanes: list them "
-                                 'in backplanes = [...] instead (names or patterns, "chat.*")')
+                                 "the clients of a port that lists backplanes choose theirs "
+                                 "(by name, or by the request's path): leave publish_to and "
+                                 "subscribe_to out")
         for key in ("ids", "acks"):
             if getattr(entry, key):
-                raise self.error(f"{where}.{key}", "is not for a redis port")
-        if not entry.backplanes:
-            raise self.error(where, 'a redis port needs backplanes = [...]: the names or glob '
-                                    'patterns of the backplanes its clients may reach, such as '
-                                    '["TIME", "chat.*"]')
+                raise self.error(f"{where}.{key}", "is not for a port that lists backplanes")
         return True
 
     def history(self, config: Config) -> None:
@@ -728,7 +734,8 @@ class _Parser:
                                      "each backplane needs a folder of its own")
         for i, entry in enumerate(config.listen, 1):
             where = f"listen[{i}]"
-            if entry.protocol == "sse" and (entry.publish_to or not entry.subscribe_to):
+            if entry.protocol == "sse" and (entry.publish_to or not entry.subscribe_to) \
+                    and entry.backplanes is None:
                 raise self.error(where, "an sse port only serves a backplane: it needs "
                                         "subscribe_to and no publish_to")
             if entry.acks and (entry.subscribe_to or entry.protocol != "lines"):

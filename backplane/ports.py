@@ -220,7 +220,7 @@ class ListenService(EndpointService):
             # What the port's access checks decided (auth = true, or a web
             # port's origin check).
             report["access"] = gate.counters.snapshot()
-        more = getattr(factory, "report", None)
+        more = getattr(factory, "portReport", None)
         if callable(more):
             # A port that reports more of its own (a Redis port): its
             # counters, gauges and info beside every port's.

@@ -363,7 +363,7 @@ class Backplane:
         elif subscription.cursor is not None:
             subscription.cursor = None
             self._catchingUp -= 1
-        if self.onEmpty is not None and not len(self):
+        if self.onEmpty is not None and not len(self) and not self.stats.publishers:
             self.onEmpty(self)
 
     # Publishing.
@@ -680,7 +680,8 @@ class BackplaneService(MultiService):
         """
         The backplane C{name}, created on demand if there is none: a
         backplane without history or retained messages, forgotten (removed
-        from the registry) as soon as its last subscriber leaves.  Every
+        from the registry) as soon as its last subscriber leaves while no
+        publisher is connected (see L{release}).  Every
         L{Watch} whose pattern matches the name hears of it (L{watch})
         before this returns.  A caller that does not subscribe to it (a
         publisher) calls L{release} when done with it.
@@ -709,10 +710,13 @@ class BackplaneService(MultiService):
 
     def release(self, backplane: Backplane) -> None:
         """
-        Forget C{backplane} if it was created on demand and has no subscriber
-        (one L{ensure} created for a publisher, say); any other is kept.
+        Forget C{backplane} if it was created on demand and has neither a
+        subscriber nor a publisher connected (C{stats.publishers}): one
+        L{ensure} created for a publisher that is done, say.  Any other is
+        kept.
         """
-        if backplane.onEmpty is not None and not len(backplane):
+        if backplane.onEmpty is not None and not len(backplane) \
+                and not backplane.stats.publishers:
             self._forget(backplane)
 
     def _forget(self, backplane: Backplane) -> None:

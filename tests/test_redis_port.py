@@ -342,7 +342,7 @@ class PubSubTests(SynchronousTestCase):
                                     b"reached\r\n")
         self.assertEqual(harness.factory.redisStats.over_max_backplanes, 2)
         with self.assertRaises(TooManyBackplanes):
-            harness.service.ensure("chat.z", limit=1, owner=harness.factory)
+            harness.factory.choice.ensure("chat.z")
 
     def test_overlong(self) -> None:
         harness = Harness(limits=Limits(max_line_length=5))
@@ -501,16 +501,35 @@ class ConfigTests(SynchronousTestCase):
                                "listen[1]: a redis port needs backplanes = [...]")
 
     def test_notWithPublishTo(self) -> None:
-        self.assertConfigError(
-            '[backplane.A]\n[[listen]]\nendpoint = "tcp:6379"\nprotocol = "redis"\n'
-            'backplanes = ["A"]\npublish_to = "A"\n',
-            "listen[1].publish_to: a redis port's clients choose their backplanes")
-
-    def test_onlyRedis(self) -> None:
-        for key in ('backplanes = ["A"]', "max_backplanes = 3", "max_request = 10"):
+        for protocol in ("redis", "websocket", "sse"):
             self.assertConfigError(
-                f'[backplane.A]\n[[listen]]\nendpoint = "tcp:1"\nsubscribe_to = "A"\n{key}\n',
-                'is for a port with protocol = "redis"')
+                f'[backplane.A]\n[[listen]]\nendpoint = "tcp:6379"\nprotocol = "{protocol}"\n'
+                'backplanes = ["A"]\nsubscribe_to = "A"\n',
+                "listen[1].subscribe_to: the clients of a port that lists backplanes choose "
+                "theirs")
+
+    def test_onlyWhereChosen(self) -> None:
+        head = '[backplane.A]\n[[listen]]\nendpoint = "tcp:1"\nsubscribe_to = "A"\n'
+        self.assertConfigError(head + 'backplanes = ["A"]\n',
+                               'listen[1].backplanes: is for a port with protocol = "redis", '
+                               '"websocket" or "sse"')
+        self.assertConfigError(head + "max_backplanes = 3\n",
+                               "listen[1].max_backplanes: is for a port that lists backplanes")
+        self.assertConfigError(head + 'protocol = "websocket"\nmax_request = 10\n',
+                               'listen[1].max_request: is for a port with protocol = "redis"')
+
+    def test_webPorts(self) -> None:
+        config = self.parse(
+            '[[listen]]\nendpoint = "tcp:1"\nprotocol = "websocket"\nbackplanes = ["chat.*"]\n'
+            'max_backplanes = 5\n'
+            '[[listen]]\nendpoint = "tcp:2"\nprotocol = "sse"\nbackplanes = ["chat.*"]\n')
+        service = buildService(config)
+        factories = [child.factory for child in service]
+        self.assertEqual([f.choice.maxBackplanes for f in factories], [5, 1000])
+        self.assertEqual([f.choice.patterns for f in factories], [("chat.*",)] * 2)
+        self.assertConfigError(
+            '[[listen]]\nendpoint = "tcp:1"\nprotocol = "sse"\nbackplanes = ["x"]\nids = true\n',
+            "listen[1].ids: is not for a port that lists backplanes")
 
     def test_bounds(self) -> None:
         self.assertConfigError('[[listen]]\nendpoint = "tcp:6379"\nprotocol = "redis"\n'
@@ -596,7 +615,7 @@ class PortLimitTests(SynchronousTestCase):
         client, _ = harness.connect()
         client.dataReceived(command("SUBSCRIBE", "chat.a", "chat.b"))
         client.dataReceived(command("PSUBSCRIBE", "x*"))
-        report = harness.factory.report()
+        report = harness.factory.portReport()
         self.assertEqual(report["gauges"], {"subscriptions": 2, "pattern_subscriptions": 1,
                                             "backplanes_on_demand": 2})
         self.assertEqual(report["counters"]["commands"], 2)

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,7 +55,8 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("redisport")
-    ports = {name: freePort() for name in ["redis", "small", "lines", "secure", "monitor"]}
+    ports = {name: freePort() for name in
+             ["redis", "small", "lines", "secure", "ws", "sse", "monitor"]}
     certs = Certificates.make(folder)
     twistd = Twistd(folder, config=f"""
 [backplane.NEWS]
@@ -83,6 +85,16 @@ endpoint = "tcp:{ports['small']}:interface=127.0.0.1"
 protocol = "redis"
 backplanes = ["lim.*"]
 max_backplanes = 2
+
+[[listen]]
+endpoint = "tcp:{ports['ws']}:interface=127.0.0.1"
+protocol = "websocket"
+backplanes = ["chat.*", "NEWS"]
+
+[[listen]]
+endpoint = "tcp:{ports['sse']}:interface=127.0.0.1"
+protocol = "sse"
+backplanes = ["chat.*"]
 
 [[listen]]
 endpoint = "tcp:{ports['lines']}:interface=127.0.0.1"
@@ -464,3 +476,48 @@ def test_tlsAndAuth(server: Server) -> None:
             writer.publish("chat.other", "x")
         subscriber.close()
         writer.close()
+
+
+def test_webPortsChooseByPath(server: Server) -> None:
+    """
+    WebSocket and SSE ports that list backplanes: the request's path
+    chooses the backplane (created on demand), shared with Redis clients;
+    a path outside the port's backplanes is refused with 404.
+    """
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    ws = f"ws://127.0.0.1:{server.ports['ws']}"
+    with connect(f"{ws}/chat.room1") as alice, connect(f"{ws}/chat.room1") as bob, \
+            connect(f"{ws}/chat.room2") as carol, RawClient(server.ports["redis"]) as redisClient:
+        redisClient.call("SUBSCRIBE", "chat.room1")
+        curl = subprocess.Popen(["curl", "-sN", f"http://127.0.0.1:{server.ports['sse']}/chat.room1"],
+                                stdout=subprocess.PIPE)
+        try:
+            assert curl.stdout is not None
+            assert curl.stdout.readline() == b"retry: 2000\n"  # the stream has begun
+            alice.send("hello room1")
+            assert bob.recv(timeout=10) == "hello room1"
+            assert redisClient.read(1) == \
+                b"*3\r\n$7\r\nmessage\r\n$10\r\nchat.room1\r\n$11\r\nhello room1\r\n"
+            assert curl.stdout.readline() == b"\n"
+            assert curl.stdout.readline() == b"data: hello room1\n"
+            with RawClient(server.ports["redis"]) as publisher:
+                assert publisher.call("PUBLISH", "chat.room2", "to carol") == b":1\r\n"
+            assert carol.recv(timeout=10) == "to carol"
+            with pytest.raises(TimeoutError):
+                alice.recv(timeout=0.2)  # a client does not hear itself
+        finally:
+            curl.kill()
+            curl.wait()
+    for url in (f"{ws}/other", f"{ws}/"):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url)
+        assert refused.value.response.status_code == 404
+    with pytest.raises(urllib.error.HTTPError) as notFound:
+        urllib.request.urlopen(f"http://127.0.0.1:{server.ports['sse']}/NEWS")
+    assert notFound.value.code == 404
+    deadline = time.monotonic() + 10
+    while {"chat.room1", "chat.room2"} & set(server.stats()["backplanes"]):
+        assert time.monotonic() < deadline, "on-demand backplanes never forgotten"
+        time.sleep(0.05)

@@ -45,6 +45,7 @@ from backplane.auth.authority import Authority
 from backplane.auth.gate import Gate
 from backplane.auth.glob import compileGlob
 from backplane.auth.identity import AccessDenied, Identity
+from backplane.choice import DEFAULT_MAX_BACKPLANES, ChosenBackplanes
 from backplane.errors import TooManyBackplanes
 from backplane.framing import firstOverlong
 from backplane.interfaces import ILineSink
@@ -54,8 +55,6 @@ from backplane.redis import resp
 from backplane.redis.resp import Pushes, bulk, error, integer, payloads, push
 from backplane.service import Backplane, BackplaneService, Subscription, Watch
 
-#: The most backplanes a port creates on demand (C{max_backplanes}).
-DEFAULT_MAX_BACKPLANES = 1000
 #: The most bytes of one request (a command and its arguments) a client may
 #: send (C{max_request}); Redis's own bound is 512 MB a bulk string.
 DEFAULT_MAX_REQUEST = 8 * 1024 * 1024
@@ -129,8 +128,8 @@ class RedisFactory(BackplaneFactory):
         """
         super().__init__(service, limits=limits, authority=authority, clock=clock)
         self.service = service
-        self.backplanes = tuple(backplanes)
-        self._globs = tuple(compileGlob(pattern) for pattern in self.backplanes)
+        self.choice = ChosenBackplanes(service, backplanes, max_backplanes=max_backplanes)
+        self.backplanes = self.choice.patterns
         self.maxBackplanes = max_backplanes
         self.maxRequest = max_request
         self.redisStats = RedisStats()
@@ -140,7 +139,7 @@ class RedisFactory(BackplaneFactory):
         """
         Whether backplane C{name} is one this port's clients may reach.
         """
-        return any(glob.match(name) for glob in self._globs)
+        return self.choice.serves(name)
 
     def nextId(self) -> int:
         """
@@ -161,7 +160,7 @@ class RedisFactory(BackplaneFactory):
         assert isinstance(protocol, RedisClient)
         protocol.close()
 
-    def report(self) -> dict[str, Any]:
+    def portReport(self) -> dict[str, Any]:
         """
         What a Redis port adds to its L{ListenService<backplane.ports.ListenService>}'s
         report: its counters, gauges and C{backplanes}.
@@ -174,7 +173,7 @@ class RedisFactory(BackplaneFactory):
         return {
             "counters": asdict(self.redisStats),
             "gauges": {"subscriptions": subscriptions, "pattern_subscriptions": patterns,
-                       "backplanes_on_demand": self.service.onDemandFor(self)},
+                       "backplanes_on_demand": self.choice.onDemand},
             "info": {"protocol": "redis", "backplanes": ", ".join(self.backplanes),
                      "max_backplanes": self.maxBackplanes},
         }
@@ -641,8 +640,7 @@ class RedisClient(Protocol):
 
     def _ensure(self, name: str) -> Backplane:
         created = name not in self.service
-        backplane = self.service.ensure(name, limit=self.factory.maxBackplanes,
-                                        owner=self.factory)
+        backplane: Backplane = self.factory.choice.ensure(name)
         if created:
             self.stats.created += 1
         return backplane
