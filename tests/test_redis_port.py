@@ -141,6 +141,23 @@ class CommandTests(SynchronousTestCase):
         self.assertTrue(reply.startswith(b"*14\r\n"))
         self.assertEqual(self.client.protocol, 2)
 
+    def test_helloWhileSubscribed(self) -> None:
+        """
+        A RESP3 client that switches to RESP2 while subscribed gets its
+        messages as RESP2 arrays from then on.
+        """
+        self.send("HELLO", "3")
+        self.send("SUBSCRIBE", "chat.a")
+        self.send("PSUBSCRIBE", "chat.*")
+        backplane = self.harness.service.get("chat.a")
+        backplane.publishLines(b"x\n", 1)
+        self.assertEqual(take(self.transport), message(b"chat.a", b"x", 3)
+                         + pmessage(b"chat.*", b"chat.a", b"x", 3))
+        self.send("HELLO", "2")
+        backplane.publishLines(b"y\n", 1)
+        self.assertEqual(take(self.transport), message(b"chat.a", b"y")
+                         + pmessage(b"chat.*", b"chat.a", b"y"))
+
     def test_reset(self) -> None:
         self.send("HELLO", "3")
         self.send("CLIENT", "SETNAME", "x")

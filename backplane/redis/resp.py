@@ -119,33 +119,33 @@ class Pushes:
     """
     The C{message} or C{pmessage} pushes of one subscription, encoded fast:
     what comes before each payload (the push's header, the channel and the
-    pattern) is made once, when the client subscribes, and a chunk of lines
-    becomes its pushes in one C{bytes.join}.
+    pattern) is made once, when the client subscribes, in RESP2 and RESP3,
+    and a chunk of lines becomes its pushes in one C{bytes.join}.
 
-    @ivar prefix: the bytes before each payload's bulk string.
+    @ivar prefixes: the bytes before each payload's bulk string, by
+        protocol (2, 3).
     """
 
-    __slots__ = ("prefix",)
+    __slots__ = ("prefixes",)
 
-    def __init__(self, channel: bytes, protocol: int, pattern: bytes | None = None) -> None:
+    def __init__(self, channel: bytes, pattern: bytes | None = None) -> None:
         """
         @param channel: the channel (backplane name) the messages come from.
-        @param protocol: 2 or 3.
         @param pattern: for a pattern subscription, the pattern: C{pmessage}s.
         """
         if pattern is None:
-            self.prefix = (b">3\r\n" if protocol == 3 else b"*3\r\n") + bulk(b"message") \
-                + bulk(channel)
+            rest = bulk(b"message") + bulk(channel)
+            self.prefixes = {2: b"*3\r\n" + rest, 3: b">3\r\n" + rest}
         else:
-            self.prefix = (b">4\r\n" if protocol == 3 else b"*4\r\n") + bulk(b"pmessage") \
-                + bulk(pattern) + bulk(channel)
+            rest = bulk(b"pmessage") + bulk(pattern) + bulk(channel)
+            self.prefixes = {2: b"*4\r\n" + rest, 3: b">4\r\n" + rest}
 
-    def encode(self, payloads: list[bytes]) -> bytes:
+    def encode(self, payloads: list[bytes], protocol: int) -> bytes:
         """
-        The pushes of a chunk, given its payloads as bulk strings
-        (L{payloads}).
+        The pushes of a chunk in RESP C{protocol}, given its payloads as
+        bulk strings (L{payloads}).
         """
-        prefix = self.prefix
+        prefix = self.prefixes[protocol]
         return prefix + prefix.join(payloads)
 
 

@@ -195,8 +195,9 @@ class _Channel:
         self.subscription: Subscription | None = None
 
     def deliver(self, data: bytes, count: int) -> None:
-        self.client.send(self.pushes.encode(self.backplane.encoded(data, count, payloads)),
-                         count)
+        client = self.client
+        client.send(self.pushes.encode(self.backplane.encoded(data, count, payloads),
+                                       client.protocol), count)
 
 
 class _Pattern:
@@ -222,7 +223,7 @@ class _Pattern:
         name = backplane.name
         if name not in self.channels and self.client.mayReach(name):
             sink = _Channel(self.client, backplane,
-                            Pushes(name.encode("utf-8"), self.client.protocol, self.pattern))
+                            Pushes(name.encode("utf-8"), self.pattern))
             self.channels[name] = backplane.attach(sink)
 
     def cancel(self) -> None:
@@ -632,7 +633,7 @@ class RedisClient(Protocol):
                     return
                 self.send(push([bulk(b"subscribe"), bulk(channel),
                                 integer(self.subscriptions + 1)], self.protocol))
-                sink = _Channel(self, backplane, Pushes(channel, self.protocol))
+                sink = _Channel(self, backplane, Pushes(channel))
                 self.channels[channel] = backplane.attach(sink)
             else:
                 self.send(push([bulk(b"subscribe"), bulk(channel),
