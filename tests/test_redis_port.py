@@ -270,6 +270,26 @@ class PubSubTests(SynchronousTestCase):
         self.assertEqual(writes, [message(b"NEWS", b"a") + message(b"NEWS", b"bb")
                                   + message(b"NEWS", b"ccc")])
 
+    def test_pipelinedPublishesOneChunk(self) -> None:
+        """
+        PUBLISHes to one channel that come in one read are published as one
+        chunk (one write to each subscriber), and each gets its reply, in
+        order with the replies around them.
+        """
+        writes: list[bytes] = []
+        self.sub.dataReceived(command("SUBSCRIBE", "chat.a"))
+        self.subOut.write = writes.append  # type: ignore[method-assign]
+        self.pub.dataReceived(command("PUBLISH", "chat.a", "1") + command("PUBLISH", "chat.a", "2")
+                              + command("PING") + command("PUBLISH", "chat.a", "3\n4")
+                              + command("PUBLISH", "chat.b", "5") + command("PUBLISH", "chat.a")
+                              + command("PUBLISH", "chat.a", "6"))
+        self.assertEqual(take(self.pubOut),
+                         b":1\r\n:1\r\n+PONG\r\n:1\r\n:0\r\n"
+                         b"-ERR wrong number of arguments for 'publish' command\r\n:1\r\n")
+        self.assertEqual(writes, [message(b"chat.a", b"1") + message(b"chat.a", b"2"),
+                                  message(b"chat.a", b"3") + message(b"chat.a", b"4"),
+                                  message(b"chat.a", b"6")])
+
     def test_retainedAfterConfirmation(self) -> None:
         """
         A declared backplane keeps its options: its retained message comes

@@ -235,6 +235,26 @@ class _Pattern:
             subscription.cancel()
 
 
+class _Publishes:
+    """
+    The messages of C{PUBLISH}es to one channel that came one after the
+    other in a read, published together as one chunk (see
+    L{RedisClient.redis_publish}).
+    """
+
+    __slots__ = ("channel", "count", "data", "name")
+
+    def __init__(self, channel: bytes, name: str) -> None:
+        self.channel = channel
+        self.name = name
+        self.data: list[bytes] = []
+        self.count = 0
+
+    def add(self, data: bytes, count: int) -> None:
+        self.data.append(data)
+        self.count += count
+
+
 # The commands: name -> (arity as Redis counts it, allowed to a RESP2
 # client in subscribe mode, allowed before AUTH on an auth port).
 _COMMANDS: dict[bytes, tuple[int, bool, bool]] = {
@@ -321,6 +341,8 @@ class RedisClient(Protocol):
         self._unparsed = 0
         self._inline: bytes | None = None  # a partial inline command
         self._batch: list[bytes] | None = None
+        # PUBLISHes of the read being handled, to one channel, not yet published.
+        self._publishing: _Publishes | None = None
         self._closing = False
         self._ready = False
         # Publishers' rights, decided once a name (auth ports only).
@@ -403,6 +425,8 @@ class RedisClient(Protocol):
         (C{count} 0).  While the client's requests are being read, it waits
         to go out with their replies, in one write.
         """
+        if not count and self._publishing is not None:
+            self._flushPublishes()
         if self._batch is not None:
             self._batch.append(data)
         elif count:
@@ -430,6 +454,7 @@ class RedisClient(Protocol):
         output.deliver(data, 0)
 
     def _flush(self) -> None:
+        self._flushPublishes()
         batch, self._batch = self._batch, None
         if batch:
             # Replies, and the pushes they caused: none may be dropped.
@@ -544,6 +569,8 @@ class RedisClient(Protocol):
         self.stats.commands += 1
         args: list[bytes] = request
         name = args[0].lower()
+        if self._publishing is not None and name != b"publish":
+            self._flushPublishes()
         spec = _COMMANDS.get(name)
         if spec is None:
             self.stats.unknown_commands += 1
@@ -646,11 +673,14 @@ class RedisClient(Protocol):
             self.stats.created += 1
         return backplane
 
-    def _tooMany(self, e: TooManyBackplanes) -> None:
+    def _tooMany(self, e: TooManyBackplanes, reply: bool = True) -> None:
         self.stats.over_max_backplanes += 1
         self.log.warn("Refusing to create backplane {name} for {peer}: max_backplanes "
                       "({limit}) reached", name=e.name, peer=self.peer, limit=e.limit)
-        self._error(error(b"ERR " + str(e).encode("utf-8", "backslashreplace")))
+        if reply:
+            self._error(error(b"ERR " + str(e).encode("utf-8", "backslashreplace")))
+        else:
+            self.stats.errors += 1
 
     def redis_unsubscribe(self, args: list[bytes]) -> None:
         channels = args[1:] or list(self.channels)
@@ -693,26 +723,17 @@ class RedisClient(Protocol):
                            self.protocol))
 
     def redis_publish(self, args: list[bytes]) -> None:
-        name = self._backplaneName(args[1])
-        if name is None:
-            return
-        if self.identity is not None:
-            allowed = self._mayPublish.get(name)
-            if allowed is None:
-                try:
-                    self.gate.authorize(self.identity, publish=name, peer=self.peer)
-                    allowed = True
-                except AccessDenied as denied:
-                    self._refused(denied)
-                    allowed = False
-                if len(self._mayPublish) >= 1000:
-                    self._mayPublish.clear()
-                self._mayPublish[name] = allowed
-                if not allowed:
-                    return
-            elif not allowed:
-                self._error(error(b"NOPERM may not publish to this backplane"))
+        channel = args[1]
+        pending = self._publishing
+        if pending is not None and pending.channel == channel:
+            name = pending.name
+        else:
+            self._flushPublishes()
+            pending = None
+            checked = self._backplaneName(channel)
+            if checked is None or not self._mayPublishTo(checked):
                 return
+            name = checked
         data = args[2]
         if data[-1:] != b"\n":
             data += b"\n"
@@ -728,6 +749,52 @@ class RedisClient(Protocol):
         stats = self.portStats
         stats.messages_in += count
         stats.bytes_in += len(data)
+        if self._batch is None or self.subscriptions:
+            # Not reading a batch of requests, or the client hears itself
+            # (RESP3): its pushes come before the reply, as from Redis.
+            self.send(self._publish(name, data, count, 1))
+            return
+        if pending is None:
+            pending = self._publishing = _Publishes(channel, name)
+        pending.add(data, count)
+
+    def _mayPublishTo(self, name: str) -> bool:
+        """
+        Whether the client may publish to backplane C{name} (decided once a
+        name, on a port with C{auth}); a refusal is sent.
+        """
+        if self.identity is None:
+            return True
+        allowed = self._mayPublish.get(name)
+        if allowed is None:
+            try:
+                self.gate.authorize(self.identity, publish=name, peer=self.peer)
+                allowed = True
+            except AccessDenied as denied:
+                self._refused(denied)
+                allowed = False
+            if len(self._mayPublish) >= 1000:
+                self._mayPublish.clear()
+            self._mayPublish[name] = allowed
+        elif not allowed:
+            self._error(error(b"NOPERM may not publish to this backplane"))
+        return allowed
+
+    def _flushPublishes(self) -> None:
+        """
+        Publish the messages of the C{PUBLISH}es to one channel that came
+        one after the other in a read, as one chunk, and reply to each.
+        """
+        pending, self._publishing = self._publishing, None
+        if pending is not None:
+            self.send(self._publish(pending.name, b"".join(pending.data), pending.count,
+                                    len(pending.data)))
+
+    def _publish(self, name: str, data: bytes, count: int, publishes: int) -> bytes:
+        """
+        Publish a chunk of C{count} lines, the messages of C{publishes}
+        C{PUBLISH}es, to backplane C{name}; return the replies.
+        """
         service = self.service
         if name in service:
             backplane = service.get(name)
@@ -735,14 +802,14 @@ class RedisClient(Protocol):
             try:
                 backplane = self._ensure(name)
             except TooManyBackplanes as e:
-                self._tooMany(e)
-                return
+                self._tooMany(e, reply=False)
+                self.stats.errors += publishes - 1
+                return error(b"ERR " + str(e).encode("utf-8", "backslashreplace")) * publishes
         else:
-            self.send(integer(0))
-            return
+            return integer(0) * publishes
         reached = backplane.publishLines(data, count)
         service.release(backplane)
-        self.send(integer(reached))
+        return integer(reached) * publishes
 
     def redis_ping(self, args: list[bytes]) -> None:
         if len(args) > 2:
