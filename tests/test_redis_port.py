@@ -10,6 +10,7 @@ import hashlib
 import sys
 from pathlib import Path
 
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -43,12 +44,13 @@ class Harness:
 
     def __init__(self, backplanes: tuple[str, ...] = ("chat.*", "NEWS"), *,
                  limits: Limits = Limits(), authority: Authority | None = None,
-                 max_backplanes: int = 1000, max_request: int = 1 << 20) -> None:
+                 max_backplanes: int = 1000, max_request: int = 1 << 20,
+                 clock: Clock | None = None) -> None:
         self.service = BackplaneService()
         self.service.create("NEWS", retain=1)
         self.factory = RedisFactory(self.service, backplanes=backplanes, limits=limits,
                                     authority=authority, max_backplanes=max_backplanes,
-                                    max_request=max_request)
+                                    max_request=max_request, clock=clock)
 
     def connect(self) -> tuple[RedisClient, StringTransport]:
         client = self.factory.buildProtocol(None)
@@ -469,8 +471,25 @@ class AuthTests(SynchronousTestCase):
     def setUp(self) -> None:
         users = Users([User("writer", Permissions(publish=("chat.w*",), subscribe=("chat.*",)),
                             tokenSha256=hashlib.sha256(WRITER.encode()).digest())])
-        self.harness = Harness(authority=Authority(users))
+        self.clock = Clock()
+        self.harness = Harness(authority=Authority(users), clock=self.clock)
         self.client, self.transport = self.harness.connect()
+
+    def test_authTimeout(self) -> None:
+        """
+        A client that does not authenticate within the gate's timeout (10
+        seconds) is refused and disconnected; one that does stays.
+        """
+        other, otherOut = self.harness.connect()
+        other.dataReceived(command("AUTH", WRITER))
+        self.clock.advance(9.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertEqual(take(self.transport), b"-ERR no AUTH within 10 seconds\r\n")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(otherOut.disconnecting)
+        self.assertEqual(self.harness.factory.gate.counters.snapshot()["refused"],
+                         {"timeout": 1})
 
     def send(self, *args: str | bytes) -> bytes:
         self.client.dataReceived(command(*args))
@@ -505,6 +524,8 @@ class AuthTests(SynchronousTestCase):
         self.assertEqual(self.send("CLIENT", "GETNAME"), b"$1\r\nw\r\n")
         self.assertEqual(self.send("RESET"), b"+RESET\r\n")
         self.assertEqual(self.send("PING"), b"-NOAUTH Authentication required.\r\n")
+        self.clock.advance(10)
+        self.assertTrue(self.transport.disconnecting)
 
     def test_noAuthPort(self) -> None:
         client, transport = Harness().connect()

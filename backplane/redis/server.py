@@ -30,6 +30,7 @@ from typing import Any
 import hiredis
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IHandshakeListener,
     IPushProducer,
     IReactorTime,
@@ -40,6 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from backplane._types import defaultReactor
 from backplane.address import describePeer, peerCommonName
 from backplane.auth.authority import Authority
 from backplane.auth.gate import Gate
@@ -345,6 +347,7 @@ class RedisClient(Protocol):
         self._publishing: _Publishes | None = None
         self._closing = False
         self._ready = False
+        self._authTimer: IDelayedCall | None = None
         # Publishers' rights, decided once a name (auth ports only).
         self._mayPublish: dict[str, bool] = {}
 
@@ -374,6 +377,30 @@ class RedisClient(Protocol):
                                     counters=(self.portStats,))
         self.transport.registerProducer(self, True)
         self._ready = not ISSLTransport.providedBy(self.transport)
+        if self.gate.auth:
+            self._startAuthTimer()
+
+    def _startAuthTimer(self) -> None:
+        clock = self.gate.clock or defaultReactor()
+        self._authTimer = clock.callLater(self.gate.timeout, self._authTimedOut)
+
+    def _authTimedOut(self) -> None:
+        """
+        On a port with C{auth}: the client has not authenticated within the
+        gate's timeout (as long as a line client has to send C{AUTH}).
+        """
+        self._authTimer = None
+        if self.identity is not None or self._closing:
+            return
+        denied = AccessDenied(f"no AUTH within {self.gate.timeout:g} seconds", code="timeout")
+        self.gate.refused(denied, peer=self.peer)
+        self.send(error(b"ERR " + denied.reason.encode("ascii")))
+        self.close()
+
+    def _stopAuthTimer(self) -> None:
+        timer, self._authTimer = self._authTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def handshakeCompleted(self) -> None:
         """
@@ -387,9 +414,12 @@ class RedisClient(Protocol):
                                                       peer=self.peer)
             except AccessDenied:
                 pass
+            if self.identity is not None:
+                self._stopAuthTimer()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
+        self._stopAuthTimer()
         if self.output is not None:
             self.output.discard()
         self._unsubscribeAll()
@@ -830,8 +860,11 @@ class RedisClient(Protocol):
         self._unsubscribeAll()
         self.protocol = 2
         self.name = None
-        self.identity = None
         self._mayPublish.clear()
+        if self.identity is not None:
+            # Unauthenticated again, with the time a new client has.
+            self.identity = None
+            self._startAuthTimer()
         self.send(resp.RESET)
 
     # Connection commands.
@@ -861,6 +894,7 @@ class RedisClient(Protocol):
             return False
         self.identity = identity
         self._mayPublish.clear()
+        self._stopAuthTimer()
         return True
 
     def redis_auth(self, args: list[bytes]) -> None:
