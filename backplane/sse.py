@@ -109,7 +109,7 @@ class EventStream:
         """
         self.port = port
         self.request = request
-        backplane = backplane or port.subscribeTo
+        backplane = backplane if backplane is not None else port.subscribeTo
         assert backplane is not None
         self.backplane = backplane
         address = request.getClientAddress()

@@ -7,7 +7,12 @@ directions a token allows; and backplane.choice on its own.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from backplane.auth.authority import Authority
@@ -120,3 +125,54 @@ class ChoiceTests(Ports, SynchronousTestCase):
         self.assertEqual(choiceReport(choice)["info"],
                          {"backplanes": "chat.*", "max_backplanes": 2})
         self.assertEqual(choiceReport(None), {})
+
+
+class ChosenSSETests(SynchronousTestCase):
+    """
+    An SSE port that lists backplanes: the path chooses the stream.
+    """
+
+    def setUp(self) -> None:
+        from backplane.service import BackplaneService
+
+        self.service = BackplaneService()
+        self.news = self.service.create("NEWS")
+
+    def factory(self, **options: object) -> Any:
+        from twisted.internet.task import Clock
+
+        from backplane.sse import SSEFactory
+
+        return SSEFactory(self.service, backplanes=("chat.*", "NEWS"), clock=Clock(),
+                          **options)  # type: ignore[arg-type]
+
+    def get(self, factory: Any, path: str) -> tuple[bytes, Any, StringTransport]:
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        channel = factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        channel.makeConnection(transport)
+        channel.dataReceived(f"GET {path} HTTP/1.1\r\nHost: localhost:1503\r\n\r\n".encode())
+        return transport.value().split(b"\r\n", 1)[0], channel, transport
+
+    def test_stream(self) -> None:
+        status, channel, transport = self.get(self.factory(), "/chat.a")
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+        self.service.get("chat.a").publishLines(b"hello\n", 1)
+        self.assertIn(b"data: hello\n\n", transport.value())
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertNotIn("chat.a", self.service)
+
+    def test_refusals(self) -> None:
+        factory = self.factory(max_backplanes=1)
+        self.assertEqual(self.get(factory, "/other")[0], b"HTTP/1.1 404 Not Found")
+        self.get(factory, "/chat.a")
+        self.assertEqual(self.get(factory, "/NEWS")[0], b"HTTP/1.1 200 OK")
+        self.assertEqual(self.get(factory, "/chat.b")[0], b"HTTP/1.1 503 Service Unavailable")
+        self.assertNotIn("chat.b", self.service)
+
+    def test_tokens(self) -> None:
+        factory = self.factory(authority=authority())
+        self.assertEqual(self.get(factory, f"/chat.a?token={READER}")[0], b"HTTP/1.1 200 OK")
+        self.assertEqual(self.get(factory, f"/chat.a?token={WRITER}")[0],
+                         b"HTTP/1.1 403 Forbidden")
+        self.assertEqual(self.get(factory, "/chat.a")[0], b"HTTP/1.1 401 Unauthorized")
