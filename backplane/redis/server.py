@@ -377,8 +377,23 @@ class RedisClient(Protocol):
                                     counters=(self.portStats,))
         self.transport.registerProducer(self, True)
         self._ready = not ISSLTransport.providedBy(self.transport)
+        if self._ready and not self._handshakeDone():
+            return
         if self.gate.auth:
             self._startAuthTimer()
+
+    def _handshakeDone(self) -> bool:
+        """
+        Tell the port that the client's handshake (TLS, or none) is done, so
+        that it counts against C{max_clients}, where the port keeps that
+        account (C{handshakeDone}); abort the connection if it may not stay.
+        """
+        done = getattr(self.factory, "handshakeDone", None)
+        if done is None or done(self):
+            return True
+        self._closing = True
+        self.transport.abortConnection()
+        return False
 
     def _startAuthTimer(self) -> None:
         clock = self.gate.clock or defaultReactor()
@@ -407,6 +422,8 @@ class RedisClient(Protocol):
         The TLS handshake is done: read requests; on a port with C{auth}, a
         client certificate that names a user authenticates the client.
         """
+        if self._closing or not self._handshakeDone():
+            return
         self._ready = True
         if self.gate.auth and self.identity is None:
             try:
