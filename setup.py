@@ -37,6 +37,9 @@ setup(
         # the fix for CVE-2022-29217, the lowest we support. [crypto] brings
         # cryptography, for Ed25519 and RSA public keys.
         "PyJWT[crypto]>=2.4.0",
+        # The Redis-protocol port (backplane/redis/server.py) parses requests
+        # with hiredis' Reader; has_data() came in 2.0 (3.5.0 is verified).
+        "hiredis>=2.0.0",
     ],
     extras_require={
         "test": [
@@ -53,6 +56,12 @@ setup(
             # (tests/test_access_twistd.py): its sync client and typed
             # Origin and Subprotocol; 17.4 is the version verified.
             "websockets>=14.0",
+            # redis-py, a Redis client nobody here wrote, for the Redis-protocol
+            # port's tests: RESP3 (protocol=3) came in 5.0; 8.1.0 is verified.
+            "redis>=5.0",
+            # A framework's Redis adapter against the Redis-protocol port
+            # (tests/test_redis_port_socketio.py): 5.18 is the version verified.
+            "python-socketio>=5.18",
         ],
         # python -m bench (docs/performance.md): matplotlib draws the plot.
         "bench": ["matplotlib>=3.5"],

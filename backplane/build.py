@@ -202,11 +202,20 @@ def _factory(service: BackplaneService, listen: ListenEntry, reactor: IBackplane
         return AckingFactory(service, publish_to=listen.publish_to, limits=listen.limits,
                              ack_lines=listen.ack_lines, ack_interval=listen.ack_interval,
                              authority=authority, clock=reactor)
+    if listen.protocol == "redis":
+        from backplane.redis.server import RedisFactory
+
+        assert listen.backplanes is not None
+        return RedisFactory(service, backplanes=listen.backplanes,
+                            max_backplanes=listen.max_backplanes,
+                            max_request=listen.max_request, limits=listen.limits,
+                            authority=authority, clock=reactor)
     if listen.protocol == "sse":
         from backplane.sse import SSEFactory
 
         return SSEFactory(service, subscribe_to=listen.subscribe_to, limits=listen.limits,
-                          clock=reactor, origins=listen.origins, authority=authority)
+                          clock=reactor, origins=listen.origins, authority=authority,
+                          backplanes=listen.backplanes, max_backplanes=listen.max_backplanes)
     if listen.protocol == "websocket":
         # Imported only when used: autobahn is big.
         from backplane.websocket import WebSocketFactory
@@ -214,7 +223,8 @@ def _factory(service: BackplaneService, listen: ListenEntry, reactor: IBackplane
         return WebSocketFactory(service, publish_to=listen.publish_to,
                                 subscribe_to=listen.subscribe_to, limits=listen.limits,
                                 ids=listen.ids, origins=listen.origins, authority=authority,
-                                clock=reactor)
+                                clock=reactor, backplanes=listen.backplanes,
+                                max_backplanes=listen.max_backplanes)
     return _factoryType(listen.protocol)(
         service, publish_to=listen.publish_to, subscribe_to=listen.subscribe_to,
         limits=listen.limits, authority=authority, clock=reactor)

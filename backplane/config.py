@@ -53,6 +53,10 @@ MAX_HISTORY = 100_000_000
 MIN_INTERVAL = 0.001
 MAX_TIMEOUT = 86400.0
 
+#: The defaults of a Redis port (SPEC section 12), as L{backplane.redis.server}'s.
+DEFAULT_MAX_BACKPLANES = 1000
+DEFAULT_MAX_REQUEST = 8 * 1024 * 1024
+
 #: The defaults of a backplane's history (SPEC section 9; docs/configuration.md).
 DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
 DEFAULT_STORE_BYTES = 1024 * 1024 * 1024
@@ -205,9 +209,19 @@ class ListenEntry:
     endpoint: str = _option(doc="a Twisted server endpoint description")
     publish_to: str | None = _option(None, doc="each client's lines are published here")
     subscribe_to: str | None = _option(None, doc="each client receives every line of this")
-    protocol: Literal["lines", "websocket", "sse"] = _option(
-        "lines", doc="what clients speak: lines, one line per WebSocket message, or "
-                     "Server-Sent Events (subscribe only)")
+    protocol: Literal["lines", "websocket", "sse", "redis"] = _option(
+        "lines", doc="what clients speak: lines, one line per WebSocket message, "
+                     "Server-Sent Events (subscribe only), or Redis pub/sub")
+    backplanes: tuple[str, ...] | None = _option(
+        None, parse=_patterns,
+        doc="the backplanes the clients of a redis, websocket or sse port may choose "
+            "(names and glob patterns)")
+    max_backplanes: int = _option(
+        DEFAULT_MAX_BACKPLANES, minimum=0,
+        doc="with backplanes: the most backplanes created on demand that may exist")
+    max_request: int = _option(
+        DEFAULT_MAX_REQUEST, minimum=1,
+        doc="a redis port: the most bytes of one request (a command and its arguments)")
     ids: bool = _option(
         False, doc="send each message with its id, and take RESUME (subscribe_to needs a history)")
     acks: bool = _option(
@@ -693,6 +707,8 @@ class _Parser:
                         known = ", ".join(sorted(declared)) or "none"
                         raise self.error(f"{where}.{key}",
                                          _undeclared(name, key, known))
+                if table == "listen" and self.chosenBackplanes(entry, where):
+                    continue
                 if table in ("listen", "connect") and not (entry.publish_to or entry.subscribe_to):
                     raise self.error(where, "needs publish_to, subscribe_to, or both")
         self.history(config)
@@ -733,6 +749,37 @@ class _Parser:
                 raise self.error(f"connect[{i}].max_delay",
                                  f"must be at least initial_delay ({entry.initial_delay})")
 
+    def chosenBackplanes(self, entry: ListenEntry, where: str) -> bool:
+        """
+        Check the keys of a C{[[listen]]} whose clients choose their
+        backplanes (SPEC section 12): a C{"redis"} port, or a C{"websocket"}
+        or C{"sse"} port that lists C{backplanes}; return whether it is one.
+        """
+        if entry.protocol != "redis" and entry.max_request != DEFAULT_MAX_REQUEST:
+            raise self.error(f"{where}.max_request", 'is for a port with protocol = "redis"')
+        if entry.backplanes is None:
+            if entry.protocol == "redis":
+                raise self.error(where, 'a redis port needs backplanes = [...]: the names or '
+                                        'glob patterns of the backplanes its clients may reach, '
+                                        'such as ["TIME", "chat.*"]')
+            if entry.max_backplanes != DEFAULT_MAX_BACKPLANES:
+                raise self.error(f"{where}.max_backplanes", "is for a port that lists backplanes")
+            return False
+        if entry.protocol not in ("redis", *_ORIGIN_PROTOCOLS):
+            raise self.error(f"{where}.backplanes",
+                             'is for a port with protocol = "redis", "websocket" or "sse", whose '
+                             "clients choose their backplanes")
+        for key in ("publish_to", "subscribe_to"):
+            if getattr(entry, key) is not None:
+                raise self.error(f"{where}.{key}",
+                                 "the clients of a port that lists backplanes choose theirs "
+                                 "(by name, or by the request's path): leave publish_to and "
+                                 "subscribe_to out")
+        for key in ("ids", "acks"):
+            if getattr(entry, key):
+                raise self.error(f"{where}.{key}", "is not for a port that lists backplanes")
+        return True
+
     def history(self, config: Config) -> None:
         """
         The keys that need a history, or that a history rules out.
@@ -747,7 +794,8 @@ class _Parser:
                                      "each backplane needs a folder of its own")
         for i, entry in enumerate(config.listen, 1):
             where = f"listen[{i}]"
-            if entry.protocol == "sse" and (entry.publish_to or not entry.subscribe_to):
+            if entry.protocol == "sse" and (entry.publish_to or not entry.subscribe_to) \
+                    and entry.backplanes is None:
                 raise self.error(where, "an sse port only serves a backplane: it needs "
                                         "subscribe_to and no publish_to")
             if entry.idle_timeout and (entry.protocol != "lines" or entry.publish_to is None):

@@ -58,6 +58,18 @@ class UnknownBackplane(KeyError):
         return str(self.args[0])
 
 
+class TooManyBackplanes(Exception):
+    """
+    A backplane cannot be created on demand: as many as a port allows
+    (C{max_backplanes}) exist already.
+    """
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        super().__init__(f"cannot create backplane {name!r}: max_backplanes ({limit}) reached")
+
+
 class NotAcknowledged(Exception):
     """
     Lines sent to an C{acks = true} port will not be acknowledged: they were

@@ -170,6 +170,16 @@ COUNTERS: dict[str, dict[str, Stat]] = {
         "http_requests": Stat("http_requests", "Clients answered 400: their first line was an "
                                                "HTTP request."),
         "datagrams": Stat("datagrams", "Datagrams a udp: port received from allowed addresses."),
+        "commands": Stat("commands", "Commands the clients of a Redis port sent."),
+        "unknown_commands": Stat("unknown_commands", "Commands a Redis port answered -ERR unknown "
+                                                     "command."),
+        "errors": Stat("errors", "Commands a Redis port answered with another error."),
+        "created": Stat("created", "Backplanes the port created on demand, all told."),
+        "outside": Stat("outside", "Names refused for being outside the port's backplanes."),
+        "over_max_backplanes": Stat("over_max_backplanes", "Backplanes not created: "
+                                                           "max_backplanes existed."),
+        "protocol_errors": Stat("protocol_errors", "Redis clients disconnected for a malformed "
+                                                   "request."),
     },
     "monitor": {
         "requests": Stat("requests", "HTTP requests the monitor served."),
@@ -222,6 +232,12 @@ GAUGES: dict[str, dict[str, Stat]] = {
     "listen": {
         "clients": Stat("clients", "Clients connected to the port now, their handshake done."),
         "handshakes": Stat("handshakes", "Connections to the port in their handshake now."),
+        "subscriptions": Stat("subscriptions", "Channels the clients of a Redis port subscribe "
+                                               "to now."),
+        "pattern_subscriptions": Stat("pattern_subscriptions", "Patterns the clients of a Redis "
+                                                               "port subscribe to now."),
+        "backplanes_on_demand": Stat("backplanes_on_demand", "Backplanes the port created on "
+                                                             "demand that exist now."),
     },
     "monitor": {
         "tails": Stat("tails", "Live tails open now."),

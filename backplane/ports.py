@@ -245,6 +245,13 @@ class ListenService(EndpointService):
             # What the port's access checks decided (auth = true, or a web
             # port's origin check).
             report["access"] = gate.counters.snapshot()
+        more = getattr(factory, "portReport", None)
+        if callable(more):
+            # A port that reports more of its own (a Redis port): its
+            # counters, gauges and info beside every port's.
+            for key, values in more().items():
+                section: Any = report.setdefault(key, {})
+                section.update(values)
         publishers = getattr(factory, "publisherStats", None)
         if publishers is not None:
             # An acks = true port: what each publisher id did (in /stats

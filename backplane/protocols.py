@@ -761,6 +761,9 @@ class BackplaneFactory(Factory):
     log = Logger()
     protocol: type[Protocol] = BackplaneProtocol
     noisy = False
+    #: Whether a port must name its backplane (C{publish_to} or
+    #: C{subscribe_to}); a port whose clients choose theirs says L{False}.
+    needsBackplane = True
 
     def __init__(self, service: BackplaneService, *, publish_to: str | None = None,
                  subscribe_to: str | None = None, limits: Limits = Limits(),
@@ -775,7 +778,7 @@ class BackplaneFactory(Factory):
         @raise UnknownBackplane: a named backplane is not registered.
         @raise ValueError: neither C{publish_to} nor C{subscribe_to} is given.
         """
-        if publish_to is None and subscribe_to is None:
+        if publish_to is None and subscribe_to is None and self.needsBackplane:
             raise ValueError("a port needs publish_to, subscribe_to, or both")
         self.publishTo = None if publish_to is None else service.get(publish_to)
         self.subscribeTo = None if subscribe_to is None else service.get(subscribe_to)

@@ -14,7 +14,8 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succe
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from backplane.errors import BackplaneExists, UnknownBackplane
+from backplane.auth.glob import Glob, compileGlob
+from backplane.errors import BackplaneExists, TooManyBackplanes, UnknownBackplane
 from backplane.history import History, formatId, resume, withIds
 from backplane.interfaces import ILineSink
 
@@ -127,6 +128,11 @@ class Backplane:
     """
 
     log = Logger()
+
+    #: Called with the backplane when its last subscriber leaves, for one
+    #: its registry created on demand (L{BackplaneService.ensure}), which is
+    #: then forgotten; L{None} for any other.
+    onEmpty: Callable[[Backplane], None] | None = None
 
     def __init__(self, name: str, *, retain: int = 0, history: History | None = None) -> None:
         """
@@ -357,6 +363,8 @@ class Backplane:
         elif subscription.cursor is not None:
             subscription.cursor = None
             self._catchingUp -= 1
+        if self.onEmpty is not None and not len(self) and not self.stats.publishers:
+            self.onEmpty(self)
 
     # Publishing.
 
@@ -573,6 +581,30 @@ def _originOf(origin: object) -> object:
     return object() if origin is None else origin
 
 
+class Watch:
+    """
+    A wish to hear of every backplane created from now on whose name
+    matches a Redis glob pattern (L{BackplaneService.watch}), such as a
+    C{PSUBSCRIBE}; L{cancel} ends it.
+    """
+
+    __slots__ = ("_service", "created", "pattern")
+
+    def __init__(self, service: BackplaneService, pattern: str,
+                 created: Callable[[Backplane], object]) -> None:
+        self._service: BackplaneService | None = service
+        self.pattern = pattern
+        self.created = created
+
+    def cancel(self) -> None:
+        """
+        Hear of no more backplanes.  Calling it again does nothing.
+        """
+        service, self._service = self._service, None
+        if service is not None:
+            service._unwatch(self)
+
+
 class BackplaneService(MultiService):
     """
     The registry of named backplanes, and the parent service of every port,
@@ -587,6 +619,12 @@ class BackplaneService(MultiService):
     def __init__(self) -> None:
         super().__init__()
         self._backplanes: dict[str, Backplane] = {}
+        # Backplanes created on demand (ensure), forgotten once empty: who
+        # each was created for, and how many each owner has.
+        self._owners: dict[Backplane, object] = {}
+        self._onDemand: dict[object, int] = {}
+        # watch(): the watches of each pattern, and the pattern compiled.
+        self._watches: dict[str, tuple[Glob, dict[Watch, None]]] = {}
 
     def stopService(self) -> Deferred[None]:
         """
@@ -624,6 +662,110 @@ class BackplaneService(MultiService):
             raise BackplaneExists(f"a backplane named {name!r} exists already")
         backplane = self._backplanes[name] = Backplane(name, retain=retain, history=history)
         return backplane
+
+    @property
+    def onDemand(self) -> int:
+        """
+        How many backplanes created on demand (L{ensure}) exist now.
+        """
+        return len(self._owners)
+
+    def onDemandFor(self, owner: object) -> int:
+        """
+        How many backplanes created on demand for C{owner} exist now.
+        """
+        return self._onDemand.get(owner, 0)
+
+    def ensure(self, name: str, *, limit: int, owner: object = None) -> Backplane:
+        """
+        The backplane C{name}, created on demand if there is none: a
+        backplane without history or retained messages, forgotten (removed
+        from the registry) as soon as its last subscriber leaves while no
+        publisher is connected (see L{release}).  Every
+        L{Watch} whose pattern matches the name hears of it (L{watch})
+        before this returns.  A caller that does not subscribe to it (a
+        publisher) calls L{release} when done with it.
+
+        @param limit: the most backplanes created on demand for C{owner}
+            that may exist at once.
+        @param owner: what the backplane is created for (a port), whose
+            C{limit} it counts against.
+        @raise TooManyBackplanes: there is none, and C{limit} backplanes
+            created on demand for C{owner} exist already.
+        """
+        backplane = self._backplanes.get(name)
+        if backplane is not None:
+            return backplane
+        if self.onDemandFor(owner) >= limit:
+            raise TooManyBackplanes(name, limit)
+        backplane = self._backplanes[name] = Backplane(name)
+        self._onDemand[owner] = self._onDemand.get(owner, 0) + 1
+        self._owners[backplane] = owner
+        backplane.onEmpty = self._forget
+        for glob, watches in list(self._watches.values()):
+            if glob.match(name):
+                for watch in list(watches):
+                    watch.created(backplane)
+        return backplane
+
+    def release(self, backplane: Backplane) -> None:
+        """
+        Forget C{backplane} if it was created on demand and has neither a
+        subscriber nor a publisher connected (C{stats.publishers}): one
+        L{ensure} created for a publisher that is done, say.  Any other is
+        kept.
+        """
+        if backplane.onEmpty is not None and not len(backplane) \
+                and not backplane.stats.publishers:
+            self._forget(backplane)
+
+    def _forget(self, backplane: Backplane) -> None:
+        if self._backplanes.get(backplane.name) is backplane:
+            del self._backplanes[backplane.name]
+        if backplane in self._owners:
+            owner = self._owners.pop(backplane)
+            self._onDemand[owner] -= 1
+            if not self._onDemand[owner]:
+                del self._onDemand[owner]
+        backplane.onEmpty = None
+
+    def watch(self, pattern: str, created: Callable[[Backplane], object]) -> Watch:
+        """
+        Call C{created(backplane)} for each backplane that L{ensure} creates
+        from now on whose name matches the Redis glob C{pattern}.
+
+        Names are matched when a backplane is created, once for each
+        distinct pattern watched, never when a message is published: many
+        watches of a few patterns cost publishers nothing.  The backplanes
+        that exist already are the caller's to look at (L{backplanes}).
+        """
+        entry = self._watches.get(pattern)
+        if entry is None:
+            entry = self._watches[pattern] = (compileGlob(pattern), {})
+        watch = Watch(self, pattern, created)
+        entry[1][watch] = None
+        return watch
+
+    def _unwatch(self, watch: Watch) -> None:
+        entry = self._watches.get(watch.pattern)
+        if entry is not None:
+            entry[1].pop(watch, None)
+            if not entry[1]:
+                del self._watches[watch.pattern]
+
+    def watched(self, name: str) -> bool:
+        """
+        Whether a watched pattern matches C{name}: a backplane of that name
+        created on demand would have subscribers.
+        """
+        return any(glob.match(name) for glob, _ in self._watches.values())
+
+    @property
+    def patterns(self) -> int:
+        """
+        The number of distinct patterns watched now.
+        """
+        return len(self._watches)
 
     def get(self, name: str) -> Backplane:
         """

@@ -48,15 +48,17 @@ from zope.interface import implementer
 from backplane.address import describePeer
 from backplane.auth.authority import Authority
 from backplane.auth.gate import Gate
-from backplane.auth.identity import AccessDenied
-from backplane.auth.web import admitRequest, checkRequestOrigin, refusal
+from backplane.auth.identity import AccessDenied, Identity, quote
+from backplane.auth.web import admitRequest, checkRequestOrigin, refusal, requestPeer
+from backplane.choice import DEFAULT_MAX_BACKPLANES, ChosenBackplanes, choiceReport, pathName
+from backplane.errors import TooManyBackplanes
 from backplane.heads import BoundedChannel, BoundedRequest
 from backplane.history import parseId
 from backplane.interfaces import ILineSink
 from backplane.output import BoundedWriter
 from backplane.protocols import BackplaneFactory, Limits
 from backplane.resume import Follower
-from backplane.service import BackplaneService, Gap, Subscription
+from backplane.service import Backplane, BackplaneService, Gap, Subscription
 from backplane.tail import ResponseTransport
 
 RETRY_MILLISECONDS = 2000
@@ -100,10 +102,15 @@ class EventStream:
 
     log = Logger()
 
-    def __init__(self, port: SSEFactory, request: Request) -> None:
+    def __init__(self, port: SSEFactory, request: Request,
+                 backplane: Backplane | None = None) -> None:
+        """
+        @param backplane: the backplane streamed (the port's C{subscribe_to}
+            by default).
+        """
         self.port = port
         self.request = request
-        backplane = port.subscribeTo
+        backplane = backplane if backplane is not None else port.subscribeTo
         assert backplane is not None
         self.backplane = backplane
         address = request.getClientAddress()
@@ -213,6 +220,7 @@ class EventStream:
         # The response is done: finished by close(), or its connection lost.
         self._stop()
         self.output.discard()
+        self.port.service.release(self.backplane)
 
 
 def _text(request: Request, code: int, message: str) -> bytes:
@@ -264,11 +272,16 @@ class EventStreamResource(Resource):
             request.setHeader(b"allow", b"GET, HEAD, OPTIONS")
             return _text(request, 405, "this port serves Server-Sent Events: GET it")
         try:
-            admitRequest(gate, request)
+            identity = admitRequest(gate, request)
         except AccessDenied as denied:
             return refusal(request, denied)
         position = self.position(request)
-        backplane = self.port.subscribeTo
+        backplane: Backplane | None = self.port.subscribeTo
+        if self.port.choice is not None:
+            chosen = self.choose(self.port.choice, request, identity)
+            if isinstance(chosen, bytes):
+                return chosen
+            backplane = chosen
         assert backplane is not None
         if position is not None and backplane.history is not None and position != "0":
             try:
@@ -281,13 +294,36 @@ class EventStreamResource(Resource):
         # Nginx buffers a proxied response unless told not to.
         request.setHeader(b"x-accel-buffering", b"no")
         if request.method == b"HEAD":
+            self.port.service.release(backplane)
             return b""
-        stream = EventStream(self.port, request)
+        stream = EventStream(self.port, request, backplane)
         self.port.streams.add(stream)
         if position is not None and backplane.history is not None:
             self.port.stats.resumes += 1
         stream.start(position if backplane.history is not None else None)
         return NOT_DONE_YET
+
+    def choose(self, choice: ChosenBackplanes, request: Request,
+               identity: Identity | None) -> Backplane | bytes:
+        """
+        On a port that lists C{backplanes}: the backplane the request's path
+        names, created on demand; or the body of a refusal (404 for a name
+        the port does not serve, 403 for one the client may not subscribe
+        to, 503 past C{max_backplanes}).
+        """
+        name = pathName(request.path)
+        if name is None or not choice.serves(name):
+            self.port.stats.bad_requests += 1
+            return _text(request, 404, f"no backplane {quote(name or request.path)} "
+                                       "on this port")
+        try:
+            self.port.gate.authorize(identity, subscribe=name, peer=requestPeer(request))
+        except AccessDenied as denied:
+            return refusal(request, denied)
+        try:
+            return choice.ensure(name)
+        except TooManyBackplanes as e:
+            return _text(request, 503, str(e))
 
     @staticmethod
     def position(request: Request) -> str | None:
@@ -344,19 +380,29 @@ class SSEFactory(BackplaneFactory):
                  clock: IReactorTime | None = None,
                  heartbeat: float = HEARTBEAT_INTERVAL,
                  origins: tuple[str, ...] | None = None,
-                 authority: Authority | None = None) -> None:
+                 authority: Authority | None = None,
+                 backplanes: tuple[str, ...] | None = None,
+                 max_backplanes: int = DEFAULT_MAX_BACKPLANES) -> None:
         """
         @param origins: the web page origins allowed besides the port's own
             (C{"*"}: every one).
+        @param backplanes: instead of C{subscribe_to}: the names and glob
+            patterns of the backplanes a client may choose by its request's
+            path (C{/chat.room1}); one not declared is created on demand, up
+            to C{max_backplanes}.
         @param authority: with C{auth = true}, what decides who a client is
             and what it may do (one per port: its counters are the port's).
         @raise ValueError: C{publish_to} is given, or no C{subscribe_to}.
         """
-        if publish_to is not None or subscribe_to is None:
-            raise ValueError("an sse port only serves a backplane: it needs subscribe_to, "
-                             "and no publish_to")
+        if publish_to is not None or (subscribe_to is None) == (backplanes is None):
+            raise ValueError("an sse port only serves backplanes: it needs subscribe_to or "
+                             "backplanes, and no publish_to")
+        self.needsBackplane = backplanes is None
         super().__init__(service, subscribe_to=subscribe_to, limits=limits, authority=authority,
                          clock=clock)
+        self.service = service
+        self.choice = None if backplanes is None else ChosenBackplanes(
+            service, backplanes, max_backplanes=max_backplanes)
         self.gate = Gate(authority, subscribe=subscribe_to, origins=origins, web=True,
                          clock=clock)
         self.site = _Site(EventStreamResource(self))
@@ -368,6 +414,12 @@ class SSEFactory(BackplaneFactory):
             self._heartbeat.clock = clock
             self.site.reactor = clock
         self._interval = heartbeat
+
+    def portReport(self) -> dict[str, Any]:
+        """
+        What a port that lists C{backplanes} adds to its report.
+        """
+        return choiceReport(self.choice)
 
     def startFactory(self) -> None:
         self._heartbeat.start(self._interval, now=False)

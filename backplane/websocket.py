@@ -45,8 +45,10 @@ from zope.interface import implementer
 from backplane.address import describePeer, peerCommonName
 from backplane.auth.authority import Authority
 from backplane.auth.gate import Gate
-from backplane.auth.identity import AccessDenied, Identity
+from backplane.auth.identity import AccessDenied, Identity, quote
 from backplane.auth.wire import SUBPROTOCOL, subprotocolToken
+from backplane.choice import DEFAULT_MAX_BACKPLANES, ChosenBackplanes, choiceReport, pathName
+from backplane.errors import TooManyBackplanes
 from backplane.framing import LineFramer
 from backplane.heads import MAX_HEAD_BYTES, MAX_HEADERS, shortRepr
 from backplane.history import parseId
@@ -182,6 +184,8 @@ class WebSocketClient(WebSocketServerProtocol):
         self._originChecked = False
         # A refusal the port's gate (or its max_clients) logged already.
         self._refusalLogged = False
+        # On a port whose clients choose their backplane: the one chosen.
+        self.chosen: Backplane | None = None
 
     @property
     def dropped(self) -> int:
@@ -300,6 +304,8 @@ class WebSocketClient(WebSocketServerProtocol):
             except AccessDenied as denied:
                 self._refusalLogged = True
                 raise ConnectionDeny(denied.status, _statusReason(denied)) from None
+        if self.port.choice is not None:
+            self._choose(self.port.choice, request.path)
         chosen = SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
         if self.port.ids:
             values = request.params.get("resume")
@@ -317,6 +323,36 @@ class WebSocketClient(WebSocketServerProtocol):
             self._refusalLogged = True
             raise ConnectionDeny(503, "max_clients reached")
         return chosen
+
+    def _choose(self, choice: ChosenBackplanes, path: str) -> None:
+        """
+        On a port that lists C{backplanes}: the backplane the request's path
+        names is the one this client publishes to and subscribes to (each
+        only if its token allows, on a port with C{auth}).
+
+        @raise ConnectionDeny: 404 for a name the port does not serve, 403
+            for one the client may neither publish to nor subscribe to, 503
+            past C{max_backplanes}.
+        """
+        name = pathName(path)
+        if name is None or not choice.serves(name):
+            self.portStats.bad_requests += 1
+            raise ConnectionDeny(404, f"no backplane {quote(name or path)} on this port")
+        identity = self.identity
+        publish = identity is None or identity.permissions.mayPublish(name)
+        subscribe = identity is None or identity.permissions.maySubscribe(name)
+        if not (publish or subscribe):
+            denied = AccessDenied(f"may not use {quote(name)}", 403, code="forbidden")
+            self.port.gate.refused(denied, peer=self.peer or "?")
+            self._refusalLogged = True
+            raise ConnectionDeny(403, _statusReason(denied))
+        try:
+            backplane = choice.ensure(name)
+        except TooManyBackplanes as e:
+            raise ConnectionDeny(503, str(e)) from None
+        self.chosen = backplane
+        self.publishTo = backplane if publish else None
+        self.subscribeTo = backplane if subscribe else None
 
     def onOpen(self) -> None:
         if self._closing:
@@ -354,6 +390,9 @@ class WebSocketClient(WebSocketServerProtocol):
         if self._publishing and self.publishTo is not None:
             self.publishTo.stats.publishers -= 1
             self._publishing = False
+        if self.chosen is not None:
+            self.port.service.release(self.chosen)
+            self.chosen = None
         super().connectionLost(reason)
         self.port.clientGone(self)
 
@@ -503,9 +542,16 @@ class WebSocketFactory(BackplaneFactory):
                  subscribe_to: str | None = None, limits: Limits = _LIMITS,
                  ids: bool = False, origins: tuple[str, ...] | None = None,
                  authority: Authority | None = None,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None,
+                 backplanes: tuple[str, ...] | None = None,
+                 max_backplanes: int = DEFAULT_MAX_BACKPLANES) -> None:
         """
         @param service: the registry the backplanes are looked up in.
+        @param backplanes: instead of C{publish_to} and C{subscribe_to}: the
+            names and glob patterns of the backplanes a client may choose by
+            its request's path (C{ws://host:port/chat.room1}), publishing to
+            and subscribing to it; one not declared is created on demand, up
+            to C{max_backplanes}.
         @param ids: send each message as C{ID payload}, and resume a client
             that asks with C{?resume=ID} (C{subscribe_to} needs a history,
             and there is no C{publish_to}).
@@ -517,8 +563,14 @@ class WebSocketFactory(BackplaneFactory):
         @raise ValueError: neither C{publish_to} nor C{subscribe_to} is given,
             or C{ids} where they do not allow it.
         """
+        self.needsBackplane = backplanes is None
+        if backplanes is not None and (publish_to is not None or subscribe_to is not None):
+            raise ValueError("a port lists backplanes, or names publish_to and subscribe_to")
         super().__init__(service, publish_to=publish_to, subscribe_to=subscribe_to,
                          limits=limits, authority=authority, clock=clock)
+        self.service = service
+        self.choice = None if backplanes is None else ChosenBackplanes(
+            service, backplanes, max_backplanes=max_backplanes)
         self.gate = Gate(authority, publish=publish_to, subscribe=subscribe_to, origins=origins,
                          web=True, clock=clock)
         if ids and (self.publishTo is not None or self.subscribeTo is None
@@ -528,7 +580,8 @@ class WebSocketFactory(BackplaneFactory):
         # A message holds at most one line and its optional newline; a longer
         # one is refused from its frame's header, before it is read.  (A port
         # that does not publish keeps nothing of what it reads.)
-        maxPayload = limits.max_line_length + 1 if self.publishTo is not None else 0
+        publishes = self.publishTo is not None or self.choice is not None
+        maxPayload = limits.max_line_length + 1 if publishes else 0
         self.websocket = WebSocketServerFactory(server=None)
         self.websocket.setProtocolOptions(
             maxMessagePayloadSize=maxPayload,
@@ -545,6 +598,12 @@ class WebSocketFactory(BackplaneFactory):
             # The port times the handshake (handshake_timeout), with its clock.
             openHandshakeTimeout=0,
         )
+
+    def portReport(self) -> dict[str, Any]:
+        """
+        What a port that lists C{backplanes} adds to its report.
+        """
+        return choiceReport(self.choice)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         protocol = super().buildProtocol(addr)

@@ -64,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
                              "(default 10000)")
     fanout = commands.add_parser(
         "fanout", parents=[common],
-        help="fan-out S = 1..1000, fixed-rate latency, fan-in, idle scale; "
+        help="fan-out S = 1..1000, fixed-rate latency, fan-in, idle scale, fan-out over "
+             "the Redis protocol (resp); "
              "backplane beside Redis",
     )
     fanout.add_argument("--only", action="append", choices=SCENARIOS, default=[],

@@ -36,6 +36,13 @@ def fanout_ratios(runs: Sequence[Row]) -> list[Row]:
     return _ratios(runs, "fanout", "S", "server", "backplane", "redis")
 
 
+def resp_ratios(runs: Sequence[Row]) -> list[Row]:
+    """
+    backplane's Redis port over Redis, by S, over the Redis protocol.
+    """
+    return _ratios(runs, "resp", "S", "server", "backplane", "redis")
+
+
 def stalled_ratios(runs: Sequence[Row]) -> list[Row]:
     """
     With / without the stalled subscriber, for delivered msgs/s and server
@@ -119,6 +126,8 @@ def document(meta: Row, runs: Sequence[Row], skipped: dict[str, dict[str, str]])
     result: Row = {"meta": meta, "runs": list(runs), "summary": summary, "skipped": skipped}
     if any(r["scenario"] == "fanout" for r in runs):
         result["ratios"] = fanout_ratios(runs)
+    if any(r["scenario"] == "resp" for r in runs):
+        result["resp_ratios"] = resp_ratios(runs)
     if any(r["scenario"] == "stalled" for r in runs):
         result["stalled_ratios"] = stalled_ratios(runs)
     if any(r["scenario"] == "nodes" for r in runs):
@@ -227,14 +236,16 @@ def _scenario(summary: Sequence[Row], name: str) -> list[Row]:
     return [r for r in summary if r["scenario"] == name]
 
 
-def fanout_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
+def fanout_table(summary: Sequence[Row], ratios: Sequence[Row],
+                 scenario: str = "fanout") -> str:
     """
-    The fan-out runs: throughput, CPU, latency (queueing at full speed) and
+    The fan-out runs (of C{scenario}: C{"fanout"}, or C{"resp"} over the
+    Redis protocol): throughput, CPU, latency (queueing at full speed) and
     loss, with backplane/Redis ratios.
     """
     versus = {r["S"]: r for r in ratios}
     rows = []
-    for r in _scenario(summary, "fanout"):
+    for r in _scenario(summary, scenario):
         ratio = versus.get(r["S"], {}) if r["server"] == "backplane" else {}
         rows.append([
             r["server"], cell(r, "S"), cell(r, "delivered_msgs_per_s", si),
@@ -486,6 +497,10 @@ def tables(data: Row) -> str:
     if "fanout" in scenarios:
         parts.append("Fan-out, full speed, one publisher, B = 64\n"
                      + fanout_table(summary, data.get("ratios", [])))
+    if "resp" in scenarios:
+        parts.append("Fan-out over the Redis protocol (backplane's Redis port and Redis, the same "
+                     "RESP client), B = 64\n"
+                     + fanout_table(summary, data.get("resp_ratios", []), "resp"))
     if "latency" in scenarios:
         parts.append("Latency at a fixed rate\n" + latency_table(summary))
     if "fanin" in scenarios:

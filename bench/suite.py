@@ -37,8 +37,10 @@ from bench.servers import (
     toml_config,
 )
 
-SCENARIOS = ("fanout", "latency", "fanin", "idle")
+SCENARIOS = ("fanout", "latency", "fanin", "idle", "resp")
 SUBSCRIBERS = (1, 10, 100, 1000)
+# The fan-out runs over the Redis protocol (backplane's Redis port and Redis).
+RESP_SUBSCRIBERS = (100, 1000)
 POLICIES = ("disconnect", "drop")
 
 # Messages a fan-out run publishes, by subscriber count: about 2 to 30
@@ -196,6 +198,20 @@ class Suite:
                     load = self.load(subscribers, self.messages(FANOUT_MESSAGES[subscribers]))
                     for running in servers:
                         self.measure("fanout", repeat, running,
+                                     lambda t, load=load: run_fanout(t, load, self.placement))
+
+    def resp(self) -> None:
+        """
+        Full speed, one publisher, S = 100 and 1000, over the Redis
+        protocol: the same RESP publisher and subscribers against
+        backplane's Redis port (C{protocol = "redis"}) and against Redis.
+        """
+        for repeat in range(1, self.options.repeat + 1):
+            with self.servers(resp=True) as servers:
+                for subscribers in RESP_SUBSCRIBERS:
+                    load = self.load(subscribers, self.messages(FANOUT_MESSAGES[subscribers]))
+                    for running in servers:
+                        self.measure("resp", repeat, running,
                                      lambda t, load=load: run_fanout(t, load, self.placement))
 
     def latency(self) -> None:
@@ -494,19 +510,22 @@ class Suite:
     @contextlib.contextmanager
     def servers(self, backplane: str = "BENCH", clock: float | None = None,
                 redis: bool | None = None, slow: str | None = None,
-                warm_up: bool = True, websocket: bool = False) -> Iterator[list[Running]]:
+                warm_up: bool = True, websocket: bool = False,
+                resp: bool = False) -> Iterator[list[Running]]:
         """
         Start a backplane server (one publish port and one subscribe port on
         backplane C{backplane}, with a clock publishing to it if C{clock} is
         its interval, the subscribe port's C{slow} policy if given, and a
         WebSocket subscribe port if C{websocket}), and a Redis unless
-        C{redis} is false; stop them all on exit.
+        C{redis} is false; stop them all on exit.  With C{resp}, backplane
+        is reached through a Redis-protocol port instead, as Redis is.
 
         @param warm_up: give each server a short unmeasured run first, so
             that the first measured run does not pay for its start.
         """
         with contextlib.ExitStack() as stack:
-            servers = [self.start_backplane(backplane, clock, slow, websocket=websocket)]
+            servers = [self.start_backplane(backplane, clock, slow, websocket=websocket,
+                                            resp=resp)]
             stack.callback(servers[0].server.stop)
             if self.options.redis if redis is None else redis:
                 server = self.start_redis()
@@ -620,11 +639,14 @@ class Suite:
 
     def start_backplane(self, backplane: str, clock: float | None = None,
                         slow: str | None = None, *, name: str = "backplane",
-                        websocket: bool = False, redis: str | None = None) -> Running:
+                        websocket: bool = False, redis: str | None = None,
+                        resp: bool = False) -> Running:
         """
         Start a backplane server with a publish port and a subscribe port,
         and a WebSocket subscribe port if C{websocket}; with C{redis} (a
-        url), the backplane is shared through that Redis.
+        url), the backplane is shared through that Redis.  With C{resp},
+        also a Redis-protocol port serving the backplane, which the
+        generator then reaches (as it reaches Redis).
         """
         publish, subscribe = free_port(), free_port()
         subscriber: dict[str, object] = {"endpoint": endpoint(subscribe),
@@ -640,6 +662,10 @@ class Suite:
             ports.append(free_port())
             tables["listen"].append({"endpoint": endpoint(ports[-1]), "protocol": "websocket",
                                      "subscribe_to": backplane, "backlog": BACKLOG})
+        if resp:
+            ports.append(free_port())
+            tables["listen"].append({"endpoint": endpoint(ports[-1]), "protocol": "redis",
+                                     "backplanes": [backplane], "backlog": BACKLOG})
         if clock:
             tables["clock"] = [{"publish_to": backplane, "interval": clock}]
         options: dict[str, object] = {"shared": True} if redis else {}
@@ -647,6 +673,9 @@ class Suite:
         config = toml_config({backplane: options}, sections, **tables)
         server = backplane_server(self.folder, name, config, ports,
                                   self.options.reactor, self.placement.server).start()
+        if resp:
+            return Running(server, Target("backplane", "resp", ports[-1], ports[-1],
+                                          (server.pid,), channel=backplane.encode()))
         return Running(server, Target("backplane", "lines", publish, subscribe, (server.pid,),
                                       websocket=ports[2] if websocket else 0))
 

@@ -176,7 +176,7 @@ class ConfigFileTests(ConfigTestCase):
         self.assertEqual(config.listen[0].protocol, "websocket")
         self.assertConfigError(
             listen + 'protocol = "http"\n',
-            "listen[1].protocol: must be one of 'lines', 'websocket', 'sse', not 'http'",
+            "listen[1].protocol: must be one of 'lines', 'websocket', 'sse', 'redis', not 'http'",
         )
 
     def test_undeclaredBackplane(self):

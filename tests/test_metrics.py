@@ -67,6 +67,16 @@ protocol = "sse"
 subscribe_to = "TIME"
 
 [[listen]]
+endpoint = "tcp:0:interface=127.0.0.1"
+protocol = "redis"
+backplanes = ["TIME", "chat.*"]
+
+[[listen]]
+endpoint = "tcp:0:interface=127.0.0.1"
+protocol = "websocket"
+backplanes = ["room.*"]
+
+[[listen]]
 endpoint = "udp:0:interface=127.0.0.1"
 publish_to = "LOG"
 framing = "syslog"
