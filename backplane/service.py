@@ -173,6 +173,13 @@ class Backplane:
         """
         return len(self._sinks) + len(self._callbacks) + len(self._idSinks) + self._catchingUp
 
+    def __bool__(self) -> bool:
+        """
+        A backplane is true even with no subscriber (C{len} 0), so that
+        C{backplane or default} never picks the default for an idle one.
+        """
+        return True
+
     _catchingUp = 0
 
     @property

@@ -108,6 +108,17 @@ class RegistryTests(SynchronousTestCase):
             self.assertTrue(hasattr(backplane, name), name)
 
 
+class TruthTests(SynchronousTestCase):
+    def test_idleBackplaneIsTrue(self):
+        """
+        A backplane with no subscriber has C{len} 0 and is still true, so
+        that C{backplane or default} keeps it.
+        """
+        plane = BackplaneService().create("IDLE")
+        self.assertEqual(len(plane), 0)
+        self.assertIs(plane or None, plane)
+
+
 class PublishTests(SynchronousTestCase):
     def setUp(self):
         self.backplane = Backplane("NEWS")
