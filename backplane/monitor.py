@@ -77,6 +77,21 @@ BACKPLANE_COUNTERS = {
     "gaps": "Times a resuming subscriber was told that messages it asked for are missing.",
 }
 
+# The figures of the service's bound on what waits for subscribers
+# (PendingBudget.report()): the gauges, then the counters, and their help.
+PENDING_GAUGES = {
+    "pending_bytes": "Bytes waiting for all subscribers together.",
+    "pending_limit_bytes": "The bound on them ([limits] max_pending_total).",
+    "pending_subscribers": "Subscribers with bytes waiting.",
+}
+PENDING_COUNTERS = {
+    "pending_cuts": "Times the subscriber furthest behind was cut to keep within "
+                    "max_pending_total.",
+    "pending_dropped": "Messages subscribers with slow = \"drop\" missed past max_pending_total.",
+    "pending_disconnects": "Subscribers with slow = \"disconnect\" disconnected past "
+                           "max_pending_total.",
+}
+
 # What a backplane's history reports (History.report()) that becomes a gauge,
 # and its help.
 HISTORY_GAUGES = {
@@ -199,7 +214,8 @@ class StatsCollector:
     C{backplane_KIND_KEY} for each gauge, C{backplane_KIND_state} (1, with
     the state as label C{state}) and C{backplane_KIND_info} (its C{info} as
     labels).  And C{backplane_info} (versions), C{backplane_start_time_seconds},
-    C{backplane_uptime_seconds}.
+    C{backplane_uptime_seconds}, and the bound on what waits for subscribers
+    (L{pending}).
     """
 
     def __init__(self, monitor: MonitorService) -> None:
@@ -220,8 +236,25 @@ class StatsCollector:
                                     value=monitor.started)
         yield GaugeMetricFamily("backplane_uptime_seconds",
                                 "Seconds since the service started.", value=monitor.uptime())
+        yield from self.pending(monitor.service.budget.report())
         yield from self.backplanes(monitor.service.backplanes())
         yield from self.sources(monitor.sourceStats())
+
+    @staticmethod
+    def pending(report: dict[str, int | None]) -> Iterator[Metric]:
+        """
+        The service's bound on what waits for subscribers:
+        C{backplane_pending_bytes}, C{backplane_pending_limit_bytes} (absent
+        without a bound), C{backplane_pending_subscribers}, and the counters
+        C{backplane_pending_cuts_total}, C{backplane_pending_dropped_total},
+        C{backplane_pending_disconnects_total}.
+        """
+        for key, doc in PENDING_GAUGES.items():
+            value = report.get(key)
+            if value is not None:
+                yield GaugeMetricFamily(f"backplane_{key}", doc, value=value)
+        for key, doc in PENDING_COUNTERS.items():
+            yield CounterMetricFamily(f"backplane_{key}", doc, value=report.get(key) or 0)
 
     def backplanes(self, backplanes: Sequence[Any]) -> Iterator[Metric]:
         subscribers = GaugeMetricFamily("backplane_subscribers",
@@ -602,8 +635,9 @@ class MonitorService(EndpointService):
     def document(self) -> dict[str, object]:
         """
         The document C{/stats} serves: C{server} (version, pid, start time,
-        uptime, memory), C{backplanes} (by name) and C{services} (what each
-        statistics source reports, as L{IStatsSource} describes).
+        uptime, memory, what waits for subscribers and its bound),
+        C{backplanes} (by name) and C{services} (what each statistics
+        source reports, as L{IStatsSource} describes).
         """
         now = self.clock.seconds()
         return {
@@ -618,6 +652,7 @@ class MonitorService(EndpointService):
                 "rss_bytes": residentMemory(),
                 "max_rss_bytes": peakMemory(),
                 "running": bool(self.service.running),
+                **self.service.budget.report(),
             },
             "backplanes": {
                 backplane.name: {

@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succe
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from backplane.budget import DEFAULT_MAX_PENDING_TOTAL, PendingBudget
 from backplane.errors import BackplaneExists, UnknownBackplane
 from backplane.history import History, formatId, resume, withIds
 from backplane.interfaces import ILineSink
@@ -124,11 +125,16 @@ class Backplane:
     Two kinds of subscriber share it: a callback, called once per message
     (L{subscribe}), and an L{ILineSink}, handed whole chunks of lines at once
     (L{attach}), which is how network subscribers get one write per chunk.
+
+    @ivar budget: the service's bound on what waits for all subscribers
+        together (a L{PendingBudget}), on which network subscribers' writers
+        count what waits for them.
     """
 
     log = Logger()
 
-    def __init__(self, name: str, *, retain: int = 0, history: History | None = None) -> None:
+    def __init__(self, name: str, *, retain: int = 0, history: History | None = None,
+                 budget: PendingBudget | None = None) -> None:
         """
         @param name: the backplane's name in its registry.
         @param retain: how many of the latest messages to replay to each new
@@ -136,11 +142,15 @@ class Backplane:
         @param history: where its messages are kept with their ids
             (L{backplane.history.MemoryHistory}, L{backplane.history.DiskStore}),
             for subscribers that resume (L{follow}); L{None}: no history, no ids.
+        @param budget: the bound on what waits for the subscribers of every
+            backplane of the service together, which their writers count on
+            (L{budget}); L{None}: one of its own, with the default bound.
         """
         if retain < 0:
             raise ValueError(f"retain must be 0 or more, not {retain}")
         self.name = name
         self.history = history
+        self.budget = PendingBudget(DEFAULT_MAX_PENDING_TOTAL) if budget is None else budget
         self.stats = BackplaneStats()
         self._retained: deque[bytes] | None = deque(maxlen=retain) if retain else None
         self._sinks: dict[Subscription, None] = {}
@@ -580,13 +590,22 @@ class BackplaneService(MultiService):
 
     C{name in service} and L{names} speak of backplanes; iterating the service
     yields its child services, as for any L{MultiService}.
+
+    @ivar budget: the bound on what waits for all the subscribers of all its
+        backplanes together (a L{PendingBudget}), shared by its backplanes.
     """
 
     log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, *, budget: PendingBudget | None = None) -> None:
+        """
+        @param budget: the bound on what waits for all the subscribers of
+            all its backplanes together (C{[limits] max_pending_total});
+            L{None}: the default bound (L{DEFAULT_MAX_PENDING_TOTAL}).
+        """
         super().__init__()
         self._backplanes: dict[str, Backplane] = {}
+        self.budget = PendingBudget(DEFAULT_MAX_PENDING_TOTAL) if budget is None else budget
 
     def stopService(self) -> Deferred[None]:
         """
@@ -622,7 +641,8 @@ class BackplaneService(MultiService):
         """
         if name in self._backplanes:
             raise BackplaneExists(f"a backplane named {name!r} exists already")
-        backplane = self._backplanes[name] = Backplane(name, retain=retain, history=history)
+        backplane = self._backplanes[name] = Backplane(name, retain=retain, history=history,
+                                                       budget=self.budget)
         return backplane
 
     def get(self, name: str) -> Backplane:
