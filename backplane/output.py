@@ -106,6 +106,21 @@ def _drained(transport: Any) -> bool:
     return not (transport.dataBuffer or transport._tempDataBuffer or transport.disconnecting)
 
 
+def _release(transport: Any) -> None:
+    """
+    Let go of what a closed plain TCP or UNIX transport still buffers.
+
+    Twisted leaves a connection's unsent data in C{dataBuffer} and
+    C{_tempDataBuffer} once it is lost; a subscriber that stopped reading
+    leaves 64 KiB or more there, and its transport lives on, with the
+    protocol's reference cycles, until Python's cyclic collector runs.  The
+    same internals as L{_drained}, checked by the same tests.
+    """
+    transport.dataBuffer = b""
+    transport._tempDataBuffer = []
+    transport._tempDataLen = 0
+
+
 def _sendNow(sock: socket.socket, data: bytes) -> bytes:
     """
     Send what the socket takes without blocking; return the rest.
@@ -238,10 +253,13 @@ class BoundedWriter:
     def discard(self) -> int:
         """
         Forget everything that waits (the connection is gone), and release
-        it from the budget.
+        it from the budget; once a plain TCP or UNIX connection is lost,
+        what its transport still buffers too (L{_release}).
 
         @return: the number of messages forgotten.
         """
+        if self._socket is not None and self.transport.disconnected:  # type: ignore[attr-defined]
+            _release(self.transport)
         missed = 0
         if self._waiting:
             missed = sum(count for _, count in self._waiting)

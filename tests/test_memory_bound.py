@@ -4,7 +4,7 @@ max_pending_total) against a real twistd process: many subscribers that
 never read, with slow = "drop", each stalled at a different point of the
 stream so that what waits for them is not shared; the server's memory stays
 within the bound plus each connection's own buffer, the accounted figure
-returns to zero when they leave, and a second round costs no more.
+returns to zero when they leave, and later rounds cost no more.
 """
 
 import json
@@ -28,6 +28,8 @@ BOUND = 8 * MiB
 # with room for Python's own overhead per connection.
 PER_CONNECTION = 128 * KiB
 SLACK = 16 * MiB
+# What a later round may add to the first one's peak.
+ROUND_SLACK = 4 * MiB
 
 CONFIG = """
 [limits]
@@ -143,13 +145,16 @@ def test_stalledSubscribersStayWithinTheBound(tmp_path):
         afterFirst = rss(pid)
         print(f"RSS after they left: {afterFirst / MiB:.1f} MiB")
 
-        # A second round: the memory freed is used again, not added to.
-        subscribers, number, secondPeak = stallRound(running, writer, number)
-        for sock in subscribers:
-            sock.close()
-        waitForFigure(monitor, "pending_bytes", lambda n: n == 0)
-        assert secondPeak < max(peak, afterFirst) + SLACK, (peak / MiB, secondPeak / MiB)
-        print(f"RSS: second peak {secondPeak / MiB:.1f} MiB, after {rss(pid) / MiB:.1f} MiB")
+        # Later rounds: the memory freed is used again, not added to (a
+        # lost connection's transport lets go of its buffer at once, not when
+        # Python's cyclic collector gets to it).
+        for _ in range(2):
+            subscribers, number, later = stallRound(running, writer, number)
+            for sock in subscribers:
+                sock.close()
+            waitForFigure(monitor, "pending_bytes", lambda n: n == 0)
+            print(f"RSS: later peak {later / MiB:.1f} MiB, after {rss(pid) / MiB:.1f} MiB")
+            assert later < max(peak, afterFirst) + ROUND_SLACK, (peak / MiB, later / MiB)
         writer.close()
         # The publisher and a fresh subscriber are unaffected.
         reader = socket.create_connection(("127.0.0.1", running["sub"]))
