@@ -280,6 +280,7 @@ class WebSocketClient(WebSocketServerProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
         self._stopSubscribing()
+        self.output.discard()  # what waited, released from the service's bound
         if self._publishing and self.publishTo is not None:
             self.publishTo.stats.publishers -= 1
             self._publishing = False

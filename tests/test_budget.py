@@ -6,6 +6,7 @@ subscribers furthest behind apply their slow policy first.
 
 from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
@@ -285,6 +286,41 @@ class ServiceBudgetTests(SynchronousTestCase):
         self.assertEqual(readerOut.value(), b"".join(b"%04d\n" % i for i in range(100)))
         self.assertEqual(reader.dropped, 0)
         self.assertLessEqual(self.service.budget.pending, 600)
+
+
+class WebSocketBudgetTests(SynchronousTestCase):
+    """
+    WebSocket subscribers count on the service's budget like line ones, and
+    release it when they leave.
+    """
+
+    def test_countedAndReleased(self):
+        import txaio
+
+        from backplane.websocket import WebSocketFactory
+        from tests.test_websocket import gone, opened
+
+        clock = Clock()
+        self.patch(txaio.tx.config, "loop", clock)
+        service = BackplaneService(budget=PendingBudget(1000))
+        news = service.create("NEWS")
+        factory = WebSocketFactory(service, subscribe_to="NEWS",
+                                   limits=Limits(max_pending=800, slow="drop"))
+        first, firstOut = opened(factory, ("127.0.0.1", 1))
+        second, secondOut = opened(factory, ("127.0.0.1", 2))
+        first.pauseProducing()
+        second.pauseProducing()
+        for _ in range(4):
+            news.publish(b"x" * 123)  # 125 bytes of frame each, for each of them
+        self.assertEqual(service.budget.pending, 1000)
+        # The first, as far behind as the second and asking first, forgets
+        # its 500 bytes and the new message.
+        news.publish(b"y" * 123)
+        self.assertEqual((first.dropped, second.dropped), (5, 0))
+        self.assertEqual(service.budget.pending, 625)
+        gone(first, firstOut)
+        gone(second, secondOut)
+        self.assertEqual((service.budget.pending, len(service.budget.holders)), (0, 0))
 
 
 class LimitsConfigTests(SynchronousTestCase):
