@@ -416,6 +416,13 @@ def test_stopService(makeNode, redis_server):
     assert redis_server.command(b"CLIENT", b"LIST").count(b"id=") == 1
 
 
+# Lines Redis acknowledged to A in its last pass before it was killed, which
+# may not have reached B (Redis writes replies and messages in one pass, in
+# no set order): nobody can count them (docs/scaling.md).  A line every 2 ms,
+# one PUBLISH each: at most a couple.
+LAST_PASS = 2
+
+
 @pytest_twisted.inlineCallbacks
 def test_outageAccounting(makeNode, redis_server, bridgeLog):
     """
@@ -423,7 +430,8 @@ def test_outageAccounting(makeNode, redis_server, bridgeLog):
     every few milliseconds, B reconnecting more slowly than A: for each
     outage, what A reports as not crossed (its log line, and C{dropped} in
     its statistics) is what B did not receive, give or take the lines A had
-    sent when the connection broke, which it reports apart (C{unconfirmed}).
+    sent when the connection broke, which it reports apart (C{unconfirmed}),
+    and those Redis acknowledged in the instant it was killed.
     """
     a = makeNode("A", initial_delay=0.02, max_delay=0.05)
     b = makeNode("B", initial_delay=0.2, max_delay=0.3)
@@ -454,9 +462,8 @@ def test_outageAccounting(makeNode, redis_server, bridgeLog):
     finally:
         loop.stop()
     total = published[0]
-    yield waitUntil(lambda: not a.bridge.stats.queued and not a.bridge._inflight,
-                    what="A's last PUBLISH answered")
-    yield turn(0.5)
+    yield waitUntil(lambda: not a.bridge.stats.queued, what="A's last PUBLISH sent")
+    yield turn(0.5)  # and answered, and on B
     received = {int(m) for m in b.recorder.messages}
     missed = sorted(set(range(total)) - received)
     assert missed, "nothing was missed: the test did not test"
@@ -467,9 +474,10 @@ def test_outageAccounting(makeNode, redis_server, bridgeLog):
     assert stats.unconfirmed == sum(e["unconfirmed"] for e in ends)
     for n, end in enumerate(ends):
         inOutage = [m for m in missed if boundaries[n] <= m < boundaries[n + 1]]
-        assert end["lost"] <= len(inOutage) <= end["lost"] + end["unconfirmed"], \
+        bound = end["lost"] + end["unconfirmed"] + LAST_PASS
+        assert end["lost"] <= len(inOutage) <= bound, \
             (n, end["lost"], end["unconfirmed"], len(inOutage))
-    assert len(missed) - stats.dropped <= stats.unconfirmed
+    assert len(missed) - stats.dropped <= stats.unconfirmed + outages * LAST_PASS
     assert (stats.last_outage_dropped, stats.last_outage_unconfirmed) == \
         (ends[-1]["lost"], ends[-1]["unconfirmed"])
     assert bridgeLog.errors == []
