@@ -35,6 +35,7 @@ from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 
 from backplane.address import Network
+from backplane.budget import DEFAULT_MAX_PENDING_TOTAL
 from backplane.errors import ConfigError
 from backplane.protocols import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -56,6 +57,8 @@ MAX_TIMEOUT = 86400.0
 #: The defaults of a Redis port (SPEC section 12), as L{backplane.redis.server}'s.
 DEFAULT_MAX_BACKPLANES = 1000
 DEFAULT_MAX_REQUEST = 8 * 1024 * 1024
+MIN_PENDING_TOTAL = 1024 * 1024
+MAX_PENDING_TOTAL = 1024 ** 4
 
 #: The defaults of a backplane's history (SPEC section 9; docs/configuration.md).
 DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
@@ -383,6 +386,18 @@ class MonitorEntry:
 
 
 @dataclass(frozen=True)
+class LimitsEntry:
+    """
+    C{[limits]}: bounds of the whole service.
+    """
+
+    max_pending_total: int = _option(
+        DEFAULT_MAX_PENDING_TOTAL, minimum=MIN_PENDING_TOTAL, maximum=MAX_PENDING_TOTAL,
+        doc="bytes that may wait for all subscribers together; past it, the subscribers "
+            "furthest behind apply their slow policy first")
+
+
+@dataclass(frozen=True)
 class UserEntry:
     """
     C{[[user]]}: a user, who proves who it is with a token (kept here only
@@ -426,6 +441,7 @@ class Config:
     redis: RedisEntry | None = None
     user: list[UserEntry] = field(default_factory=list)
     auth: AuthEntry | None = None
+    limits: LimitsEntry = field(default_factory=LimitsEntry)
 
     @property
     def shared(self) -> list[str]:
@@ -448,6 +464,7 @@ _SINGLE_TABLES: dict[str, type] = {
     "redis": RedisEntry,
     "monitor": MonitorEntry,
     "auth": AuthEntry,
+    "limits": LimitsEntry,
 }
 _TOP_LEVEL = ["backplane", *_TABLES, *_SINGLE_TABLES]
 # The protocols of ports that browsers reach, whose Origin is checked.
@@ -723,6 +740,7 @@ class _Parser:
             if config.redis.max_delay < config.redis.initial_delay:
                 raise self.error("redis.max_delay",
                                  f"must be at least initial_delay ({config.redis.initial_delay})")
+        total = config.limits.max_pending_total
         for i, entry in enumerate(config.listen, 1):
             if entry.framing == "syslog" and (entry.protocol != "lines" or entry.ids
                                               or entry.acks or entry.publish_to is None):
@@ -737,6 +755,10 @@ class _Parser:
             if entry.udp:
                 self.udp(entry, f"listen[{i}]")
                 continue
+            if entry.max_pending > total:
+                raise self.error(f"listen[{i}].max_pending",
+                                 f"must be at most [limits] max_pending_total ({total}), "
+                                 f"which bounds every subscriber together, not {entry.max_pending}")
             endpoint = self.endpoint(entry.endpoint, endpoints.serverFromString,
                                      f"listen[{i}].endpoint", parsed=entry.description)
             if entry.tls_client_ca is not None:

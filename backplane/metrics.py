@@ -61,6 +61,12 @@ class MonitoredService(Protocol):
         What every statistics source reports now.
         """
 
+    def pendingStats(self) -> Mapping[str, int | None]:
+        """
+        The service's bound on what waits for subscribers, as
+        L{PendingBudget.report<backplane.budget.PendingBudget.report>} gives it.
+        """
+
 
 @dataclass(frozen=True)
 class Stat:
@@ -91,6 +97,23 @@ BACKPLANE_COUNTERS = {
     "replayed": Stat("replayed", "Messages handed to resuming subscribers from the history."),
     "gaps": Stat("gaps", "Times a resuming subscriber was told that messages it asked for are "
                          "missing."),
+}
+
+# The figures of the service's bound on what waits for subscribers
+# (PendingBudget.report()), by key: the gauges, then the counters.
+PENDING_GAUGES = {
+    "pending_bytes": Stat("pending_bytes", "Bytes waiting for all subscribers together."),
+    "pending_limit_bytes": Stat("pending_limit_bytes",
+                                "The bound on them ([limits] max_pending_total)."),
+    "pending_subscribers": Stat("pending_subscribers", "Subscribers with bytes waiting."),
+}
+PENDING_COUNTERS = {
+    "pending_cuts": Stat("pending_cuts", "Times the subscriber furthest behind was cut to keep "
+                                         "within max_pending_total."),
+    "pending_dropped": Stat("pending_dropped", "Messages subscribers with slow = \"drop\" missed "
+                                               "past max_pending_total."),
+    "pending_disconnects": Stat("pending_disconnects", "Subscribers with slow = \"disconnect\" "
+                                                       "disconnected past max_pending_total."),
 }
 
 # The gauges of a backplane's history (History.report()), by key.
@@ -219,8 +242,11 @@ COUNTERS: dict[str, dict[str, Stat]] = {
                                            "lines included."),
         "echoes": Stat("echoes", "This node's own payloads that came back, skipped."),
         "rejected": Stat("rejected", "Payloads from Redis of an unknown wire format version."),
-        "dropped": Stat("dropped", "Messages that could not cross to Redis (unreachable, queue "
-                                   "full, or in flight when a connection broke)."),
+        "dropped": Stat("dropped", "Messages published here that another node missed: Redis "
+                                   "unreachable, the queue full, or the other nodes not yet "
+                                   "subscribed again after an outage."),
+        "unconfirmed": Stat("unconfirmed", "Messages in flight to Redis when a connection broke: "
+                                           "they may or may not have crossed."),
         "outages": Stat("outages", "Times Redis became unreachable."),
     },
     "connect": _RELAY_COUNTERS,
@@ -250,6 +276,10 @@ GAUGES: dict[str, dict[str, Stat]] = {
         "queued": Stat("queued_bytes", "Bytes waiting to be published to Redis."),
         "last_outage": Stat("last_outage_seconds",
                             "How long the last finished outage of Redis lasted (0: none yet)."),
+        "last_outage_dropped": Stat("last_outage_dropped", "Messages other nodes missed in "
+                                                           "the last finished outage."),
+        "last_outage_unconfirmed": Stat("last_outage_unconfirmed", "Messages in flight when the "
+                                                                   "last finished outage began."),
     },
     "connect": _RELAY_GAUGES,
     "publisher": _RELAY_GAUGES,
@@ -359,8 +389,23 @@ class StatsCollector:
                                     value=monitor.started)
         yield GaugeMetricFamily("backplane_uptime_seconds",
                                 "Seconds since the service started.", value=monitor.uptime())
+        yield from self.pending(monitor.pendingStats())
         yield from self.backplanes(monitor.backplanes())
         yield from self.sources(monitor.sourceStats())
+
+    @staticmethod
+    def pending(report: Mapping[str, int | None]) -> Iterator[Metric]:
+        """
+        The service's bound on what waits for subscribers: its gauges
+        (C{backplane_pending_limit_bytes} only with a bound) and counters.
+        """
+        for key, stat in PENDING_GAUGES.items():
+            value = report.get(key)
+            if value is not None:
+                yield GaugeMetricFamily(f"backplane_{stat.suffix}", stat.help, value=value)
+        for key, stat in PENDING_COUNTERS.items():
+            yield CounterMetricFamily(f"backplane_{stat.suffix}", stat.help,
+                                      value=report.get(key) or 0)
 
     def backplanes(self, backplanes: Sequence[Any]) -> Iterator[Metric]:
         """

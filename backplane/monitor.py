@@ -413,6 +413,13 @@ class MonitorService(EndpointService):
         """
         self.requests += 1
 
+    def pendingStats(self) -> dict[str, int | None]:
+        """
+        The service's bound on what waits for subscribers
+        (L{PendingBudget.report<backplane.budget.PendingBudget.report>}).
+        """
+        return self.service.budget.report()
+
     def sourceStats(self) -> list[dict[str, Any]]:
         """
         What every statistics source of the service reports now, in the
@@ -433,8 +440,9 @@ class MonitorService(EndpointService):
     def document(self) -> dict[str, object]:
         """
         The document C{/stats} serves: C{server} (version, pid, start time,
-        uptime, memory), C{backplanes} (by name) and C{services} (what each
-        statistics source reports, as L{IStatsSource} describes).
+        uptime, memory, what waits for subscribers and its bound),
+        C{backplanes} (by name) and C{services} (what each statistics
+        source reports, as L{IStatsSource} describes).
         """
         now = self.clock.seconds()
         return {
@@ -449,6 +457,7 @@ class MonitorService(EndpointService):
                 "rss_bytes": residentMemory(),
                 "max_rss_bytes": peakMemory(),
                 "running": bool(self.service.running),
+                **self.service.budget.report(),
             },
             "backplanes": {
                 backplane.name: {

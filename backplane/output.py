@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from backplane.budget import PendingBudget
 from backplane.interfaces import ILineSink
 
 if TYPE_CHECKING:
@@ -105,6 +106,21 @@ def _drained(transport: Any) -> bool:
     return not (transport.dataBuffer or transport._tempDataBuffer or transport.disconnecting)
 
 
+def _release(transport: Any) -> None:
+    """
+    Let go of what a closed plain TCP or UNIX transport still buffers.
+
+    Twisted leaves a connection's unsent data in C{dataBuffer} and
+    C{_tempDataBuffer} once it is lost; a subscriber that stopped reading
+    leaves 64 KiB or more there, and its transport lives on, with the
+    protocol's reference cycles, until Python's cyclic collector runs.  The
+    same internals as L{_drained}, checked by the same tests.
+    """
+    transport.dataBuffer = b""
+    transport._tempDataBuffer = []
+    transport._tempDataLen = 0
+
+
 def _sendNow(sock: socket.socket, data: bytes) -> bytes:
     """
     Send what the socket takes without blocking; return the rest.
@@ -133,6 +149,12 @@ class BoundedWriter:
     (C{"disconnect"}), or it misses whole chunks until it catches up
     (C{"drop"}), counted in C{counters} and logged once each time.
 
+    What waits here also counts on the service's L{PendingBudget}: when a
+    chunk would take all subscribers together past its bound, the
+    subscribers furthest behind apply their C{slow} policy first, to
+    everything they hold (L{overBudget}): the connection is aborted, or the
+    messages waiting are forgotten and counted as missed.
+
     On a plain TCP or UNIX connection a chunk goes straight to the socket
     while the transport holds nothing (see L{_directSocket}).
 
@@ -142,11 +164,13 @@ class BoundedWriter:
     log = Logger()
 
     # One a subscriber: slots keep each small (see docs/performance.md, idle).
-    __slots__ = ("_maxPending", "_missed", "_paused", "_socket", "_waiting", "_waitingBytes",
-                 "counters", "dropped", "limits", "name", "owner", "transport")
+    __slots__ = ("_aborted", "_budget", "_maxPending", "_missed", "_paused", "_socket",
+                 "_waiting", "_waitingBytes", "counters", "dropped", "limits", "name", "owner",
+                 "transport")
 
     def __init__(self, owner: OutputOwner, transport: OutputTransport, limits: Limits, *,
-                 name: str, counters: Sequence[SlowCounters] = ()) -> None:
+                 name: str, counters: Sequence[SlowCounters] = (),
+                 budget: PendingBudget | None = None) -> None:
         """
         @param owner: the subscriber: told when its consumer is too slow,
             or has caught up.
@@ -155,6 +179,9 @@ class BoundedWriter:
         @param name: the backplane the chunks come from, for log lines.
         @param counters: what counts messages dropped (C{dropped}) and
             consumers disconnected (C{slow_disconnects}).
+        @param budget: the service's bound on what waits for all its
+            subscribers (L{Backplane.budget<backplane.service.Backplane.budget>});
+            L{None}: an unbounded one of its own.
         """
         self.owner = owner
         self.transport = transport
@@ -165,8 +192,11 @@ class BoundedWriter:
         self._maxPending = limits.max_pending
         self._socket = _directSocket(transport)
         self._paused = False
-        self._waiting: deque[bytes] | None = None  # made on the first pause
+        self._budget = PendingBudget() if budget is None else budget
+        # Chunks waiting, with their number of messages; made on the first pause.
+        self._waiting: deque[tuple[bytes, int]] | None = None
         self._waitingBytes = 0
+        self._aborted = False
         self._missed = 0  # messages dropped since the consumer fell behind
 
     @property
@@ -194,12 +224,22 @@ class BoundedWriter:
                 if not data:
                     return
             self.transport.write(data)
+        elif self._aborted:
+            return
         elif self._waitingBytes + len(data) > self._maxPending:
             self._tooSlow(count)
         else:
+            size = len(data)
+            budget = self._budget
+            if budget.pending + size > budget.limit and not budget.makeRoom(size, self):
+                self._tooSlow(count, furthest=True)
+                return
             assert self._waiting is not None
-            self._waiting.append(data)
-            self._waitingBytes += len(data)
+            if not self._waitingBytes:
+                budget.holders[self] = None
+            self._waiting.append((data, count))
+            self._waitingBytes += size
+            budget.pending += size
 
     def flush(self) -> None:
         """
@@ -207,26 +247,63 @@ class BoundedWriter:
         the transport then sends it before it closes).
         """
         if self._waiting:
-            self.transport.writeSequence(list(self._waiting))
+            self.transport.writeSequence([data for data, _ in self._waiting])
         self.discard()
 
-    def discard(self) -> None:
+    def discard(self) -> int:
         """
-        Forget everything that waits (the connection is gone).
-        """
-        if self._waiting:
-            self._waiting.clear()
-        self._waitingBytes = 0
+        Forget everything that waits (the connection is gone), and release
+        it from the budget; once a plain TCP or UNIX connection is lost,
+        what its transport still buffers too (L{_release}).
 
-    def _tooSlow(self, count: int) -> None:
-        limit = self._maxPending
+        @return: the number of messages forgotten.
+        """
+        if self._socket is not None and self.transport.disconnected:  # type: ignore[attr-defined]
+            _release(self.transport)
+        missed = 0
+        if self._waiting:
+            missed = sum(count for _, count in self._waiting)
+            self._waiting.clear()
+        if self._waitingBytes:
+            budget = self._budget
+            budget.pending -= self._waitingBytes
+            budget.holders.pop(self, None)
+            self._waitingBytes = 0
+        return missed
+
+    def overBudget(self) -> None:
+        """
+        All subscribers together hold more than the service's bound, and
+        this one is furthest behind: apply C{slow} to what waits for it
+        (abort the connection, or forget the messages, counted as missed).
+        """
+        self._tooSlow(0, furthest=True)
+
+    def _tooSlow(self, count: int, furthest: bool = False) -> None:
+        """
+        Apply C{slow}: to the chunk of C{count} messages that does not fit
+        within C{max_pending}; or, with C{furthest}, to that chunk (if any)
+        and everything that waits, past the service's bound.
+        """
+        budget = self._budget
         if self.limits.slow == "drop":
+            if furthest:
+                count += self.discard()
+                budget.dropped += count
             if not self._missed:
-                self.log.warn(
-                    "Subscriber {peer} of backplane {name} is more than max_pending "
-                    "({limit} bytes) behind: it misses messages until it catches up",
-                    peer=self.owner.peer, name=self.name, limit=limit,
-                )
+                if furthest:
+                    self.log.warn(
+                        "Subscriber {peer} of backplane {name} is the furthest behind while "
+                        "all subscribers hold more than max_pending_total ({limit} bytes): "
+                        "it misses messages until it catches up",
+                        peer=self.owner.peer, name=self.name, limit=budget.limit,
+                    )
+                else:
+                    self.log.warn(
+                        "Subscriber {peer} of backplane {name} is more than max_pending "
+                        "({limit} bytes) behind: it misses messages until it catches up",
+                        peer=self.owner.peer, name=self.name, limit=self._maxPending,
+                    )
             self._missed += count
             self.dropped += count
             for counters in self.counters:
@@ -234,11 +311,22 @@ class BoundedWriter:
             return
         for counters in self.counters:
             counters.slow_disconnects += 1
-        self.log.warn(
-            "Disconnecting slow subscriber {peer} of backplane {name}: more than "
-            "max_pending ({limit} bytes) waiting to be sent",
-            peer=self.owner.peer, name=self.name, limit=limit,
-        )
+        if furthest:
+            budget.disconnects += 1
+            self.log.warn(
+                "Disconnecting slow subscriber {peer} of backplane {name}: the furthest "
+                "behind ({pending} bytes) while all subscribers hold more than "
+                "max_pending_total ({limit} bytes)",
+                peer=self.owner.peer, name=self.name, pending=self._waitingBytes,
+                limit=budget.limit,
+            )
+        else:
+            self.log.warn(
+                "Disconnecting slow subscriber {peer} of backplane {name}: more than "
+                "max_pending ({limit} bytes) waiting to be sent",
+                peer=self.owner.peer, name=self.name, limit=self._maxPending,
+            )
+        self._aborted = True
         self.owner.outputTooSlow()
         self.discard()
         # Not loseConnection: that would wait, holding the backlog, for a
@@ -256,10 +344,15 @@ class BoundedWriter:
     def resumeProducing(self) -> None:
         self._paused = False
         waiting = self._waiting
-        while waiting and not self._paused:
-            data = waiting.popleft()
-            self._waitingBytes -= len(data)
-            self.transport.write(data)  # pauses us again once the buffer is full
+        if waiting:
+            budget = self._budget
+            while waiting and not self._paused:
+                data = waiting.popleft()[0]
+                self._waitingBytes -= len(data)
+                budget.pending -= len(data)
+                self.transport.write(data)  # pauses us again once the buffer is full
+            if not self._waitingBytes:
+                budget.holders.pop(self, None)
         missed = self._missed
         if missed and not self._paused:
             self.log.info(

@@ -427,7 +427,8 @@ class BackplaneProtocol(Protocol):
             if setNoDelay is not None:
                 setNoDelay(True)
             self.output = BoundedWriter(self, self.transport, self.limits, name=backplane.name,
-                                        counters=(self.portStats, backplane.stats))
+                                        counters=(self.portStats, backplane.stats),
+                                        budget=backplane.budget)
             self.transport.registerProducer(self, True)
             self._producing = True
             self.subscribe(backplane)

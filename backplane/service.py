@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from backplane.auth.glob import Glob, compileGlob
+from backplane.budget import DEFAULT_MAX_PENDING_TOTAL, PendingBudget
 from backplane.errors import BackplaneExists, TooManyBackplanes, UnknownBackplane
 from backplane.history import History, formatId, resume, withIds
 from backplane.interfaces import ILineSink
@@ -125,6 +126,10 @@ class Backplane:
     Two kinds of subscriber share it: a callback, called once per message
     (L{subscribe}), and an L{ILineSink}, handed whole chunks of lines at once
     (L{attach}), which is how network subscribers get one write per chunk.
+
+    @ivar budget: the service's bound on what waits for all subscribers
+        together (a L{PendingBudget}), on which network subscribers' writers
+        count what waits for them.
     """
 
     log = Logger()
@@ -134,7 +139,8 @@ class Backplane:
     #: then forgotten; L{None} for any other.
     onEmpty: Callable[[Backplane], None] | None = None
 
-    def __init__(self, name: str, *, retain: int = 0, history: History | None = None) -> None:
+    def __init__(self, name: str, *, retain: int = 0, history: History | None = None,
+                 budget: PendingBudget | None = None) -> None:
         """
         @param name: the backplane's name in its registry.
         @param retain: how many of the latest messages to replay to each new
@@ -142,11 +148,15 @@ class Backplane:
         @param history: where its messages are kept with their ids
             (L{backplane.history.MemoryHistory}, L{backplane.history.DiskStore}),
             for subscribers that resume (L{follow}); L{None}: no history, no ids.
+        @param budget: the bound on what waits for the subscribers of every
+            backplane of the service together, which their writers count on
+            (L{budget}); L{None}: one of its own, with the default bound.
         """
         if retain < 0:
             raise ValueError(f"retain must be 0 or more, not {retain}")
         self.name = name
         self.history = history
+        self.budget = PendingBudget(DEFAULT_MAX_PENDING_TOTAL) if budget is None else budget
         self.stats = BackplaneStats()
         self._retained: deque[bytes] | None = deque(maxlen=retain) if retain else None
         self._sinks: dict[Subscription, None] = {}
@@ -619,11 +629,19 @@ class BackplaneService(MultiService):
 
     C{name in service} and L{names} speak of backplanes; iterating the service
     yields its child services, as for any L{MultiService}.
+
+    @ivar budget: the bound on what waits for all the subscribers of all its
+        backplanes together (a L{PendingBudget}), shared by its backplanes.
     """
 
     log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, *, budget: PendingBudget | None = None) -> None:
+        """
+        @param budget: the bound on what waits for all the subscribers of
+            all its backplanes together (C{[limits] max_pending_total});
+            L{None}: the default bound (L{DEFAULT_MAX_PENDING_TOTAL}).
+        """
         super().__init__()
         self._backplanes: dict[str, Backplane] = {}
         # Backplanes created on demand (ensure), forgotten once empty: who
@@ -632,6 +650,7 @@ class BackplaneService(MultiService):
         self._onDemand: dict[object, int] = {}
         # watch(): the watches of each pattern, and the pattern compiled.
         self._watches: dict[str, tuple[Glob, dict[Watch, None]]] = {}
+        self.budget = PendingBudget(DEFAULT_MAX_PENDING_TOTAL) if budget is None else budget
 
     def stopService(self) -> Deferred[None]:
         """
@@ -667,7 +686,8 @@ class BackplaneService(MultiService):
         """
         if name in self._backplanes:
             raise BackplaneExists(f"a backplane named {name!r} exists already")
-        backplane = self._backplanes[name] = Backplane(name, retain=retain, history=history)
+        backplane = self._backplanes[name] = Backplane(name, retain=retain, history=history,
+                                                       budget=self.budget)
         return backplane
 
     @property
@@ -705,7 +725,7 @@ class BackplaneService(MultiService):
             return backplane
         if self.onDemandFor(owner) >= limit:
             raise TooManyBackplanes(name, limit)
-        backplane = self._backplanes[name] = Backplane(name)
+        backplane = self._backplanes[name] = Backplane(name, budget=self.budget)
         self._onDemand[owner] = self._onDemand.get(owner, 0) + 1
         self._owners[backplane] = owner
         backplane.onEmpty = self._forget

@@ -121,7 +121,8 @@ class TailClient:
         address = request.getClientAddress()
         self.peer = describePeer(address) if address is not None else "?"
         self.output = BoundedWriter(self, self.transport, self.limits, name=backplane.name,
-                                    counters=(tails.stats, backplane.stats))
+                                    counters=(tails.stats, backplane.stats),
+                                    budget=backplane.budget)
         self._subscription: Subscription | None = None
         self._closing = False
         self._stalledBeats = 0

@@ -201,7 +201,8 @@ class WebSocketClient(WebSocketServerProtocol):
         self.output = BoundedWriter(
             self, self.transport, self.limits,
             name="?" if backplane is None else backplane.name,
-            counters=(self.portStats,) if backplane is None else (self.portStats, backplane.stats))
+            counters=(self.portStats,) if backplane is None else (self.portStats, backplane.stats),
+            budget=self.port.service.budget)
         # A producer for max_pending; registered for every client, since
         # autobahn's dropConnection unregisters the transport's producer
         # whoever it is.
@@ -387,6 +388,7 @@ class WebSocketClient(WebSocketServerProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
         self._stopSubscribing()
+        self.output.discard()  # what waited, released from the service's bound
         if self._publishing and self.publishTo is not None:
             self.publishTo.stats.publishers -= 1
             self._publishing = False

@@ -470,8 +470,9 @@ class BridgeTests(SynchronousTestCase):
 
     def test_lostInFlight(self) -> None:
         """
-        PUBLISHes in flight when the connection breaks are counted as not
-        crossed, and so is what waits for the next turn.
+        PUBLISHes in flight when the connection breaks are counted as
+        unconfirmed (they may have crossed), what waits for the next turn as
+        not crossed.
         """
         bridge = self.bridge()
         self.service.startService()
@@ -480,9 +481,114 @@ class BridgeTests(SynchronousTestCase):
         self.clock.advance(0)
         self.news.publish(b"3")
         publisher.transport.loseConnection()
-        self.assertEqual((bridge.stats.dropped, bridge.stats.queued), (3, 0))
+        self.assertEqual((bridge.stats.dropped, bridge.stats.unconfirmed, bridge.stats.queued),
+                         (1, 2, 0))
         back = self.logged("warn")
         self.assertEqual(len(back), 1)
+
+    def back(self) -> list[LogEvent]:
+        return [e for e in self.logged("info") if "did not reach" in e["log_format"]]
+
+    def outage(self, bridge: RedisBridge) -> tuple[Any, Any]:
+        """
+        Both connections lost, then made again: the new ones.
+        """
+        publisher, subscriber = self.endpoint.latest("publisher"), \
+            self.endpoint.latest("subscriber")
+        subscriber.transport.loseConnection()
+        publisher.transport.loseConnection()
+        self.assertFalse(bridge.connected)
+        self.clock.advance(8)
+        return self.up()
+
+    def test_nodesNotBackYet(self) -> None:
+        """
+        Redis answers each PUBLISH with the connections it reached: after an
+        outage, what this node publishes before the other nodes are
+        subscribed again did not cross, and is counted in the outage, which
+        ends once they are all back.
+        """
+        bridge = self.bridge(timeout=100.0)
+        self.service.startService()
+        publisher, _ = self.up()
+        self.news.publish(b"before")
+        self.clock.advance(0)
+        sent(publisher)
+        self.feed(publisher, b":3\r\n")  # this node and two others
+        publisher, _ = self.outage(bridge)
+        self.assertTrue(bridge.connected)
+        self.assertEqual(self.back(), [], "not over until the others are back")
+        [back] = [e for e in self.logged("info") if "is back" in e["log_format"]]
+        self.assertIn("counted until the other nodes", back["log_format"])
+        for n, reached in enumerate([b":1", b":2", b":3", b":2"]):
+            self.news.publishMany([b"%d" % n, b"%d more" % n])
+            self.clock.advance(0)
+            self.feed(publisher, reached + b"\r\n")
+        # Two chunks of two reached fewer nodes than before: 4 did not cross;
+        # once all three were back the outage was over, so the last chunk,
+        # missing a node again, is not counted (nodes come and go).
+        [back] = self.back()
+        self.assertEqual((back["lost"], back["unconfirmed"]), (4, 0))
+        self.assertEqual(back["every"], "Every node is")
+        stats = bridge.stats
+        self.assertEqual((stats.dropped, stats.unconfirmed), (4, 0))
+        self.assertEqual((stats.last_outage_dropped, stats.last_outage_unconfirmed), (4, 0))
+        self.assertEqual(back["duration"], stats.last_outage)
+
+    def test_nodesThatNeverComeBack(self) -> None:
+        """
+        Nodes that have not come back C{max_delay + timeout} seconds after
+        this one is connected again are taken to be gone: the outage ends.
+        """
+        bridge = self.bridge(timeout=5.0)
+        self.service.startService()
+        publisher, _ = self.up()
+        self.news.publish(b"before")
+        self.clock.advance(0)
+        self.feed(publisher, b":2\r\n")
+        sent(publisher)
+        publisher, _ = self.outage(bridge)
+        self.news.publish(b"alone")
+        self.clock.advance(0)
+        self.feed(publisher, b":1\r\n")
+        self.clock.advance(12)
+        self.assertEqual(self.back(), [])
+        self.clock.advance(1)
+        [back] = self.back()
+        self.assertEqual((back["lost"], back["every"]),
+                         (1, "Not every node is"))
+        # Afterwards, fewer receivers are just how many nodes there are.
+        self.news.publish(b"still alone")
+        self.clock.advance(0)
+        self.feed(publisher, b":1\r\n")
+        self.assertEqual(bridge.stats.dropped, 1)
+
+    def test_ownSubscriberNotBack(self) -> None:
+        """
+        A PUBLISH sent before this node's own subscribed connection is back
+        reached one connection fewer, or not: where that decides whether
+        another node got it, the messages are counted as unconfirmed.
+        """
+        bridge = self.bridge(timeout=100.0)
+        self.service.startService()
+        publisher, _ = self.up()
+        self.news.publish(b"before")
+        self.clock.advance(0)
+        self.feed(publisher, b":2\r\n")
+        publisher, subscriber = self.endpoint.latest("publisher"), \
+            self.endpoint.latest("subscriber")
+        subscriber.transport.loseConnection()
+        sent(publisher)
+        self.news.publish(b"one")  # the other node, or this one
+        self.clock.advance(0)
+        self.feed(publisher, b":1\r\n")
+        self.news.publish(b"two")  # the other node, surely
+        self.clock.advance(0)
+        self.feed(publisher, b":2\r\n")
+        self.news.publish(b"three")  # nobody else
+        self.clock.advance(0)
+        self.feed(publisher, b":0\r\n")
+        self.assertEqual((bridge.stats.dropped, bridge.stats.unconfirmed), (1, 1))
 
     def test_unanswered(self) -> None:
         """

@@ -7,10 +7,12 @@ and the direct write to a plain TCP socket.
 import socket
 
 from twisted.internet import tcp
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -239,6 +241,22 @@ class DirectSocketTests(SynchronousTestCase):
         self.assertRaises(BlockingIOError, self.client.recv, 100)
         self.connection.doWrite()
         self.assertEqual(self.client.recv(100), b"held\nafter\n")
+
+    def test_releasedOnceLost(self):
+        """
+        Once the connection is lost, discarding also lets go of what the
+        transport still buffers (Twisted keeps it as long as the transport
+        object lives); before, it is left alone.
+        """
+        self.connection.write(b"held\n")
+        self.writer.discard()
+        self.assertEqual(self.connection._tempDataBuffer, [b"held\n"])
+        self.connection.write(b"x" * 100_000)
+        self.connection.connectionLost(Failure(ConnectionLost()))
+        self.assertGreater(len(self.connection.dataBuffer) + self.connection._tempDataLen, 0)
+        self.writer.discard()
+        self.assertEqual((self.connection.dataBuffer, self.connection._tempDataBuffer,
+                          self.connection._tempDataLen), (b"", [], 0))
 
     def test_whatTheSocketDoesNotTakeGoesThroughTheTransport(self):
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)

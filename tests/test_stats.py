@@ -231,7 +231,9 @@ class OtherSourcesTests(SynchronousTestCase):
         verifyObject(IStatsSource, bridge)
         report = bridge.report()
         self.assertEqual((report["kind"], report["state"]), ("redis", "stopped"))
-        self.assertEqual(report["gauges"], {"connected": 0, "queued": 0, "last_outage": 0.0})
+        self.assertEqual(report["gauges"], {"connected": 0, "queued": 0, "last_outage": 0.0,
+                                            "last_outage_dropped": 0,
+                                            "last_outage_unconfirmed": 0})
         self.assertEqual(section(report, "counters")["messages_out"], 0)
         self.assertEqual(section(report, "info")["node"], "n1")
         self.assertNotIn("secret", str(report["info"]), "no password in the statistics")

@@ -64,12 +64,20 @@ class BridgeStats:
     @ivar bytes_in: their bytes, tag lines included.
     @ivar echoes: this node's own payloads that came back and were skipped.
     @ivar rejected: payloads tagged with an unknown wire format version.
-    @ivar dropped: messages published here that could not cross to Redis:
-        published while it was unreachable, dropped from a full queue (oldest
-        first), or in flight when a connection broke.
+    @ivar dropped: messages published here that did not reach the other
+        nodes: published while Redis was unreachable, dropped from a full
+        queue (oldest first), or published to Redis during an outage or
+        after it while fewer nodes were subscribed than before it (the
+        number of receivers Redis answers each PUBLISH with tells).
+    @ivar unconfirmed: messages sent to Redis whose PUBLISH was never
+        answered because the connection broke: they may have reached the
+        other nodes or not (not counted in C{dropped}).
     @ivar queued: bytes waiting to be published now.
     @ivar outages: how many times Redis became unreachable.
     @ivar last_outage: how long the last finished outage lasted, in seconds.
+    @ivar last_outage_dropped: C{dropped} during the last finished outage.
+    @ivar last_outage_unconfirmed: C{unconfirmed} during the last finished
+        outage.
     """
 
     connected: bool = False
@@ -82,9 +90,12 @@ class BridgeStats:
     echoes: int = 0
     rejected: int = 0
     dropped: int = 0
+    unconfirmed: int = 0
     queued: int = 0
     outages: int = 0
     last_outage: float | None = None
+    last_outage_dropped: int = 0
+    last_outage_unconfirmed: int = 0
 
 
 @implementer(ILineSink)
@@ -121,6 +132,14 @@ class RedisBridge(Service):
     counted in C{stats.dropped}).  The bridge reconnects with jittered
     exponential backoff (L{backplane.retry.backoffPolicy}), subscribes again,
     and logs each outage once when it begins and once when it ends.
+
+    The publishing node counts what did not cross: Redis answers each
+    PUBLISH with the number of connections it reached, so once Redis is
+    back, what this node publishes before every node that was subscribed
+    before the outage has subscribed again is counted too.  The outage ends
+    (and is logged, with its figures) once they all have, or
+    C{max_delay + timeout} seconds after this node is connected again
+    (nodes that have not come back by then are taken to be gone).
 
     Make it a child of the service whose backplanes it shares::
 
@@ -210,6 +229,15 @@ class RedisBridge(Service):
         self._drained: list[Deferred[None]] = []
         self._outageStart: float | None = None
         self._outageLost = 0
+        self._outageUnconfirmed = 0
+        self._outageDuration = 0.0
+        # Other nodes' subscribed connections on each channel, as Redis
+        # answered PUBLISH before an outage; and, from an outage's start to
+        # its end, the channels on which they have not all come back (None
+        # otherwise).
+        self._receivers: dict[bytes, int] = {}
+        self._awaiting: set[bytes] | None = None
+        self._settle: IDelayedCall | None = None
         self._bridged = False
         self._warnedRejected = False
 
@@ -248,7 +276,9 @@ class RedisBridge(Service):
         C{"stopped"}.
         """
         counters = asdict(self.stats)
-        gauges = {key: counters.pop(key) for key in ("connected", "queued", "last_outage")}
+        gauges = {key: counters.pop(key) for key in ("connected", "queued", "last_outage",
+                                                     "last_outage_dropped",
+                                                     "last_outage_unconfirmed")}
         gauges["connected"] = int(gauges["connected"])
         gauges["last_outage"] = gauges["last_outage"] or 0.0
         state = ("stopped" if not self.running
@@ -284,6 +314,9 @@ class RedisBridge(Service):
         @return: a L{Deferred} that fires once both connections are closed.
         """
         super().stopService()
+        if self._settle is not None and self._settle.active():
+            self._settle.cancel()
+        self._settle = None
         for subscription in self._subscriptions:
             subscription.cancel()
         self._subscriptions = []
@@ -328,6 +361,9 @@ class RedisBridge(Service):
         if not self._publisher.ready or protocol is None:
             return
         waiting = self._waiting
+        # Whether this node's own subscribed connection counts among the
+        # receivers Redis answers with.
+        selfSubscribed = self._subscriber.ready
         while waiting and (everything or self._inflight < self.queue):
             channel, data, count = waiting.popleft()
             parts, size = [data], len(data)
@@ -341,22 +377,61 @@ class RedisBridge(Service):
             self._inflight += len(payload)
             published = protocol.publish(channel, payload)
             published.addCallbacks(self._published, self._notPublished,
-                                   callbackArgs=(len(payload), count),
+                                   callbackArgs=(len(payload), count, channel, selfSubscribed),
                                    errbackArgs=(len(payload), count))
 
-    def _published(self, receivers: object, size: int, count: int) -> None:
+    def _published(self, receivers: object, size: int, count: int, channel: bytes,
+                   selfSubscribed: bool) -> None:
         stats = self.stats
         stats.chunks_out += 1
         stats.messages_out += count
         stats.bytes_out += size
+        try:
+            reached = int(cast(Any, receivers))
+        except (TypeError, ValueError):  # pragma: no cover - Redis answers an integer
+            reached = -1
+        if reached >= 0:
+            self._reached(channel, reached, count, selfSubscribed)
         self._sent(size)
 
+    def _reached(self, channel: bytes, reached: int, count: int, selfSubscribed: bool) -> None:
+        """
+        Redis gave C{count} messages to C{reached} connections: count them
+        as not crossed if, since an outage began, fewer other nodes got them
+        than before it; otherwise, learn how many there are.
+        """
+        # The other nodes: all but this node's own subscribed connection,
+        # which may or may not have been subscribed when Redis published if
+        # it was not when the PUBLISH was sent.
+        fewest = max(reached - 1, 0)
+        most = fewest if selfSubscribed else reached
+        expected = self._receivers.get(channel)
+        if self._outageStart is None and self._awaiting is None:
+            if selfSubscribed:
+                self._receivers[channel] = fewest
+            return
+        if expected is None:
+            return
+        if most < expected:
+            self._lose(count)
+        elif fewest < expected:
+            self._unconfirmed(count)
+        elif self._awaiting is not None and self._outageStart is None:
+            # Every node is back on this channel.
+            self._receivers[channel] = fewest
+            self._awaiting.discard(channel)
+            if not self._awaiting:
+                self._outageOver()
+
     def _notPublished(self, failure: Failure, size: int, count: int) -> None:
-        self._lose(count)
         if self._publisher.ready:
             # Not a lost connection: Redis refused the command.
+            self._lose(count)
             self.log.error("Redis at {address} refused to publish: {error}",
                            address=self.address, error=failure.getErrorMessage())
+        else:
+            # Sent, but the connection broke before Redis answered.
+            self._unconfirmed(count)
         self._sent(size)
 
     def _sent(self, size: int) -> None:
@@ -370,8 +445,11 @@ class RedisBridge(Service):
 
     def _lose(self, count: int) -> None:
         self.stats.dropped += count
-        if self._outageStart is not None:
-            self._outageLost += count
+        self._outageLost += count
+
+    def _unconfirmed(self, count: int) -> None:
+        self.stats.unconfirmed += count
+        self._outageUnconfirmed += count
 
     def _dropWaiting(self) -> None:
         while self._waiting:
@@ -444,17 +522,22 @@ class RedisBridge(Service):
             return
         self.stats.connected = True
         if self._outageStart is not None:
-            duration = self._reactor.seconds() - self._outageStart
-            self.stats.last_outage = duration
-            self.log.info(
-                "Redis at {address} is back after {duration:.1f} s: backplanes {names} "
-                "are shared again; {lost} messages published on this node meanwhile "
-                "did not reach the other nodes",
-                address=self.address, duration=duration, lost=self._outageLost,
-                names=self.names,
-            )
+            self._outageDuration = self._reactor.seconds() - self._outageStart
             self._outageStart = None
-            self._outageLost = 0
+            # The outage is over for this node; for the others, once Redis
+            # says they are all subscribed again.
+            awaiting = {channel for channel, others in self._receivers.items() if others}
+            if awaiting:
+                self._awaiting = awaiting
+                self.log.info(
+                    "Redis at {address} is back after {duration:.1f} s: backplanes {names} "
+                    "are shared again; what this node publishes is counted until the other "
+                    "nodes have subscribed again", address=self.address,
+                    duration=self._outageDuration, names=self.names)
+                self._settle = self._reactor.callLater(
+                    self.maxDelay + self._publisher.timeout, self._outageOver)
+            else:
+                self._outageOver()
         elif not self._bridged:
             self.log.info(
                 "Sharing backplanes {names} through Redis at {address} as node {node}",
@@ -462,13 +545,48 @@ class RedisBridge(Service):
             )
         self._bridged = True
 
+    def _outageOver(self) -> None:
+        """
+        Every node subscribed before the outage is back (or the time to wait
+        for them is over): log the outage with what did not cross.
+        """
+        if self._settle is not None and self._settle.active():
+            self._settle.cancel()
+        self._settle = None
+        awaited, self._awaiting = self._awaiting, None
+        duration = self._outageDuration
+        stats = self.stats
+        stats.last_outage = duration
+        stats.last_outage_dropped = self._outageLost
+        stats.last_outage_unconfirmed = self._outageUnconfirmed
+        if awaited is None:
+            self.log.info(
+                "Redis at {address} is back after {duration:.1f} s: backplanes {names} "
+                "are shared again; {lost} messages published on this node meanwhile "
+                "did not reach the other nodes ({unconfirmed} more were sent as it went "
+                "and may not have)",
+                address=self.address, duration=duration, lost=self._outageLost,
+                unconfirmed=self._outageUnconfirmed, names=self.names,
+            )
+        else:
+            self.log.info(
+                "{every} back on Redis at {address} after its outage of {duration:.1f} s: "
+                "{lost} messages published on this node meanwhile did not reach the other "
+                "nodes ({unconfirmed} more were sent as it went and may not have)",
+                every="Every node is" if not awaited else "Not every node is",
+                address=self.address, duration=duration, lost=self._outageLost,
+                unconfirmed=self._outageUnconfirmed,
+            )
+        self._outageLost = self._outageUnconfirmed = 0
+
     def _linkDown(self, link: Link, why: str) -> None:
         self.stats.connected = False
-        if link is self._publisher:
-            self._dropWaiting()
+        if self._awaiting is not None:
+            # A new outage before the others were all back from the last.
+            self._outageOver()
         if self._outageStart is None:
             self._outageStart = self._reactor.seconds()
-            self._outageLost = 0
+            self._outageLost = self._outageUnconfirmed = 0
             self.stats.outages += 1
             self.log.warn(
                 "Redis at {address} is unreachable ({why}): backplanes {names} reach "
@@ -477,3 +595,6 @@ class RedisBridge(Service):
                 address=self.address, why=why, names=self.names,
                 initial=self.initialDelay, maximum=self.maxDelay,
             )
+        if link is self._publisher:
+            # Counted in this outage: what waited will never be sent.
+            self._dropWaiting()

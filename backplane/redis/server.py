@@ -374,7 +374,7 @@ class RedisClient(Protocol):
         if setNoDelay is not None:
             setNoDelay(True)
         self.output = BoundedWriter(self, self.transport, self.limits, name="redis",
-                                    counters=(self.portStats,))
+                                    counters=(self.portStats,), budget=self.service.budget)
         self.transport.registerProducer(self, True)
         self._ready = not ISSLTransport.providedBy(self.transport)
         if self._ready and not self._handshakeDone():
