@@ -235,3 +235,36 @@ class ClientServiceTests(SynchronousTestCase):
         service.startService()
         self.assertTrue(transports[1].connected)
         self.assertRaises(NoTransition, transports[1].loseConnection)
+
+
+@implementer(IStreamClientEndpoint)
+class _Refusing:
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        return fail(ConnectionRefusedError("no Redis here"))
+
+
+class RetryLogTests(SynchronousTestCase):
+    def test_retriesNameRedis(self) -> None:
+        """
+        ClientService's note of each retry names the Redis connection, not
+        an object's repr.
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from backplane.redis.link import Link
+
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        link = Link("publisher", _Refusing(), Protocol, prepare=succeed,
+                    ready=lambda link: None, down=lambda link, why: None,
+                    retryPolicy=lambda attempt: 1.0, timeout=1.0, clock=clock)
+        link.start()
+        clock.advance(1.0)
+        link.stop()
+        retries = [formatEvent(e) for e in events if "retry" in formatEvent(e).lower()]
+        self.assertTrue(retries)
+        for text in retries:
+            self.assertIn("Redis (the publisher connection)", text)
+            self.assertNotIn(" object at 0x", text)

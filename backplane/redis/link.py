@@ -297,6 +297,10 @@ class _GatedEndpoint:
         self.endpoint = endpoint
         self.link = link
 
+    def __repr__(self) -> str:
+        # How ClientService's notes of its retries name the endpoint.
+        return f"Redis (the {self.link.name} connection)"
+
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         connecting = self.endpoint.connect(_GateFactory(protocolFactory, self.link))
         return connecting.addCallbacks(lambda gate: gate.wrapped, self._failed)
