@@ -249,13 +249,19 @@ class RetryLogTests(SynchronousTestCase):
         ClientService's note of each retry names the Redis connection, not
         an object's repr.
         """
-        from twisted.logger import formatEvent, globalLogPublisher
+        from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+        from zope.interface import provider
 
         from backplane.redis.link import Link
 
-        events: list[dict[str, object]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events: list[LogEvent] = []
+
+        @provider(ILogObserver)
+        def observe(event: LogEvent) -> None:
+            events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
         clock = Clock()
         link = Link("publisher", _Refusing(), Protocol, prepare=succeed,
                     ready=lambda link: None, down=lambda link, why: None,
