@@ -45,6 +45,7 @@ MAX_KEY_FILE_BYTES = 1024 * 1024
 MAX_RETAIN = 1_000_000
 MAX_HISTORY = 100_000_000
 MIN_INTERVAL = 0.001
+MAX_LINGER = 1.0
 
 #: The defaults of a backplane's history (SPEC section 9; docs/configuration.md).
 DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
@@ -201,6 +202,10 @@ class ListenEntry:
     max_line_length: int = _option(DEFAULT_MAX_LINE_LENGTH, minimum=1)
     max_pending: int = _option(DEFAULT_MAX_PENDING, minimum=0)
     slow: Literal["disconnect", "drop"] = _option("disconnect")
+    linger: float = _option(
+        0.0, minimum=0.0, maximum=MAX_LINGER,
+        doc="seconds a subscriber's chunks may be held back to be written together "
+            "(0: each at once)")
     max_clients: int | None = _option(None, minimum=0)
     backlog: int = _option(511, minimum=1, maximum=65535,
                            doc="the listen queue of a tcp, ssl or unix port")
@@ -223,6 +228,7 @@ class ListenEntry:
             slow=self.slow,
             max_clients=self.max_clients,
             allow=self.allow,
+            linger=self.linger,
         )
 
     @property

@@ -30,7 +30,7 @@ from backplane.framing import DEFAULT_MAX_LINE_LENGTH as DEFAULT_MAX_LINE_LENGTH
 from backplane.framing import LineFramer
 from backplane.framing import firstOverlong as firstOverlong
 from backplane.interfaces import ILineSink
-from backplane.output import BoundedWriter
+from backplane.output import BoundedWriter, Linger
 from backplane.service import Backplane, BackplaneService, Subscription
 
 SlowPolicy = Literal["disconnect", "drop"]
@@ -53,6 +53,8 @@ class Limits:
     @ivar max_clients: connections a port accepts at once (L{None}: no limit).
     @ivar allow: the networks clients may connect from (L{None}: any); see
         L{isAllowed}.
+    @ivar linger: seconds a subscriber's chunks may be held back to be
+        written together (0: each is written at once); see L{Linger}.
     """
 
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH
@@ -60,6 +62,7 @@ class Limits:
     slow: SlowPolicy = "disconnect"
     max_clients: int | None = None
     allow: tuple[Network, ...] | None = None
+    linger: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_line_length < 1:
@@ -70,6 +73,8 @@ class Limits:
             raise ValueError(f"slow must be 'disconnect' or 'drop', not {self.slow!r}")
         if self.max_clients is not None and self.max_clients < 0:
             raise ValueError("max_clients must be 0 or more")
+        if not self.linger >= 0:
+            raise ValueError("linger must be 0 or more")
 
 
 @dataclass
@@ -158,6 +163,8 @@ class BackplaneProtocol(Protocol):
         admitted or refused.
     @ivar identity: who the client proved to be, once admitted on a port
         with C{auth}.
+    @ivar linger: the port's write coalescer (its factory sets it), or
+        L{None}: every chunk is written at once.
     """
 
     log = Logger()
@@ -165,6 +172,7 @@ class BackplaneProtocol(Protocol):
     # abortConnection (TCP, TLS, UNIX and StringTransport all are).
     transport: Any
     gate: Gate | None = None
+    linger: Linger | None = None
 
     def __init__(
         self,
@@ -257,7 +265,8 @@ class BackplaneProtocol(Protocol):
             if setNoDelay is not None:
                 setNoDelay(True)
             self.output = BoundedWriter(self, self.transport, self.limits, name=backplane.name,
-                                        counters=(self.portStats, backplane.stats))
+                                        counters=(self.portStats, backplane.stats),
+                                        linger=self.linger)
             self.transport.registerProducer(self, True)
             self._producing = True
             self.subscribe(backplane)
@@ -435,6 +444,8 @@ class BackplaneFactory(Factory):
 
     @ivar gate: the port's access checks (L{Gate}): the C{AUTH} line on a
         port with an authority, C{Origin} on web ports.
+    @ivar linger: the port's write coalescer, shared by its subscribers
+        (C{limits.linger}), or L{None}.
     """
 
     log = Logger()
@@ -460,6 +471,7 @@ class BackplaneFactory(Factory):
         self.subscribeTo = None if subscribe_to is None else service.get(subscribe_to)
         self.limits = limits
         self.gate = Gate(authority, publish=publish_to, subscribe=subscribe_to, clock=clock)
+        self.linger = Linger(limits.linger, clock) if limits.linger > 0 else None
         self.protocols: set[Protocol] = set()
         self.stats = PortStats()
         self._emptied: list[Deferred[None]] = []
@@ -486,6 +498,7 @@ class BackplaneFactory(Factory):
         protocol.factory = self
         if isinstance(protocol, BackplaneProtocol):
             protocol.gate = self.gate
+            protocol.linger = self.linger
         # Its clients (BackplaneProtocol, WebSocketClient) count in this
         # port's stats: an attribute they have, and Protocol has not.
         counted: Any = protocol

@@ -108,7 +108,8 @@ class EventStream:
         address = request.getClientAddress()
         self.peer = describePeer(address) if address is not None else "?"
         self.output = BoundedWriter(self, ResponseTransport(request), port.limits,
-                                    name=backplane.name, counters=(port.stats, backplane.stats))
+                                    name=backplane.name, counters=(port.stats, backplane.stats),
+                                    linger=port.linger)
         self.follower: Follower | None = None
         self._subscription: Subscription | None = None
         self._closing = False
