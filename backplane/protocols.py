@@ -277,7 +277,13 @@ class BackplaneProtocol(Protocol):
         C{subscribe_to}, once it has joined and its writer is ready.
         Subclasses override it to subscribe another way (with ids, say).
         """
-        self._subscription = backplane.attach(self, origin=self)
+        sink: ILineSink = self
+        if self.output is not None and type(self).deliver is BackplaneProtocol.deliver:
+            # The backplane hands each chunk to the writer itself: one call
+            # a subscriber fewer on every publish (the writer is the client's
+            # until it disconnects, when the subscription is cancelled).
+            sink = self.output
+        self._subscription = backplane.attach(sink, origin=self)
 
     def close(self) -> None:
         """
