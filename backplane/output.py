@@ -303,8 +303,8 @@ class BoundedWriter:
             if linger is not None:
                 held = self._held
                 held.append(data)
-                self._heldBytes += len(data)
-                if self._heldBytes >= linger.maxBytes:
+                heldBytes = self._heldBytes = self._heldBytes + len(data)
+                if heldBytes >= linger.maxBytes:
                     if len(held) > 1:
                         linger.remove(self)
                     self.release()
