@@ -49,6 +49,7 @@ from bench.wire import (
     FrameCounter,
     Framing,
     LineCounter,
+    NatsCounter,
     NatsError,
     RespError,
     WebSocketCounter,
@@ -156,7 +157,7 @@ class Subscribers:
         if self.protocol == "websocket":
             return WebSocketCounter(size, latencies)
         if self.protocol == "nats":
-            return FrameCounter(nats_framing(self.channel, size), size, latencies, spans)
+            return NatsCounter(nats_framing(self.channel, size), size, latencies, spans)
         return FrameCounter(resp_framing(self.channel, size), size, latencies, spans)
 
 

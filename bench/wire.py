@@ -480,6 +480,45 @@ class FrameCounter:
                 self.spans.extend((complete, now - early, now - sent))
 
 
+class NatsCounter(FrameCounter):
+    """
+    A L{FrameCounter} for a NATS subscriber, whose stream may also hold a
+    C{PING} between two messages (nats-server pings every client a couple
+    of seconds after it connects, whatever C{ping_interval} says): a
+    C{PING} is taken out before the frames are counted.  Only a C{PING} has
+    a C{P}: a frame is C{MSG}, the subject, numbers and the payload, whose
+    letters are M, lower-case hex and x.  The C{PING} is not answered: the
+    server would only close the connection after two more unanswered ones,
+    an hour apart (L{bench.servers.nats_server}).
+    """
+
+    __slots__ = ("_partial", "pings")
+
+    def __init__(self, framing: Framing, size: int, latencies: array[int],
+                 spans: array[int] | None = None) -> None:
+        super().__init__(framing, size, latencies, spans)
+        self.pings = 0
+        # The start of a PING at the end of the last chunk.
+        self._partial = b""
+
+    def feed(self, buffer: bytearray, n: int, now: int) -> None:
+        """
+        Count the first C{n} bytes of C{buffer}, received at C{now}.
+        """
+        if not self._partial and buffer.find(b"P", 0, n) < 0:
+            super().feed(buffer, n, now)
+            return
+        data = self._partial + bytes(buffer[:n])
+        self.pings += data.count(NATS_PING)
+        data = data.replace(NATS_PING, b"")
+        start = data.rfind(b"P")
+        self._partial = b""
+        if start >= 0 and NATS_PING.startswith(data[start:]):
+            self._partial, data = data[start:], data[:start]
+        buffer[:len(data)] = data
+        super().feed(buffer, len(data), now)
+
+
 # WebSocket (RFC 6455), as a subscriber of a server sees it.  The harness
 # only reads WebSocket: it publishes on line ports.
 

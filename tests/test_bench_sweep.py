@@ -72,6 +72,23 @@ class NatsWireTests(SynchronousTestCase):
         self.assertEqual(list(spans), [3, 900, 898, 2, 897, 896, 5, 894, 891])
         self.assertIsInstance(counter, wire.FrameCounter)
 
+    def test_counterSkipsPings(self):
+        """
+        A PING from the server between two messages, whole or split over
+        two reads, is neither counted nor taken for a bad frame.
+        """
+        framing = wire.nats_framing(b"bench", SIZE)
+        frame = [b"MSG bench 1 64\r\n" + wire.payload(0, seq, 0, SIZE) + b"\r\n"
+                 for seq in range(6)]
+        stream = (frame[0] + b"PING\r\n" + frame[1] + frame[2] + b"PI", b"NG\r\n" + frame[3],
+                  frame[4] + b"PING\r", b"\n" + frame[5])
+        counter = wire.NatsCounter(framing, SIZE, array("q"))
+        for part in stream:
+            buffer = bytearray(part)
+            counter.feed(buffer, len(part), 1)
+        self.assertEqual((counter.received, counter.bad, counter.sequence_errors, counter.pings),
+                         (6, 0, 0, 3))
+
     def test_counterSequence(self):
         framing = wire.nats_framing(b"bench", SIZE)
         frames = b"".join(b"MSG bench 1 64\r\n" + wire.payload(0, seq, 0, SIZE) + b"\r\n"
