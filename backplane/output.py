@@ -274,7 +274,8 @@ class BoundedWriter:
         self._waitingBytes = 0
         self._missed = 0  # messages dropped since the consumer fell behind
         self._linger = linger
-        self._held: list[bytes] = []  # held back under linger, while not paused
+        # Held back under linger, while not paused (made on the first chunk).
+        self._held: list[bytes] | None = None
         self._heldBytes = 0
 
     @property
@@ -302,6 +303,8 @@ class BoundedWriter:
             linger = self._linger
             if linger is not None:
                 held = self._held
+                if held is None:
+                    held = self._held = []
                 held.append(data)
                 heldBytes = self._heldBytes = self._heldBytes + len(data)
                 if heldBytes >= linger.maxBytes:
@@ -377,7 +380,7 @@ class BoundedWriter:
             self._waiting.clear()
         self._waitingBytes = 0
         if self._held:
-            self._held = []
+            self._held = None
             self._heldBytes = 0
             assert self._linger is not None
             self._linger.remove(self)
@@ -421,7 +424,7 @@ class BoundedWriter:
             # (nothing else waits while the writer is not paused).
             self._waiting.extend(self._held)
             self._waitingBytes += self._heldBytes
-            self._held = []
+            self._held = None
             self._heldBytes = 0
             assert self._linger is not None
             self._linger.remove(self)
