@@ -3,6 +3,7 @@ C{python -m bench fanout|sweep|stalled|nodes|websocket|history [options]}: run a
 suite, print its tables, write its JSON file (and, for C{fanout} and C{sweep},
 its plot).
 C{python -m bench store}: the history store in-process (L{bench.store}).
+C{python -m bench coalesce}: linger and a tick in-process (L{bench.coalesce}).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from bench import store
+from bench import coalesce, store
 from bench.load import Placement
 from bench.report import document, plot, sweep_plot, tables, write_json
 from bench.servers import ServerError, nats_path, nats_version, redis_path, redis_version
@@ -115,6 +116,7 @@ def parser() -> argparse.ArgumentParser:
                          default=[],
                          help="run only this scenario (may be given more than once)")
     store.addParser(commands)
+    coalesce.addParser(commands)
     return main
 
 
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = command_line.parse_args(argv)
     if arguments.command == "store":
         return store.run(arguments)
+    if arguments.command == "coalesce":
+        return coalesce.run(arguments)
     if arguments.repeat < 1 or arguments.window < 1 or (arguments.workers or 1) < 1:
         command_line.error("--repeat, --workers and --window must be at least 1")
     redis = (arguments.command in ("fanout", "nodes", "sweep")

@@ -1,11 +1,13 @@
 """
-C{python -m bench sweep} and NATS in the harness: the NATS wire format, the
+C{python -m bench sweep} and C{coalesce}, and NATS in the harness: the NATS wire format, the
 fixed-rate publisher's send times, the frame counter's spans, the sweep's
 ratios and table, and the sweep end to end at a tiny size against real
 servers (backplane with and without C{linger}, Redis and NATS; the rows'
 structure is checked, never a figure of speed).
 """
 
+import contextlib
+import io
 import tempfile
 from array import array
 from pathlib import Path
@@ -13,8 +15,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench import report, suite, wire
-from bench.__main__ import parser
+from bench import coalesce, report, suite, wire
+from bench.__main__ import main, parser
 from bench.load import Placement, Subscribers
 from bench.servers import nats_path, redis_path
 
@@ -199,3 +201,20 @@ class SweepSuiteTests(SynchronousTestCase):
         data["meta"] = {"date": "2026-12-03", "cpus": 2, "reactor": "default"}
         if report.sweep_plot(plotted, data):
             self.assertGreater(plotted.stat().st_size, 1000)
+
+
+class CoalesceBenchTests(SynchronousTestCase):
+    """
+    C{python -m bench coalesce}: a smoke run (the figures are not checked,
+    only that every run happens and every subscriber got the last round).
+    """
+
+    def test_quick(self):
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            self.assertEqual(main(["coalesce", "--quick"]), 0)
+        rows = [line for line in output.getvalue().splitlines()[2:] if line.strip()]
+        self.assertEqual(len(rows), 2 * len(coalesce.RUNS) + 1)
+        for row in rows:
+            self.assertTrue(row.endswith("  ok"), row)
+        self.assertEqual(sum("0.001" in row.split() for row in rows), len(coalesce.RUNS))
