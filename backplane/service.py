@@ -148,10 +148,7 @@ class Backplane:
         # Snapshots iterated by the fan-out, so that a subscriber may cancel
         # (itself or another) while a message is being delivered; rebuilt by
         # the next publish after a change (None), so that subscribing is O(1).
-        # What _fanout walks: each sink's origin, its deliver and its
-        # subscription, taken out once (a publish to 10,000 idle subscribers
-        # then touches no Subscription).
-        self._sinkList: tuple[tuple[object, Callable[..., Any], Subscription], ...] | None = ()
+        self._sinkList: tuple[Subscription, ...] | None = ()
         self._callbackList: tuple[Subscription, ...] | None = ()
         # Line sinks handed messages with their ids, once live.
         self._idSinks: dict[Subscription, None] = {}
@@ -465,15 +462,15 @@ class Backplane:
                             self._failed(Failure(), subscription)
         sinks = self._sinkList
         if sinks is None:
-            sinks = self._sinkList = tuple((s.origin, s.deliver, s) for s in self._sinks)
+            sinks = self._sinkList = tuple(self._sinks)
         callbacks = self._callbackList
         if callbacks is None:
             callbacks = self._callbackList = tuple(self._callbacks)
-        for sinkOrigin, deliver, subscription in sinks:
-            if sinkOrigin is not origin:
+        for subscription in sinks:
+            if subscription.origin is not origin:
                 reached += 1
                 try:
-                    deliver(data, count)
+                    subscription.deliver(data, count)
                 except Exception:
                     self._failed(Failure(), subscription)
         if self._encoded:
