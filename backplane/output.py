@@ -350,9 +350,6 @@ class BoundedWriter:
         data = held[0] if len(held) == 1 else b"".join(held)
         held.clear()
         self._heldBytes = 0
-        self._write(data)
-
-    def _write(self, data: bytes) -> None:
         # Straight to the socket while the transport holds nothing, the
         # rest through the transport (see _directSocket).
         if self._socket is not None and _drained(self.transport):
