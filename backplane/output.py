@@ -314,12 +314,13 @@ class BoundedWriter:
                 elif len(held) == 1:
                     linger.add(self)
                 return
-            # _write, inlined: this runs once a chunk for every subscriber,
-            # and a clock tick to 10,000 idle subscribers is 10,000 of it.
+            # As in release, with _drained and _sendNow inlined: this runs
+            # once a chunk for every subscriber, and a clock tick to 10,000
+            # idle subscribers is 10,000 of it.
             sock = self._socket
             if sock is not None:
                 transport: Any = self.transport
-                # _drained, inlined (the same use of Twisted's internals).
+                # _drained (the same use of Twisted's internals).
                 if not (transport.dataBuffer or transport._tempDataBuffer
                         or transport.disconnecting):
                     try:
