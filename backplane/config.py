@@ -59,6 +59,7 @@ DEFAULT_MAX_BACKPLANES = 1000
 DEFAULT_MAX_REQUEST = 8 * 1024 * 1024
 MIN_PENDING_TOTAL = 1024 * 1024
 MAX_PENDING_TOTAL = 1024 ** 4
+MAX_LINGER = 1.0
 
 #: The defaults of a backplane's history (SPEC section 9; docs/configuration.md).
 DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
@@ -234,6 +235,10 @@ class ListenEntry:
     max_line_length: int = _option(DEFAULT_MAX_LINE_LENGTH, minimum=1)
     max_pending: int = _option(DEFAULT_MAX_PENDING, minimum=0)
     slow: Literal["disconnect", "drop"] = _option("disconnect")
+    linger: float = _option(
+        0.0, minimum=0.0, maximum=MAX_LINGER,
+        doc="seconds a subscriber's chunks may be held back to be written together "
+            "(0: each at once)")
     max_clients: int | None = _option(None, minimum=0)
     handshake_timeout: float = _option(
         DEFAULT_HANDSHAKE_TIMEOUT, above=0.0, maximum=3600.0,
@@ -285,6 +290,7 @@ class ListenEntry:
             idle_timeout=self.idle_timeout,
             framing=self.framing,
             prefix=self.prefix,
+            linger=self.linger,
         )
 
     @property

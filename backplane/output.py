@@ -1,6 +1,7 @@
 """
 The output side of a network subscriber: a writer kept within
-C{max_pending} that knows when its consumer is too slow (L{BoundedWriter}).
+C{max_pending} that knows when its consumer is too slow (L{BoundedWriter}),
+and a port's write coalescer (L{Linger}).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -20,6 +21,10 @@ from backplane.interfaces import ILineSink
 
 if TYPE_CHECKING:
     from backplane.protocols import Limits
+
+#: What a subscriber's output may hold back under C{linger}: once this many
+#: bytes linger, they are written at once.
+LINGER_BYTES = 64 * 1024
 
 
 class OutputTransport(Protocol):
@@ -134,6 +139,97 @@ def _sendNow(sock: socket.socket, data: bytes) -> bytes:
     return data[sent:]
 
 
+class Linger:
+    """
+    The write coalescer of a port with C{linger}: its subscribers' chunks
+    are held back for at most C{delay} seconds, so that a subscriber of a
+    busy backplane gets one write for many chunks.
+
+    A L{BoundedWriter} given a L{Linger} keeps what it is handed (while its
+    transport is not paused) and tells the L{Linger} when it holds its first
+    byte (L{add}).  One timer serves every subscriber of the port: it is
+    started, C{delay} from now, when the first of them holds something, and
+    when it fires every subscriber that holds something writes it
+    (L{BoundedWriter.release}).  So what a subscriber holds is written at
+    most C{delay} after its first byte, whatever comes after it: a deadline,
+    not an idle timer that steady traffic would keep postponing.  A
+    subscriber that holds C{maxBytes} writes them at once.
+
+    @ivar delay: the longest a byte waits, in seconds.
+    @ivar maxBytes: what a subscriber may hold before it writes at once.
+    """
+
+    log = Logger()
+
+    __slots__ = ("_call", "_clock", "_dirty", "delay", "maxBytes")
+
+    def __init__(self, delay: float, clock: IReactorTime | None = None, *,
+                 maxBytes: int = LINGER_BYTES) -> None:
+        """
+        @param delay: seconds, more than 0.
+        @param clock: the time (the global reactor by default, looked up
+            when first needed).
+        @param maxBytes: at least 1.
+        @raise ValueError: C{delay} or C{maxBytes} is out of range.
+        """
+        if not delay > 0:
+            raise ValueError("a Linger's delay must be more than 0")
+        if maxBytes < 1:
+            raise ValueError("a Linger's maxBytes must be at least 1")
+        self.delay = delay
+        self.maxBytes = maxBytes
+        self._clock = clock
+        # The writers holding something, in the order they started to.
+        self._dirty: dict[BoundedWriter, None] = {}
+        self._call: IDelayedCall | None = None
+
+    @property
+    def holding(self) -> int:
+        """
+        How many subscribers hold something back now.
+        """
+        return len(self._dirty)
+
+    def add(self, writer: BoundedWriter) -> None:
+        """
+        C{writer} holds its first byte: have it write within C{delay}.
+        """
+        self._dirty[writer] = None
+        if self._call is None:
+            clock = self._clock
+            if clock is None:
+                from twisted.internet import reactor
+                clock = self._clock = reactor
+                assert clock is not None
+            self._call = clock.callLater(self.delay, self.flush)
+
+    def remove(self, writer: BoundedWriter) -> None:
+        """
+        C{writer} holds nothing any more (it wrote early, paused, or its
+        consumer is gone).  The timer stops once nobody holds anything.
+        """
+        dirty = self._dirty
+        if dirty.pop(writer, 0) is None and not dirty and self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    def flush(self) -> None:
+        """
+        Have every subscriber that holds something write it now (the timer
+        calls it).
+        """
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        dirty, self._dirty = self._dirty, {}
+        for writer in dirty:
+            try:
+                writer.release()
+            except Exception:
+                self.log.failure("Writing to subscriber {peer} failed",
+                                 peer=writer.owner.peer)
+
+
 @implementer(ILineSink, IPushProducer)
 class BoundedWriter:
     """
@@ -158,19 +254,25 @@ class BoundedWriter:
     On a plain TCP or UNIX connection a chunk goes straight to the socket
     while the transport holds nothing (see L{_directSocket}).
 
+    Given a L{Linger} (a port's C{linger}), it holds back what it is handed
+    while its transport is not paused, and writes it all at once when the
+    L{Linger} says so, or as soon as it holds C{Linger.maxBytes}.  If its
+    transport pauses it meanwhile, what it held waits like anything else.
+
     @ivar dropped: messages this consumer missed, all told.
     """
 
     log = Logger()
 
     # One a subscriber: slots keep each small (see docs/performance.md, idle).
-    __slots__ = ("_aborted", "_budget", "_maxPending", "_missed", "_paused", "_socket",
-                 "_waiting", "_waitingBytes", "counters", "dropped", "limits", "name", "owner",
-                 "transport")
+    __slots__ = ("_aborted", "_budget", "_held", "_heldBytes", "_heldCount", "_linger",
+                 "_maxPending", "_missed", "_paused", "_socket", "_waiting", "_waitingBytes",
+                 "counters", "dropped", "limits", "name", "owner", "transport")
 
     def __init__(self, owner: OutputOwner, transport: OutputTransport, limits: Limits, *,
                  name: str, counters: Sequence[SlowCounters] = (),
-                 budget: PendingBudget | None = None) -> None:
+                 budget: PendingBudget | None = None,
+                 linger: Linger | None = None) -> None:
         """
         @param owner: the subscriber: told when its consumer is too slow,
             or has caught up.
@@ -182,6 +284,8 @@ class BoundedWriter:
         @param budget: the service's bound on what waits for all its
             subscribers (L{Backplane.budget<backplane.service.Backplane.budget>});
             L{None}: an unbounded one of its own.
+        @param linger: the port's write coalescer, or L{None} (C{linger =
+            0}): every chunk is written at once.
         """
         self.owner = owner
         self.transport = transport
@@ -198,6 +302,10 @@ class BoundedWriter:
         self._waitingBytes = 0
         self._aborted = False
         self._missed = 0  # messages dropped since the consumer fell behind
+        self._linger = linger
+        # Held back under linger, while not paused (made on the first chunk).
+        self._held: list[bytes] | None = None
+        self._heldBytes = self._heldCount = 0
 
     @property
     def paused(self) -> bool:
@@ -209,20 +317,51 @@ class BoundedWriter:
     @property
     def pending(self) -> int:
         """
-        Bytes waiting here for the transport to drain.
+        Bytes waiting here: for the transport to drain, or held back under
+        C{linger}.
         """
-        return self._waitingBytes
+        return self._waitingBytes + self._heldBytes
 
     def deliver(self, data: bytes, count: int) -> None:
         """
         Write C{data} (C{count} messages) to the consumer, or keep it while
-        the transport's buffer is full, within C{max_pending}.
+        the transport's buffer is full, within C{max_pending}; under
+        C{linger}, hold it back for a while.
         """
         if not self._paused:
-            if self._socket is not None and _drained(self.transport):
-                data = _sendNow(self._socket, data)
-                if not data:
-                    return
+            linger = self._linger
+            if linger is not None:
+                held = self._held
+                if held is None:
+                    held = self._held = []
+                held.append(data)
+                heldBytes = self._heldBytes = self._heldBytes + len(data)
+                self._heldCount += count
+                if heldBytes >= linger.maxBytes:
+                    if len(held) > 1:
+                        linger.remove(self)
+                    self.release()
+                elif len(held) == 1:
+                    linger.add(self)
+                return
+            # As in release, with _drained and _sendNow inlined: this runs
+            # once a chunk for every subscriber, and a clock tick to 10,000
+            # idle subscribers is 10,000 of it.
+            sock = self._socket
+            if sock is not None:
+                transport: Any = self.transport
+                # _drained (the same use of Twisted's internals).
+                if not (transport.dataBuffer or transport._tempDataBuffer
+                        or transport.disconnecting):
+                    try:
+                        sent = sock.send(data)
+                    except OSError:
+                        # Would block, interrupted, or failed (then the
+                        # transport meets the error too, and closes).
+                        sent = 0
+                    if sent == len(data):
+                        return
+                    data = data[sent:]
             self.transport.write(data)
         elif self._aborted:
             return
@@ -241,20 +380,42 @@ class BoundedWriter:
             self._waitingBytes += size
             budget.pending += size
 
+    def release(self) -> None:
+        """
+        Write at once what is held back under C{linger} (its L{Linger} calls
+        it, and it does itself once it holds C{Linger.maxBytes}).
+        """
+        held = self._held
+        if not held:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        self._heldBytes = self._heldCount = 0
+        # Straight to the socket while the transport holds nothing, the
+        # rest through the transport (see _directSocket).
+        if self._socket is not None and _drained(self.transport):
+            data = _sendNow(self._socket, data)
+            if not data:
+                return
+        self.transport.write(data)
+
     def flush(self) -> None:
         """
-        Hand everything that waits to the transport at once (before closing:
-        the transport then sends it before it closes).
+        Hand everything that waits or is held back to the transport at once
+        (before closing: the transport then sends it before it closes).
         """
+        if self._held:
+            self.transport.writeSequence(self._held)
         if self._waiting:
             self.transport.writeSequence([data for data, _ in self._waiting])
         self.discard()
 
     def discard(self) -> int:
         """
-        Forget everything that waits (the connection is gone), and release
-        it from the budget; once a plain TCP or UNIX connection is lost,
-        what its transport still buffers too (L{_release}).
+        Forget everything that waits or is held back (the connection is
+        gone), and release it from the budget; once a plain TCP or UNIX
+        connection is lost, what its transport still buffers too
+        (L{_release}).
 
         @return: the number of messages forgotten.
         """
@@ -269,6 +430,11 @@ class BoundedWriter:
             budget.pending -= self._waitingBytes
             budget.holders.pop(self, None)
             self._waitingBytes = 0
+        if self._held:
+            self._held = None
+            self._heldBytes = self._heldCount = 0
+            assert self._linger is not None
+            self._linger.remove(self)
         return missed
 
     def overBudget(self) -> None:
@@ -340,6 +506,23 @@ class BoundedWriter:
         self._paused = True
         if self._waiting is None:
             self._waiting = deque()
+        if self._held:
+            # Held back under linger: it now waits, ahead of what comes next
+            # (nothing else waits while the writer is not paused).
+            # Its messages are counted as the last chunk's, should they be
+            # dropped.
+            held, last = self._held[:-1], self._held[-1]
+            self._waiting.extend((data, 0) for data in held)
+            self._waiting.append((last, self._heldCount))
+            budget = self._budget
+            if not self._waitingBytes:
+                budget.holders[self] = None
+            self._waitingBytes += self._heldBytes
+            budget.pending += self._heldBytes
+            self._held = None
+            self._heldBytes = self._heldCount = 0
+            assert self._linger is not None
+            self._linger.remove(self)
 
     def resumeProducing(self) -> None:
         self._paused = False

@@ -35,7 +35,7 @@ from backplane.framing import DEFAULT_MAX_LINE_LENGTH as DEFAULT_MAX_LINE_LENGTH
 from backplane.framing import LineFramer
 from backplane.framing import firstOverlong as firstOverlong
 from backplane.interfaces import ILineSink
-from backplane.output import BoundedWriter
+from backplane.output import BoundedWriter, Linger
 from backplane.prefix import Prefix, hostPort, makePrefix
 from backplane.service import Backplane, BackplaneService, Subscription
 
@@ -120,6 +120,8 @@ class Limits:
     @ivar framing: how what clients send is split into messages: C{"lines"}
         (L{LineFramer}), or C{"syslog"} (L{SyslogFramer<backplane.syslog.SyslogFramer>}:
         RFC 6587 octet counting and newline-terminated frames).
+    @ivar linger: seconds a subscriber's chunks may be held back to be
+        written together (0: each is written at once); see L{Linger}.
     """
 
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH
@@ -130,6 +132,9 @@ class Limits:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     max_handshakes: int | None = None
     idle_timeout: float = 0.0
+    framing: Framing = "lines"
+    prefix: tuple[str, ...] = ()
+    linger: float = 0.0
 
     @property
     def handshakeLimit(self) -> int | None:
@@ -138,8 +143,6 @@ class Limits:
         or by default C{max_clients}.
         """
         return self.max_handshakes if self.max_handshakes is not None else self.max_clients
-    framing: Framing = "lines"
-    prefix: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_line_length < 1:
@@ -160,6 +163,8 @@ class Limits:
             raise ValueError(f"framing must be 'lines' or 'syslog', not {self.framing!r}")
         if not set(self.prefix) <= {"time", "address"}:
             raise ValueError(f"prefix holds 'time' and 'address' only, not {self.prefix!r}")
+        if not self.linger >= 0:
+            raise ValueError("linger must be 0 or more")
 
 
 @dataclass
@@ -297,6 +302,8 @@ class BackplaneProtocol(Protocol):
         closed or half-closed its sending side).
     @ivar prefix: what puts the port's C{prefix} before each line the
         client publishes, or L{None}.
+    @ivar linger: the port's write coalescer (its factory sets it), or
+        L{None}: every chunk is written at once.
     """
 
     log = Logger()
@@ -304,6 +311,7 @@ class BackplaneProtocol(Protocol):
     # abortConnection (TCP, TLS, UNIX and StringTransport all are).
     transport: Any
     gate: Gate | None = None
+    linger: Linger | None = None
 
     def __init__(
         self,
@@ -428,7 +436,8 @@ class BackplaneProtocol(Protocol):
                 setNoDelay(True)
             self.output = BoundedWriter(self, self.transport, self.limits, name=backplane.name,
                                         counters=(self.portStats, backplane.stats),
-                                        budget=backplane.budget)
+                                        budget=backplane.budget,
+                                        linger=self.linger)
             self.transport.registerProducer(self, True)
             self._producing = True
             self.subscribe(backplane)
@@ -439,7 +448,13 @@ class BackplaneProtocol(Protocol):
         C{subscribe_to}, once it has joined and its writer is ready.
         Subclasses override it to subscribe another way (with ids, say).
         """
-        self._subscription = backplane.attach(self, origin=self)
+        sink: ILineSink = self
+        if self.output is not None and type(self).deliver is BackplaneProtocol.deliver:
+            # The backplane hands each chunk to the writer itself: one call
+            # a subscriber fewer on every publish (the writer is the client's
+            # until it disconnects, when the subscription is cancelled).
+            sink = self.output
+        self._subscription = backplane.attach(sink, origin=self)
 
     def close(self) -> None:
         """
@@ -757,6 +772,8 @@ class BackplaneFactory(Factory):
 
     @ivar gate: the port's access checks (L{Gate}): the C{AUTH} line on a
         port with an authority, C{Origin} on web ports.
+    @ivar linger: the port's write coalescer, shared by its subscribers
+        (C{limits.linger}), or L{None}.
     """
 
     log = Logger()
@@ -786,6 +803,7 @@ class BackplaneFactory(Factory):
         self.limits = limits
         self.gate = Gate(authority, publish=publish_to, subscribe=subscribe_to, clock=clock)
         self.clock = clock
+        self.linger = Linger(limits.linger, clock) if limits.linger > 0 else None
         self.protocols: set[Protocol] = set()
         self.stats = PortStats()
         self._emptied: list[Deferred[None]] = []
@@ -823,6 +841,7 @@ class BackplaneFactory(Factory):
         protocol.factory = self
         if isinstance(protocol, BackplaneProtocol):
             protocol.gate = self.gate
+            protocol.linger = self.linger
         # Its clients (BackplaneProtocol, WebSocketClient) count in this
         # port's stats: an attribute they have, and Protocol has not.
         counted: Any = protocol

@@ -117,7 +117,8 @@ class EventStream:
         self.peer = describePeer(address) if address is not None else "?"
         self.output = BoundedWriter(self, ResponseTransport(request), port.limits,
                                     name=backplane.name, counters=(port.stats, backplane.stats),
-                                    budget=backplane.budget)
+                                    budget=backplane.budget,
+                                    linger=port.linger)
         self.follower: Follower | None = None
         self._subscription: Subscription | None = None
         self._closing = False

@@ -202,7 +202,8 @@ class WebSocketClient(WebSocketServerProtocol):
             self, self.transport, self.limits,
             name="?" if backplane is None else backplane.name,
             counters=(self.portStats,) if backplane is None else (self.portStats, backplane.stats),
-            budget=self.port.service.budget)
+            budget=self.port.service.budget,
+            linger=self.port.linger)
         # A producer for max_pending; registered for every client, since
         # autobahn's dropConnection unregisters the transport's producer
         # whoever it is.

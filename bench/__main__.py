@@ -1,7 +1,9 @@
 """
-C{python -m bench fanout|stalled|nodes|websocket|history [options]}: run a suite,
-print its tables, write its JSON file (and, for C{fanout}, its plot).
+C{python -m bench fanout|sweep|stalled|nodes|websocket|history [options]}: run a
+suite, print its tables, write its JSON file (and, for C{fanout} and C{sweep},
+its plot).
 C{python -m bench store}: the history store in-process (L{bench.store}).
+C{python -m bench coalesce}: linger and a tick in-process (L{bench.coalesce}).
 """
 
 from __future__ import annotations
@@ -18,16 +20,17 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from bench import store
+from bench import coalesce, store
 from bench.load import Placement
-from bench.report import document, plot, tables, write_json
-from bench.servers import ServerError, redis_path, redis_version
-from bench.suite import HISTORY_SCENARIOS, POLICIES, SCENARIOS, Options, Suite
+from bench.report import document, plot, sweep_plot, tables, write_json
+from bench.servers import ServerError, nats_path, nats_version, redis_path, redis_version
+from bench.suite import HISTORY_SCENARIOS, POLICIES, SCENARIOS, SWEEP_RATES, Options, Suite
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # Each command's method of Suite, and the server processes it runs.
 COMMANDS = {
-    "fanout": ("fanout_suite", "backplane, Redis"),
+    "fanout": ("fanout_suite", "backplane, Redis, NATS"),
+    "sweep": ("sweep", "backplane, Redis, NATS"),
     "stalled": ("stalled", "backplane"),
     "nodes": ("nodes", "nodes A and B, their Redis, and the single node"),
     "websocket": ("websocket", "backplane"),
@@ -72,10 +75,24 @@ def parser() -> argparse.ArgumentParser:
                         help="run only this scenario (may be given more than once)")
     fanout.add_argument("--no-redis", action="store_true",
                         help="do not run Redis, even if redis-server is on PATH")
+    fanout.add_argument("--no-nats", action="store_true",
+                        help="do not run NATS, even if nats-server is on PATH")
     fanout.add_argument("--fanin-acks", action="store_true",
                         help="fanin: the publish port has acks = true (ACK N lines back)")
     fanout.add_argument("--fanin-store", action="store_true",
                         help="fanin: the backplane keeps a store (acks then wait for its fsyncs)")
+    sweep = commands.add_parser(
+        "sweep", parents=[common],
+        help="fixed rates (1k to 100k msgs/s) to 100 subscribers: backplane with linger 0 "
+             "and 1 ms beside Redis and NATS; latency of every message, CPU, loss",
+    )
+    sweep.add_argument("--rates", type=_rates, default=SWEEP_RATES, metavar="R,R,...",
+                       help="the rates, msgs/s (default: "
+                            + ",".join(map(str, SWEEP_RATES)) + ")")
+    sweep.add_argument("--no-redis", action="store_true",
+                       help="do not run Redis, even if redis-server is on PATH")
+    sweep.add_argument("--no-nats", action="store_true",
+                       help="do not run NATS, even if nats-server is on PATH")
     stalled = commands.add_parser(
         "stalled", parents=[common],
         help="99 reading subscribers without and with one that never reads",
@@ -100,6 +117,7 @@ def parser() -> argparse.ArgumentParser:
                          default=[],
                          help="run only this scenario (may be given more than once)")
     store.addParser(commands)
+    coalesce.addParser(commands)
     return main
 
 
@@ -112,10 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     arguments = command_line.parse_args(argv)
     if arguments.command == "store":
         return store.run(arguments)
+    if arguments.command == "coalesce":
+        return coalesce.run(arguments)
     if arguments.repeat < 1 or arguments.window < 1 or (arguments.workers or 1) < 1:
         command_line.error("--repeat, --workers and --window must be at least 1")
-    redis = (arguments.command in ("fanout", "nodes") and not getattr(arguments, "no_redis", False)
-             and redis_path() is not None)
+    redis = (arguments.command in ("fanout", "nodes", "sweep")
+             and not getattr(arguments, "no_redis", False) and redis_path() is not None)
+    nats = (arguments.command in ("fanout", "sweep") and not getattr(arguments, "no_nats", False)
+            and nats_path() is not None)
     if arguments.command == "nodes" and not redis:
         print("bench nodes: needs redis-server on PATH (Debian: apt-get install redis-server)",
               file=sys.stderr)
@@ -135,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         else (arguments.policy,),
         fanin_acks=getattr(arguments, "fanin_acks", False),
         fanin_store=getattr(arguments, "fanin_store", False),
+        nats=nats,
+        rates=getattr(arguments, "rates", SWEEP_RATES),
     )
     started = datetime.datetime.now(datetime.timezone.utc)
     meta = _meta(started, placement, options, arguments.command)
@@ -160,7 +184,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"plot: {stem.with_suffix('.png')}")
         else:
             print("plot: skipped, matplotlib is not installed (pip install '.[bench]')")
+    if arguments.command == "sweep" and suite.runs:
+        if sweep_plot(stem.with_suffix(".png"), data):
+            print(f"plot: {stem.with_suffix('.png')}")
+        else:
+            print("plot: skipped, matplotlib is not installed (pip install '.[bench]')")
     return 0
+
+
+def _rates(text: str) -> tuple[int, ...]:
+    """
+    The value of C{--rates}: positive whole msgs/s, comma-separated.
+    """
+    try:
+        rates = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not rates such as 1000,10000: {text!r}") from None
+    if not rates or min(rates) < 1:
+        raise argparse.ArgumentTypeError("every rate must be at least 1 msg/s")
+    return rates
 
 
 def _prepare() -> None:
@@ -192,11 +234,12 @@ def _meta(started: datetime.datetime, placement: Placement, options: Options,
         "twisted": _version("Twisted"),
         "backplane": _version("backplane"),
         "redis": redis_version() if options.redis else None,
+        "nats": nats_version() if options.nats else None,
         "reactor": options.reactor or "default",
         "options": {
             "quick": options.quick, "repeat": options.repeat, "only": list(options.only),
             "workers": options.workers, "window": options.window,
-            "policies": list(options.policies),
+            "policies": list(options.policies), "rates": list(options.rates),
         },
     }
 

@@ -41,15 +41,23 @@ from bench.servers import die_with_parent
 from bench.stats import latency_summary, message_latency_summary
 from bench.wire import (
     LINES,
+    MAX_NATS_GREETING,
     MAX_UPGRADE_RESPONSE,
+    NATS_CONNECT,
+    NATS_PING,
     BatchMaker,
     FrameCounter,
     Framing,
     LineCounter,
+    NatsCounter,
+    NatsError,
     RespError,
     WebSocketCounter,
     WebSocketError,
     check_upgrade,
+    nats_framing,
+    nats_greeting_end,
+    nats_subscribe,
     parse_resp,
     probe,
     resp_framing,
@@ -72,9 +80,9 @@ WINDOW_WAIT = 0.0001
 STALLED_RECEIVE_BUFFER = 4096
 # B: payload bytes, as in the issue (at least bench.wire.MIN_SIZE).
 DEFAULT_SIZE = 64
-# What connecting a subscriber may raise: the connection failed, or Redis
-# or the WebSocket handshake refused it.
-SETUP_ERRORS = (OSError, RespError, WebSocketError)
+# What connecting a subscriber may raise: the connection failed, or Redis,
+# NATS or the WebSocket handshake refused it.
+SETUP_ERRORS = (OSError, RespError, NatsError, WebSocketError)
 
 
 @dataclass(frozen=True)
@@ -82,10 +90,11 @@ class Target:
     """
     A server under test, as the load generator sees it.
 
-    @ivar name: C{"backplane"} or C{"redis"}.
+    @ivar name: C{"backplane"}, C{"redis"} or C{"nats"}.
     @ivar protocol: C{"lines"} (publishers write lines to C{publish},
-        subscribers read lines from C{subscribe}) or C{"resp"} (Redis
-        pub/sub on C{channel}; both ports are Redis's).
+        subscribers read lines from C{subscribe}), C{"resp"} (Redis
+        pub/sub on C{channel}; both ports are Redis's) or C{"nats"} (NATS
+        subject C{channel}; both ports are the NATS server's).
     @ivar pids: the server's processes, whose CPU time is measured.
     @ivar roles: if given, a name for each of C{pids}, whose CPU is then
         also reported on its own (e.g. two nodes and their Redis).
@@ -106,7 +115,11 @@ class Target:
         """
         How this target's protocol frames a payload of C{size} bytes.
         """
-        return LINES if self.protocol == "lines" else resp_framing(self.channel, size)
+        if self.protocol == "lines":
+            return LINES
+        if self.protocol == "nats":
+            return nats_framing(self.channel, size)
+        return resp_framing(self.channel, size)
 
     def subscribers(self, count: int, name: str = "") -> Subscribers:
         """
@@ -120,7 +133,8 @@ class Subscribers:
     """
     A group of subscribers of one run: C{count} of them on C{port}, speaking
     C{protocol}: C{"lines"}, C{"resp"} (subscribed to Redis channel
-    C{channel}) or C{"websocket"} (a backplane WebSocket port).
+    C{channel}), C{"nats"} (subscribed to NATS subject C{channel}) or
+    C{"websocket"} (a backplane WebSocket port).
 
     @ivar name: labels the group's figures in a run's row (C{A_lost},
         C{ws_msgs_per_s}, ...); the one group of a plain run has none.
@@ -136,13 +150,15 @@ class Subscribers:
                 spans: array[int] | None = None) -> Any:
         """
         A counter for one subscriber of this group (see L{bench.wire}); on
-        a line stream, with C{spans} if given.
+        a line, RESP or NATS stream, with C{spans} if given.
         """
         if self.protocol == "lines":
             return LineCounter(size, latencies, spans)
         if self.protocol == "websocket":
             return WebSocketCounter(size, latencies)
-        return FrameCounter(resp_framing(self.channel, size), size, latencies)
+        if self.protocol == "nats":
+            return NatsCounter(nats_framing(self.channel, size), size, latencies, spans)
+        return FrameCounter(resp_framing(self.channel, size), size, latencies, spans)
 
 
 def assign(groups: Sequence[Subscribers], workers: int) -> list[list[tuple[int, int]]]:
@@ -354,15 +370,43 @@ def await_upgraded(sock: socket.socket, key: bytes, timeout: float) -> None:
         time.sleep(0.001)  # a peek returns at once while anything is there
 
 
+def await_nats_subscribed(sock: socket.socket, timeout: float) -> None:
+    """
+    Read a NATS server's answer to a subscriber's first commands (L{nats_subscribe}):
+    its C{INFO} line and the C{PONG}, and nothing more: the messages that
+    follow stay in the socket for the subscriber's counter.
+
+    @raise NatsError: the server refused or closed.
+    @raise TimeoutError: it did not answer in C{timeout} seconds.
+    """
+    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        data = sock.recv(MAX_NATS_GREETING, socket.MSG_PEEK)
+        if not data:
+            raise NatsError("the NATS server closed the connection")
+        end = nats_greeting_end(data)
+        if end >= 0:
+            sock.recv(end)
+            return
+        if len(data) >= MAX_NATS_GREETING:
+            raise NatsError(f"no PONG from the NATS server: {data[:200]!r}")
+        if time.monotonic() > deadline:
+            raise TimeoutError("no PONG from the NATS server")
+        time.sleep(0.001)
+
+
 def connect_subscribers(group: Subscribers, timeout: float,
                         receive_buffer: int | None = None) -> list[socket.socket]:
     """
     Connect the subscribers of C{group}: on Redis, subscribed to its channel
     and each confirmed; on a WebSocket port, each through its opening
-    handshake.  With C{receive_buffer} as their C{SO_RCVBUF} if given.
+    handshake; on NATS, subscribed to its subject and each confirmed.  With
+    C{receive_buffer} as their C{SO_RCVBUF} if given.
 
     @raise OSError: a connection failed.
     @raise RespError: Redis refused a subscription.
+    @raise NatsError: NATS refused a subscription.
     @raise WebSocketError: the server refused a handshake.
     """
     socks: list[socket.socket] = []
@@ -372,12 +416,17 @@ def connect_subscribers(group: Subscribers, timeout: float,
             socks.append(connect(group.port, receive_buffer))
             if group.protocol == "resp":
                 socks[-1].sendall(subscribe_command(group.channel))
+            elif group.protocol == "nats":
+                socks[-1].sendall(nats_subscribe(group.channel))
             elif group.protocol == "websocket":
                 keys.append(websocket_key(secrets.token_bytes(16)))
                 socks[-1].sendall(upgrade_request(group.port, keys[-1]))
         if group.protocol == "resp":
             for sock in socks:
                 await_subscribed(sock, group.channel, timeout)
+        elif group.protocol == "nats":
+            for sock in socks:
+                await_nats_subscribed(sock, timeout)
         elif group.protocol == "websocket":
             for sock, key in zip(socks, keys, strict=True):
                 await_upgraded(sock, key, timeout)
@@ -518,6 +567,9 @@ def publisher_process(target: Target, load: Load, shared: Shared, subscribers: i
     then publish when C{shared.go} is set and report C{("result", dict)}.
     """
     sock = connect(target.publish)
+    if target.protocol == "nats":
+        # Never read: the server's INFO (and any PING) waits in the socket.
+        sock.sendall(NATS_CONNECT + NATS_PING)
     deadline = time.monotonic() + load.setup_timeout
     while sum(shared.ready) < subscribers:
         if shared.stop.value:
@@ -618,12 +670,18 @@ class Publisher:
                 else:
                     time.sleep(WINDOW_WAIT)
                 continue
-            data, n = self.maker.make(sent, room, now)
             if interval:
+                # Each message carries the time it was due, not the time it
+                # is written: a publisher held back (by its window or its
+                # own wake-ups) shows as latency, not as a gap.
+                n = room
+                data = self.maker.make_paced(sent, n, start, interval)
                 lag = now - int(start + sent * interval)
                 lags += 1
                 lag_sum += lag
                 lag_max = max(lag_max, lag)
+            else:
+                data, n = self.maker.make(sent, room, now)
             sent += n
             last_move = now
             pending = memoryview(data)[self.send(data):]

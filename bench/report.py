@@ -118,6 +118,36 @@ def _ratios(runs: Sequence[Row], scenario: str, by: str, versus: str, numerator:
             for group, ratios in groups.items()]
 
 
+def sweep_name(row: Row) -> str:
+    """
+    A sweep run's server as the tables and the plot name it: C{backplane},
+    C{backplane linger=0.001}, C{redis}, C{nats}.
+    """
+    return f"{row['server']} {row['kind']}" if row.get("kind") else str(row["server"])
+
+
+def sweep_ratios(runs: Sequence[Row]) -> list[Row]:
+    """
+    Each server's CPU per delivery and p99 latency (every message's) over
+    Redis's at the same rate, paired by repeat, summarized as median,
+    minimum and maximum.
+    """
+    measured = {(r["repeat"], r["rate"], sweep_name(r)): r for r in runs
+                if r["scenario"] == "sweep" and "server_cpu_us_per_delivery" in r}
+    groups: dict[tuple[object, str], dict[str, list[float]]] = {}
+    for (repeat, rate, name), row in measured.items():
+        redis = measured.get((repeat, rate, "redis"))
+        if name == "redis" or redis is None:
+            continue
+        ratios = groups.setdefault((rate, name), {"server_cpu_us_per_delivery": [],
+                                                  "msg_lat_p99_us": []})
+        for field, values in ratios.items():
+            if row.get(field) is not None and redis.get(field):
+                values.append(round(row[field] / redis[field], 3))
+    return [{"rate": rate, "name": name, **{f: spread(v) for f, v in ratios.items() if v}}
+            for (rate, name), ratios in groups.items()]
+
+
 def document(meta: Row, runs: Sequence[Row], skipped: dict[str, dict[str, str]]) -> Row:
     """
     Everything a suite produced, as written to the JSON file.
@@ -138,6 +168,8 @@ def document(meta: Row, runs: Sequence[Row], skipped: dict[str, dict[str, str]])
         result["history_ratios"] = history_ratios(runs)
     if any(r["scenario"] == "replay" for r in runs):
         result["replay_deltas"] = replay_deltas(runs)
+    if any(r["scenario"] == "sweep" for r in runs):
+        result["sweep_ratios"] = sweep_ratios(runs)
     return result
 
 
@@ -275,6 +307,35 @@ def latency_table(summary: Sequence[Row]) -> str:
     ] for r in _scenario(summary, "latency")]
     return render(["server", "S", "msgs/s", "p50 µs", "p99 µs", "max µs", "samples",
                    "CPU µs/delivery", "srv CPU%", "send lag max µs", "lost", "status"], rows)
+
+
+def sweep_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
+    """
+    The rate sweep: for each rate and server, whether it kept up (delivered
+    msgs/s over the rate times S), its CPU per delivery (and over Redis's),
+    every message's latency (p50, p99, max; from the time each was due) and
+    the per-chunk p99, and loss.
+    """
+    versus = {(r["rate"], r["name"]): r for r in ratios}
+    rows = []
+    for r in sorted(_scenario(summary, "sweep"), key=lambda r: (r["rate"], sweep_name(r))):
+        ratio = versus.get((r["rate"], sweep_name(r)), {})
+        offered = r["rate"] * r["S"]
+        kept = median(r, "delivered_msgs_per_s")
+        rows.append([
+            sweep_name(r), cell(r, "S"), si(r["rate"]), cell(r, "delivered_msgs_per_s", si),
+            significant(kept / offered) if kept and offered else "-",
+            cell(r, "server_cpu_us_per_delivery"),
+            cell(ratio, "server_cpu_us_per_delivery") if ratio else "",
+            cell(r, "server_cpu_pct", ranged=False),
+            cell(r, "msg_lat_p50_us"), cell(r, "msg_lat_p99_us"),
+            cell(ratio, "msg_lat_p99_us") if ratio else "", worst(r, "msg_lat_max_us"),
+            cell(r, "lat_p99_us", ranged=False), cell(r, "gen_cpu_pct", ranged=False),
+            cell(r, "host_other_pct", ranged=False), worst(r, "lost"), r.get("status", "-"),
+        ])
+    return render(["server", "S", "msgs/s", "delivered msgs/s", "x offered", "CPU µs/delivery",
+                   "x Redis", "srv CPU%", "p50 µs", "p99 µs", "x Redis", "max µs",
+                   "chunk p99 µs", "gen CPU%", "other%", "lost", "status"], rows)
 
 
 def fanin_table(summary: Sequence[Row], skipped: dict[str, dict[str, str]]) -> str:
@@ -482,7 +543,8 @@ def heading(meta: Row) -> str:
     return "\n".join([
         f"{meta['date']}  {meta['host']}: {meta['cpu']}, {meta['cpus']} CPUs; {pinned}",
         f"python {meta['python']}, Twisted {meta['twisted']}, backplane {meta['backplane']}, "
-        f"reactor {meta['reactor']}, redis {meta['redis'] or '(none)'}",
+        f"reactor {meta['reactor']}, redis {meta['redis'] or '(none)'}, "
+        f"nats {meta.get('nats') or '(none)'}",
         f"command: {meta['command']}",
     ])
 
@@ -503,6 +565,10 @@ def tables(data: Row) -> str:
                      + fanout_table(summary, data.get("resp_ratios", []), "resp"))
     if "latency" in scenarios:
         parts.append("Latency at a fixed rate\n" + latency_table(summary))
+    if "sweep" in scenarios:
+        parts.append("Rate sweep: one publisher at fixed rates to 100 subscribers, B = 64; "
+                     "latency of every message from the time it was due (µs)\n"
+                     + sweep_table(summary, data.get("sweep_ratios", [])))
     if "fanin" in scenarios:
         parts.append("Fan-in into one [[file]] sink\n" + fanin_table(summary, skipped))
     if "idle" in scenarios:
@@ -559,7 +625,7 @@ def plot(path: Path, data: Row) -> bool:
     panels = (("delivered_msgs_per_s", "delivered messages / s"),
               ("server_cpu_us_per_delivery", "server CPU µs / delivery"))
     for ax, (field, label) in zip(axes, panels, strict=True):
-        for server, style in (("backplane", "o-"), ("redis", "s--")):
+        for server, style in (("backplane", "o-"), ("redis", "s--"), ("nats", "^:")):
             points = [r for r in rows if r["server"] == server and median(r, field)]
             if not points:
                 continue
@@ -578,6 +644,56 @@ def plot(path: Path, data: Row) -> bool:
         ax.legend()
     meta = data["meta"]
     figure.suptitle(f"Fan-out, one publisher, 64-byte messages: {meta['date'][:10]}, "
+                    f"{meta['cpus']} CPUs, reactor {meta['reactor']}", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def sweep_plot(path: Path, data: Row) -> bool:
+    """
+    Plot the rate sweep: every message's p99 latency against the rate, and
+    the server's CPU per delivery against the rate, log-log, one line a
+    server, with the range of the repeats.
+
+    @return: whether it was written (matplotlib is the C{bench} extra).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = _scenario(data["summary"], "sweep")
+    names = sorted({sweep_name(r) for r in rows})
+    rates = sorted({r["rate"] for r in rows})
+    styles = ["o-", "D-", "s--", "^:", "v-."]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = (("msg_lat_p99_us", "p99 latency, every message (µs)"),
+              ("server_cpu_us_per_delivery", "server CPU µs / delivery"))
+    for ax, (field, label) in zip(axes, panels, strict=True):
+        for name, style in zip(names, styles, strict=False):
+            points = sorted((r for r in rows if sweep_name(r) == name and median(r, field)),
+                            key=lambda r: r["rate"])
+            if not points:
+                continue
+            xs = [r["rate"] for r in points]
+            ys = [median(r, field) for r in points]
+            low = [y - r[field]["min"] for y, r in zip(ys, points, strict=True)]
+            high = [r[field]["max"] - y for y, r in zip(ys, points, strict=True)]
+            ax.errorbar(xs, ys, yerr=[low, high], fmt=style, capsize=3, label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(rates, [si(rate) for rate in rates])
+        ax.minorticks_off()
+        ax.set_xlabel("published msgs / s (to 100 subscribers)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    meta = data["meta"]
+    figure.suptitle(f"Fixed rates to 100 subscribers, 64-byte messages: {meta['date'][:10]}, "
                     f"{meta['cpus']} CPUs, reactor {meta['reactor']}", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

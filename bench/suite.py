@@ -5,8 +5,9 @@ in which order, and what to record of each.
 Every repeat of a scenario starts its own servers (in a temporary folder)
 and stops them when it is done, so repeats are independent and the idle
 run's memory baseline is a fresh server's.  Within a repeat the runs are
-interleaved: backplane, then Redis, for each subscriber count (and, in
-C{nodes} and C{websocket}, in an order that alternates between repeats).
+interleaved: backplane, then Redis, then NATS, for each subscriber count
+(and, in C{nodes}, C{websocket} and C{sweep}, in an order that changes
+between repeats).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bench.servers import (
     check_backplane_config,
     endpoint,
     free_port,
+    nats_server,
     redis_server,
     redis_url,
     toml_config,
@@ -71,6 +73,12 @@ NODES_SUBSCRIBERS = (100, 1000)
 WEBSOCKET_SUBSCRIBERS = 1000
 WEBSOCKET_MESSAGES = 30_000
 NO_REDIS = "redis-server is not on PATH"
+# sweep: fixed rates (msgs/s) to SWEEP_SUBSCRIBERS, for SWEEP_SECONDS each
+# (full, --quick), backplane with linger 0 and SWEEP_LINGER.
+SWEEP_RATES = (1_000, 10_000, 30_000, 60_000, 100_000)
+SWEEP_SUBSCRIBERS = 100
+SWEEP_SECONDS = {False: 5.0, True: 1.0}
+SWEEP_LINGER = 0.001
 # history: its scenarios, and the Suite method of each.
 HISTORY_SCENARIOS = {"history": "history_fanout", "replay": "replay", "memory": "memory"}
 HISTORY_SUBSCRIBERS = (100, 1000)
@@ -108,6 +116,9 @@ class Options:
     @ivar only: the scenarios to run (all if empty).
     @ivar reactor: twistd's reactor (C{-r}); None: twistd's default.
     @ivar redis: whether to run Redis beside backplane.
+    @ivar nats: whether to run NATS beside backplane (fan-out, latency,
+        sweep).
+    @ivar rates: the sweep's rates (msgs/s).
     """
 
     quick: bool = False
@@ -120,6 +131,8 @@ class Options:
     policies: tuple[str, ...] = POLICIES
     fanin_acks: bool = False
     fanin_store: bool = False
+    nats: bool = False
+    rates: tuple[int, ...] = SWEEP_RATES
 
 
 @dataclass
@@ -129,11 +142,15 @@ class Running:
 
     @ivar others: more server processes of the system under test (the
         second node and the Redis of two nodes), watched like C{server}.
+    @ivar kind: what sets it apart from the other targets of the same
+        server (C{"linger=0.001"}: the port with C{linger}), labelling its
+        runs; C{""}: nothing.
     """
 
     server: Server
     target: Target
     others: tuple[Server, ...] = ()
+    kind: str = ""
 
     @property
     def processes(self) -> tuple[Server, ...]:
@@ -226,6 +243,27 @@ class Suite:
                     self.measure("latency", repeat, running,
                                  lambda t: run_fanout(t, load, self.placement))
 
+    def sweep(self) -> None:
+        """
+        Fixed rates (C{options.rates}) to 100 subscribers, each for a few
+        seconds: backplane with C{linger} 0 and 1 ms (two subscribe ports
+        of one server), Redis and NATS; the order of the servers turns
+        between repeats.
+        """
+        seconds = SWEEP_SECONDS[self.options.quick]
+        for repeat in range(1, self.options.repeat + 1):
+            with self.servers(linger=SWEEP_LINGER) as servers:
+                shift = (repeat - 1) % len(servers)
+                order = servers[shift:] + servers[:shift]
+                for rate in self.options.rates:
+                    load = self.load(SWEEP_SUBSCRIBERS, max(1, round(rate * seconds)),
+                                     rate=rate, spans=True)
+                    for running in order:
+                        labels = {"kind": running.kind} if running.kind else {}
+                        self.measure("sweep", repeat, running,
+                                     lambda t, load=load: run_fanout(t, load, self.placement),
+                                     **labels)
+
     def fanin(self) -> None:
         """
         100 publishers at full speed into one C{[[file]]} sink.
@@ -252,7 +290,8 @@ class Suite:
         quick = self.options.quick
         subscribers = 1_000 if quick else 10_000
         for repeat in range(1, self.options.repeat + 1):
-            with self.servers(backplane="TIME", clock=1.0, warm_up=False) as servers:
+            with self.servers(backplane="TIME", clock=1.0, warm_up=False,
+                              nats=False) as servers:
                 for running in servers:
                     load = IdleLoad(subscribers, ticks=2 if quick else 5, interval=1.0,
                                     clock=running.target.name == "backplane",
@@ -510,27 +549,42 @@ class Suite:
     @contextlib.contextmanager
     def servers(self, backplane: str = "BENCH", clock: float | None = None,
                 redis: bool | None = None, slow: str | None = None,
-                warm_up: bool = True, websocket: bool = False,
-                resp: bool = False) -> Iterator[list[Running]]:
+                warm_up: bool = True, websocket: bool = False, nats: bool | None = None,
+                linger: float | None = None, resp: bool = False) -> Iterator[list[Running]]:
         """
         Start a backplane server (one publish port and one subscribe port on
         backplane C{backplane}, with a clock publishing to it if C{clock} is
-        its interval, the subscribe port's C{slow} policy if given, and a
-        WebSocket subscribe port if C{websocket}), and a Redis unless
-        C{redis} is false; stop them all on exit.  With C{resp}, backplane
-        is reached through a Redis-protocol port instead, as Redis is.
+        its interval, the subscribe port's C{slow} policy if given, a
+        WebSocket subscribe port if C{websocket}, and a second subscribe
+        port with C{linger} if given), a Redis unless C{redis} is false (by
+        default, C{options.redis}), and a NATS server unless C{nats} is
+        false (by default, C{options.nats}); stop them all on exit.  With
+        C{resp}, backplane is reached through a Redis-protocol port instead,
+        as Redis is.
 
         @param warm_up: give each server a short unmeasured run first, so
             that the first measured run does not pay for its start.
+        @return: the targets: backplane, backplane with C{linger} if given,
+            Redis and NATS if run.
         """
         with contextlib.ExitStack() as stack:
-            servers = [self.start_backplane(backplane, clock, slow, websocket=websocket,
-                                            resp=resp)]
-            stack.callback(servers[0].server.stop)
+            first = self.start_backplane(backplane, clock, slow, websocket=websocket,
+                                         linger=linger, resp=resp)
+            servers = [first]
+            stack.callback(first.server.stop)
+            if linger is not None:
+                servers.append(Running(first.server,
+                                       replace(first.target, subscribe=first.server.ports[-1]),
+                                       kind=f"linger={linger:g}"))
             if self.options.redis if redis is None else redis:
                 server = self.start_redis()
                 stack.callback(server.stop)
                 servers.append(Running(server, Target("redis", "resp", server.ports[0],
+                                                      server.ports[0], (server.pid,))))
+            if self.options.nats if nats is None else nats:
+                server = nats_server(self.folder, free_port(), self.placement.server).start()
+                stack.callback(server.stop)
+                servers.append(Running(server, Target("nats", "nats", server.ports[0],
                                                       server.ports[0], (server.pid,))))
             if warm_up:
                 for running in servers:
@@ -640,13 +694,14 @@ class Suite:
     def start_backplane(self, backplane: str, clock: float | None = None,
                         slow: str | None = None, *, name: str = "backplane",
                         websocket: bool = False, redis: str | None = None,
-                        resp: bool = False) -> Running:
+                        linger: float | None = None, resp: bool = False) -> Running:
         """
         Start a backplane server with a publish port and a subscribe port,
-        and a WebSocket subscribe port if C{websocket}; with C{redis} (a
-        url), the backplane is shared through that Redis.  With C{resp},
-        also a Redis-protocol port serving the backplane, which the
-        generator then reaches (as it reaches Redis).
+        a WebSocket subscribe port if C{websocket}, and a second subscribe
+        port with C{linger} if given (the last of its ports); with C{redis}
+        (a url), the backplane is shared through that Redis.  With C{resp}
+        (not with C{linger}), also a Redis-protocol port serving the
+        backplane, which the generator then reaches (as it reaches Redis).
         """
         publish, subscribe = free_port(), free_port()
         subscriber: dict[str, object] = {"endpoint": endpoint(subscribe),
@@ -663,9 +718,15 @@ class Suite:
             tables["listen"].append({"endpoint": endpoint(ports[-1]), "protocol": "websocket",
                                      "subscribe_to": backplane, "backlog": BACKLOG})
         if resp:
+            if linger is not None:
+                raise ValueError("a backplane reached over RESP has no linger port")
             ports.append(free_port())
             tables["listen"].append({"endpoint": endpoint(ports[-1]), "protocol": "redis",
                                      "backplanes": [backplane], "backlog": BACKLOG})
+        if linger is not None:
+            ports.append(free_port())
+            tables["listen"].append({**subscriber, "endpoint": endpoint(ports[-1]),
+                                     "linger": linger})
         if clock:
             tables["clock"] = [{"publish_to": backplane, "interval": clock}]
         options: dict[str, object] = {"shared": True} if redis else {}
@@ -710,7 +771,8 @@ def _progress(row: dict[str, object]) -> None:
     figures = []
     for field_, unit in (("delivered_msgs_per_s", "msgs/s"), ("lines_per_s", "lines/s"),
                          ("server_cpu_us_per_delivery", "µs CPU/delivery"),
-                         ("lat_p99_us", "µs p99"), ("rss_per_subscriber_bytes", "B/subscriber"),
+                         ("lat_p99_us", "µs p99"), ("msg_lat_p99_us", "µs p99 every message"),
+                         ("rss_per_subscriber_bytes", "B/subscriber"),
                          ("replay_lines_per_s", "lines/s replayed"),
                          ("rss_bytes_per_line", "B RSS/kept line")):
         if field_ in row:

@@ -1,8 +1,8 @@
 """
 What goes over the wire: the payload every message carries, how the
-protocols frame it (backplane lines, Redis RESP, WebSocket frames from a
-server), fast batch building for publishers, bulk counting for subscribers,
-and a WebSocket client's opening handshake.
+protocols frame it (backplane lines, Redis RESP, NATS, WebSocket frames
+from a server), fast batch building for publishers, bulk counting for
+subscribers, and a WebSocket client's opening handshake.
 
 A payload is exactly C{size} bytes of text, the layout of the C reference
 generator (fanout.c): C{M}, the publisher (4 hex digits), the sequence
@@ -119,6 +119,69 @@ def publish_command(channel: bytes, message: bytes) -> bytes:
     return b"*3\r\n" + bulk(b"PUBLISH") + bulk(channel) + bulk(message)
 
 
+# NATS (the client protocol of nats-server): a client says CONNECT (verbose
+# off: no +OK after each command), subscribes with SUB, publishes with PUB,
+# and is sent each message as a MSG; PING is answered with PONG, so a PONG
+# after a SUB says the subscription is in place.
+NATS_CONNECT = b'CONNECT {"verbose":false,"pedantic":false,"name":"bench"}\r\n'
+NATS_PING = b"PING\r\n"
+NATS_PONG = b"PONG\r\n"
+# The most a server may send before the PONG that ends a subscriber's setup
+# (its INFO line and the PONG).
+MAX_NATS_GREETING = 16 * 1024
+
+
+class NatsError(Exception):
+    """
+    A NATS server refused a client (C{-ERR}) or said something unexpected.
+    """
+
+
+def nats_framing(subject: bytes, size: int, sid: int = 1) -> Framing:
+    """
+    NATS on C{subject}: C{PUB subject size} and the payload in, C{MSG
+    subject sid size} and the payload out (to the subscription C{sid}).
+    """
+    return Framing(
+        "nats",
+        b"PUB %s %d\r\n" % (subject, size),
+        b"\r\n",
+        b"MSG %s %d %d\r\n" % (subject, sid, size),
+        b"\r\n",
+    )
+
+
+def nats_subscribe(subject: bytes, sid: int = 1) -> bytes:
+    """
+    What a NATS subscriber sends first: C{CONNECT}, C{SUB subject sid}, and
+    a C{PING} whose C{PONG} confirms both.
+    """
+    return NATS_CONNECT + b"SUB %s %d\r\n" % (subject, sid) + NATS_PING
+
+
+def nats_greeting_end(data: bytes | bytearray) -> int:
+    """
+    Where the server's answer to a subscriber's first commands ends (after
+    its C{INFO} line and the C{PONG}), or -1 if it has not all come yet.
+
+    @raise NatsError: the server sent C{-ERR}, or something other than
+        C{INFO} and C{PONG} before the C{PONG}.
+    """
+    start = 0
+    while True:
+        end = data.find(b"\r\n", start)
+        if end < 0:
+            return -1
+        line = bytes(data[start:end])
+        if line == b"PONG":
+            return end + 2
+        if line.startswith(b"-ERR"):
+            raise NatsError(f"the NATS server refused: {line[:200]!r}")
+        if not (line.startswith(b"INFO ") or line in (b"+OK", b"PING")):
+            raise NatsError(f"unexpected from the NATS server: {line[:200]!r}")
+        start = end + 2
+
+
 class BatchMaker:
     """
     Builds a publisher's writes: runs of consecutive messages, each with its
@@ -151,6 +214,17 @@ class BatchMaker:
         start = self.head + b"%013x" % (seq // self.BLOCK)
         end = b"%016x" % sent + self.tail
         return start + (end + start).join(self._LOW[low:low + n]) + end, n
+
+    def make_paced(self, seq: int, count: int, start: int, interval: float) -> bytes:
+        """
+        The messages C{seq} to C{seq + count - 1} of a fixed-rate
+        publisher, each with its own send time: the time it was due,
+        C{start + n * interval} for message C{n} (ns), however late it is
+        written, so that a publisher held back does not hide latency.
+        """
+        head, tail = self.head, self.tail
+        return b"".join(head + b"%016x%016x" % (n, int(start + n * interval)) + tail
+                        for n in range(seq, seq + count))
 
 
 class LineCounter:
@@ -334,28 +408,32 @@ class IdLineCounter:
 
 class FrameCounter:
     """
-    Counts fixed-size frames (a Redis C{message} push a payload) by bytes,
-    in bulk: the stream is a run of frames of one length, so the number of
-    complete ones is the byte count divided by it.  The last complete frame
-    of a chunk is checked (prefix, suffix, sequence number), which catches
-    any frame of another length, and its latency sampled.
+    Counts fixed-size frames (a Redis C{message} push or a NATS C{MSG} a
+    payload) by bytes, in bulk: the stream is a run of frames of one length,
+    so the number of complete ones is the byte count divided by it.  The
+    last complete frame of a chunk is checked (prefix, suffix, sequence
+    number), which catches any frame of another length, and its latency
+    sampled; with C{spans}, the first complete frame of the chunk is timed
+    too, as L{LineCounter} does.
     """
 
     __slots__ = (
         "bad", "bytes", "frame", "latencies", "prefix", "received", "sequence_errors",
-        "size", "suffix",
+        "size", "spans", "suffix",
     )
 
     # Its stream has no probes: a subscriber is attached once connected
     # (on Redis, once its SUBSCRIBE is confirmed).
     attached = True
 
-    def __init__(self, framing: Framing, size: int, latencies: array[int]) -> None:
+    def __init__(self, framing: Framing, size: int, latencies: array[int],
+                 spans: array[int] | None = None) -> None:
         self.prefix = framing.deliver_prefix
         self.suffix = framing.deliver_suffix
         self.size = size
         self.frame = framing.delivered_size(size)
         self.latencies = latencies
+        self.spans = spans
         self.received = 0
         self.bytes = 0
         self.bad = 0
@@ -370,6 +448,7 @@ class FrameCounter:
         frames = self.bytes // self.frame
         if frames == self.received:
             return
+        complete = frames - self.received
         self.received = frames
         start = (frames - 1) * self.frame - before
         if start < 0:
@@ -389,6 +468,55 @@ class FrameCounter:
         if seq != frames - 1:
             self.sequence_errors += 1
         self.latencies.append(now - sent)
+        if self.spans is not None:
+            # The first frame that begins in this chunk (the count includes
+            # the one that began earlier and ended here, if any).
+            first = -before % self.frame + len(self.prefix)
+            try:
+                early = int(buffer[first + 21:first + 37], 16) if buffer[first] == _M else -1
+            except ValueError:
+                early = -1
+            if early >= 0:
+                self.spans.extend((complete, now - early, now - sent))
+
+
+class NatsCounter(FrameCounter):
+    """
+    A L{FrameCounter} for a NATS subscriber, whose stream may also hold a
+    C{PING} between two messages (nats-server pings every client a couple
+    of seconds after it connects, whatever C{ping_interval} says): a
+    C{PING} is taken out before the frames are counted.  Only a C{PING} has
+    a C{P}: a frame is C{MSG}, the subject, numbers and the payload, whose
+    letters are M, lower-case hex and x.  The C{PING} is not answered: the
+    server would only close the connection after two more unanswered ones,
+    an hour apart (L{bench.servers.nats_server}).
+    """
+
+    __slots__ = ("_partial", "pings")
+
+    def __init__(self, framing: Framing, size: int, latencies: array[int],
+                 spans: array[int] | None = None) -> None:
+        super().__init__(framing, size, latencies, spans)
+        self.pings = 0
+        # The start of a PING at the end of the last chunk.
+        self._partial = b""
+
+    def feed(self, buffer: bytearray, n: int, now: int) -> None:
+        """
+        Count the first C{n} bytes of C{buffer}, received at C{now}.
+        """
+        if not self._partial and buffer.find(b"P", 0, n) < 0:
+            super().feed(buffer, n, now)
+            return
+        data = self._partial + bytes(buffer[:n])
+        self.pings += data.count(NATS_PING)
+        data = data.replace(NATS_PING, b"")
+        start = data.rfind(b"P")
+        self._partial = b""
+        if start >= 0 and NATS_PING.startswith(data[start:]):
+            self._partial, data = data[start:], data[:start]
+        buffer[:len(data)] = data
+        super().feed(buffer, len(data), now)
 
 
 # WebSocket (RFC 6455), as a subscriber of a server sees it.  The harness

@@ -1,0 +1,274 @@
+"""
+C{linger}: a port's write coalescer (L{Linger}) and the L{BoundedWriter}s
+that hold their chunks back for it; the config key; a port built with it.
+"""
+
+import socket
+
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from backplane.config import read_config
+from backplane.output import LINGER_BYTES, BoundedWriter, Linger
+from backplane.protocols import Limits, PortStats, SubscribeToFactory
+from backplane.service import BackplaneService, BackplaneStats
+from tests.test_config import ConfigTestCase
+from tests.test_output import Owner, Writes
+
+
+class LingerTests(SynchronousTestCase):
+    """
+    Writers sharing one L{Linger}: what they are handed is written at most
+    C{delay} after its first byte, all of a writer's chunks in one write.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.linger = Linger(0.001, self.clock, maxBytes=100)
+        self.portStats = PortStats()
+        self.backplaneStats = BackplaneStats()
+
+    def writer(self, transport=None, **limits):
+        transport = transport if transport is not None else Writes()
+        writer = BoundedWriter(Owner(), transport, Limits(**limits), name="NEWS",
+                               counters=(self.portStats, self.backplaneStats),
+                               linger=self.linger)
+        transport.registerProducer(writer, True)
+        return writer, transport
+
+    def test_heldBackThenWrittenInOneWrite(self):
+        writer, transport = self.writer()
+        writer.deliver(b"a\n", 1)
+        writer.deliver(b"b\nc\n", 2)
+        self.assertEqual(transport.writes, [])
+        self.assertEqual(writer.pending, 6, "held bytes are pending")
+        self.clock.advance(0.0009)
+        self.assertEqual(transport.writes, [])
+        self.clock.advance(0.0001)
+        self.assertEqual(transport.writes, [b"a\nb\nc\n"])
+        self.assertEqual(writer.pending, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [], "no timer once nothing is held")
+
+    def test_deadlineFromTheFirstByte(self):
+        """
+        Steady traffic does not postpone the write: the deadline runs from
+        the first byte held, not from the last.
+        """
+        writer, transport = self.writer()
+        for n in range(9):
+            writer.deliver(b"%d\n" % n, 1)
+            self.clock.advance(0.0001)
+        self.assertEqual(transport.writes, [])
+        writer.deliver(b"9\n", 1)
+        self.clock.advance(0.0001)  # 1 ms after the first byte
+        self.assertEqual(transport.writes, [b"".join(b"%d\n" % n for n in range(10))])
+        writer.deliver(b"next\n", 1)
+        self.clock.advance(0.0009)
+        self.assertEqual(len(transport.writes), 1)
+        self.clock.advance(0.0001)
+        self.assertEqual(transport.writes[1:], [b"next\n"])
+
+    def test_oneTimerForEveryWriterOfThePort(self):
+        writers = [self.writer() for _ in range(50)]
+        for writer, _ in writers:
+            writer.deliver(b"x\n", 1)
+            self.clock.advance(0.00001)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(self.linger.holding, 50)
+        self.clock.advance(0.001)
+        # Every one is written, the last ones before their own deadline.
+        self.assertEqual([t.writes for _, t in writers], [[b"x\n"]] * 50)
+        self.assertEqual(self.linger.holding, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_sizeBoundWritesAtOnce(self):
+        writer, transport = self.writer()
+        writer.deliver(b"x" * 59 + b"\n", 1)
+        self.assertEqual(transport.writes, [])
+        writer.deliver(b"y" * 39 + b"\n", 1)  # 100 bytes: the bound
+        self.assertEqual(transport.writes, [b"x" * 59 + b"\n" + b"y" * 39 + b"\n"])
+        self.assertEqual(writer.pending, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [], "the timer stops: nobody holds")
+
+    def test_bigChunkWrittenAtOnce(self):
+        writer, transport = self.writer()
+        writer.deliver(b"z" * 200 + b"\n", 1)
+        self.assertEqual(transport.writes, [b"z" * 200 + b"\n"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_sizeBoundLeavesTheOthersOnTheTimer(self):
+        first, firstTransport = self.writer()
+        second, secondTransport = self.writer()
+        first.deliver(b"a\n", 1)
+        second.deliver(b"b\n", 1)
+        second.deliver(b"c" * 99 + b"\n", 1)
+        self.assertEqual(secondTransport.writes, [b"b\n" + b"c" * 99 + b"\n"])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0.001)
+        self.assertEqual(firstTransport.writes, [b"a\n"])
+
+    def test_defaultSizeBound(self):
+        self.assertEqual(Linger(0.5).maxBytes, LINGER_BYTES)
+        self.assertEqual(LINGER_BYTES, 64 * 1024)
+
+    def test_badArguments(self):
+        self.assertRaises(ValueError, Linger, 0)
+        self.assertRaises(ValueError, Linger, -1.0)
+        self.assertRaises(ValueError, Linger, 0.001, maxBytes=0)
+
+    def test_withoutLingerWritesAtOnce(self):
+        transport = Writes()
+        writer = BoundedWriter(Owner(), transport, Limits(), name="NEWS")
+        writer.deliver(b"a\n", 1)
+        self.assertEqual(transport.writes, [b"a\n"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_pausedWhileHoldingKeepsTheOrder(self):
+        """
+        A writer paused while it holds chunks (its owner wrote to the
+        transport, say) keeps them as waiting, ahead of what comes next.
+        """
+        writer, transport = self.writer(max_pending=1000)
+        writer.deliver(b"1\n", 1)
+        writer.deliver(b"2\n", 1)
+        writer.pauseProducing()
+        self.assertEqual(writer.pending, 4)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        writer.deliver(b"3\n", 1)
+        self.clock.advance(0.01)
+        self.assertEqual(transport.value(), b"")
+        writer.resumeProducing()
+        self.assertEqual(transport.value(), b"1\n2\n3\n")
+        writer.deliver(b"4\n", 1)
+        self.clock.advance(0.001)
+        self.assertEqual(transport.value(), b"1\n2\n3\n4\n")
+
+    def test_slowDisconnectStillApplies(self):
+        writer, transport = self.writer(max_pending=10)
+        transport.bufferSize = 5
+        writer.deliver(b"abcdef\n", 1)
+        self.clock.advance(0.001)  # written, and the transport is full
+        self.assertTrue(writer.paused)
+        writer.deliver(b"12345\n", 1)
+        writer.deliver(b"123\n", 1)
+        self.assertFalse(transport.disconnecting)
+        writer.deliver(b"x\n", 1)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(writer.owner.tooSlow, 1)
+        self.assertEqual(self.portStats.slow_disconnects, 1)
+
+    def test_slowDropStillApplies(self):
+        writer, transport = self.writer(max_pending=10, slow="drop")
+        transport.bufferSize = 5
+        writer.deliver(b"abcdef\n", 1)
+        self.clock.advance(0.001)
+        writer.deliver(b"1234\n", 1)
+        writer.deliver(b"a\nb\nc\n", 3)  # past max_pending: dropped
+        self.assertEqual((writer.dropped, self.portStats.dropped), (3, 3))
+        transport.resume()
+        self.assertEqual(transport.value(), b"abcdef\n1234\n")
+        self.assertEqual(writer.owner.caughtUp, [3])
+
+    def test_flushWritesWhatIsHeld(self):
+        writer, transport = self.writer()
+        writer.deliver(b"a\n", 1)
+        writer.deliver(b"b\n", 1)
+        writer.flush()
+        self.assertEqual(transport.value(), b"a\nb\n")
+        self.assertEqual((writer.pending, self.linger.holding), (0, 0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(1)
+        self.assertEqual(transport.value(), b"a\nb\n")
+
+    def test_discardForgetsWhatIsHeld(self):
+        writer, transport = self.writer()
+        other, otherTransport = self.writer()
+        writer.deliver(b"a\n", 1)
+        other.deliver(b"b\n", 1)
+        writer.discard()
+        self.assertEqual((writer.pending, self.linger.holding), (0, 1))
+        self.clock.advance(0.001)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(otherTransport.value(), b"b\n")
+
+    def test_directSocket(self):
+        """
+        On a plain TCP connection what was held goes straight to the socket.
+        """
+        server, client = socket.socketpair()
+        self.addCleanup(server.close)
+        self.addCleanup(client.close)
+        connection = tcp.Connection(server, Protocol(), reactor=MemoryReactor())
+        connection.connected = 1
+        writer = BoundedWriter(Owner(), connection, Limits(), name="NEWS", linger=self.linger)
+        writer.deliver(b"one\n", 1)
+        writer.deliver(b"two\n", 1)
+        client.setblocking(False)
+        self.assertRaises(BlockingIOError, client.recv, 100)
+        self.clock.advance(0.001)
+        self.assertEqual(client.recv(100), b"one\ntwo\n")
+        self.assertEqual(connection.dataBuffer, b"")
+
+
+class PortTests(SynchronousTestCase):
+    """
+    A port with C{linger} has one L{Linger}, which its subscribers share.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.service = BackplaneService()
+        self.backplane = self.service.create("NEWS")
+
+    def subscriber(self, factory):
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_subscribersShareThePortsLinger(self):
+        factory = SubscribeToFactory(self.service, "NEWS", limits=Limits(linger=0.002),
+                                     clock=self.clock)
+        assert factory.linger is not None
+        self.assertEqual(factory.linger.delay, 0.002)
+        subscribers = [self.subscriber(factory) for _ in range(3)]
+        self.backplane.publishLines(b"hello\n", 1)
+        self.assertEqual([t.value() for _, t in subscribers], [b""] * 3)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0.002)
+        self.assertEqual([t.value() for _, t in subscribers], [b"hello\n"] * 3)
+
+    def test_noLingerByDefault(self):
+        factory = SubscribeToFactory(self.service, "NEWS", clock=self.clock)
+        self.assertIsNone(factory.linger)
+        [(_, transport)] = [self.subscriber(factory)]
+        self.backplane.publishLines(b"hello\n", 1)
+        self.assertEqual(transport.value(), b"hello\n")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_limitsRejectNegative(self):
+        self.assertRaises(ValueError, Limits, linger=-0.001)
+
+
+class ConfigTests(ConfigTestCase):
+    """
+    C{linger} in C{[[listen]]}: seconds, 0 to 1, default 0.
+    """
+
+    PORT = '[backplane.NEWS]\n[[listen]]\nendpoint = "tcp:0"\nsubscribe_to = "NEWS"\n'
+
+    def test_default(self):
+        (listen,) = read_config(self.write(self.PORT)).listen
+        self.assertEqual((listen.linger, listen.limits.linger), (0.0, 0.0))
+
+    def test_set(self):
+        (listen,) = read_config(self.write(self.PORT + "linger = 0.001\n")).listen
+        self.assertEqual(listen.limits.linger, 0.001)
+
+    def test_outOfRange(self):
+        for value in ("-0.001", "1.5", '"1ms"'):
+            with self.subTest(value=value):
+                self.assertConfigError(self.PORT + f"linger = {value}\n", "linger")
