@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from backplane.budget import PendingBudget
 from backplane.config import read_config
 from backplane.output import LINGER_BYTES, BoundedWriter, Linger
 from backplane.protocols import Limits, PortStats, SubscribeToFactory
@@ -145,6 +146,26 @@ class LingerTests(SynchronousTestCase):
         writer.deliver(b"4\n", 1)
         self.clock.advance(0.001)
         self.assertEqual(transport.value(), b"1\n2\n3\n4\n")
+
+    def test_pausedWhileHoldingCountsOnTheBudget(self):
+        """
+        What a writer held under linger when its transport paused waits
+        like anything else: it counts on the service's bound, and, if the
+        writer is cut past that bound with C{slow = "drop"}, its messages
+        are counted as missed.
+        """
+        budget = PendingBudget(1024 * 1024)
+        writer = BoundedWriter(Owner(), Writes(), Limits(max_pending=1000, slow="drop"),
+                               name="NEWS", counters=(self.portStats,), linger=self.linger,
+                               budget=budget)
+        writer.deliver(b"1\n", 1)
+        writer.deliver(b"2\n3\n", 2)
+        writer.pauseProducing()
+        self.assertEqual((budget.pending, writer.pending), (6, 6))
+        self.assertIn(writer, budget.holders)
+        writer.overBudget()
+        self.assertEqual((budget.pending, writer.pending, budget.dropped), (0, 0, 3))
+        self.assertEqual(writer.dropped, 3)
 
     def test_slowDisconnectStillApplies(self):
         writer, transport = self.writer(max_pending=10)
