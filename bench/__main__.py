@@ -22,7 +22,7 @@ from bench import store
 from bench.load import Placement
 from bench.report import document, plot, tables, write_json
 from bench.servers import ServerError, redis_path, redis_version
-from bench.suite import HISTORY_SCENARIOS, POLICIES, SCENARIOS, Options, Suite
+from bench.suite import HISTORY_SCENARIOS, PATTERNS, POLICIES, SCENARIOS, Options, Suite
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # Each command's method of Suite, and the server processes it runs.
@@ -65,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     fanout = commands.add_parser(
         "fanout", parents=[common],
         help="fan-out S = 1..1000, fixed-rate latency, fan-in, idle scale, fan-out over "
-             "the Redis protocol (resp); "
+             "the Redis protocol (resp) and beside idle pattern subscriptions (patterns); "
              "backplane beside Redis",
     )
     fanout.add_argument("--only", action="append", choices=SCENARIOS, default=[],
@@ -76,6 +76,9 @@ def parser() -> argparse.ArgumentParser:
                         help="fanin: the publish port has acks = true (ACK N lines back)")
     fanout.add_argument("--fanin-store", action="store_true",
                         help="fanin: the backplane keeps a store (acks then wait for its fsyncs)")
+    fanout.add_argument("--patterns", type=int, default=PATTERNS, metavar="N",
+                        help="patterns: the idle pattern subscriptions (PSUBSCRIBE, 10 a "
+                             f"client) beside the fan-out (default {PATTERNS})")
     stalled = commands.add_parser(
         "stalled", parents=[common],
         help="99 reading subscribers without and with one that never reads",
@@ -112,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     arguments = command_line.parse_args(argv)
     if arguments.command == "store":
         return store.run(arguments)
-    if arguments.repeat < 1 or arguments.window < 1 or (arguments.workers or 1) < 1:
-        command_line.error("--repeat, --workers and --window must be at least 1")
+    if (arguments.repeat < 1 or arguments.window < 1 or (arguments.workers or 1) < 1
+            or getattr(arguments, "patterns", 1) < 1):
+        command_line.error("--repeat, --workers, --window and --patterns must be at least 1")
     redis = (arguments.command in ("fanout", "nodes") and not getattr(arguments, "no_redis", False)
              and redis_path() is not None)
     if arguments.command == "nodes" and not redis:
@@ -135,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         else (arguments.policy,),
         fanin_acks=getattr(arguments, "fanin_acks", False),
         fanin_store=getattr(arguments, "fanin_store", False),
+        patterns=getattr(arguments, "patterns", PATTERNS),
     )
     started = datetime.datetime.now(datetime.timezone.utc)
     meta = _meta(started, placement, options, arguments.command)
@@ -196,7 +201,7 @@ def _meta(started: datetime.datetime, placement: Placement, options: Options,
         "options": {
             "quick": options.quick, "repeat": options.repeat, "only": list(options.only),
             "workers": options.workers, "window": options.window,
-            "policies": list(options.policies),
+            "policies": list(options.policies), "patterns": options.patterns,
         },
     }
 
