@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -92,7 +93,9 @@ class PatternRunTests(SynchronousTestCase):
         confirmed, 10 a client and the rest on the last), nothing lost, and
         the ratios are those of the measured rows.
         """
-        out = Path(self.mktemp())
+        folder = tempfile.TemporaryDirectory(prefix="bench-patterns-")
+        self.addCleanup(folder.cleanup)
+        out = Path(folder.name)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         result = subprocess.run(
             [sys.executable, "-m", "bench", "fanout", "--only", "patterns", "--patterns", "25",
