@@ -24,7 +24,15 @@ from bench import coalesce, store
 from bench.load import Placement
 from bench.report import document, plot, sweep_plot, tables, write_json
 from bench.servers import ServerError, nats_path, nats_version, redis_path, redis_version
-from bench.suite import HISTORY_SCENARIOS, POLICIES, SCENARIOS, SWEEP_RATES, Options, Suite
+from bench.suite import (
+    HISTORY_SCENARIOS,
+    PATTERNS,
+    POLICIES,
+    SCENARIOS,
+    SWEEP_RATES,
+    Options,
+    Suite,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # Each command's method of Suite, and the server processes it runs.
@@ -68,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
     fanout = commands.add_parser(
         "fanout", parents=[common],
         help="fan-out S = 1..1000, fixed-rate latency, fan-in, idle scale, fan-out over "
-             "the Redis protocol (resp); "
+             "the Redis protocol (resp) and beside idle pattern subscriptions (patterns); "
              "backplane beside Redis",
     )
     fanout.add_argument("--only", action="append", choices=SCENARIOS, default=[],
@@ -81,6 +89,9 @@ def parser() -> argparse.ArgumentParser:
                         help="fanin: the publish port has acks = true (ACK N lines back)")
     fanout.add_argument("--fanin-store", action="store_true",
                         help="fanin: the backplane keeps a store (acks then wait for its fsyncs)")
+    fanout.add_argument("--patterns", type=int, default=PATTERNS, metavar="N",
+                        help="patterns: the idle pattern subscriptions (PSUBSCRIBE, 10 a "
+                             f"client) beside the fan-out (default {PATTERNS})")
     sweep = commands.add_parser(
         "sweep", parents=[common],
         help="fixed rates (1k to 100k msgs/s) to 100 subscribers: backplane with linger 0 "
@@ -132,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         return store.run(arguments)
     if arguments.command == "coalesce":
         return coalesce.run(arguments)
-    if arguments.repeat < 1 or arguments.window < 1 or (arguments.workers or 1) < 1:
-        command_line.error("--repeat, --workers and --window must be at least 1")
+    if (arguments.repeat < 1 or arguments.window < 1 or (arguments.workers or 1) < 1
+            or getattr(arguments, "patterns", 1) < 1):
+        command_line.error("--repeat, --workers, --window and --patterns must be at least 1")
     redis = (arguments.command in ("fanout", "nodes", "sweep")
              and not getattr(arguments, "no_redis", False) and redis_path() is not None)
     nats = (arguments.command in ("fanout", "sweep") and not getattr(arguments, "no_nats", False)
@@ -159,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         fanin_store=getattr(arguments, "fanin_store", False),
         nats=nats,
         rates=getattr(arguments, "rates", SWEEP_RATES),
+        patterns=getattr(arguments, "patterns", PATTERNS),
     )
     started = datetime.datetime.now(datetime.timezone.utc)
     meta = _meta(started, placement, options, arguments.command)
@@ -240,6 +253,7 @@ def _meta(started: datetime.datetime, placement: Placement, options: Options,
             "quick": options.quick, "repeat": options.repeat, "only": list(options.only),
             "workers": options.workers, "window": options.window,
             "policies": list(options.policies), "rates": list(options.rates),
+            "patterns": options.patterns,
         },
     }
 

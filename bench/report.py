@@ -18,6 +18,11 @@ KEY = ("scenario", "server", "kind", "S", "P", "rate", "policy", "stalled")
 
 Row = dict[str, Any]
 
+# The most a publish may cost with idle pattern subscriptions that match
+# nothing published, against none (backplane's server CPU per delivery,
+# with / without; issue 18).
+PATTERNS_TARGET = 1.1
+
 
 def summarize(runs: Sequence[Row]) -> list[Row]:
     """
@@ -41,6 +46,21 @@ def resp_ratios(runs: Sequence[Row]) -> list[Row]:
     backplane's Redis port over Redis, by S, over the Redis protocol.
     """
     return _ratios(runs, "resp", "S", "server", "backplane", "redis")
+
+
+def patterns_ratios(runs: Sequence[Row]) -> list[Row]:
+    """
+    With / without the idle pattern subscriptions, for delivered msgs/s and
+    server CPU per delivery, by server, from runs of the same repeat; for
+    backplane, whether the median CPU ratio meets L{PATTERNS_TARGET}
+    (C{target_met}).
+    """
+    ratios = _ratios(runs, "patterns", "server", "kind", "patterns", "no patterns")
+    for ratio in ratios:
+        cpu = ratio.get("server_cpu_us_per_delivery")
+        if ratio["server"] == "backplane" and cpu:
+            ratio.update(target=PATTERNS_TARGET, target_met=cpu["median"] <= PATTERNS_TARGET)
+    return ratios
 
 
 def stalled_ratios(runs: Sequence[Row]) -> list[Row]:
@@ -158,6 +178,8 @@ def document(meta: Row, runs: Sequence[Row], skipped: dict[str, dict[str, str]])
         result["ratios"] = fanout_ratios(runs)
     if any(r["scenario"] == "resp" for r in runs):
         result["resp_ratios"] = resp_ratios(runs)
+    if any(r["scenario"] == "patterns" for r in runs):
+        result["patterns_ratios"] = patterns_ratios(runs)
     if any(r["scenario"] == "stalled" for r in runs):
         result["stalled_ratios"] = stalled_ratios(runs)
     if any(r["scenario"] == "nodes" for r in runs):
@@ -292,6 +314,41 @@ def fanout_table(summary: Sequence[Row], ratios: Sequence[Row],
         ])
     return render(["server", "S", "delivered msgs/s", "x Redis", "CPU µs/delivery", "x Redis",
                    "srv CPU%", "gen CPU%", "other%", "p50 ms", "p99 ms", "lost", "status"], rows)
+
+
+def patterns_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
+    """
+    The fan-out over the Redis protocol without and with idle pattern
+    subscriptions, on each server, with the ratios with / without and, for
+    backplane, the target (L{PATTERNS_TARGET}) met or missed.
+    """
+    versus = {r["server"]: r for r in ratios}
+    rows = []
+    for r in _scenario(summary, "patterns"):
+        ratio = versus.get(r["server"], {}) if r["kind"] == "patterns" else {}
+        rows.append([
+            r["server"], cell(r, "patterns", ranged=False), cell(r, "S"),
+            cell(r, "delivered_msgs_per_s", si),
+            cell(ratio, "delivered_msgs_per_s") if ratio else "",
+            cell(r, "server_cpu_us_per_delivery"),
+            cell(ratio, "server_cpu_us_per_delivery") if ratio else "",
+            *(cell(r, field, ranged=False)
+              for field in ("server_cpu_pct", "gen_cpu_pct", "host_other_pct")),
+            worst(r, "lost"), r.get("status", "-"),
+        ])
+    lines = [render(["server", "patterns", "S", "delivered msgs/s", "x none",
+                     "CPU µs/delivery", "x none", "srv CPU%", "gen CPU%", "other%", "lost",
+                     "status"], rows), ""]
+    for r in ratios:
+        line = (f"{r['server']}: with / without the patterns: "
+                f"{cell(r, 'server_cpu_us_per_delivery')} x the CPU per delivery, "
+                f"{cell(r, 'delivered_msgs_per_s')} x the msgs/s")
+        if "target_met" in r:
+            median = r["server_cpu_us_per_delivery"]["median"]
+            line += (f"; target at most {r['target']}x the CPU per delivery: "
+                     f"{'met' if r['target_met'] else 'MISSED'} (median {median:.3f})")
+        lines.append(line)
+    return "\n".join(lines).rstrip()
 
 
 def latency_table(summary: Sequence[Row]) -> str:
@@ -563,6 +620,11 @@ def tables(data: Row) -> str:
         parts.append("Fan-out over the Redis protocol (backplane's Redis port and Redis, the same "
                      "RESP client), B = 64\n"
                      + fanout_table(summary, data.get("resp_ratios", []), "resp"))
+    if "patterns" in scenarios:
+        parts.append("Fan-out over the Redis protocol beside idle pattern subscriptions that "
+                     "match nothing published (PSUBSCRIBE, 10 distinct patterns an idle "
+                     "client), full speed, B = 64\n"
+                     + patterns_table(summary, data.get("patterns_ratios", [])))
     if "latency" in scenarios:
         parts.append("Latency at a fixed rate\n" + latency_table(summary))
     if "sweep" in scenarios:

@@ -24,6 +24,7 @@ from bench.fanin import FanInLoad, run_fanin
 from bench.history import history_report, replayer
 from bench.idle import IdleLoad, run_idle
 from bench.load import GeneratorError, Load, Placement, Subscribers, Target, run_fanout
+from bench.patterns import holding_patterns
 from bench.procfs import rss_kib
 from bench.servers import (
     BACKLOG,
@@ -38,11 +39,17 @@ from bench.servers import (
     redis_url,
     toml_config,
 )
+from bench.wire import RespError
 
-SCENARIOS = ("fanout", "latency", "fanin", "idle", "resp")
+SCENARIOS = ("fanout", "latency", "fanin", "idle", "resp", "patterns")
 SUBSCRIBERS = (1, 10, 100, 1000)
 # The fan-out runs over the Redis protocol (backplane's Redis port and Redis).
 RESP_SUBSCRIBERS = (100, 1000)
+# The fan-out over the Redis protocol beside idle pattern subscriptions:
+# its subscribers (its messages are those of the fan-out run of the same
+# S), and the pattern subscriptions by default.
+PATTERNS_SUBSCRIBERS = 100
+PATTERNS = 10_000
 POLICIES = ("disconnect", "drop")
 
 # Messages a fan-out run publishes, by subscriber count: about 2 to 30
@@ -133,6 +140,7 @@ class Options:
     fanin_store: bool = False
     nats: bool = False
     rates: tuple[int, ...] = SWEEP_RATES
+    patterns: int = PATTERNS
 
 
 @dataclass
@@ -230,6 +238,27 @@ class Suite:
                     for running in servers:
                         self.measure("resp", repeat, running,
                                      lambda t, load=load: run_fanout(t, load, self.placement))
+
+    def patterns(self) -> None:
+        """
+        Full speed, one publisher, S = 100, over the Redis protocol, with no
+        pattern subscriptions and with C{options.patterns} of them that
+        match nothing published (held by idle clients, 10 distinct
+        patterns each, every one confirmed before the run starts): on
+        backplane's Redis port and on Redis, each server's runs one after
+        the other, in an order that alternates between repeats.
+        """
+        load = self.load(PATTERNS_SUBSCRIBERS,
+                         self.messages(FANOUT_MESSAGES[PATTERNS_SUBSCRIBERS]))
+        kinds = [0, self.options.patterns]
+        for repeat in range(1, self.options.repeat + 1):
+            with self.servers(resp=True) as servers:
+                for running in servers:
+                    for patterns in kinds if repeat % 2 else kinds[::-1]:
+                        self.measure("patterns", repeat, running,
+                                     partial(self.beside_patterns, load=load,
+                                             patterns=patterns),
+                                     kind="patterns" if patterns else "no patterns")
 
     def latency(self) -> None:
         """
@@ -484,6 +513,18 @@ class Suite:
                        history_bytes_per_line=round(history["bytes"] / max(1, kept), 1))
         return row
 
+    def beside_patterns(self, target: Target, load: Load, patterns: int) -> dict[str, object]:
+        """
+        A fan-out run beside idle clients holding C{patterns} pattern
+        subscriptions on C{target}'s Redis-protocol port (none: a plain
+        run); the row says how many were confirmed.
+        """
+        try:
+            with holding_patterns(target.subscribe, patterns, load.setup_timeout) as held:
+                row = run_fanout(target, load, self.placement)
+        except (OSError, RespError) as e:
+            raise GeneratorError(f"holding {patterns} patterns: {e}") from e
+        return {**row, "patterns": held}
 
     @staticmethod
     def split(pair: Running, b: int, subscribers: int) -> tuple[Subscribers, ...]:
@@ -777,7 +818,8 @@ def _progress(row: dict[str, object]) -> None:
                          ("rss_bytes_per_line", "B RSS/kept line")):
         if field_ in row:
             figures.append(f"{row[field_]} {unit}")
-    labels = " ".join(f"{k}={row[k]}" for k in ("kind", "S", "P", "rate", "policy", "stalled")
+    labels = " ".join(f"{k}={row[k]}" for k in ("kind", "S", "P", "rate", "policy", "stalled",
+                                                 "patterns")
                       if row.get(k))
     print(f"[{row['scenario']} #{row['repeat']}] {row['server']} {labels}: "
           f"{', '.join(figures)}; {row['status']}", file=sys.stderr, flush=True)

@@ -341,7 +341,7 @@ class IdLineCounter:
     """
     Counts the lines of a stream with ids (an C{ids = true} port's C{EPOCH:SEQ
     payload} lines), as a client that replays a history reads them, in bulk:
-    C{bytes.count(b"\n")} a chunk, and only the last complete line of a
+    C{bytes.count(b"\\n")} a chunk, and only the last complete line of a
     chunk is parsed.  Its id must be of the first line's epoch and its SEQ
     the first line's plus the lines counted since, so a lost, repeated or
     extra line (a C{GAP}, an C{ERR}) shows up as a sequence error or a bad
