@@ -232,7 +232,7 @@ class Suite:
         backplane's Redis port (C{protocol = "redis"}) and against Redis.
         """
         for repeat in range(1, self.options.repeat + 1):
-            with self.servers(resp=True) as servers:
+            with self.servers(resp=True, nats=False) as servers:
                 for subscribers in RESP_SUBSCRIBERS:
                     load = self.load(subscribers, self.messages(FANOUT_MESSAGES[subscribers]))
                     for running in servers:
@@ -252,7 +252,7 @@ class Suite:
                          self.messages(FANOUT_MESSAGES[PATTERNS_SUBSCRIBERS]))
         kinds = [0, self.options.patterns]
         for repeat in range(1, self.options.repeat + 1):
-            with self.servers(resp=True) as servers:
+            with self.servers(resp=True, nats=False) as servers:
                 for running in servers:
                     for patterns in kinds if repeat % 2 else kinds[::-1]:
                         self.measure("patterns", repeat, running,
