@@ -31,6 +31,7 @@ from backplane.auth.authority import Authority
 from backplane.auth.gate import Gate
 from backplane.auth.identity import AccessDenied, Identity
 from backplane.auth.lines import LineAdmission
+from backplane.budget import UnfinishedBudget
 from backplane.framing import DEFAULT_MAX_LINE_LENGTH as DEFAULT_MAX_LINE_LENGTH
 from backplane.framing import LineFramer
 from backplane.framing import firstOverlong as firstOverlong
@@ -297,6 +298,10 @@ class BackplaneProtocol(Protocol):
         closed or half-closed its sending side).
     @ivar prefix: what puts the port's C{prefix} before each line the
         client publishes, or L{None}.
+    @ivar unfinishedBudget: the service's bound on the unfinished lines of
+        all clients together (its port sets it), on which this client
+        counts its half line after each read (L{unfinished}); L{None}: not
+        counted.
     """
 
     log = Logger()
@@ -304,6 +309,7 @@ class BackplaneProtocol(Protocol):
     # abortConnection (TCP, TLS, UNIX and StringTransport all are).
     transport: Any
     gate: Gate | None = None
+    unfinishedBudget: UnfinishedBudget | None = None
 
     def __init__(
         self,
@@ -332,6 +338,16 @@ class BackplaneProtocol(Protocol):
         self.identity: Identity | None = None
         self._idle: IDelayedCall | None = None
         self.prefix: Prefix | None = None
+        self._unfinished = 0
+
+    @property
+    def unfinished(self) -> int:
+        """
+        The bytes of an unfinished line the client holds on the service's
+        L{unfinishedBudget} (its half line, and the first bytes held back
+        to tell an HTTP request), as of its last read.
+        """
+        return self._unfinished
 
     @property
     def dropped(self) -> int:
@@ -504,6 +520,41 @@ class BackplaneProtocol(Protocol):
         self._head = None
         if discarded:
             self.portStats.discarded_bytes += discarded
+        self._countUnfinished()
+
+    def _countUnfinished(self) -> None:
+        """
+        Count what the client holds of an unfinished line now on the
+        service's bound, if it changed: once a read, never a line at a time.
+        """
+        budget = self.unfinishedBudget
+        if budget is None:
+            return
+        held = len(self.framer.buffered)
+        head = self._head
+        if head:
+            held += len(head)
+        before = self._unfinished
+        if held != before:
+            self._unfinished = held
+            budget.update(self, before, held)
+
+    def overUnfinished(self) -> None:
+        """
+        All clients together hold more than C{max_unfinished_total} of
+        unfinished lines, and this one holds the most: log it, and close
+        the connection, its half line discarded (never published, counted
+        in C{discarded_bytes}) and released from the bound.
+        """
+        budget = self.unfinishedBudget
+        self.log.warn(
+            "Disconnecting {peer}: its unfinished line of {length} bytes is the longest, and "
+            "all clients together hold more than max_unfinished_total ({limit} bytes) of "
+            "unfinished lines; it was not published",
+            peer=self.peer, length=self._unfinished,
+            limit=None if budget is None else budget.limit,
+        )
+        self.close()
 
     @property
     def _receiving(self) -> bool:
@@ -527,6 +578,8 @@ class BackplaneProtocol(Protocol):
         self.endOfInput()
         if not self._closing and not self._receiving:
             self.close()
+        else:
+            self._countUnfinished()
 
     def writeConnectionLost(self) -> None:
         """
@@ -562,6 +615,7 @@ class BackplaneProtocol(Protocol):
             request = looksLikeHTTP(data)
             if request is None and len(data) <= self.framer.maxLineLength:
                 self._head = data
+                self._countUnfinished()
                 return
             self._head = None
             if request:
@@ -576,6 +630,7 @@ class BackplaneProtocol(Protocol):
             self.readData(data)
         if self.limits.idle_timeout:
             self._watchIdle()
+        self._countUnfinished()
 
     def _watchIdle(self) -> None:
         """
@@ -784,6 +839,7 @@ class BackplaneFactory(Factory):
         self.publishTo = None if publish_to is None else service.get(publish_to)
         self.subscribeTo = None if subscribe_to is None else service.get(subscribe_to)
         self.limits = limits
+        self.service = service
         self.gate = Gate(authority, publish=publish_to, subscribe=subscribe_to, clock=clock)
         self.clock = clock
         self.protocols: set[Protocol] = set()
@@ -823,6 +879,7 @@ class BackplaneFactory(Factory):
         protocol.factory = self
         if isinstance(protocol, BackplaneProtocol):
             protocol.gate = self.gate
+            protocol.unfinishedBudget = self.service.unfinished
         # Its clients (BackplaneProtocol, WebSocketClient) count in this
         # port's stats: an attribute they have, and Protocol has not.
         counted: Any = protocol
