@@ -14,8 +14,10 @@ import urllib.request
 from typing import Any
 
 from tests.helpers import freePort, metricSamples, sample
+from tests.redis_helpers import encodeCommand
 from tests.test_flow import rss
-from tests.twistd import Twistd, readLines
+from tests.test_websocket import clientFrame
+from tests.twistd import Twistd, readLines, wsConnect, wsReceive
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -159,6 +161,90 @@ def test_unfinishedLinesStayWithinTheBound(tmp_path):
             time.sleep(0.05)
         assert server(monitor)["unfinished_connections"] == 0
         assert "max_unfinished_total" in twistd.output.read_text()
+    finally:
+        for sock in sockets:
+            sock.close()
+        twistd.stop()
+
+
+PORTS_CONFIG = """
+[limits]
+max_unfinished_total = 1048576
+
+[backplane.DATA]
+
+[[listen]]
+endpoint = "tcp:{pub}:interface=127.0.0.1"
+publish_to = "DATA"
+
+[[listen]]
+endpoint = "tcp:{ws}:interface=127.0.0.1"
+protocol = "websocket"
+publish_to = "DATA"
+max_line_length = 262144
+
+[[listen]]
+endpoint = "tcp:{redis}:interface=127.0.0.1"
+protocol = "redis"
+backplanes = ["DATA"]
+max_request = 262144
+
+[monitor]
+endpoint = "tcp:{monitor}:interface=127.0.0.1"
+"""
+
+
+def waitForHeld(monitor: int, check: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while not check((figures := server(monitor))["unfinished_bytes"]):
+        assert time.monotonic() < deadline, figures
+        time.sleep(0.05)
+    return figures
+
+
+def test_webSocketAndRedisClientsCounted(tmp_path):
+    """
+    A WebSocket client's unfinished message and a Redis client's unfinished
+    request count with line clients' half lines; holding the most, they
+    are cut first: the WebSocket client gets a Close frame (1008), the
+    Redis client's connection is closed.
+    """
+    pub, ws, redis, monitor = freePort(), freePort(), freePort(), freePort()
+    twistd = Twistd(tmp_path, config=PORTS_CONFIG.format(
+        pub=pub, ws=ws, redis=redis, monitor=monitor)).start()
+    sockets: list[socket.socket] = []
+    try:
+        for port in (pub, ws, redis, monitor):
+            twistd.waitForPort(port)
+        websocket = wsConnect(ws)
+        sockets.append(websocket)
+        websocket.sendall(clientFrame(b"w" * 200_000, fin=False))
+        waitForHeld(monitor, lambda n: n == 200_000)
+        client = socket.create_connection(("127.0.0.1", redis))
+        sockets.append(client)
+        client.sendall(encodeCommand(b"PUBLISH", b"DATA", b"r" * 150_000)[:100_000])
+        waitForHeld(monitor, lambda n: n == 300_000)
+        lines = []
+        for i in range(18):
+            sock = socket.create_connection(("127.0.0.1", pub))
+            sockets.append(sock)
+            lines.append(sock)
+            sock.sendall(b"%08d" % i + b"x" * (HALF_LINE - 8))
+        # 300,000 + 18 x 60,000: past 1 MiB, then within it once the
+        # WebSocket client (200,000) and the Redis client (100,000) and
+        # one line client are cut.
+        figures = waitForHeld(monitor, lambda n: n == 17 * HALF_LINE)
+        assert figures["unfinished_cuts"] == 3, figures
+        assert figures["unfinished_discarded_bytes"] == 360_000, figures
+        opcode, payload = wsReceive(websocket)
+        assert (opcode, payload[:2]) == (8, b"\x03\xf0"), (opcode, payload)
+        client.settimeout(10)
+        assert client.recv(100) == b""
+        assert sum(isClosed(sock) for sock in lines) == 1
+        stats: dict[str, Any] = json.loads(get(monitor, "/stats"))
+        discarded = {source["info"]["protocol"]: source["counters"]["discarded_bytes"]
+                     for source in stats["services"] if source["kind"] == "listen"}
+        assert discarded == {"lines": 60_000, "websocket": 200_000, "redis": 100_000}
     finally:
         for sock in sockets:
             sock.close()
