@@ -204,8 +204,11 @@ class PortStats:
     @ivar idle_discarded: bytes of those unfinished lines, discarded.
     @ivar discarded_bytes: bytes of half lines never published: those of a
         connection reset or aborted, closed by the server, or cut for a line
-        longer than C{max_line_length} (a half line before a clean end of
-        input, a FIN, is published).
+        longer than C{max_line_length} or for holding the longest unfinished
+        line past C{max_unfinished_total} (a half line before a clean end of
+        input, a FIN, is published).  On WebSocket and Redis ports: the
+        unfinished messages and requests of clients cut for
+        C{max_unfinished_total}.
     @ivar http_requests: clients that sent an HTTP request line first,
         answered C{400 Bad Request} and disconnected.
     """

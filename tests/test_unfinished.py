@@ -391,6 +391,22 @@ class ConfigTests(SynchronousTestCase):
                       "listen": [{"endpoint": "tcp:0", "protocol": "redis",
                                   "backplanes": ["NEWS"], "max_request": 1048576}]})
 
+    def test_checked(self):
+        """
+        C{--check} (readConfig) rejects what start-up would, in one line.
+        """
+        from backplane.config import readConfig
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[limits]\nmax_unfinished_total = 1000\n[backplane.NEWS]\n'
+                    '[[listen]]\nendpoint = "tcp:0"\npublish_to = "NEWS"\n')
+        with self.assertRaises(ConfigError) as caught:
+            readConfig(path)
+        self.assertIn("limits.max_unfinished_total: must be 1048576 or more",
+                      str(caught.exception))
+        self.assertNotIn("\n", str(caught.exception))
+
     def test_built(self):
         config = self.parse({"max_unfinished_total": 16777216})
         reactor: Any = MemoryReactorClock()
