@@ -220,8 +220,8 @@ class WebSocketClient(WebSocketServerProtocol):
         All clients together hold more than C{max_unfinished_total} of
         unfinished input, and this one holds the most: log it, forget its
         unfinished message (never published, counted in
-        C{discarded_bytes}), and close the connection (1008, policy
-        violation, once the handshake is done).
+        C{discarded_bytes}), and close the connection (after a Close
+        frame, 1008: policy violation, once the handshake is done).
         """
         length = self._unfinished
         _log.warn(
@@ -239,9 +239,11 @@ class WebSocketClient(WebSocketServerProtocol):
         if self.state == _OPEN:
             self.sendCloseFrame(code=POLICY_VIOLATION,
                                 reasonUtf8=b"unfinished input over the server's bound")
-        else:
-            self.data = b""
-            self.dropConnection(abort=True)
+        self.data = b""
+        # Closed on purpose, and logged above: not an unclean drop for
+        # autobahn to log again, nor a close handshake to wait for.
+        self.wasClean = True
+        self.dropConnection(abort=False)
 
     @property
     def dropped(self) -> int:
