@@ -23,6 +23,7 @@ from backplane.errors import ConfigError
 from backplane.protocols import Limits, PublishTo, PublishToFactory
 from backplane.redis.server import RedisClient, RedisFactory
 from backplane.service import BackplaneService
+from tests.helpers import tempDir
 from tests.redis_helpers import encodeCommand
 from tests.test_relay import LogCapture
 from tests.test_websocket import CLOSE, clientFrame, opened, serverFrames
@@ -397,7 +398,7 @@ class ConfigTests(SynchronousTestCase):
         """
         from backplane.config import readConfig
 
-        path = self.mktemp()
+        path = tempDir(self) / "backplane.toml"
         with open(path, "w") as f:
             f.write('[limits]\nmax_unfinished_total = 1000\n[backplane.NEWS]\n'
                     '[[listen]]\nendpoint = "tcp:0"\npublish_to = "NEWS"\n')
