@@ -1,7 +1,13 @@
 """
-One service-wide bound on what waits for subscribers: a L{PendingBudget},
-shared by every L{BoundedWriter<backplane.output.BoundedWriter>} of a
-service, inside which each subscriber's own C{max_pending} applies.
+Service-wide bounds on memory that clients make the service hold:
+
+  - what waits for subscribers: a L{PendingBudget}, shared by every
+    L{BoundedWriter<backplane.output.BoundedWriter>} of a service, inside
+    which each subscriber's own C{max_pending} applies;
+  - what publishers sent that is not yet a whole line (or message, or
+    request): an L{UnfinishedBudget}, shared by every connection that reads
+    lines, WebSocket messages or Redis requests, inside which each port's
+    C{max_line_length} (or C{max_request}) applies.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from typing import Protocol
 
 #: The default of C{[limits] max_pending_total}: 256 MiB.
 DEFAULT_MAX_PENDING_TOTAL = 256 * 1024 * 1024
+#: The default of C{[limits] max_unfinished_total}: 64 MiB.
+DEFAULT_MAX_UNFINISHED_TOTAL = 64 * 1024 * 1024
 
 
 class BudgetHolder(Protocol):
@@ -126,3 +134,115 @@ class PendingBudget:
 
 def _pending(holder: BudgetHolder) -> int:
     return holder.pending
+
+
+class UnfinishedHolder(Protocol):
+    """
+    What holds bytes on an L{UnfinishedBudget}: a connection that reads
+    lines (or WebSocket messages, or Redis requests) and keeps what it has
+    of the one not yet finished.
+    """
+
+    @property
+    def unfinished(self) -> int:
+        """
+        The bytes of its unfinished line it holds on the budget now.
+        """
+
+    def overUnfinished(self) -> None:
+        """
+        The service holds too much unfinished input and this holder's is the
+        largest: log it, forget it (never published, counted in its port's
+        C{discarded_bytes}), disconnect, and release it from the budget
+        (L{UnfinishedBudget.update} to 0).
+        """
+
+
+class UnfinishedBudget:
+    """
+    The bytes of unfinished lines that all the connections of a service
+    hold together, and their bound (C{[limits] max_unfinished_total}).
+
+    After each read a connection tells the budget how many bytes it holds
+    now (L{update}, only when that changed: an O(1) sum, never a look at
+    lines); past L{limit}, the connection holding the most is cut
+    (L{UnfinishedHolder.overUnfinished}), then the next, until the total is
+    within the bound.  Only that rare path looks at the holders.
+
+    @ivar limit: the bound, in bytes.
+    @ivar held: the bytes of unfinished lines held now, all connections
+        together.
+    @ivar holders: the connections holding some now (an ordered set).
+    @ivar cuts: connections disconnected, their unfinished line forgotten,
+        to keep within the bound.
+    @ivar discarded: the bytes of those unfinished lines.
+    """
+
+    __slots__ = ("cuts", "discarded", "held", "holders", "limit")
+
+    def __init__(self, limit: int | None = None) -> None:
+        """
+        @param limit: the bound in bytes; L{None}: no bound (the budget
+            only counts).
+        @raise ValueError: a negative limit.
+        """
+        if limit is not None and limit < 0:
+            raise ValueError(f"the limit must be 0 or more, not {limit}")
+        self.limit: int = (1 << 62) if limit is None else limit
+        self.held = 0
+        self.holders: dict[UnfinishedHolder, None] = {}
+        self.cuts = 0
+        self.discarded = 0
+
+    @property
+    def bounded(self) -> bool:
+        """
+        Whether a bound was given (not only counting).
+        """
+        return self.limit < (1 << 62)
+
+    def update(self, holder: UnfinishedHolder, before: int, after: int) -> None:
+        """
+        C{holder} now holds C{after} bytes of an unfinished line instead of
+        C{before} (its L{UnfinishedHolder.unfinished} already says C{after}).
+        If that takes the total past the bound, the holders with the most
+        are cut, C{holder} included, until it is within it.
+        """
+        self.held += after - before
+        if after:
+            if not before:
+                self.holders[holder] = None
+            if after > before and self.held > self.limit:
+                self._makeRoom()
+        elif before:
+            self.holders.pop(holder, None)
+
+    def _makeRoom(self) -> None:
+        holders = self.holders
+        while self.held > self.limit and holders:
+            largest = max(holders, key=_unfinished)
+            size = largest.unfinished
+            self.cuts += 1
+            self.discarded += size
+            largest.overUnfinished()
+            if largest in holders:  # pragma: no cover - a holder that released nothing
+                return
+
+    def report(self) -> dict[str, int | None]:
+        """
+        The figures of C{/stats}: C{unfinished_bytes},
+        C{unfinished_limit_bytes} (L{None}: no bound),
+        C{unfinished_connections} (those holding bytes now), and the
+        counters C{unfinished_cuts} and C{unfinished_discarded_bytes}.
+        """
+        return {
+            "unfinished_bytes": self.held,
+            "unfinished_limit_bytes": self.limit if self.bounded else None,
+            "unfinished_connections": len(self.holders),
+            "unfinished_cuts": self.cuts,
+            "unfinished_discarded_bytes": self.discarded,
+        }
+
+
+def _unfinished(holder: UnfinishedHolder) -> int:
+    return holder.unfinished

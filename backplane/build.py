@@ -13,7 +13,7 @@ from twisted.internet import endpoints
 from twisted.internet.interfaces import IReactorUDP
 
 from backplane._types import IBackplaneReactor, defaultReactor
-from backplane.budget import PendingBudget
+from backplane.budget import PendingBudget, UnfinishedBudget
 from backplane.config import BackplaneEntry, Config, ListenEntry, readConfig
 from backplane.errors import ConfigError
 from backplane.history import DiskStore, History, MemoryHistory, StoreError
@@ -51,7 +51,9 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
     monitor (added first) last of all, so that it reports to the end.
     """
     reactor = defaultReactor(reactor)
-    service = BackplaneService(budget=PendingBudget(config.limits.max_pending_total))
+    limits = config.limits
+    service = BackplaneService(budget=PendingBudget(limits.max_pending_total),
+                               unfinished=UnfinishedBudget(limits.max_unfinished_total))
     authority = _authorities(config, reactor)
 
     def add(child: IService, table: str, i: int) -> None:

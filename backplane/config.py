@@ -35,7 +35,7 @@ from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 
 from backplane.address import Network
-from backplane.budget import DEFAULT_MAX_PENDING_TOTAL
+from backplane.budget import DEFAULT_MAX_PENDING_TOTAL, DEFAULT_MAX_UNFINISHED_TOTAL
 from backplane.errors import ConfigError
 from backplane.protocols import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -60,6 +60,8 @@ DEFAULT_MAX_REQUEST = 8 * 1024 * 1024
 MIN_PENDING_TOTAL = 1024 * 1024
 MAX_PENDING_TOTAL = 1024 ** 4
 MAX_LINGER = 1.0
+MIN_UNFINISHED_TOTAL = 1024 * 1024
+MAX_UNFINISHED_TOTAL = 1024 ** 4
 
 #: The defaults of a backplane's history (SPEC section 9; docs/configuration.md).
 DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
@@ -401,6 +403,10 @@ class LimitsEntry:
         DEFAULT_MAX_PENDING_TOTAL, minimum=MIN_PENDING_TOTAL, maximum=MAX_PENDING_TOTAL,
         doc="bytes that may wait for all subscribers together; past it, the subscribers "
             "furthest behind apply their slow policy first")
+    max_unfinished_total: int = _option(
+        DEFAULT_MAX_UNFINISHED_TOTAL, minimum=MIN_UNFINISHED_TOTAL, maximum=MAX_UNFINISHED_TOTAL,
+        doc="bytes of unfinished lines (WebSocket messages, Redis requests) that all clients "
+            "may hold together; past it, the client holding the most is disconnected first")
 
 
 @dataclass(frozen=True)
@@ -747,6 +753,7 @@ class _Parser:
                 raise self.error("redis.max_delay",
                                  f"must be at least initial_delay ({config.redis.initial_delay})")
         total = config.limits.max_pending_total
+        unfinished = config.limits.max_unfinished_total
         for i, entry in enumerate(config.listen, 1):
             if entry.framing == "syslog" and (entry.protocol != "lines" or entry.ids
                                               or entry.acks or entry.publish_to is None):
@@ -765,6 +772,15 @@ class _Parser:
                 raise self.error(f"listen[{i}].max_pending",
                                  f"must be at most [limits] max_pending_total ({total}), "
                                  f"which bounds every subscriber together, not {entry.max_pending}")
+            bounded = ("max_line_length", "max_request") if entry.protocol == "redis" else (
+                "max_line_length",)
+            for key in bounded:
+                if getattr(entry, key) > unfinished:
+                    raise self.error(
+                        f"listen[{i}].{key}",
+                        f"must be at most [limits] max_unfinished_total ({unfinished}), which "
+                        f"bounds every client's unfinished input together, "
+                        f"not {getattr(entry, key)}")
             endpoint = self.endpoint(entry.endpoint, endpoints.serverFromString,
                                      f"listen[{i}].endpoint", parsed=entry.description)
             if entry.tls_client_ca is not None:

@@ -67,6 +67,13 @@ class MonitoredService(Protocol):
         L{PendingBudget.report<backplane.budget.PendingBudget.report>} gives it.
         """
 
+    def unfinishedStats(self) -> Mapping[str, int | None]:
+        """
+        The service's bound on the unfinished lines clients hold, as
+        L{UnfinishedBudget.report<backplane.budget.UnfinishedBudget.report>}
+        gives it.
+        """
+
 
 @dataclass(frozen=True)
 class Stat:
@@ -114,6 +121,26 @@ PENDING_COUNTERS = {
                                                "past max_pending_total."),
     "pending_disconnects": Stat("pending_disconnects", "Subscribers with slow = \"disconnect\" "
                                                        "disconnected past max_pending_total."),
+}
+
+# The figures of the service's bound on the unfinished lines clients hold
+# (UnfinishedBudget.report()), by key: the gauges, then the counters.
+UNFINISHED_GAUGES = {
+    "unfinished_bytes": Stat("unfinished_bytes",
+                             "Bytes of unfinished lines, WebSocket messages and Redis requests "
+                             "all clients hold together."),
+    "unfinished_limit_bytes": Stat("unfinished_limit_bytes",
+                                   "The bound on them ([limits] max_unfinished_total)."),
+    "unfinished_connections": Stat("unfinished_connections",
+                                   "Connections holding an unfinished line."),
+}
+UNFINISHED_COUNTERS = {
+    "unfinished_cuts": Stat("unfinished_cuts", "Connections holding the longest unfinished line "
+                                               "disconnected to keep within "
+                                               "max_unfinished_total."),
+    "unfinished_discarded_bytes": Stat("unfinished_discarded_bytes",
+                                       "Bytes of the unfinished lines of those connections, "
+                                       "never published."),
 }
 
 # The gauges of a backplane's history (History.report()), by key.
@@ -390,6 +417,7 @@ class StatsCollector:
         yield GaugeMetricFamily("backplane_uptime_seconds",
                                 "Seconds since the service started.", value=monitor.uptime())
         yield from self.pending(monitor.pendingStats())
+        yield from self.unfinished(monitor.unfinishedStats())
         yield from self.backplanes(monitor.backplanes())
         yield from self.sources(monitor.sourceStats())
 
@@ -399,13 +427,16 @@ class StatsCollector:
         The service's bound on what waits for subscribers: its gauges
         (C{backplane_pending_limit_bytes} only with a bound) and counters.
         """
-        for key, stat in PENDING_GAUGES.items():
-            value = report.get(key)
-            if value is not None:
-                yield GaugeMetricFamily(f"backplane_{stat.suffix}", stat.help, value=value)
-        for key, stat in PENDING_COUNTERS.items():
-            yield CounterMetricFamily(f"backplane_{stat.suffix}", stat.help,
-                                      value=report.get(key) or 0)
+        return _bound(report, PENDING_GAUGES, PENDING_COUNTERS)
+
+    @staticmethod
+    def unfinished(report: Mapping[str, int | None]) -> Iterator[Metric]:
+        """
+        The service's bound on the unfinished lines clients hold: its
+        gauges (C{backplane_unfinished_limit_bytes} only with a bound) and
+        counters.
+        """
+        return _bound(report, UNFINISHED_GAUGES, UNFINISHED_COUNTERS)
 
     def backplanes(self, backplanes: Sequence[Any]) -> Iterator[Metric]:
         """
@@ -511,3 +542,18 @@ class StatsCollector:
                                ACCESS_HELP["refused"], [*labels, "reason"])
         for reason, count in _numbers(access.get("refused")).items():
             refused.add_metric([*values, reason], count)
+
+
+def _bound(report: Mapping[str, int | None], gauges: Mapping[str, Stat],
+           counters: Mapping[str, Stat]) -> Iterator[Metric]:
+    """
+    The metrics of one of the service's bounds: its C{gauges} (left out
+    when the report says L{None}) and its C{counters}, from its C{report}.
+    """
+    for key, stat in gauges.items():
+        value = report.get(key)
+        if value is not None:
+            yield GaugeMetricFamily(f"backplane_{stat.suffix}", stat.help, value=value)
+    for key, stat in counters.items():
+        yield CounterMetricFamily(f"backplane_{stat.suffix}", stat.help,
+                                  value=report.get(key) or 0)

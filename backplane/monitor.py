@@ -420,6 +420,13 @@ class MonitorService(EndpointService):
         """
         return self.service.budget.report()
 
+    def unfinishedStats(self) -> dict[str, int | None]:
+        """
+        The service's bound on the unfinished lines clients hold
+        (L{UnfinishedBudget.report<backplane.budget.UnfinishedBudget.report>}).
+        """
+        return self.service.unfinished.report()
+
     def sourceStats(self) -> list[dict[str, Any]]:
         """
         What every statistics source of the service reports now, in the
@@ -440,7 +447,8 @@ class MonitorService(EndpointService):
     def document(self) -> dict[str, object]:
         """
         The document C{/stats} serves: C{server} (version, pid, start time,
-        uptime, memory, what waits for subscribers and its bound),
+        uptime, memory, what waits for subscribers and the unfinished lines
+        clients hold, with their bounds),
         C{backplanes} (by name) and C{services} (what each statistics
         source reports, as L{IStatsSource} describes).
         """
@@ -458,6 +466,7 @@ class MonitorService(EndpointService):
                 "max_rss_bytes": peakMemory(),
                 "running": bool(self.service.running),
                 **self.service.budget.report(),
+                **self.service.unfinished.report(),
             },
             "backplanes": {
                 backplane.name: {

@@ -31,6 +31,7 @@ from backplane.auth.authority import Authority
 from backplane.auth.gate import Gate
 from backplane.auth.identity import AccessDenied, Identity
 from backplane.auth.lines import LineAdmission
+from backplane.budget import UnfinishedBudget
 from backplane.framing import DEFAULT_MAX_LINE_LENGTH as DEFAULT_MAX_LINE_LENGTH
 from backplane.framing import LineFramer
 from backplane.framing import firstOverlong as firstOverlong
@@ -208,8 +209,11 @@ class PortStats:
     @ivar idle_discarded: bytes of those unfinished lines, discarded.
     @ivar discarded_bytes: bytes of half lines never published: those of a
         connection reset or aborted, closed by the server, or cut for a line
-        longer than C{max_line_length} (a half line before a clean end of
-        input, a FIN, is published).
+        longer than C{max_line_length} or for holding the longest unfinished
+        line past C{max_unfinished_total} (a half line before a clean end of
+        input, a FIN, is published).  On WebSocket and Redis ports: the
+        unfinished messages and requests of clients cut for
+        C{max_unfinished_total}.
     @ivar http_requests: clients that sent an HTTP request line first,
         answered C{400 Bad Request} and disconnected.
     """
@@ -304,6 +308,10 @@ class BackplaneProtocol(Protocol):
         client publishes, or L{None}.
     @ivar linger: the port's write coalescer (its factory sets it), or
         L{None}: every chunk is written at once.
+    @ivar unfinishedBudget: the service's bound on the unfinished lines of
+        all clients together (its port sets it), on which this client
+        counts its half line after each read (L{unfinished}); L{None}: not
+        counted.
     """
 
     log = Logger()
@@ -312,6 +320,7 @@ class BackplaneProtocol(Protocol):
     transport: Any
     gate: Gate | None = None
     linger: Linger | None = None
+    unfinishedBudget: UnfinishedBudget | None = None
 
     def __init__(
         self,
@@ -340,6 +349,16 @@ class BackplaneProtocol(Protocol):
         self.identity: Identity | None = None
         self._idle: IDelayedCall | None = None
         self.prefix: Prefix | None = None
+        self._unfinished = 0
+
+    @property
+    def unfinished(self) -> int:
+        """
+        The bytes of an unfinished line the client holds on the service's
+        L{unfinishedBudget} (its half line, and the first bytes held back
+        to tell an HTTP request), as of its last read.
+        """
+        return self._unfinished
 
     @property
     def dropped(self) -> int:
@@ -519,6 +538,41 @@ class BackplaneProtocol(Protocol):
         self._head = None
         if discarded:
             self.portStats.discarded_bytes += discarded
+        self._countUnfinished()
+
+    def _countUnfinished(self) -> None:
+        """
+        Count what the client holds of an unfinished line now on the
+        service's bound, if it changed: once a read, never a line at a time.
+        """
+        budget = self.unfinishedBudget
+        if budget is None:
+            return
+        held = len(self.framer.buffered)
+        head = self._head
+        if head:
+            held += len(head)
+        before = self._unfinished
+        if held != before:
+            self._unfinished = held
+            budget.update(self, before, held)
+
+    def overUnfinished(self) -> None:
+        """
+        All clients together hold more than C{max_unfinished_total} of
+        unfinished lines, and this one holds the most: log it, and close
+        the connection, its half line discarded (never published, counted
+        in C{discarded_bytes}) and released from the bound.
+        """
+        budget = self.unfinishedBudget
+        self.log.warn(
+            "Disconnecting {peer}: its unfinished line of {length} bytes is the longest, and "
+            "all clients together hold more than max_unfinished_total ({limit} bytes) of "
+            "unfinished lines; it was not published",
+            peer=self.peer, length=self._unfinished,
+            limit=None if budget is None else budget.limit,
+        )
+        self.close()
 
     @property
     def _receiving(self) -> bool:
@@ -542,6 +596,8 @@ class BackplaneProtocol(Protocol):
         self.endOfInput()
         if not self._closing and not self._receiving:
             self.close()
+        else:
+            self._countUnfinished()
 
     def writeConnectionLost(self) -> None:
         """
@@ -577,6 +633,7 @@ class BackplaneProtocol(Protocol):
             request = looksLikeHTTP(data)
             if request is None and len(data) <= self.framer.maxLineLength:
                 self._head = data
+                self._countUnfinished()
                 return
             self._head = None
             if request:
@@ -591,6 +648,7 @@ class BackplaneProtocol(Protocol):
             self.readData(data)
         if self.limits.idle_timeout:
             self._watchIdle()
+        self._countUnfinished()
 
     def _watchIdle(self) -> None:
         """
@@ -801,6 +859,7 @@ class BackplaneFactory(Factory):
         self.publishTo = None if publish_to is None else service.get(publish_to)
         self.subscribeTo = None if subscribe_to is None else service.get(subscribe_to)
         self.limits = limits
+        self.service = service
         self.gate = Gate(authority, publish=publish_to, subscribe=subscribe_to, clock=clock)
         self.clock = clock
         self.linger = Linger(limits.linger, clock) if limits.linger > 0 else None
@@ -842,6 +901,7 @@ class BackplaneFactory(Factory):
         if isinstance(protocol, BackplaneProtocol):
             protocol.gate = self.gate
             protocol.linger = self.linger
+            protocol.unfinishedBudget = self.service.unfinished
         # Its clients (BackplaneProtocol, WebSocketClient) count in this
         # port's stats: an attribute they have, and Protocol has not.
         counted: Any = protocol

@@ -15,7 +15,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from backplane.auth.glob import Glob, compileGlob
-from backplane.budget import DEFAULT_MAX_PENDING_TOTAL, PendingBudget
+from backplane.budget import (
+    DEFAULT_MAX_PENDING_TOTAL,
+    DEFAULT_MAX_UNFINISHED_TOTAL,
+    PendingBudget,
+    UnfinishedBudget,
+)
 from backplane.errors import BackplaneExists, TooManyBackplanes, UnknownBackplane
 from backplane.history import History, formatId, resume, withIds
 from backplane.interfaces import ILineSink
@@ -632,15 +637,22 @@ class BackplaneService(MultiService):
 
     @ivar budget: the bound on what waits for all the subscribers of all its
         backplanes together (a L{PendingBudget}), shared by its backplanes.
+    @ivar unfinished: the bound on the unfinished lines (WebSocket messages,
+        Redis requests) that all the clients of its ports hold together (an
+        L{UnfinishedBudget}), shared by its ports' connections.
     """
 
     log = Logger()
 
-    def __init__(self, *, budget: PendingBudget | None = None) -> None:
+    def __init__(self, *, budget: PendingBudget | None = None,
+                 unfinished: UnfinishedBudget | None = None) -> None:
         """
         @param budget: the bound on what waits for all the subscribers of
             all its backplanes together (C{[limits] max_pending_total});
             L{None}: the default bound (L{DEFAULT_MAX_PENDING_TOTAL}).
+        @param unfinished: the bound on the unfinished lines all the clients
+            of its ports hold together (C{[limits] max_unfinished_total});
+            L{None}: the default bound (L{DEFAULT_MAX_UNFINISHED_TOTAL}).
         """
         super().__init__()
         self._backplanes: dict[str, Backplane] = {}
@@ -651,6 +663,8 @@ class BackplaneService(MultiService):
         # watch(): the watches of each pattern, and the pattern compiled.
         self._watches: dict[str, tuple[Glob, dict[Watch, None]]] = {}
         self.budget = PendingBudget(DEFAULT_MAX_PENDING_TOTAL) if budget is None else budget
+        self.unfinished = (UnfinishedBudget(DEFAULT_MAX_UNFINISHED_TOTAL) if unfinished is None
+                           else unfinished)
 
     def stopService(self) -> Deferred[None]:
         """

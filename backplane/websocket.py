@@ -59,6 +59,7 @@ from backplane.service import Backplane, BackplaneService, Gap, Subscription
 
 # Close codes (RFC 6455 7.4.1).
 GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 
 _OPEN = WebSocketProtocol.STATE_OPEN
@@ -186,6 +187,63 @@ class WebSocketClient(WebSocketServerProtocol):
         self._refusalLogged = False
         # On a port whose clients choose their backplane: the one chosen.
         self.chosen: Backplane | None = None
+        # Bytes of the message being received, kept until it ends; and
+        # what the client holds on the service's bound (see unfinished).
+        self._messageBytes = 0
+        self._unfinished = 0
+
+    @property
+    def unfinished(self) -> int:
+        """
+        The bytes of an unfinished message (and of a frame's or a
+        handshake's head) the client holds on the service's bound on
+        unfinished input, as of its last read.
+        """
+        return self._unfinished
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        held = 0 if self._closing else len(self.data) + self._messageBytes
+        before = self._unfinished
+        if held != before:
+            self._unfinished = held
+            self.port.service.unfinished.update(self, before, held)
+
+    def _releaseUnfinished(self) -> None:
+        before, self._unfinished = self._unfinished, 0
+        self._messageBytes = 0
+        if before:
+            self.port.service.unfinished.update(self, before, 0)
+
+    def overUnfinished(self) -> None:
+        """
+        All clients together hold more than C{max_unfinished_total} of
+        unfinished input, and this one holds the most: log it, forget its
+        unfinished message (never published, counted in
+        C{discarded_bytes}), and close the connection (after a Close
+        frame, 1008: policy violation, once the handshake is done).
+        """
+        length = self._unfinished
+        _log.warn(
+            "Disconnecting {peer}: its unfinished message of {length} bytes is the longest, "
+            "and all clients together hold more than max_unfinished_total ({limit} bytes) "
+            "of unfinished input; it was not published",
+            peer=self.peer or "?", length=length, limit=self.port.service.unfinished.limit)
+        self.portStats.discarded_bytes += length
+        self._closing = True
+        self._stopSubscribing()
+        self._releaseUnfinished()
+        kept = getattr(self, "message_data", None)
+        if kept:
+            kept.clear()
+        if self.state == _OPEN:
+            self.sendCloseFrame(code=POLICY_VIOLATION,
+                                reasonUtf8=b"unfinished input over the server's bound")
+        self.data = b""
+        # Closed on purpose, and logged above: not an unclean drop for
+        # autobahn to log again, nor a close handshake to wait for.
+        self.wasClean = True
+        self.dropConnection(abort=False)
 
     @property
     def dropped(self) -> int:
@@ -388,6 +446,7 @@ class WebSocketClient(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
+        self._releaseUnfinished()
         self._stopSubscribing()
         self.output.discard()  # what waited, released from the service's bound
         if self._publishing and self.publishTo is not None:
@@ -417,8 +476,13 @@ class WebSocketClient(WebSocketServerProtocol):
     def onMessageFrameData(self, payload: bytes) -> None:
         # What a client that does not publish sends is read and discarded,
         # not kept until its message ends.
-        if self.publishTo is not None:
+        if self.publishTo is not None and not self._closing:
+            self._messageBytes += len(payload)
             super().onMessageFrameData(payload)
+
+    def onMessageEnd(self) -> None:
+        super().onMessageEnd()
+        self._messageBytes = 0
 
     def onMessageFrameBegin(self, length: int) -> None:
         super().onMessageFrameBegin(length)

@@ -350,6 +350,46 @@ class RedisClient(Protocol):
         self._authTimer: IDelayedCall | None = None
         # Publishers' rights, decided once a name (auth ports only).
         self._mayPublish: dict[str, bool] = {}
+        # What it holds on the service's bound on unfinished input.
+        self._unfinished = 0
+
+    @property
+    def unfinished(self) -> int:
+        """
+        The bytes of an unfinished request the client holds on the
+        service's bound on unfinished input, as of its last read.
+        """
+        return self._unfinished
+
+    def _countUnfinished(self) -> None:
+        held = 0 if self._closing else self._unparsed + len(self._inline or b"")
+        before = self._unfinished
+        if held != before:
+            self._unfinished = held
+            self.service.unfinished.update(self, before, held)
+
+    def overUnfinished(self) -> None:
+        """
+        All clients together hold more than C{max_unfinished_total} of
+        unfinished input, and this one holds the most: log it, forget its
+        unfinished request (never handled, counted in C{discarded_bytes}),
+        and close the connection.
+        """
+        length = self._unfinished
+        self.log.warn(
+            "Disconnecting {peer}: its unfinished request of {length} bytes is the longest, "
+            "and all clients together hold more than max_unfinished_total ({limit} bytes) "
+            "of unfinished input",
+            peer=self.peer, length=length, limit=self.service.unfinished.limit)
+        self.portStats.discarded_bytes += length
+        self._forgetUnfinished()
+        self.close()
+        self._countUnfinished()
+
+    def _forgetUnfinished(self) -> None:
+        self._reader = hiredis.Reader()
+        self._unparsed = 0
+        self._inline = None
 
     # Connection.
 
@@ -435,6 +475,8 @@ class RedisClient(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
+        self._forgetUnfinished()
+        self._countUnfinished()
         self._stopAuthTimer()
         if self.output is not None:
             self.output.discard()
@@ -541,6 +583,7 @@ class RedisClient(Protocol):
             self._requests(data)
         finally:
             self._flush()
+        self._countUnfinished()
 
     def _requests(self, data: bytes) -> None:
         reader = self._reader
