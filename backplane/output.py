@@ -21,6 +21,7 @@ from backplane.interfaces import ILineSink
 
 if TYPE_CHECKING:
     from backplane.protocols import Limits
+    from backplane.service import Backplane, Subscription
 
 #: What a subscriber's output may hold back under C{linger}: once this many
 #: bytes linger, they are written at once.
@@ -179,8 +180,9 @@ class Linger:
         self.delay = delay
         self.maxBytes = maxBytes
         self._clock = clock
-        # The writers holding something, in the order they started to.
-        self._dirty: dict[BoundedWriter, None] = {}
+        # The writers (and groups) holding something, in the order they
+        # started to.
+        self._dirty: dict[Releasing, None] = {}
         self._call: IDelayedCall | None = None
 
     @property
@@ -190,7 +192,7 @@ class Linger:
         """
         return len(self._dirty)
 
-    def add(self, writer: BoundedWriter) -> None:
+    def add(self, writer: Releasing) -> None:
         """
         C{writer} holds its first byte: have it write within C{delay}.
         """
@@ -203,7 +205,7 @@ class Linger:
                 assert clock is not None
             self._call = clock.callLater(self.delay, self.flush)
 
-    def remove(self, writer: BoundedWriter) -> None:
+    def remove(self, writer: Releasing) -> None:
         """
         C{writer} holds nothing any more (it wrote early, paused, or its
         consumer is gone).  The timer stops once nobody holds anything.
@@ -226,8 +228,144 @@ class Linger:
             try:
                 writer.release()
             except Exception:
-                self.log.failure("Writing to subscriber {peer} failed",
-                                 peer=writer.owner.peer)
+                self.log.failure("Writing what {what} held failed", what=writer)
+
+
+class Releasing(Protocol):
+    """
+    What a L{Linger} has write what it holds: a L{BoundedWriter} or a
+    L{LingerGroup}.
+    """
+
+    def release(self) -> None:
+        """
+        Write what is held back, now.
+        """
+
+
+@implementer(ILineSink)
+class LingerGroup:
+    """
+    The subscribers of one backplane on a port with C{linger}, as one sink
+    on the backplane: a chunk published is kept once, not once for each of
+    them, and when the port's L{Linger} says so (at most C{delay} after
+    the first byte kept, or once C{maxBytes} are kept) the chunks kept are
+    handed, joined, to every member's L{BoundedWriter} (made without a
+    L{Linger}), which writes them at once.
+
+    So under C{linger} a message costs a list append however many
+    subscribers there are, and each subscriber one call and one write a
+    C{linger} period: at a moderate rate of small messages, most of what a
+    delivery costs is gone.  A member that joins has what was kept before
+    it written to the others first, so that it gets nothing published
+    before it joined; one that leaves gets nothing more.  The backplane
+    counts the group as as many subscribers as it has members
+    (L{Backplane.represent<backplane.service.Backplane.represent>}).
+
+    For subscribers of plain lines only: not those with ids, nor a client
+    that publishes to the backplane it subscribes to (it must not get its
+    own lines back), which hold their own chunks back instead.
+    """
+
+    log = Logger()
+
+    __slots__ = ("_held", "_heldBytes", "_heldCount", "_memberList", "_members",
+                 "_subscription", "backplane", "linger")
+
+    def __init__(self, backplane: Backplane, linger: Linger) -> None:
+        self.backplane = backplane
+        self.linger = linger
+        self._members: dict[BoundedWriter, None] = {}
+        self._memberList: tuple[BoundedWriter, ...] = ()
+        self._held: list[bytes] = []
+        self._heldBytes = self._heldCount = 0
+        self._subscription: Subscription | None = None
+
+    def __repr__(self) -> str:
+        return f"<LingerGroup of {len(self._members)} on {self.backplane.name!r}>"
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def join(self, writer: BoundedWriter) -> None:
+        """
+        Hand C{writer} every chunk published from now on (and the
+        backplane's retained messages, as a subscriber gets them).
+        """
+        self.release()
+        retained = self.backplane.retainedChunk()
+        if retained is not None:
+            writer.deliver(*retained)
+        self._members[writer] = None
+        self._memberList = tuple(self._members)
+        if self._subscription is None:
+            self._subscription = self.backplane.attach(self)
+        self.backplane.represent(self._subscription, len(self._members))
+
+    def leave(self, writer: BoundedWriter, *, handOver: bool = False) -> None:
+        """
+        Hand C{writer} nothing more.  The last member to leave takes the
+        group off the backplane, and what it kept is forgotten.
+
+        @param handOver: hand C{writer} what is kept first (it is closing,
+            and writes what it has before its connection closes).
+        """
+        if writer not in self._members:
+            return
+        if handOver and self._held:
+            writer.deliver(b"".join(self._held), self._heldCount)
+            self.backplane.stats.deliveries += self._heldCount
+        del self._members[writer]
+        self._memberList = tuple(self._members)
+        subscription = self._subscription
+        if self._members:
+            assert subscription is not None
+            self.backplane.represent(subscription, len(self._members))
+            return
+        if self._held:
+            self._held.clear()
+            self._heldBytes = self._heldCount = 0
+            self.linger.remove(self)
+        if subscription is not None:
+            self._subscription = None
+            subscription.cancel()
+
+    def deliver(self, data: bytes, count: int) -> None:
+        """
+        Keep a chunk for the members, until the port's L{Linger} has them
+        written (or C{maxBytes} are kept).
+        """
+        held = self._held
+        held.append(data)
+        self._heldCount += count
+        heldBytes = self._heldBytes = self._heldBytes + len(data)
+        if heldBytes >= self.linger.maxBytes:
+            if len(held) > 1:
+                self.linger.remove(self)
+            self.release()
+        elif len(held) == 1:
+            self.linger.add(self)
+
+    def release(self) -> None:
+        """
+        Hand what is kept, joined, to every member now (the port's L{Linger}
+        calls it).
+        """
+        held = self._held
+        if not held:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        count = self._heldCount
+        held.clear()
+        self._heldBytes = self._heldCount = 0
+        members = self._memberList
+        for writer in members:
+            try:
+                writer.deliver(data, count)
+            except Exception:
+                self.log.failure("Writing to subscriber {peer} failed", peer=writer.owner.peer)
+        # The backplane counted one delivery a message for the group.
+        self.backplane.stats.deliveries += (len(members) - 1) * count
 
 
 @implementer(ILineSink, IPushProducer)
@@ -306,6 +444,9 @@ class BoundedWriter:
         # Held back under linger, while not paused (made on the first chunk).
         self._held: list[bytes] | None = None
         self._heldBytes = self._heldCount = 0
+
+    def __repr__(self) -> str:
+        return f"<BoundedWriter of {self.owner.peer} on {self.name!r}>"
 
     @property
     def paused(self) -> bool:

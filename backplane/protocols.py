@@ -36,7 +36,7 @@ from backplane.framing import DEFAULT_MAX_LINE_LENGTH as DEFAULT_MAX_LINE_LENGTH
 from backplane.framing import LineFramer
 from backplane.framing import firstOverlong as firstOverlong
 from backplane.interfaces import ILineSink
-from backplane.output import BoundedWriter, Linger
+from backplane.output import BoundedWriter, Linger, LingerGroup
 from backplane.prefix import Prefix, hostPort, makePrefix
 from backplane.service import Backplane, BackplaneService, Subscription
 
@@ -338,6 +338,7 @@ class BackplaneProtocol(Protocol):
         self.framer = makeFramer(self, limits)
         self.output: BoundedWriter | None = None
         self._subscription: Subscription | None = None
+        self._group: LingerGroup | None = None
         self._closing = False
         self.inputEnded = False
         # The first bytes, held until they cannot be an HTTP request line.
@@ -453,10 +454,14 @@ class BackplaneProtocol(Protocol):
             setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
             if setNoDelay is not None:
                 setNoDelay(True)
+            # Under linger, a plain subscriber's chunks are held back once
+            # for all such subscribers of the port (its LingerGroup), not by
+            # its own writer.
+            self._group = self._lingerGroup(backplane)
             self.output = BoundedWriter(self, self.transport, self.limits, name=backplane.name,
                                         counters=(self.portStats, backplane.stats),
                                         budget=backplane.budget,
-                                        linger=self.linger)
+                                        linger=self.linger if self._group is None else None)
             self.transport.registerProducer(self, True)
             self._producing = True
             self.subscribe(backplane)
@@ -467,6 +472,9 @@ class BackplaneProtocol(Protocol):
         C{subscribe_to}, once it has joined and its writer is ready.
         Subclasses override it to subscribe another way (with ids, say).
         """
+        if self._group is not None and self.output is not None:
+            self._group.join(self.output)
+            return
         sink: ILineSink = self
         if self.output is not None and type(self).deliver is BackplaneProtocol.deliver:
             # The backplane hands each chunk to the writer itself: one call
@@ -482,7 +490,7 @@ class BackplaneProtocol(Protocol):
         """
         self._closing = True
         self._discard()
-        self._unsubscribe()
+        self._unsubscribe(handOver=True)
         if self.output is not None:
             self.output.flush()
         if self._producing:
@@ -522,7 +530,31 @@ class BackplaneProtocol(Protocol):
         if isinstance(self.factory, BackplaneFactory):
             self.factory.clientGone(self)
 
-    def _unsubscribe(self) -> None:
+    def _lingerGroup(self, backplane: Backplane) -> LingerGroup | None:
+        """
+        The port's L{LingerGroup} of C{backplane}, if this client is to
+        be one of it: on a port with C{linger}, a client that gets the
+        backplane's plain lines (no ids: L{subscribe} is not overridden)
+        and does not publish to it (it must not get its own lines back).
+        """
+        factory = self.factory
+        if (self.linger is None or self.publishTo is backplane
+                or type(self).subscribe is not BackplaneProtocol.subscribe
+                or type(self).deliver is not BackplaneProtocol.deliver
+                or not isinstance(factory, BackplaneFactory)):
+            return None
+        return factory.lingerGroup(backplane)
+
+    def _unsubscribe(self, handOver: bool = False) -> None:
+        """
+        Take the client off its backplane.
+
+        @param handOver: have its writer take what its L{LingerGroup} kept
+            for it (it is being closed, and writes what it has first).
+        """
+        group, self._group = self._group, None
+        if group is not None and self.output is not None:
+            group.leave(self.output, handOver=handOver)
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
@@ -863,6 +895,8 @@ class BackplaneFactory(Factory):
         self.gate = Gate(authority, publish=publish_to, subscribe=subscribe_to, clock=clock)
         self.clock = clock
         self.linger = Linger(limits.linger, clock) if limits.linger > 0 else None
+        # Under linger: the plain subscribers of each backplane, as one sink.
+        self._lingerGroups: dict[Backplane, LingerGroup] = {}
         self.protocols: set[Protocol] = set()
         self.stats = PortStats()
         self._emptied: list[Deferred[None]] = []
@@ -999,6 +1033,17 @@ class BackplaneFactory(Factory):
         A new protocol for one client.
         """
         return BackplaneProtocol(self.publishTo, self.subscribeTo, self.limits)
+
+    def lingerGroup(self, backplane: Backplane) -> LingerGroup:
+        """
+        The L{LingerGroup} of this port's plain subscribers of
+        C{backplane} (on a port with C{linger}).
+        """
+        assert self.linger is not None
+        group = self._lingerGroups.get(backplane)
+        if group is None:
+            group = self._lingerGroups[backplane] = LingerGroup(backplane, self.linger)
+        return group
 
     def clientGone(self, protocol: Protocol) -> None:
         """

@@ -186,7 +186,8 @@ class Backplane:
         """
         The number of subscribers now.
         """
-        return len(self._sinks) + len(self._callbacks) + len(self._idSinks) + self._catchingUp
+        return (len(self._sinks) + len(self._callbacks) + len(self._idSinks) + self._catchingUp
+                + self._represented)
 
     def __bool__(self) -> bool:
         """
@@ -196,6 +197,32 @@ class Backplane:
         return True
 
     _catchingUp = 0
+    # represent(): the subscribers that sinks standing for several count
+    # besides themselves, all told, and each such sink's.
+    _represented = 0
+    _representing: dict[Subscription, int] | None = None
+
+    def represent(self, subscription: Subscription, subscribers: int) -> None:
+        """
+        Count the sink of C{subscription} as C{subscribers} subscribers, in
+        C{len} and in the number a publish reaches: a sink that hands each
+        chunk on to that many (a port's
+        L{LingerGroup<backplane.output.LingerGroup>}).  Its deliveries are
+        its own to count (C{stats.deliveries} counts one a chunk for it).
+
+        @param subscribers: 1 or more.
+        """
+        if not subscription.active:
+            return
+        representing = self._representing
+        if representing is None:
+            representing = self._representing = {}
+        extra = subscribers - 1
+        self._represented += extra - representing.get(subscription, 0)
+        if extra:
+            representing[subscription] = extra
+        else:
+            representing.pop(subscription, None)
 
     @property
     def retain(self) -> int:
@@ -282,6 +309,16 @@ class Backplane:
             for i, message in enumerate(data.split(b"\n")[:count]):
                 self._call(subscription, formatId(history.epoch, first + i), message)
             cursor = first + count - 1
+
+    def retainedChunk(self) -> tuple[bytes, int] | None:
+        """
+        What a new subscriber is handed first (the C{retain} latest
+        messages) as a chunk and its number of messages, or L{None}.
+        """
+        retained = self._retained
+        if not retained:
+            return None
+        return b"".join(m + b"\n" for m in retained), len(retained)
 
     def attach(self, sink: ILineSink, *, origin: object = None) -> Subscription:
         """
@@ -373,6 +410,8 @@ class Backplane:
         return withIds(history.epoch, first, data, count), count
 
     def _remove(self, subscription: Subscription) -> None:
+        if self._representing:
+            self._represented -= self._representing.pop(subscription, 0)
         if subscription in self._sinks:
             del self._sinks[subscription]
             self._sinkList = None
@@ -525,6 +564,7 @@ class Backplane:
                         if result is not None and wait:
                             waiting.append(result)
         stats.deliveries += reached * count
+        reached += self._represented
         if not wait:
             return reached
         if not waiting:

@@ -262,6 +262,112 @@ class PortTests(SynchronousTestCase):
         self.clock.advance(0.002)
         self.assertEqual([t.value() for _, t in subscribers], [b"hello\n"] * 3)
 
+    def test_oneSinkForThePortsSubscribers(self):
+        """
+        Under linger the port's plain subscribers of a backplane are one
+        sink on it: a chunk is kept once, and each of them gets what was
+        kept in one write; the backplane still counts every subscriber.
+        """
+        factory = SubscribeToFactory(self.service, "NEWS", limits=Limits(linger=0.001),
+                                     clock=self.clock)
+        subscribers = [self.subscriber(factory) for _ in range(5)]
+        self.assertEqual(len(self.backplane._sinks), 1)
+        self.assertEqual(len(self.backplane), 5)
+        reached = [self.successResultOf(self.backplane.publish(b"%d" % n)) for n in range(3)]
+        self.assertEqual(reached, [5, 5, 5])
+        self.assertEqual([t.value() for _, t in subscribers], [b""] * 5)
+        self.clock.advance(0.001)
+        self.assertEqual([t.value() for _, t in subscribers], [b"0\n1\n2\n"] * 5)
+        self.assertEqual(self.backplane.stats.deliveries, 15)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_joinerGetsNothingPublishedBeforeIt(self):
+        factory = SubscribeToFactory(self.service, "NEWS", limits=Limits(linger=0.001),
+                                     clock=self.clock)
+        _, first = self.subscriber(factory)
+        self.backplane.publish(b"before")
+        _, second = self.subscriber(factory)
+        self.assertEqual(first.value(), b"before\n", "what was kept is written to the others")
+        self.backplane.publish(b"after")
+        self.clock.advance(0.001)
+        self.assertEqual(first.value(), b"before\nafter\n")
+        self.assertEqual(second.value(), b"after\n")
+
+    def test_joinerGetsTheRetainedMessages(self):
+        backplane = self.service.create("TIME", retain=1)
+        factory = SubscribeToFactory(self.service, "TIME", limits=Limits(linger=0.001),
+                                     clock=self.clock)
+        backplane.publish(b"noon")
+        _, transport = self.subscriber(factory)
+        self.assertEqual(transport.value(), b"noon\n")
+
+    def test_leaving(self):
+        """
+        A subscriber that leaves gets nothing more and is no longer counted;
+        once the last has left the group is off the backplane and its timer
+        stopped.
+        """
+        factory = SubscribeToFactory(self.service, "NEWS", limits=Limits(linger=0.001),
+                                     clock=self.clock)
+        (one, oneTransport), (two, twoTransport) = [self.subscriber(factory) for _ in range(2)]
+        self.backplane.publish(b"x")
+        one.connectionLost(None)
+        self.assertEqual(len(self.backplane), 1)
+        self.clock.advance(0.001)
+        self.assertEqual((oneTransport.value(), twoTransport.value()), (b"", b"x\n"))
+        self.backplane.publish(b"y")
+        two.connectionLost(None)
+        self.assertEqual(len(self.backplane), 0)
+        self.assertEqual(self.backplane._sinks, {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        _, three = self.subscriber(factory)
+        self.backplane.publish(b"z")
+        self.clock.advance(0.001)
+        self.assertEqual(three.value(), b"z\n")
+
+    def test_aClosingSubscriberGetsWhatWasKept(self):
+        """
+        A subscriber closed by the server (the service stopping, say) gets
+        what the group kept for it before its connection closes; the others
+        get it at the deadline.
+        """
+        factory = SubscribeToFactory(self.service, "NEWS", limits=Limits(linger=0.001),
+                                     clock=self.clock)
+        (closing, closingTransport), (_, staying) = [self.subscriber(factory) for _ in range(2)]
+        self.backplane.publish(b"last words")
+        closing.close()
+        self.assertEqual(closingTransport.value(), b"last words\n")
+        self.assertEqual(staying.value(), b"")
+        self.clock.advance(0.001)
+        self.assertEqual(staying.value(), b"last words\n")
+        self.assertEqual(self.backplane.stats.deliveries, 2)
+
+    def test_aPublisherDoesNotHearItself(self):
+        """
+        A client that publishes to the backplane it subscribes to holds its
+        own chunks back (the group cannot leave its own lines out).
+        """
+        factory = SubscribeToFactory(self.service, "NEWS", publish_to="NEWS",
+                                     limits=Limits(linger=0.001), clock=self.clock)
+        (talker, talkerTransport), (_, listenerTransport) = [self.subscriber(factory)
+                                                             for _ in range(2)]
+        talker.dataReceived(b"mine\n")
+        self.clock.advance(0.001)
+        self.assertEqual((talkerTransport.value(), listenerTransport.value()), (b"", b"mine\n"))
+
+    def test_slowPoliciesStillApply(self):
+        factory = SubscribeToFactory(self.service, "NEWS",
+                                     limits=Limits(linger=0.001, max_pending=5, slow="drop"),
+                                     clock=self.clock)
+        (_, stuck), (_, reader) = [self.subscriber(factory) for _ in range(2)]
+        stuck.producer.pauseProducing()
+        for n in range(4):
+            self.backplane.publish(b"message %d" % n)
+            self.clock.advance(0.001)
+        self.assertEqual(reader.value(), b"".join(b"message %d\n" % n for n in range(4)))
+        self.assertEqual(stuck.value(), b"")
+        self.assertEqual(factory.stats.dropped, 4)
+
     def test_noLingerByDefault(self):
         factory = SubscribeToFactory(self.service, "NEWS", clock=self.clock)
         self.assertIsNone(factory.linger)
