@@ -12,12 +12,46 @@ Service-wide bounds on memory that clients make the service hold:
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 #: The default of C{[limits] max_pending_total}: 256 MiB.
 DEFAULT_MAX_PENDING_TOTAL = 256 * 1024 * 1024
 #: The default of C{[limits] max_unfinished_total}: 64 MiB.
 DEFAULT_MAX_UNFINISHED_TOTAL = 64 * 1024 * 1024
+
+
+H = TypeVar("H")
+
+#: The limit of a bound given none: it only counts.
+_UNBOUNDED = 1 << 62
+
+
+class _Bound(Generic[H]):
+    """
+    What both bounds share: the limit, the holders (an ordered set), and
+    how many of them were cut to keep within it.
+    """
+
+    __slots__ = ("cuts", "holders", "limit")
+
+    def __init__(self, limit: int | None = None) -> None:
+        """
+        @param limit: the bound in bytes; L{None}: no bound (the budget
+            only counts).
+        @raise ValueError: a negative limit.
+        """
+        if limit is not None and limit < 0:
+            raise ValueError(f"the limit must be 0 or more, not {limit}")
+        self.limit: int = _UNBOUNDED if limit is None else limit
+        self.holders: dict[H, None] = {}
+        self.cuts = 0
+
+    @property
+    def bounded(self) -> bool:
+        """
+        Whether a bound was given (not only counting).
+        """
+        return self.limit < _UNBOUNDED
 
 
 class BudgetHolder(Protocol):
@@ -40,7 +74,7 @@ class BudgetHolder(Protocol):
         """
 
 
-class PendingBudget:
+class PendingBudget(_Bound[BudgetHolder]):
     """
     The bytes that wait for all the subscribers of a service together, and
     their bound (C{[limits] max_pending_total}).
@@ -66,29 +100,13 @@ class PendingBudget:
         backlog, or was disconnected) to keep within the bound.
     """
 
-    __slots__ = ("cuts", "disconnects", "dropped", "holders", "limit", "pending")
+    __slots__ = ("disconnects", "dropped", "pending")
 
     def __init__(self, limit: int | None = None) -> None:
-        """
-        @param limit: the bound in bytes; L{None}: no bound (the budget
-            only counts).
-        @raise ValueError: a negative limit.
-        """
-        if limit is not None and limit < 0:
-            raise ValueError(f"the limit must be 0 or more, not {limit}")
-        self.limit: int = (1 << 62) if limit is None else limit
+        super().__init__(limit)
         self.pending = 0
-        self.holders: dict[BudgetHolder, None] = {}
         self.dropped = 0
         self.disconnects = 0
-        self.cuts = 0
-
-    @property
-    def bounded(self) -> bool:
-        """
-        Whether a bound was given (not only counting).
-        """
-        return self.limit < (1 << 62)
 
     def makeRoom(self, size: int, asking: BudgetHolder) -> bool:
         """
@@ -158,7 +176,7 @@ class UnfinishedHolder(Protocol):
         """
 
 
-class UnfinishedBudget:
+class UnfinishedBudget(_Bound["UnfinishedHolder"]):
     """
     The bytes of unfinished lines that all the connections of a service
     hold together, and their bound (C{[limits] max_unfinished_total}).
@@ -178,28 +196,12 @@ class UnfinishedBudget:
     @ivar discarded: the bytes of those unfinished lines.
     """
 
-    __slots__ = ("cuts", "discarded", "held", "holders", "limit")
+    __slots__ = ("discarded", "held")
 
     def __init__(self, limit: int | None = None) -> None:
-        """
-        @param limit: the bound in bytes; L{None}: no bound (the budget
-            only counts).
-        @raise ValueError: a negative limit.
-        """
-        if limit is not None and limit < 0:
-            raise ValueError(f"the limit must be 0 or more, not {limit}")
-        self.limit: int = (1 << 62) if limit is None else limit
+        super().__init__(limit)
         self.held = 0
-        self.holders: dict[UnfinishedHolder, None] = {}
-        self.cuts = 0
         self.discarded = 0
-
-    @property
-    def bounded(self) -> bool:
-        """
-        Whether a bound was given (not only counting).
-        """
-        return self.limit < (1 << 62)
 
     def update(self, holder: UnfinishedHolder, before: int, after: int) -> None:
         """
