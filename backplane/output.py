@@ -156,13 +156,21 @@ class Linger:
     not an idle timer that steady traffic would keep postponing.  A
     subscriber that holds C{maxBytes} writes them at once.
 
+    The same timer coalesces reads: a client of the port that publishes is
+    not read again, once read, until the timer fires (L{holdReading}), so
+    that what it sends meanwhile waits in the kernel's buffer and is read,
+    framed and published as one chunk.  Where lines come one at a time,
+    each read costs the server a wake-up, more than the line's own work;
+    held, a publisher is read at most once a C{delay}, and a byte waits at
+    most C{delay} more.
+
     @ivar delay: the longest a byte waits, in seconds.
     @ivar maxBytes: what a subscriber may hold before it writes at once.
     """
 
     log = Logger()
 
-    __slots__ = ("_call", "_clock", "_dirty", "delay", "maxBytes")
+    __slots__ = ("_call", "_clock", "_dirty", "_reading", "delay", "maxBytes")
 
     def __init__(self, delay: float, clock: IReactorTime | None = None, *,
                  maxBytes: int = LINGER_BYTES) -> None:
@@ -183,6 +191,8 @@ class Linger:
         # The writers (and groups) holding something, in the order they
         # started to.
         self._dirty: dict[Releasing, None] = {}
+        # The connections not read until the timer fires.
+        self._reading: dict[IPushProducer, None] = {}
         self._call: IDelayedCall | None = None
 
     @property
@@ -192,11 +202,17 @@ class Linger:
         """
         return len(self._dirty)
 
-    def add(self, writer: Releasing) -> None:
+    @property
+    def heldReading(self) -> int:
         """
-        C{writer} holds its first byte: have it write within C{delay}.
+        How many connections are not read until the timer fires.
         """
-        self._dirty[writer] = None
+        return len(self._reading)
+
+    def _start(self) -> None:
+        """
+        Start the timer, C{delay} from now, unless it runs.
+        """
         if self._call is None:
             clock = self._clock
             if clock is None:
@@ -205,24 +221,50 @@ class Linger:
                 assert clock is not None
             self._call = clock.callLater(self.delay, self.flush)
 
+    def add(self, writer: Releasing) -> None:
+        """
+        C{writer} holds its first byte: have it write within C{delay}.
+        """
+        self._dirty[writer] = None
+        self._start()
+
+    def holdReading(self, transport: IPushProducer) -> None:
+        """
+        A publishing connection of the port was just read: read it no more
+        until the timer fires (C{transport.pauseProducing}, which stops a
+        connection's reading, until C{resumeProducing}).  Its next bytes
+        then wait at most C{delay}, in the kernel's buffer, and are read
+        together.
+        """
+        transport.pauseProducing()
+        self._reading[transport] = None
+        self._start()
+
     def remove(self, writer: Releasing) -> None:
         """
         C{writer} holds nothing any more (it wrote early, paused, or its
         consumer is gone).  The timer stops once nobody holds anything.
         """
         dirty = self._dirty
-        if dirty.pop(writer, 0) is None and not dirty and self._call is not None:
+        if (dirty.pop(writer, 0) is None and not dirty and not self._reading
+                and self._call is not None):
             self._call.cancel()
             self._call = None
 
     def flush(self) -> None:
         """
-        Have every subscriber that holds something write it now (the timer
-        calls it).
+        Have every subscriber that holds something write it now, and read
+        every connection held again (the timer calls it).
         """
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
+        if self._reading:
+            reading, self._reading = self._reading, {}
+            for transport in reading:
+                # A connection lost meanwhile stays unread (Twisted's
+                # transports resume only one still connected).
+                transport.resumeProducing()
         dirty, self._dirty = self._dirty, {}
         for writer in dirty:
             try:

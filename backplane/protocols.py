@@ -672,6 +672,9 @@ class BackplaneProtocol(Protocol):
                 self.refuseHTTP()
                 return
         self._read(data)
+        linger = self.linger
+        if linger is not None and self.publishTo is not None and not self._closing:
+            linger.holdReading(self.transport)
 
     def _read(self, data: bytes) -> None:
         if self.admission is not None:

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from backplane.budget import PendingBudget
 from backplane.config import read_config
 from backplane.output import LINGER_BYTES, BoundedWriter, Linger
-from backplane.protocols import Limits, PortStats, SubscribeToFactory
+from backplane.protocols import Limits, PortStats, PublishToFactory, SubscribeToFactory
 from backplane.service import BackplaneService, BackplaneStats
 from tests.test_config import ConfigTestCase
 from tests.test_output import Owner, Writes
@@ -234,6 +234,74 @@ class LingerTests(SynchronousTestCase):
         self.assertEqual(connection.dataBuffer, b"")
 
 
+class HoldReadingTests(SynchronousTestCase):
+    """
+    L{Linger.holdReading}: a connection read is not read again until the
+    port's timer fires, the one timer its writers share.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.linger = Linger(0.001, self.clock)
+
+    def test_pausedUntilTheTimer(self):
+        transport = StringTransport()
+        self.linger.holdReading(transport)
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(self.linger.heldReading, 1)
+        self.clock.advance(0.0009)
+        self.assertEqual(transport.producerState, "paused")
+        self.clock.advance(0.0001)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(self.linger.heldReading, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_oneTimerForReadersAndWriters(self):
+        """
+        Held connections and subscribers holding chunks share the port's
+        timer: a connection held after the timer started waits less than
+        C{delay}, and a writer that stops holding does not stop the timer
+        a held connection waits for.
+        """
+        transport = StringTransport()
+        writer = BoundedWriter(Owner(), Writes(), Limits(), name="NEWS", linger=self.linger)
+        writer.deliver(b"a\n", 1)
+        self.clock.advance(0.0004)
+        self.linger.holdReading(transport)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        writer.discard()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1, "a connection is still held")
+        self.clock.advance(0.0006)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_aLostConnectionStaysUnread(self):
+        """
+        A plain TCP connection lost while held is not read again when the
+        timer fires.
+        """
+        server, client = socket.socketpair()
+        self.addCleanup(server.close)
+        self.addCleanup(client.close)
+        reactor = MemoryReactor()
+        connection = tcp.Connection(server, Protocol(), reactor=reactor)
+        connection.connected = 1
+        connection.startReading()
+        self.linger.holdReading(connection)
+        self.assertNotIn(connection, reactor.readers)
+        connection.connected = 0
+        self.clock.advance(0.001)
+        self.assertNotIn(connection, reactor.readers)
+
+    def test_aConnectionHeldTwiceIsResumedOnce(self):
+        transport = StringTransport()
+        self.linger.holdReading(transport)
+        self.linger.holdReading(transport)
+        self.assertEqual(self.linger.heldReading, 1)
+        self.clock.advance(0.001)
+        self.assertEqual(transport.producerState, "producing")
+
+
 class PortTests(SynchronousTestCase):
     """
     A port with C{linger} has one L{Linger}, which its subscribers share.
@@ -367,6 +435,64 @@ class PortTests(SynchronousTestCase):
         self.assertEqual(reader.value(), b"".join(b"message %d\n" % n for n in range(4)))
         self.assertEqual(stuck.value(), b"")
         self.assertEqual(factory.stats.dropped, 4)
+
+    def publisher(self, factory):
+        return self.subscriber(factory)
+
+    def test_aPublisherIsReadOnceALinger(self):
+        """
+        On a port with C{linger} that publishes, a client read is not read
+        again until the port's timer fires: what it sends meanwhile waits
+        in the kernel's buffer, to be read and published as one chunk.
+        """
+        factory = PublishToFactory(self.service, "NEWS", limits=Limits(linger=0.001),
+                                   clock=self.clock)
+        publisher, transport = self.publisher(factory)
+        publisher.dataReceived(b"one\n")
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(self.backplane.stats.messages_in, 1, "what was read is published at once")
+        self.clock.advance(0.001)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_publishersShareThePortsTimer(self):
+        factory = PublishToFactory(self.service, "NEWS", limits=Limits(linger=0.001),
+                                   clock=self.clock)
+        publishers = [self.publisher(factory) for _ in range(3)]
+        for protocol, _ in publishers:
+            protocol.dataReceived(b"x\n")
+            self.clock.advance(0.0002)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual([t.producerState for _, t in publishers], ["paused"] * 3)
+        self.clock.advance(0.0004)
+        self.assertEqual([t.producerState for _, t in publishers], ["producing"] * 3)
+
+    def test_aSubscriberIsNotHeld(self):
+        """
+        A client of a port that only subscribes is never held: what it
+        sends is not published.
+        """
+        factory = SubscribeToFactory(self.service, "NEWS", limits=Limits(linger=0.001),
+                                     clock=self.clock)
+        protocol, transport = self.subscriber(factory)
+        protocol.dataReceived(b"ignored\n")
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_noHoldWithoutLinger(self):
+        factory = PublishToFactory(self.service, "NEWS", clock=self.clock)
+        publisher, transport = self.publisher(factory)
+        publisher.dataReceived(b"one\n")
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_aClosingPublisherIsNotHeld(self):
+        factory = PublishToFactory(self.service, "NEWS",
+                                   limits=Limits(linger=0.001, max_line_length=4),
+                                   clock=self.clock)
+        publisher, transport = self.publisher(factory)
+        publisher.dataReceived(b"far too long\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.producerState, "producing")
 
     def test_noLingerByDefault(self):
         factory = SubscribeToFactory(self.service, "NEWS", clock=self.clock)
