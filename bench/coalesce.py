@@ -9,8 +9,10 @@ chunks of one 64-byte message each (as a fixed-rate publisher's lines
 arrive, one a read) with C{publishLines}, then has the port's L{Linger}
 write what its subscribers hold (as its timer would); the thread's CPU time
 of the round (C{time.thread_time_ns}: Python and the kernel's C{send}s,
-loopback included) over S x K deliveries.  Also a tick: one message to many
-idle subscribers, per subscriber.  Prints the median and the quartiles of
+loopback included) over S x K deliveries.  Beside each, its floor: one
+C{send} of the K messages to each subscriber's socket, with none of
+backplane's work, which no C{linger} can go below.  Also a tick: one
+message to many idle subscribers, per subscriber.  Prints the median and the quartiles of
 the rounds.
 """
 
@@ -124,6 +126,17 @@ def publishRound(port: Port, chunks: int) -> None:
         port.factory.linger.flush()
 
 
+def sendRound(port: Port, chunks: int) -> None:
+    """
+    The floor of a round under C{linger}: what the kernel's C{send} alone
+    costs, one C{send} of the round's C{chunks} messages to each subscriber
+    straight on its socket, with none of backplane's work.
+    """
+    data = MESSAGE * chunks
+    for protocol in port.factory.protocols:
+        protocol.transport.getHandle().send(data)  # type: ignore[attr-defined]
+
+
 def run(arguments: argparse.Namespace) -> int:
     """
     Run every measurement and print the table.
@@ -142,6 +155,14 @@ def run(arguments: argparse.Namespace) -> int:
             rows.append([f"{chunks} one-message chunks", str(subscribers), f"{linger:g}",
                          *(significant(figures[k]) for k in ("median", "q1", "q3")),
                          "ok" if received == expected else f"{received} of {expected} bytes"])
+        port = Port(subscribers, 0.0)
+        figures = measure(port, lambda port=port, chunks=chunks: sendRound(port, chunks),
+                          subscribers * chunks, rounds)
+        received, expected = port.drain(), subscribers * chunks * len(MESSAGE)
+        port.close()
+        rows.append([f"{chunks} messages, one send() (floor)", str(subscribers), "-",
+                     *(significant(figures[k]) for k in ("median", "q1", "q3")),
+                     "ok" if received == expected else f"{received} of {expected} bytes"])
     subscribers = TICK_SUBSCRIBERS // divisor
     port = Port(subscribers, 0.0)
     figures = measure(port, lambda: port.backplane.publish(b"Thu Dec  3 15:05:29 2026"),

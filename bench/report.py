@@ -387,12 +387,13 @@ def sweep_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
             cell(r, "server_cpu_pct", ranged=False),
             cell(r, "msg_lat_p50_us"), cell(r, "msg_lat_p99_us"),
             cell(ratio, "msg_lat_p99_us") if ratio else "", worst(r, "msg_lat_max_us"),
-            cell(r, "lat_p99_us", ranged=False), cell(r, "gen_cpu_pct", ranged=False),
+            cell(r, "lat_p99_us", ranged=False), cell(r, "msgs_per_write", ranged=False),
+            cell(r, "gen_cpu_pct", ranged=False),
             cell(r, "host_other_pct", ranged=False), worst(r, "lost"), r.get("status", "-"),
         ])
     return render(["server", "S", "msgs/s", "delivered msgs/s", "x offered", "CPU µs/delivery",
                    "x Redis", "srv CPU%", "p50 µs", "p99 µs", "x Redis", "max µs",
-                   "chunk p99 µs", "gen CPU%", "other%", "lost", "status"], rows)
+                   "chunk p99 µs", "msgs/write", "gen CPU%", "other%", "lost", "status"], rows)
 
 
 def fanin_table(summary: Sequence[Row], skipped: dict[str, dict[str, str]]) -> str:

@@ -596,8 +596,8 @@ class Suite:
         Start a backplane server (one publish port and one subscribe port on
         backplane C{backplane}, with a clock publishing to it if C{clock} is
         its interval, the subscribe port's C{slow} policy if given, a
-        WebSocket subscribe port if C{websocket}, and a second subscribe
-        port with C{linger} if given), a Redis unless C{redis} is false (by
+        WebSocket subscribe port if C{websocket}, and a second publish port
+        and subscribe port with C{linger} if given), a Redis unless C{redis} is false (by
         default, C{options.redis}), and a NATS server unless C{nats} is
         false (by default, C{options.nats}); stop them all on exit.  With
         C{resp}, backplane is reached through a Redis-protocol port instead,
@@ -615,7 +615,8 @@ class Suite:
             stack.callback(first.server.stop)
             if linger is not None:
                 servers.append(Running(first.server,
-                                       replace(first.target, subscribe=first.server.ports[-1]),
+                                       replace(first.target, publish=first.server.ports[-2],
+                                               subscribe=first.server.ports[-1]),
                                        kind=f"linger={linger:g}"))
             if self.options.redis if redis is None else redis:
                 server = self.start_redis()
@@ -739,7 +740,8 @@ class Suite:
         """
         Start a backplane server with a publish port and a subscribe port,
         a WebSocket subscribe port if C{websocket}, and a second subscribe
-        port with C{linger} if given (the last of its ports); with C{redis}
+        port and a second publish port with C{linger} if given (the last two
+        of its ports); with C{redis}
         (a url), the backplane is shared through that Redis.  With C{resp}
         (not with C{linger}), also a Redis-protocol port serving the
         backplane, which the generator then reaches (as it reaches Redis).
@@ -765,9 +767,14 @@ class Suite:
             tables["listen"].append({"endpoint": endpoint(ports[-1]), "protocol": "redis",
                                      "backplanes": [backplane], "backlog": BACKLOG})
         if linger is not None:
-            ports.append(free_port())
-            tables["listen"].append({**subscriber, "endpoint": endpoint(ports[-1]),
-                                     "linger": linger})
+            # A publish port and a subscribe port of their own, both with
+            # linger (the last two ports).
+            ports += [free_port(), free_port()]
+            tables["listen"] += [
+                {"endpoint": endpoint(ports[-2]), "publish_to": backplane, "backlog": BACKLOG,
+                 "linger": linger},
+                {**subscriber, "endpoint": endpoint(ports[-1]), "linger": linger},
+            ]
         if clock:
             tables["clock"] = [{"publish_to": backplane, "interval": clock}]
         options: dict[str, object] = {"shared": True} if redis else {}
