@@ -76,8 +76,12 @@ SETTLE = 0.1
 # publisher sleeps when its window is full (seconds).
 REFRESH = 0.001
 WINDOW_WAIT = 0.0001
-# The real-time priority of a fixed-rate publisher (SCHED_FIFO, 1..99).
+# The real-time priority of a fixed-rate publisher (SCHED_FIFO, 1..99), and
+# the highest rate (msgs/s) it is given it at: above it no publisher writes
+# one message at a time here (a wake-up costs tens of µs), and a real-time
+# one that wakes that often takes the CPU from the subscriber processes.
 PACING_PRIORITY = 10
+PACING_MAX_RATE = 10_000
 # SO_RCVBUF of a subscriber that never reads (the kernel doubles it).
 STALLED_RECEIVE_BUFFER = 4096
 # B: payload bytes, as in the issue (at least bench.wire.MIN_SIZE).
@@ -573,7 +577,8 @@ def realtime() -> bool:
     servers read several messages at a time: not the message-at-a-time
     regime a fixed rate is meant to measure (see docs/performance.md).  It
     sleeps between writes, so it takes little of the CPU; Linux keeps 5% of
-    every second for normal processes whatever a real-time one does.
+    every second for normal processes whatever a real-time one does.  Only
+    up to L{PACING_MAX_RATE}.
     """
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(PACING_PRIORITY))
@@ -606,7 +611,7 @@ def publisher_process(target: Target, load: Load, shared: Shared, subscribers: i
             sock.sendall(probe(0))
         time.sleep(PROBE_INTERVAL)
     conn.send(("ready",))
-    paced = bool(load.rate) and realtime()
+    paced = 0 < load.rate <= PACING_MAX_RATE and realtime()
     shared.go.wait()
     result = Publisher(sock, target, load, shared).run()
     if load.rate:
