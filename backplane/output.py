@@ -148,13 +148,18 @@ class Linger:
 
     A L{BoundedWriter} given a L{Linger} keeps what it is handed (while its
     transport is not paused) and tells the L{Linger} when it holds its first
-    byte (L{add}).  One timer serves every subscriber of the port: it is
-    started, C{delay} from now, when the first of them holds something, and
-    when it fires every subscriber that holds something writes it
-    (L{BoundedWriter.release}).  So what a subscriber holds is written at
-    most C{delay} after its first byte, whatever comes after it: a deadline,
-    not an idle timer that steady traffic would keep postponing.  A
-    subscriber that holds C{maxBytes} writes them at once.
+    byte (L{add}).  One timer serves every subscriber of the port.  While
+    it is not running the port is quiet, and a subscriber handed something
+    writes it at once, and starts the timer, C{delay} from now: what any
+    subscriber of the port is handed meanwhile is held, and when the timer
+    fires every subscriber that holds something writes it
+    (L{BoundedWriter.release}) and the timer starts again, until a period
+    passes in which nothing was held.  So a lone message goes out at once,
+    under steady traffic each subscriber gets one write a C{delay}, and
+    what a subscriber holds is written less than C{delay} after its first
+    byte, whatever comes after it: a deadline, not an idle timer that steady
+    traffic would keep postponing.  A subscriber that holds C{maxBytes}
+    writes them at once.
 
     The same timer coalesces reads: a client of the port that publishes is
     not read again, once read, until the timer fires (L{holdReading}), so
@@ -223,10 +228,15 @@ class Linger:
 
     def add(self, writer: Releasing) -> None:
         """
-        C{writer} holds its first byte: have it write within C{delay}.
+        C{writer} holds its first byte.  On a quiet port (the timer is not
+        running) it writes it at once, and the timer starts; otherwise it
+        writes when the timer fires, within C{delay}.
         """
+        if self._call is None:
+            self._start()
+            writer.release()
+            return
         self._dirty[writer] = None
-        self._start()
 
     def holdReading(self, transport: IPushProducer) -> None:
         """
@@ -271,6 +281,10 @@ class Linger:
                 writer.release()
             except Exception:
                 self.log.failure("Writing what {what} held failed", what=writer)
+        if dirty:
+            # Traffic goes on: what comes within delay waits for the next
+            # time, so that each subscriber gets one write a delay.
+            self._start()
 
 
 class Releasing(Protocol):
@@ -335,12 +349,15 @@ class LingerGroup:
         backplane's retained messages, as a subscriber gets them).
         """
         self.release()
-        retained = self.backplane.retainedChunk()
-        if retained is not None:
-            writer.deliver(*retained)
+        if self._subscription is not None:
+            retained = self.backplane.retainedChunk()
+            if retained is not None:
+                writer.deliver(*retained)
         self._members[writer] = None
         self._memberList = tuple(self._members)
         if self._subscription is None:
+            # The backplane hands the group, so its one member, the
+            # retained messages.
             self._subscription = self.backplane.attach(self)
         self.backplane.represent(self._subscription, len(self._members))
 

@@ -31,6 +31,24 @@ class LingerTests(SynchronousTestCase):
         self.linger = Linger(0.001, self.clock, maxBytes=100)
         self.portStats = PortStats()
         self.backplaneStats = BackplaneStats()
+        self.busy()
+
+    def busy(self):
+        """
+        Make the port busy: a subscriber's lone message goes out at once,
+        and what any subscriber is handed in the next C{delay} is held.
+        """
+        primer, transport = self.writer()
+        primer.deliver(b"primer\n", 1)
+        self.assertEqual(transport.writes, [b"primer\n"])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def quiet(self):
+        """
+        Let a C{delay} pass in which nothing is held: the timer stops.
+        """
+        self.clock.advance(self.linger.delay)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def writer(self, transport=None, **limits):
         transport = transport if transport is not None else Writes()
@@ -51,7 +69,51 @@ class LingerTests(SynchronousTestCase):
         self.clock.advance(0.0001)
         self.assertEqual(transport.writes, [b"a\nb\nc\n"])
         self.assertEqual(writer.pending, 0)
-        self.assertEqual(self.clock.getDelayedCalls(), [], "no timer once nothing is held")
+        self.quiet()  # no timer once a period passes with nothing held
+
+    def test_aQuietPortWritesAtOnce(self):
+        """
+        On a quiet port a lone message goes out at once; what comes in the
+        next C{delay} is held until then; once a period passes with nothing
+        held the port is quiet again.
+        """
+        self.quiet()
+        writer, transport = self.writer()
+        writer.deliver(b"lone\n", 1)
+        self.assertEqual(transport.writes, [b"lone\n"])
+        writer.deliver(b"a\n", 1)
+        writer.deliver(b"b\n", 1)
+        self.clock.advance(0.0009)
+        self.assertEqual(transport.writes, [b"lone\n"])
+        self.clock.advance(0.0001)
+        self.assertEqual(transport.writes, [b"lone\n", b"a\nb\n"])
+        self.quiet()
+        writer.deliver(b"again\n", 1)
+        self.assertEqual(transport.writes[2:], [b"again\n"])
+
+    def test_steadyTrafficOneWriteADelay(self):
+        """
+        A message every 0.1 ms for 10 ms: one write a C{delay} (and the
+        first at once), and no message waits C{delay} or more.
+        """
+        self.quiet()
+        writer, transport = self.writer()
+        written: list[tuple[float, bytes]] = []
+        transport.write = lambda data: written.append((self.clock.seconds(), data))
+        sent = {}
+        for n in range(100):
+            sent[b"%d" % n] = self.clock.seconds()
+            writer.deliver(b"%d\n" % n, 1)
+            self.clock.advance(0.0001)
+        for _ in range(20):
+            self.clock.advance(0.0001)
+        self.assertEqual(b"".join(data for _, data in written),
+                         b"".join(b"%d\n" % n for n in range(100)))
+        self.assertLessEqual(len(written), 1 + 10 + 1)
+        # Less than delay, to the step of this clock (a timer fires at the
+        # first step at or after its time).
+        waits = [at - sent[line] for at, data in written for line in data.splitlines()]
+        self.assertLess(max(waits), 0.001 + 0.0001 + 1e-9)
 
     def test_deadlineFromTheFirstByte(self):
         """
@@ -66,6 +128,7 @@ class LingerTests(SynchronousTestCase):
         writer.deliver(b"9\n", 1)
         self.clock.advance(0.0001)  # 1 ms after the first byte
         self.assertEqual(transport.writes, [b"".join(b"%d\n" % n for n in range(10))])
+        # Traffic goes on: the next period runs from that write.
         writer.deliver(b"next\n", 1)
         self.clock.advance(0.0009)
         self.assertEqual(len(transport.writes), 1)
@@ -83,7 +146,7 @@ class LingerTests(SynchronousTestCase):
         # Every one is written, the last ones before their own deadline.
         self.assertEqual([t.writes for _, t in writers], [[b"x\n"]] * 50)
         self.assertEqual(self.linger.holding, 0)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.quiet()
 
     def test_sizeBoundWritesAtOnce(self):
         writer, transport = self.writer()
@@ -93,12 +156,14 @@ class LingerTests(SynchronousTestCase):
         self.assertEqual(transport.writes, [b"x" * 59 + b"\n" + b"y" * 39 + b"\n"])
         self.assertEqual(writer.pending, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [], "the timer stops: nobody holds")
+        writer.deliver(b"z\n", 1)
+        self.assertEqual(transport.writes[1:], [b"z\n"], "a quiet port writes at once")
 
     def test_bigChunkWrittenAtOnce(self):
         writer, transport = self.writer()
         writer.deliver(b"z" * 200 + b"\n", 1)
         self.assertEqual(transport.writes, [b"z" * 200 + b"\n"])
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.linger.holding, 0)
 
     def test_sizeBoundLeavesTheOthersOnTheTimer(self):
         first, firstTransport = self.writer()
@@ -122,6 +187,7 @@ class LingerTests(SynchronousTestCase):
 
     def test_withoutLingerWritesAtOnce(self):
         transport = Writes()
+        self.quiet()
         writer = BoundedWriter(Owner(), transport, Limits(), name="NEWS")
         writer.deliver(b"a\n", 1)
         self.assertEqual(transport.writes, [b"a\n"])
@@ -137,7 +203,7 @@ class LingerTests(SynchronousTestCase):
         writer.deliver(b"2\n", 1)
         writer.pauseProducing()
         self.assertEqual(writer.pending, 4)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.linger.holding, 0)
         writer.deliver(b"3\n", 1)
         self.clock.advance(0.01)
         self.assertEqual(transport.value(), b"")
@@ -200,7 +266,6 @@ class LingerTests(SynchronousTestCase):
         writer.flush()
         self.assertEqual(transport.value(), b"a\nb\n")
         self.assertEqual((writer.pending, self.linger.holding), (0, 0))
-        self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(1)
         self.assertEqual(transport.value(), b"a\nb\n")
 
@@ -318,17 +383,27 @@ class PortTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         return protocol, transport
 
+    def busy(self, factory):
+        """
+        Make C{factory}'s port busy (its timer running, as after a write
+        or a read), so that what its subscribers are handed is held.
+        """
+        factory.linger.holdReading(StringTransport())
+
     def test_subscribersShareThePortsLinger(self):
         factory = SubscribeToFactory(self.service, "NEWS", limits=Limits(linger=0.002),
                                      clock=self.clock)
         assert factory.linger is not None
         self.assertEqual(factory.linger.delay, 0.002)
         subscribers = [self.subscriber(factory) for _ in range(3)]
+        self.backplane.publishLines(b"first\n", 1)
+        self.assertEqual([t.value() for _, t in subscribers], [b"first\n"] * 3,
+                         "a quiet port writes at once")
         self.backplane.publishLines(b"hello\n", 1)
-        self.assertEqual([t.value() for _, t in subscribers], [b""] * 3)
+        self.assertEqual([t.value() for _, t in subscribers], [b"first\n"] * 3)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.clock.advance(0.002)
-        self.assertEqual([t.value() for _, t in subscribers], [b"hello\n"] * 3)
+        self.assertEqual([t.value() for _, t in subscribers], [b"first\nhello\n"] * 3)
 
     def test_oneSinkForThePortsSubscribers(self):
         """
@@ -339,6 +414,7 @@ class PortTests(SynchronousTestCase):
         factory = SubscribeToFactory(self.service, "NEWS", limits=Limits(linger=0.001),
                                      clock=self.clock)
         subscribers = [self.subscriber(factory) for _ in range(5)]
+        self.busy(factory)
         self.assertEqual(len(self.backplane._sinks), 1)
         self.assertEqual(len(self.backplane), 5)
         reached = [self.successResultOf(self.backplane.publish(b"%d" % n)) for n in range(3)]
@@ -347,6 +423,7 @@ class PortTests(SynchronousTestCase):
         self.clock.advance(0.001)
         self.assertEqual([t.value() for _, t in subscribers], [b"0\n1\n2\n"] * 5)
         self.assertEqual(self.backplane.stats.deliveries, 15)
+        self.clock.advance(0.001)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_joinerGetsNothingPublishedBeforeIt(self):
@@ -368,6 +445,11 @@ class PortTests(SynchronousTestCase):
         backplane.publish(b"noon")
         _, transport = self.subscriber(factory)
         self.assertEqual(transport.value(), b"noon\n")
+        _, second = self.subscriber(factory)
+        self.assertEqual(second.value(), b"noon\n")
+        self.clock.advance(0.01)
+        self.assertEqual((transport.value(), second.value()), (b"noon\n", b"noon\n"),
+                         "once each")
 
     def test_leaving(self):
         """
@@ -378,6 +460,7 @@ class PortTests(SynchronousTestCase):
         factory = SubscribeToFactory(self.service, "NEWS", limits=Limits(linger=0.001),
                                      clock=self.clock)
         (one, oneTransport), (two, twoTransport) = [self.subscriber(factory) for _ in range(2)]
+        self.busy(factory)
         self.backplane.publish(b"x")
         one.connectionLost(None)
         self.assertEqual(len(self.backplane), 1)
@@ -402,6 +485,7 @@ class PortTests(SynchronousTestCase):
         factory = SubscribeToFactory(self.service, "NEWS", limits=Limits(linger=0.001),
                                      clock=self.clock)
         (closing, closingTransport), (_, staying) = [self.subscriber(factory) for _ in range(2)]
+        self.busy(factory)
         self.backplane.publish(b"last words")
         closing.close()
         self.assertEqual(closingTransport.value(), b"last words\n")
