@@ -148,16 +148,15 @@ class Linger:
 
     A L{BoundedWriter} given a L{Linger} keeps what it is handed (while its
     transport is not paused) and tells the L{Linger} when it holds its first
-    byte (L{add}).  One timer serves every subscriber of the port.  While
-    it is not running the port is quiet, and a subscriber handed something
-    writes it at once, and starts the timer, C{delay} from now: what any
-    subscriber of the port is handed meanwhile is held, and when the timer
-    fires every subscriber that holds something writes it
-    (L{BoundedWriter.release}) and the timer starts again, until a period
-    passes in which nothing was held.  So a lone message goes out at once,
-    under steady traffic each subscriber gets one write a C{delay}, and
-    what a subscriber holds is written less than C{delay} after its first
-    byte, whatever comes after it: a deadline, not an idle timer that steady
+    byte (L{add}).  The port writes at most once a C{delay}: a subscriber
+    handed something when the port has written nothing for C{delay} (it is
+    quiet) writes it at once; otherwise it holds it, and one timer, for
+    every subscriber of the port, fires C{delay} after the port's last
+    write, when every subscriber that holds something writes it
+    (L{BoundedWriter.release}).  So a lone message goes out at once, under
+    steady traffic each subscriber gets one write a C{delay}, and what a
+    subscriber holds is written less than C{delay} after its first byte,
+    whatever comes after it: a deadline, not an idle timer that steady
     traffic would keep postponing.  A subscriber that holds C{maxBytes}
     writes them at once.
 
@@ -175,7 +174,7 @@ class Linger:
 
     log = Logger()
 
-    __slots__ = ("_call", "_clock", "_dirty", "_reading", "delay", "maxBytes")
+    __slots__ = ("_call", "_clock", "_dirty", "_last", "_reading", "delay", "maxBytes")
 
     def __init__(self, delay: float, clock: IReactorTime | None = None, *,
                  maxBytes: int = LINGER_BYTES) -> None:
@@ -199,6 +198,8 @@ class Linger:
         # The connections not read until the timer fires.
         self._reading: dict[IPushProducer, None] = {}
         self._call: IDelayedCall | None = None
+        # When the port last wrote what its subscribers were handed.
+        self._last = float("-inf")
 
     @property
     def holding(self) -> int:
@@ -214,28 +215,36 @@ class Linger:
         """
         return len(self._reading)
 
+    def _time(self) -> IReactorTime:
+        clock = self._clock
+        if clock is None:
+            from twisted.internet import reactor
+            clock = self._clock = reactor
+            assert clock is not None
+        return clock
+
     def _start(self) -> None:
         """
         Start the timer, C{delay} from now, unless it runs.
         """
         if self._call is None:
-            clock = self._clock
-            if clock is None:
-                from twisted.internet import reactor
-                clock = self._clock = reactor
-                assert clock is not None
-            self._call = clock.callLater(self.delay, self.flush)
+            self._call = self._time().callLater(self.delay, self.flush)
 
     def add(self, writer: Releasing) -> None:
         """
-        C{writer} holds its first byte.  On a quiet port (the timer is not
-        running) it writes it at once, and the timer starts; otherwise it
-        writes when the timer fires, within C{delay}.
+        C{writer} holds its first byte.  On a quiet port (it has written
+        nothing for C{delay}) it writes it at once; otherwise it writes
+        when the timer fires, C{delay} after the port's last write.
         """
+        clock = self._time()
+        now = clock.seconds()
+        wait = self._last + self.delay - now
         if self._call is None:
-            self._start()
-            writer.release()
-            return
+            if wait <= 0:
+                self._last = now
+                writer.release()
+                return
+            self._call = clock.callLater(wait, self.flush)
         self._dirty[writer] = None
 
     def holdReading(self, transport: IPushProducer) -> None:
@@ -282,9 +291,8 @@ class Linger:
             except Exception:
                 self.log.failure("Writing what {what} held failed", what=writer)
         if dirty:
-            # Traffic goes on: what comes within delay waits for the next
-            # time, so that each subscriber gets one write a delay.
-            self._start()
+            # What comes within delay from now waits for the next time.
+            self._last = self._time().seconds()
 
 
 class Releasing(Protocol):

@@ -41,7 +41,6 @@ class LingerTests(SynchronousTestCase):
         primer, transport = self.writer()
         primer.deliver(b"primer\n", 1)
         self.assertEqual(transport.writes, [b"primer\n"])
-        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
     def quiet(self):
         """
@@ -156,6 +155,7 @@ class LingerTests(SynchronousTestCase):
         self.assertEqual(transport.writes, [b"x" * 59 + b"\n" + b"y" * 39 + b"\n"])
         self.assertEqual(writer.pending, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [], "the timer stops: nobody holds")
+        self.clock.advance(0.001)
         writer.deliver(b"z\n", 1)
         self.assertEqual(transport.writes[1:], [b"z\n"], "a quiet port writes at once")
 
@@ -329,8 +329,11 @@ class HoldReadingTests(SynchronousTestCase):
         a held connection waits for.
         """
         transport = StringTransport()
-        writer = BoundedWriter(Owner(), Writes(), Limits(), name="NEWS", linger=self.linger)
+        writes = Writes()
+        writer = BoundedWriter(Owner(), writes, Limits(), name="NEWS", linger=self.linger)
+        writer.deliver(b"first\n", 1)
         writer.deliver(b"a\n", 1)
+        self.assertEqual(writes.writes, [b"first\n"])
         self.clock.advance(0.0004)
         self.linger.holdReading(transport)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
