@@ -106,6 +106,8 @@ class Target:
         also reported on its own (e.g. two nodes and their Redis).
     @ivar websocket: a WebSocket port subscribed to the same backplane as
         C{subscribe} (0: none).
+    @ivar token: on a line port with C{auth = true}, the token every
+        client sends in its C{AUTH} line first (C{b""}: none).
     """
 
     name: str
@@ -116,6 +118,7 @@ class Target:
     channel: bytes = b"bench"
     roles: tuple[str, ...] = ()
     websocket: int = 0
+    token: bytes = b""
 
     def framing(self, size: int) -> Framing:
         """
@@ -131,7 +134,8 @@ class Target:
         """
         C{count} subscribers of this target's subscribe port.
         """
-        return Subscribers(name, self.subscribe, self.protocol, count, self.channel)
+        return Subscribers(name, self.subscribe, self.protocol, count, self.channel,
+                           self.token)
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,8 @@ class Subscribers:
 
     @ivar name: labels the group's figures in a run's row (C{A_lost},
         C{ws_msgs_per_s}, ...); the one group of a plain run has none.
+    @ivar token: on a line port, the token of an C{AUTH} line each
+        subscriber sends first (C{b""}: none).
     """
 
     name: str
@@ -151,6 +157,7 @@ class Subscribers:
     protocol: str
     count: int
     channel: bytes = b"bench"
+    token: bytes = b""
 
     def counter(self, size: int, latencies: array[int],
                 spans: array[int] | None = None) -> Any:
@@ -402,6 +409,13 @@ def await_nats_subscribed(sock: socket.socket, timeout: float) -> None:
         time.sleep(0.001)
 
 
+def auth_line(token: bytes) -> bytes:
+    """
+    The first line of a client of a line port with C{auth = true}.
+    """
+    return b"AUTH " + token + b"\n"
+
+
 def connect_subscribers(group: Subscribers, timeout: float,
                         receive_buffer: int | None = None) -> list[socket.socket]:
     """
@@ -420,6 +434,8 @@ def connect_subscribers(group: Subscribers, timeout: float,
     try:
         for _ in range(group.count):
             socks.append(connect(group.port, receive_buffer))
+            if group.token:
+                socks[-1].sendall(auth_line(group.token))
             if group.protocol == "resp":
                 socks[-1].sendall(subscribe_command(group.channel))
             elif group.protocol == "nats":
@@ -596,6 +612,8 @@ def publisher_process(target: Target, load: Load, shared: Shared, subscribers: i
     then publish when C{shared.go} is set and report C{("result", dict)}.
     """
     sock = connect(target.publish)
+    if target.token:
+        sock.sendall(auth_line(target.token))
     if target.protocol == "nats":
         # Never read: the server's INFO (and any PING) waits in the socket.
         sock.sendall(NATS_CONNECT + NATS_PING)

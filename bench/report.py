@@ -63,6 +63,14 @@ def patterns_ratios(runs: Sequence[Row]) -> list[Row]:
     return ratios
 
 
+def auth_ratios(runs: Sequence[Row]) -> list[Row]:
+    """
+    With C{auth} over without, for delivered msgs/s and server CPU per
+    delivery, by rate (0: full speed), from runs of the same repeat.
+    """
+    return _ratios(runs, "auth", "rate", "kind", "auth on", "auth off")
+
+
 def stalled_ratios(runs: Sequence[Row]) -> list[Row]:
     """
     With / without the stalled subscriber, for delivered msgs/s and server
@@ -180,6 +188,8 @@ def document(meta: Row, runs: Sequence[Row], skipped: dict[str, dict[str, str]])
         result["resp_ratios"] = resp_ratios(runs)
     if any(r["scenario"] == "patterns" for r in runs):
         result["patterns_ratios"] = patterns_ratios(runs)
+    if any(r["scenario"] == "auth" for r in runs):
+        result["auth_ratios"] = auth_ratios(runs)
     if any(r["scenario"] == "stalled" for r in runs):
         result["stalled_ratios"] = stalled_ratios(runs)
     if any(r["scenario"] == "nodes" for r in runs):
@@ -314,6 +324,30 @@ def fanout_table(summary: Sequence[Row], ratios: Sequence[Row],
         ])
     return render(["server", "S", "delivered msgs/s", "x Redis", "CPU µs/delivery", "x Redis",
                    "srv CPU%", "gen CPU%", "other%", "p50 ms", "p99 ms", "lost", "status"], rows)
+
+
+def auth_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
+    """
+    Fan-out through ports without and with C{auth}, at full speed and at a
+    fixed rate, with the ratios on / off.
+    """
+    versus = {r["rate"]: r for r in ratios}
+    rows = []
+    for r in sorted(_scenario(summary, "auth"), key=lambda r: (r["rate"], r["kind"])):
+        ratio = versus.get(r["rate"], {}) if r["kind"] == "auth on" else {}
+        rows.append([
+            r["kind"], cell(r, "S"), si(r["rate"]) if r["rate"] else "full",
+            cell(r, "delivered_msgs_per_s", si),
+            cell(ratio, "delivered_msgs_per_s") if ratio else "",
+            cell(r, "server_cpu_us_per_delivery"),
+            cell(ratio, "server_cpu_us_per_delivery") if ratio else "",
+            cell(r, "lat_p99_us", ranged=False),
+            *(cell(r, field, ranged=False)
+              for field in ("server_cpu_pct", "gen_cpu_pct", "host_other_pct")),
+            worst(r, "lost"), r.get("status", "-"),
+        ])
+    return render(["backplane", "S", "msgs/s", "delivered msgs/s", "x off", "CPU µs/delivery",
+                   "x off", "p99 µs", "srv CPU%", "gen CPU%", "other%", "lost", "status"], rows)
 
 
 def patterns_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
@@ -626,6 +660,9 @@ def tables(data: Row) -> str:
                      "match nothing published (PSUBSCRIBE, 10 distinct patterns an idle "
                      "client), full speed, B = 64\n"
                      + patterns_table(summary, data.get("patterns_ratios", [])))
+    if "auth" in scenarios:
+        parts.append("Ports without and with auth (every client sends AUTH first), one backplane "
+                     "server, B = 64\n" + auth_table(summary, data.get("auth_ratios", [])))
     if "latency" in scenarios:
         parts.append("Latency at a fixed rate\n" + latency_table(summary))
     if "sweep" in scenarios:

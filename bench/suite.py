@@ -13,6 +13,7 @@ between repeats).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,7 +42,7 @@ from bench.servers import (
 )
 from bench.wire import RespError
 
-SCENARIOS = ("fanout", "latency", "fanin", "idle", "resp", "patterns")
+SCENARIOS = ("fanout", "latency", "fanin", "idle", "resp", "patterns", "auth")
 SUBSCRIBERS = (1, 10, 100, 1000)
 # The fan-out runs over the Redis protocol (backplane's Redis port and Redis).
 RESP_SUBSCRIBERS = (100, 1000)
@@ -58,6 +59,9 @@ FANOUT_MESSAGES = {1: 2_000_000, 10: 1_000_000, 100: 200_000, 1000: 30_000}
 QUICK_DIVISOR = 20
 LATENCY_RATE = 10_000
 LATENCY_SUBSCRIBERS = 100
+# auth: S, and the token of its one user (sent in every client's AUTH line).
+AUTH_SUBSCRIBERS = 100
+AUTH_TOKEN = b"bench-" + b"0" * 58
 FANIN_PUBLISHERS = 100
 # Lines of a fan-in run: a few seconds, so that the sink's last flush
 # (FLUSH_INTERVAL) is a small part of it; 260 MB of file.
@@ -259,6 +263,25 @@ class Suite:
                                      partial(self.beside_patterns, load=load,
                                              patterns=patterns),
                                      kind="patterns" if patterns else "no patterns")
+
+    def auth(self) -> None:
+        """
+        Full speed (S = 100) and 10,000 messages a second to 100
+        subscribers, one publisher, on one backplane server through a pair
+        of ports without C{auth} and a pair with C{auth = true} (every
+        client sends an C{AUTH} line first), in an order that alternates
+        between repeats.
+        """
+        seconds = 2 if self.options.quick else 5
+        loads = [self.load(AUTH_SUBSCRIBERS, self.messages(FANOUT_MESSAGES[AUTH_SUBSCRIBERS])),
+                 self.load(AUTH_SUBSCRIBERS, LATENCY_RATE * seconds, rate=LATENCY_RATE)]
+        for repeat in range(1, self.options.repeat + 1):
+            with self.servers(auth=True, redis=False, nats=False) as servers:
+                for load in loads:
+                    for running in servers if repeat % 2 else servers[::-1]:
+                        self.measure("auth", repeat, running,
+                                     lambda t, load=load: run_fanout(t, load, self.placement),
+                                     kind=running.kind or "auth off")
 
     def latency(self) -> None:
         """
@@ -591,7 +614,8 @@ class Suite:
     def servers(self, backplane: str = "BENCH", clock: float | None = None,
                 redis: bool | None = None, slow: str | None = None,
                 warm_up: bool = True, websocket: bool = False, nats: bool | None = None,
-                linger: float | None = None, resp: bool = False) -> Iterator[list[Running]]:
+                linger: float | None = None, resp: bool = False,
+                auth: bool = False) -> Iterator[list[Running]]:
         """
         Start a backplane server (one publish port and one subscribe port on
         backplane C{backplane}, with a clock publishing to it if C{clock} is
@@ -601,7 +625,8 @@ class Suite:
         default, C{options.redis}), and a NATS server unless C{nats} is
         false (by default, C{options.nats}); stop them all on exit.  With
         C{resp}, backplane is reached through a Redis-protocol port instead,
-        as Redis is.
+        as Redis is.  With C{auth}, also a second publish port and subscribe
+        port with C{auth = true}, reached as their own target (C{"auth on"}).
 
         @param warm_up: give each server a short unmeasured run first, so
             that the first measured run does not pay for its start.
@@ -610,9 +635,15 @@ class Suite:
         """
         with contextlib.ExitStack() as stack:
             first = self.start_backplane(backplane, clock, slow, websocket=websocket,
-                                         linger=linger, resp=resp)
+                                         linger=linger, resp=resp, auth=auth)
             servers = [first]
             stack.callback(first.server.stop)
+            if auth:
+                servers.append(Running(first.server,
+                                       replace(first.target, publish=first.server.ports[-2],
+                                               subscribe=first.server.ports[-1],
+                                               token=AUTH_TOKEN),
+                                       kind="auth on"))
             if linger is not None:
                 servers.append(Running(first.server,
                                        replace(first.target, publish=first.server.ports[-2],
@@ -736,7 +767,8 @@ class Suite:
     def start_backplane(self, backplane: str, clock: float | None = None,
                         slow: str | None = None, *, name: str = "backplane",
                         websocket: bool = False, redis: str | None = None,
-                        linger: float | None = None, resp: bool = False) -> Running:
+                        linger: float | None = None, resp: bool = False,
+                        auth: bool = False) -> Running:
         """
         Start a backplane server with a publish port and a subscribe port,
         a WebSocket subscribe port if C{websocket}, and a second subscribe
@@ -745,6 +777,9 @@ class Suite:
         (a url), the backplane is shared through that Redis.  With C{resp}
         (not with C{linger}), also a Redis-protocol port serving the
         backplane, which the generator then reaches (as it reaches Redis).
+        With C{auth} (not with C{linger}), also a publish port and a
+        subscribe port with C{auth = true} (the last two), and one user
+        whose token is L{AUTH_TOKEN}.
         """
         publish, subscribe = free_port(), free_port()
         subscriber: dict[str, object] = {"endpoint": endpoint(subscribe),
@@ -775,6 +810,18 @@ class Suite:
                  "linger": linger},
                 {**subscriber, "endpoint": endpoint(ports[-1]), "linger": linger},
             ]
+        if auth:
+            if linger is not None:
+                raise ValueError("a backplane run with auth has no linger ports")
+            ports += [free_port(), free_port()]
+            tables["listen"] += [
+                {"endpoint": endpoint(ports[-2]), "publish_to": backplane, "backlog": BACKLOG,
+                 "auth": True},
+                {**subscriber, "endpoint": endpoint(ports[-1]), "auth": True},
+            ]
+            tables["user"] = [{"name": "bench",
+                               "token_sha256": hashlib.sha256(AUTH_TOKEN).hexdigest(),
+                               "publish": [backplane], "subscribe": [backplane]}]
         if clock:
             tables["clock"] = [{"publish_to": backplane, "interval": clock}]
         options: dict[str, object] = {"shared": True} if redis else {}
