@@ -50,7 +50,8 @@ class AuthSuiteTests(SynchronousTestCase):
     def test_auth(self):
         self.suite.auth()
         rows: dict[tuple[str, int], dict[str, Any]] = {
-            (r["kind"], int(r["rate"])): r for r in self.suite.runs}  # type: ignore[call-overload]
+            (str(r["kind"]), int(r["rate"])): r  # type: ignore[call-overload]
+            for r in self.suite.runs}
         self.assertEqual(set(rows), {(kind, rate) for kind in ("auth off", "auth on")
                                      for rate in (0, 1000)})
         for (kind, _rate), row in rows.items():
