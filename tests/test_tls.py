@@ -214,3 +214,25 @@ def test_lastLineAtACleanTLSClose(service, certs):
     yield waitUntil(lambda: factory.clients == 0, what="the abort seen")
     assert recorder.messages == [b"whole", b"last, no newline"]
     assert factory.stats.discarded_bytes == len(b"half a line")
+
+
+@pytest_twisted.inlineCallbacks
+def test_lingerReadsATLSPublisherOnceALinger(service, certs):
+    """
+    A TLS publisher on a port with C{linger}: held between reads (its TCP
+    connection, under the TLS layer, stops reading), every line it sends one
+    a write arrives, in order.
+    """
+    from twisted.internet.task import deferLater
+
+    from backplane.protocols import Limits
+
+    recorder = Recorder.on(service.get("DATA"))
+    publishPort = tlsPort(service, certs, publish_to="DATA", limits=Limits(linger=0.02))
+    writer = yield connectTLS(publishPort, certs)
+    for n in range(10):
+        writer.send(b"line %d" % n)
+        yield deferLater(reactor, 0.005, lambda: None)
+    yield waitUntil(lambda: len(recorder.messages) == 10, what="every line over TLS")
+    assert recorder.messages == [b"line %d" % n for n in range(10)]
+    assert publishPort.factory.linger is not None
