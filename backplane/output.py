@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 #: bytes linger, they are written at once.
 LINGER_BYTES = 64 * 1024
 
+#: A read of this many bytes or more is not followed by a hold under
+#: C{linger} (L{Linger.holdReading}): its publisher sends fast enough that
+#: its reads are large anyway, and holding it would cap it at a read (at
+#: most 64 KiB, Twisted's) a C{linger}.
+LINGER_READ_BYTES = 16 * 1024
+
 
 class OutputTransport(Protocol):
     """
@@ -166,7 +172,8 @@ class Linger:
     framed and published as one chunk.  Where lines come one at a time,
     each read costs the server a wake-up, more than the line's own work;
     held, a publisher is read at most once a C{delay}, and a byte waits at
-    most C{delay} more.
+    most C{delay} more.  A read of L{LINGER_READ_BYTES} or more is not held:
+    that publisher is read as fast as it sends.
 
     @ivar delay: the longest a byte waits, in seconds.
     @ivar maxBytes: what a subscriber may hold before it writes at once.

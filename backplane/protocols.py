@@ -36,7 +36,7 @@ from backplane.framing import DEFAULT_MAX_LINE_LENGTH as DEFAULT_MAX_LINE_LENGTH
 from backplane.framing import LineFramer
 from backplane.framing import firstOverlong as firstOverlong
 from backplane.interfaces import ILineSink
-from backplane.output import BoundedWriter, Linger, LingerGroup
+from backplane.output import LINGER_READ_BYTES, BoundedWriter, Linger, LingerGroup
 from backplane.prefix import Prefix, hostPort, makePrefix
 from backplane.service import Backplane, BackplaneService, Subscription
 
@@ -673,7 +673,8 @@ class BackplaneProtocol(Protocol):
                 return
         self._read(data)
         linger = self.linger
-        if linger is not None and self.publishTo is not None and not self._closing:
+        if (linger is not None and self.publishTo is not None and not self._closing
+                and len(data) < LINGER_READ_BYTES):
             linger.holdReading(self.transport)
 
     def _read(self, data: bytes) -> None:

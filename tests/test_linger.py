@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from backplane.budget import PendingBudget
 from backplane.config import read_config
-from backplane.output import LINGER_BYTES, BoundedWriter, Linger
+from backplane.output import LINGER_BYTES, LINGER_READ_BYTES, BoundedWriter, Linger
 from backplane.protocols import Limits, PortStats, PublishToFactory, SubscribeToFactory
 from backplane.service import BackplaneService, BackplaneStats
 from tests.test_config import ConfigTestCase
@@ -541,6 +541,20 @@ class PortTests(SynchronousTestCase):
         self.clock.advance(0.001)
         self.assertEqual(transport.producerState, "producing")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_aBigReadIsNotHeld(self):
+        """
+        A read of C{LINGER_READ_BYTES} or more is not followed by a hold:
+        a fast publisher is read as fast as it sends, not a read a linger.
+        """
+        factory = PublishToFactory(self.service, "NEWS", limits=Limits(linger=0.001),
+                                   clock=self.clock)
+        publisher, transport = self.publisher(factory)
+        line = b"x" * 99 + b"\n"
+        publisher.dataReceived(line * (LINGER_READ_BYTES // len(line) + 1))
+        self.assertEqual(transport.producerState, "producing")
+        publisher.dataReceived(line)
+        self.assertEqual(transport.producerState, "paused")
 
     def test_publishersShareThePortsTimer(self):
         factory = PublishToFactory(self.service, "NEWS", limits=Limits(linger=0.001),

@@ -76,3 +76,34 @@ def test_aPublisherIsReadOnceALinger(service):
         assert len(sink.chunks) < LINES / 2
     finally:
         yield port.stopListening()
+
+
+def _sendFast(port: int, total: int) -> None:
+    """
+    Send C{total} bytes of 100-byte lines as fast as the server reads.
+    """
+    line = b"y" * 99 + b"\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(line * (total // len(line)))
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(10)
+
+
+@pytest_twisted.inlineCallbacks
+def test_aFastPublisherIsNotCapped(service):
+    """
+    A publisher that sends faster than a read a C{linger} is read as fast
+    as it sends: 4 MB through a port with C{linger = 1} (held after every
+    read, 64 KiB a second at most: about a minute) within 20 s.
+    """
+    factory = PublishToFactory(service, "DATA", limits=Limits(linger=1.0))
+    endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+    port = yield endpoint.listen(factory)
+    sink = Chunks()
+    service.get("DATA").attach(sink)
+    try:
+        yield deferToThread(_sendFast, portNumber(port), 4_000_000)
+        yield waitUntil(lambda: len(sink.lines) >= 40_000, timeout=20, what="every line")
+        assert len(sink.lines) == 40_000
+    finally:
+        yield port.stopListening()
