@@ -241,6 +241,23 @@ def test_outOfFileDescriptors(tmp_path):
         twistd.waitForPort(sub)
         first = socket.create_connection(("127.0.0.1", sub))
         writer = socket.create_connection(("127.0.0.1", pub))
+        # Both accepted before the flood (else, on a busy machine, the flood
+        # may take the last descriptors before the publisher is accepted).
+        deadline = time.monotonic() + 20
+        first.settimeout(0.2)
+        while True:
+            writer.sendall(b"ready\n")
+            try:
+                if first.recv(100):
+                    break
+            except TimeoutError:
+                pass
+            assert time.monotonic() < deadline, "the subscriber and the publisher are served"
+        while True:
+            try:
+                first.recv(65536)
+            except TimeoutError:
+                break
         for _ in range(100):
             try:
                 clients.append(socket.create_connection(("127.0.0.1", sub), timeout=2))

@@ -94,6 +94,18 @@ def waitForFigure(monitor: int, key: str, check: Any, timeout: float = 20) -> di
         time.sleep(0.05)
 
 
+def waitForAllRead(monitor: int, published: int, timeout: float = 30) -> None:
+    """
+    Wait until the server has read and published every line written so far
+    (the backplane's C{messages_in}), however busy the machine.
+    """
+    deadline = time.monotonic() + timeout
+    while (read := stats(monitor)["backplanes"]["DATA"]["messages_in"]) < published:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server read {read} of {published} lines")
+        time.sleep(0.05)
+
+
 def stallRound(running: dict[str, Any], writer: socket.socket,
                number: int) -> tuple[list[socket.socket], int, int]:
     """
@@ -109,7 +121,7 @@ def stallRound(running: dict[str, Any], writer: socket.socket,
         peak = max(peak, rss(pid))
     # Let the server read everything published.
     waitForFigure(running["monitor"], "pending_bytes", lambda n: n > 0)
-    time.sleep(0.5)
+    waitForAllRead(running["monitor"], number)
     return subscribers, number, max(peak, rss(pid))
 
 
