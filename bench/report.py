@@ -713,42 +713,16 @@ def plot(path: Path, data: Row) -> bool:
 
     @return: whether it was written (matplotlib is the C{bench} extra).
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
     rows = _scenario(data["summary"], "fanout")
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    panels = (("delivered_msgs_per_s", "delivered messages / s"),
-              ("server_cpu_us_per_delivery", "server CPU µs / delivery"))
-    for ax, (field, label) in zip(axes, panels, strict=True):
-        for server, style in (("backplane", "o-"), ("redis", "s--"), ("nats", "^:")):
-            points = [r for r in rows if r["server"] == server and median(r, field)]
-            if not points:
-                continue
-            xs = [r["S"] for r in points]
-            ys = [median(r, field) for r in points]
-            low = [y - r[field]["min"] for y, r in zip(ys, points, strict=True)]
-            high = [r[field]["max"] - y for y, r in zip(ys, points, strict=True)]
-            ax.errorbar(xs, ys, yerr=[low, high], fmt=style, capsize=3, label=server)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks([r["S"] for r in rows], [str(r["S"]) for r in rows])
-        ax.minorticks_off()
-        ax.set_xlabel("subscribers (S)")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+    series = [(server, style, [r for r in rows if r["server"] == server])
+              for server, style in (("backplane", "o-"), ("redis", "s--"), ("nats", "^:"))]
     meta = data["meta"]
-    figure.suptitle(f"Fan-out, one publisher, 64-byte messages: {meta['date'][:10]}, "
-                    f"{meta['cpus']} CPUs, reactor {meta['reactor']}", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return True
+    return _logLogPlot(
+        path, series, "S", [(r["S"], str(r["S"])) for r in rows], "subscribers (S)",
+        (("delivered_msgs_per_s", "delivered messages / s"),
+         ("server_cpu_us_per_delivery", "server CPU µs / delivery")),
+        f"Fan-out, one publisher, 64-byte messages: {meta['date'][:10]}, "
+        f"{meta['cpus']} CPUs, reactor {meta['reactor']}")
 
 
 def sweep_plot(path: Path, data: Row) -> bool:
@@ -759,6 +733,32 @@ def sweep_plot(path: Path, data: Row) -> bool:
 
     @return: whether it was written (matplotlib is the C{bench} extra).
     """
+    rows = _scenario(data["summary"], "sweep")
+    names = sorted({sweep_name(r) for r in rows})
+    series = [(name, style, [r for r in rows if sweep_name(r) == name])
+              for name, style in zip(names, ["o-", "D-", "s--", "^:", "v-."], strict=False)]
+    meta = data["meta"]
+    return _logLogPlot(
+        path, series, "rate", [(rate, si(rate)) for rate in sorted({r["rate"] for r in rows})],
+        "published msgs / s (to 100 subscribers)",
+        (("msg_lat_p99_us", "p99 latency, every message (µs)"),
+         ("server_cpu_us_per_delivery", "server CPU µs / delivery")),
+        f"Fixed rates to 100 subscribers, 64-byte messages: {meta['date'][:10]}, "
+        f"{meta['cpus']} CPUs, reactor {meta['reactor']}", legendSize=8)
+
+
+def _logLogPlot(path: Path, series: Sequence[tuple[str, str, Sequence[Row]]], x: str,
+                ticks: Sequence[tuple[Any, str]], xlabel: str,
+                panels: Sequence[tuple[str, str]], title: str,
+                legendSize: int | None = None) -> bool:
+    """
+    Two log-log panels side by side, one for each of C{panels} (a field of
+    the summary and its axis label): for each of C{series} (a label, a
+    matplotlib format and its summary rows), the median of the field
+    against C{x}, with the range of the repeats as error bars.
+
+    @return: whether it was written (matplotlib is the C{bench} extra).
+    """
     try:
         import matplotlib
 
@@ -766,35 +766,26 @@ def sweep_plot(path: Path, data: Row) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    rows = _scenario(data["summary"], "sweep")
-    names = sorted({sweep_name(r) for r in rows})
-    rates = sorted({r["rate"] for r in rows})
-    styles = ["o-", "D-", "s--", "^:", "v-."]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    panels = (("msg_lat_p99_us", "p99 latency, every message (µs)"),
-              ("server_cpu_us_per_delivery", "server CPU µs / delivery"))
     for ax, (field, label) in zip(axes, panels, strict=True):
-        for name, style in zip(names, styles, strict=False):
-            points = sorted((r for r in rows if sweep_name(r) == name and median(r, field)),
-                            key=lambda r: r["rate"])
+        for name, style, rows in series:
+            points = sorted((r for r in rows if median(r, field)), key=lambda r: r[x])
             if not points:
                 continue
-            xs = [r["rate"] for r in points]
+            xs = [r[x] for r in points]
             ys = [median(r, field) for r in points]
             low = [y - r[field]["min"] for y, r in zip(ys, points, strict=True)]
             high = [r[field]["max"] - y for y, r in zip(ys, points, strict=True)]
             ax.errorbar(xs, ys, yerr=[low, high], fmt=style, capsize=3, label=name)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xticks(rates, [si(rate) for rate in rates])
+        ax.set_xticks([value for value, _ in ticks], [text for _, text in ticks])
         ax.minorticks_off()
-        ax.set_xlabel("published msgs / s (to 100 subscribers)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    meta = data["meta"]
-    figure.suptitle(f"Fixed rates to 100 subscribers, 64-byte messages: {meta['date'][:10]}, "
-                    f"{meta['cpus']} CPUs, reactor {meta['reactor']}", fontsize=10)
+        ax.legend(fontsize=legendSize)
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
