@@ -366,21 +366,9 @@ def await_upgraded(sock: socket.socket, key: bytes, timeout: float) -> None:
     @raise WebSocketError: the server refused or closed.
     @raise TimeoutError: it did not answer in C{timeout} seconds.
     """
-    sock.settimeout(timeout)
-    deadline = time.monotonic() + timeout
-    while True:
-        data = sock.recv(MAX_UPGRADE_RESPONSE, socket.MSG_PEEK)
-        if not data:
-            raise WebSocketError("the server closed the connection during the handshake")
-        end = upgrade_response_end(data)
-        if end >= 0:
-            check_upgrade(sock.recv(end), key)
-            return
-        if len(data) >= MAX_UPGRADE_RESPONSE:
-            raise WebSocketError(f"no end to the handshake's answer: {data[:200]!r}")
-        if time.monotonic() > deadline:
-            raise TimeoutError("the handshake's answer did not end")
-        time.sleep(0.001)  # a peek returns at once while anything is there
+    answer = read_answer(sock, timeout, MAX_UPGRADE_RESPONSE, upgrade_response_end,
+                         WebSocketError, "the handshake's answer")
+    check_upgrade(answer, key)
 
 
 def await_nats_subscribed(sock: socket.socket, timeout: float) -> None:
@@ -392,21 +380,35 @@ def await_nats_subscribed(sock: socket.socket, timeout: float) -> None:
     @raise NatsError: the server refused or closed.
     @raise TimeoutError: it did not answer in C{timeout} seconds.
     """
+    read_answer(sock, timeout, MAX_NATS_GREETING, nats_greeting_end, NatsError,
+                "the NATS server's PONG")
+
+
+def read_answer(sock: socket.socket, timeout: float, limit: int,
+                end_of: Callable[[bytes], int], error: type[Exception], what: str) -> bytes:
+    """
+    Read a server's answer up to its end (C{end_of(data)}: the offset just
+    past it, or -1 while it has not come), and nothing after it: it is
+    peeked at until whole (C{MSG_PEEK}), then read.
+
+    @raise error: the server closed, or sent C{limit} bytes with no end
+        (C{end_of} may raise it too, for an answer that refuses).
+    @raise TimeoutError: it did not end in C{timeout} seconds.
+    """
     sock.settimeout(timeout)
     deadline = time.monotonic() + timeout
     while True:
-        data = sock.recv(MAX_NATS_GREETING, socket.MSG_PEEK)
+        data = sock.recv(limit, socket.MSG_PEEK)
         if not data:
-            raise NatsError("the NATS server closed the connection")
-        end = nats_greeting_end(data)
+            raise error(f"the server closed the connection before {what} ended")
+        end = end_of(data)
         if end >= 0:
-            sock.recv(end)
-            return
-        if len(data) >= MAX_NATS_GREETING:
-            raise NatsError(f"no PONG from the NATS server: {data[:200]!r}")
+            return sock.recv(end)
+        if len(data) >= limit:
+            raise error(f"no end to {what}: {data[:200]!r}")
         if time.monotonic() > deadline:
-            raise TimeoutError("no PONG from the NATS server")
-        time.sleep(0.001)
+            raise TimeoutError(f"{what} did not end")
+        time.sleep(0.001)  # a peek returns at once while anything is there
 
 
 def auth_line(token: bytes) -> bytes:
