@@ -7,15 +7,13 @@ within the bound plus each connection's own buffer, the accounted figure
 returns to zero when they leave, and later rounds cost no more.
 """
 
-import json
 import socket
 import time
-import urllib.request
 from typing import Any
 
 from tests.helpers import freePort, metricSamples, sample
 from tests.test_flow import rss, stalled
-from tests.twistd import Twistd
+from tests.twistd import Twistd, monitorGet, monitorStats
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -62,15 +60,11 @@ def server(tmp_path) -> dict[str, Any]:
 
 
 def stats(monitor: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/stats", timeout=10) as response:
-        document: dict[str, Any] = json.load(response)
-        return document
+    return monitorStats(monitor)
 
 
 def metrics(monitor: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/metrics", timeout=10) as response:
-        text: str = response.read().decode()
-        return text
+    return monitorGet(monitor, "/metrics").decode()
 
 
 def publish(writer: socket.socket, size: int, start: int) -> int:

@@ -7,17 +7,15 @@ by less than the bound and a margin, and clients that complete their lines,
 and a new publisher, are unaffected.
 """
 
-import json
 import socket
 import time
-import urllib.request
 from typing import Any
 
 from tests.helpers import freePort, metricSamples, sample
 from tests.redis_helpers import encodeCommand
 from tests.test_flow import rss
 from tests.test_websocket import clientFrame
-from tests.twistd import Twistd, readLines, wsConnect, wsReceive
+from tests.twistd import Twistd, monitorGet, monitorStats, readLines, wsConnect, wsReceive
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -50,14 +48,8 @@ endpoint = "tcp:{monitor}:interface=127.0.0.1"
 """
 
 
-def get(monitor: int, path: str) -> bytes:
-    with urllib.request.urlopen(f"http://127.0.0.1:{monitor}{path}", timeout=10) as response:
-        body: bytes = response.read()
-        return body
-
-
 def server(monitor: int) -> dict[str, Any]:
-    figures: dict[str, Any] = json.loads(get(monitor, "/stats"))["server"]
+    figures: dict[str, Any] = monitorStats(monitor)["server"]
     return figures
 
 
@@ -148,11 +140,11 @@ def test_unfinishedLinesStayWithinTheBound(tmp_path):
         assert peak - baseline < BOUND + MARGIN, (peak - baseline) / MiB
         closed = closedCount(flood, cuts)
         assert closed == cuts, (closed, cuts)
-        samples = metricSamples(get(monitor, "/metrics").decode())
+        samples = metricSamples(monitorGet(monitor, "/metrics").decode())
         assert sample(samples, "backplane_unfinished_limit_bytes") == BOUND
         assert sample(samples, "backplane_unfinished_bytes") == figures["unfinished_bytes"]
         assert sample(samples, "backplane_unfinished_cuts_total") == cuts
-        stats: dict[str, Any] = json.loads(get(monitor, "/stats"))
+        stats: dict[str, Any] = monitorStats(monitor)
         discarded = sum(source["counters"]["discarded_bytes"] for source in stats["services"]
                         if source["kind"] == "listen")
         assert discarded == figures["unfinished_discarded_bytes"]
@@ -260,7 +252,7 @@ def test_webSocketAndRedisClientsCounted(tmp_path):
         client.settimeout(10)
         assert client.recv(100) == b""
         assert closedCount(lines, 1) == 1
-        stats: dict[str, Any] = json.loads(get(monitor, "/stats"))
+        stats: dict[str, Any] = monitorStats(monitor)
         discarded = {source["info"]["protocol"]: source["counters"]["discarded_bytes"]
                      for source in stats["services"] if source["kind"] == "listen"}
         assert discarded == {"lines": 60_000, "websocket": 200_000, "redis": 100_000}

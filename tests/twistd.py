@@ -8,6 +8,7 @@ the checkout is on the path.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,8 +16,10 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -216,3 +219,20 @@ def wsReceive(sock: socket.socket, timeout: float = 20) -> tuple[int, bytes]:
     elif n == 127:
         (n,) = struct.unpack("!Q", read(8))
     return first & 0x0F, read(n)
+
+
+def monitorGet(port: int, path: str) -> bytes:
+    """
+    The body of C{GET path} on the monitor listening on C{port} of 127.0.0.1.
+    """
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        body: bytes = response.read()
+        return body
+
+
+def monitorStats(port: int) -> dict[str, Any]:
+    """
+    The monitor's C{/stats} document.
+    """
+    document: dict[str, Any] = json.loads(monitorGet(port, "/stats"))
+    return document
