@@ -230,13 +230,6 @@ class Linger:
             assert clock is not None
         return clock
 
-    def _start(self) -> None:
-        """
-        Start the timer, C{delay} from now, unless it runs.
-        """
-        if self._call is None:
-            self._call = self._time().callLater(self.delay, self.flush)
-
     def add(self, writer: Releasing) -> None:
         """
         C{writer} holds its first byte.  On a quiet port (it has written
@@ -264,7 +257,8 @@ class Linger:
         """
         transport.pauseProducing()
         self._reading[transport] = None
-        self._start()
+        if self._call is None:
+            self._call = self._time().callLater(self.delay, self.flush)
 
     def remove(self, writer: Releasing) -> None:
         """
