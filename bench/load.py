@@ -28,6 +28,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import time
 import traceback
 from array import array
@@ -86,6 +87,10 @@ PACING_MAX_RATE = 10_000
 STALLED_RECEIVE_BUFFER = 4096
 # B: payload bytes, as in the issue (at least bench.wire.MIN_SIZE).
 DEFAULT_SIZE = 64
+# struct tcp_info (linux/tcp.h): tcpi_data_segs_in, the segments with data
+# a socket has received (Linux 4.6 and later), is the u32 at this offset.
+TCP_INFO_LENGTH = 160
+DATA_SEGS_IN_OFFSET = 152
 # What connecting a subscriber may raise: the connection failed, or Redis,
 # NATS or the WebSocket handshake refused it.
 SETUP_ERRORS = (OSError, RespError, NatsError, WebSocketError)
@@ -315,6 +320,23 @@ def shares(total: int, parts: int) -> list[int]:
     """
     parts = max(1, min(parts, total))
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def data_segments_in(sock: socket.socket) -> int | None:
+    """
+    How many TCP segments with data C{sock} has received (C{TCP_INFO}'s
+    C{tcpi_data_segs_in}): on loopback, one for each C{send} of the server
+    to it, so a subscriber's messages over it are the messages the server
+    wrote a C{send}.  L{None} where the kernel does not say.
+    """
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LENGTH)
+    except (OSError, AttributeError):
+        return None
+    if len(info) < DATA_SEGS_IN_OFFSET + 4:
+        return None
+    segments: int = struct.unpack_from("I", info, DATA_SEGS_IN_OFFSET)[0]
+    return segments
 
 
 def connect(port: int, receive_buffer: int | None = None) -> socket.socket:
@@ -567,6 +589,10 @@ def subscriber_process(index: int, part: Sequence[tuple[int, int]],
             break
     conn.send(("done", last_receive))
     of = [[counter for g_, _, counter in mine if g_ == g] for g in range(len(groups))]
+    segments: list[int | None] = [0] * len(groups)
+    for g, sock, _ in mine:
+        count, total = data_segments_in(sock), segments[g]
+        segments[g] = None if count is None or total is None else total + count
     conn.send(("result", {
         "status": status if not shared.stop.value else "stopped",
         "received": [[c.received for c in cs] for cs in of],
@@ -574,6 +600,7 @@ def subscriber_process(index: int, part: Sequence[tuple[int, int]],
         "sequence_errors": [sum(c.sequence_errors for c in cs) for cs in of],
         "disconnects": disconnects,
         "reads": reads,
+        "segments": segments,
         "last_receive": last,
         "latencies": [latencies[g].tobytes() if g in latencies else b""
                       for g in range(len(groups))],
@@ -1042,6 +1069,13 @@ def _fanout_result(target: Target, load: Load, groups: Sequence[Subscribers],
         "disconnects": sum(sum(r["disconnects"]) for r in results.values()),
         "reads": sum(sum(r["reads"]) for r in results.values()),
     }
+    counts = [c for r in results.values() for c in r.get("segments", [None])]
+    if counts and None not in counts:
+        # What the server's sends carried: messages a segment (a send, on
+        # loopback), over all its subscribers.
+        segments = sum(c or 0 for c in counts)
+        row["segments"] = segments
+        row["msgs_per_segment"] = round(delivered / max(1, segments), 2)
     row.update(latency_summary(latencies))
     if load.spans:
         spans: array[int] = array("q")

@@ -405,7 +405,9 @@ def sweep_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
     The rate sweep: for each rate and server, whether it kept up (delivered
     msgs/s over the rate times S), its CPU per delivery (and over Redis's),
     every message's latency (p50, p99, max; from the time each was due) and
-    the per-chunk p99, and loss.
+    the per-chunk p99, the messages the publisher wrote a write and the
+    server sent a C{send} (a TCP segment its subscribers received), and
+    loss.
     """
     versus = {(r["rate"], r["name"]): r for r in ratios}
     rows = []
@@ -422,12 +424,13 @@ def sweep_table(summary: Sequence[Row], ratios: Sequence[Row]) -> str:
             cell(r, "msg_lat_p50_us"), cell(r, "msg_lat_p99_us"),
             cell(ratio, "msg_lat_p99_us") if ratio else "", worst(r, "msg_lat_max_us"),
             cell(r, "lat_p99_us", ranged=False), cell(r, "msgs_per_write", ranged=False),
-            cell(r, "gen_cpu_pct", ranged=False),
+            cell(r, "msgs_per_segment", ranged=False), cell(r, "gen_cpu_pct", ranged=False),
             cell(r, "host_other_pct", ranged=False), worst(r, "lost"), r.get("status", "-"),
         ])
     return render(["server", "S", "msgs/s", "delivered msgs/s", "x offered", "CPU µs/delivery",
                    "x Redis", "srv CPU%", "p50 µs", "p99 µs", "x Redis", "max µs",
-                   "chunk p99 µs", "msgs/write", "gen CPU%", "other%", "lost", "status"], rows)
+                   "chunk p99 µs", "msgs/write", "msgs/send", "gen CPU%", "other%", "lost",
+                   "status"], rows)
 
 
 def fanin_table(summary: Sequence[Row], skipped: dict[str, dict[str, str]]) -> str:

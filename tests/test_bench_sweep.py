@@ -9,6 +9,7 @@ structure is checked, never a figure of speed).
 import contextlib
 import io
 import os
+import socket
 import tempfile
 from array import array
 from pathlib import Path
@@ -18,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bench import coalesce, report, suite, wire
 from bench.__main__ import main, parser
-from bench.load import Placement, Subscribers
+from bench.load import Placement, Subscribers, data_segments_in
 from bench.servers import nats_path, redis_path
 
 SIZE = 64
@@ -154,6 +155,38 @@ class SweepReportTests(SynchronousTestCase):
         self.assertRaises(SystemExit, parser().parse_args, ["sweep", "--rates", "fast"])
 
 
+class DataSegmentsTests(SynchronousTestCase):
+    """
+    L{data_segments_in}: the segments with data a socket received, one a
+    C{send} of the other end when it is read before the next.
+    """
+
+    def test_oneASend(self):
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        client = socket.create_connection(listener.getsockname())
+        self.addCleanup(client.close)
+        server, _ = listener.accept()
+        self.addCleanup(server.close)
+        server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.assertEqual(data_segments_in(client), 0)
+        for _ in range(20):
+            server.sendall(b"x" * 10)
+            self.assertEqual(client.recv(100), b"x" * 10)
+        self.assertEqual(data_segments_in(client), 20)
+        # What goes one way only: the server's socket received none.
+        self.assertEqual(data_segments_in(server), 0)
+
+    def test_notTCP(self):
+        """
+        A socket the kernel keeps no TCP figures for: L{None}.
+        """
+        left, right = socket.socketpair()
+        self.addCleanup(left.close)
+        self.addCleanup(right.close)
+        self.assertIsNone(data_segments_in(left))
+
+
 class SweepSuiteTests(SynchronousTestCase):
     """
     The sweep end to end at a tiny size: backplane (linger 0 and 1 ms),
@@ -192,6 +225,12 @@ class SweepSuiteTests(SynchronousTestCase):
                           "server_cpu_us_per_delivery", "sched_lag_max_us", "msgs_per_write"):
                 self.assertIn(field, row)
             self.assertGreaterEqual(row["msgs_per_write"], 1)
+            # Every subscriber got its messages in at least one send and at
+            # most one a message, besides its subscription's answer.
+            self.assertGreaterEqual(row["segments"], 4)
+            self.assertLessEqual(row["segments"], 4 * messages + 4 * 2, (name, row))
+            self.assertEqual(row["msgs_per_segment"],
+                             round(row["delivered"] / row["segments"], 2))
             # Root (CI) may make the fixed-rate publisher real-time.
             self.assertIsInstance(row["publisher_fifo"], bool)
             if os.geteuid() == 0:
