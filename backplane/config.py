@@ -406,7 +406,8 @@ class LimitsEntry:
     max_unfinished_total: int = _option(
         DEFAULT_MAX_UNFINISHED_TOTAL, minimum=MIN_UNFINISHED_TOTAL, maximum=MAX_UNFINISHED_TOTAL,
         doc="bytes of unfinished lines (WebSocket messages, Redis requests) that all clients "
-            "may hold together; past it, the client holding the most is disconnected first")
+            "and relays' connections upstream may hold together; past it, the connection "
+            "holding the most is disconnected first")
 
 
 @dataclass(frozen=True)

@@ -329,7 +329,6 @@ class Relay:
     @ivar outbox: with C{acks}, the L{Outbox} (also L{pending}); else
         L{None}.
     @ivar protocol: the L{RelayProtocol} connected now, or L{None}.
-    @ivar unfinishedBudget: the service's L{UnfinishedBudget}.
     @ivar destination: where upstream is, for log lines.
     @ivar trying: whether the relay keeps (re)connecting: C{False} once
         L{stop} is called, until L{start}.

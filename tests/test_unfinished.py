@@ -1,9 +1,10 @@
 """
 The service-wide bound on unfinished input (UnfinishedBudget, [limits]
-max_unfinished_total): line, syslog, WebSocket and Redis clients count the
-half line (message, request) they hold after each read, release it when
-they complete it or go, and past the bound the one holding the most is
-disconnected first, its half line never published.
+max_unfinished_total): line, syslog, WebSocket and Redis clients, and
+relays' connections upstream, count the half line (message, request) they
+hold after each read, release it when they complete it or go, and past the
+bound the one holding the most is disconnected first, its half line never
+published.
 """
 
 from typing import Any
