@@ -499,8 +499,10 @@ class WebSocketClient(WebSocketServerProtocol):
             super().onMessageFrameData(payload)
 
     def onMessageEnd(self) -> None:
-        super().onMessageEnd()
+        # Whole from here on: published, never counted as discarded, even
+        # if the connection were lost while it is.
         self._messageBytes = 0
+        super().onMessageEnd()
 
     def onMessageFrameBegin(self, length: int) -> None:
         super().onMessageFrameBegin(length)

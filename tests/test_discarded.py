@@ -112,6 +112,23 @@ class WebSocketTests(SynchronousTestCase):
         self.assertEqual(self.published, [b"one", b"two"])
         self.assertDiscarded(0)
 
+    def test_lostWhilePublishing(self):
+        """
+        A message is whole once its last fragment is in: a connection lost
+        while it is being published (by a transport that ends it at once)
+        counts nothing of it.
+        """
+        client, transport = opened(self.factory)
+
+        def gone(data: bytes) -> None:
+            lost(client, transport)
+
+        self.news.subscribe(gone)
+        client.dataReceived(clientFrame(b"k" * 30, fin=False))
+        client.dataReceived(clientFrame(b"k" * 5, opcode=0))
+        self.assertEqual(self.published, [b"k" * 35])
+        self.assertDiscarded(0)
+
     def test_subscriberOnlyNotCounted(self):
         """
         What a client that only subscribes sends is never published, whole
@@ -186,6 +203,24 @@ class RedisTests(SynchronousTestCase):
         lost(client, transport)
         self.assertEqual(self.published, [b"hello"])
         self.assertDiscarded(len(half))
+
+    def test_lostWhileHandling(self):
+        """
+        A request being handled is whole: a connection lost while it is (by
+        a transport that ends it at once) counts only the partial request
+        after it, not the part of it an earlier read held.
+        """
+        client, transport = self.connect()
+        echo = encodeCommand(b"ECHO", b"e" * 20)
+
+        def handled(args: list[bytes]) -> None:
+            lost(client, transport)
+
+        client.redis_echo = handled  # type: ignore[method-assign]
+        client.dataReceived(echo[:15])
+        self.assertEqual(client.unfinished, 15)
+        client.dataReceived(echo[15:] + b"*1\r\n$4\r\nPI")
+        self.assertDiscarded(len(b"*1\r\n$4\r\nPI"))
 
     def test_partialRequestOverReads(self):
         """
