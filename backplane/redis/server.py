@@ -388,10 +388,10 @@ class RedisClient(Protocol):
 
     def _discardUnfinished(self) -> None:
         """
-        The connection is gone with part of a request read (a reset, or a
-        close by the server outside a read: the C{auth} timeout, the port
-        stopping): forget it, never handled, and count its bytes in
-        C{discarded_bytes}.  A request being handled is no longer part of
+        The connection is gone with part of a request read (the client
+        reset or closed it, or the server closed it outside a read: the
+        C{auth} timeout, the port stopping): forget it, never handled, and
+        count its bytes in C{discarded_bytes}.  A request being handled is no longer part of
         what is unparsed; what a read left after the server decided to
         close (C{QUIT}, a protocol error) was forgotten at the end of that
         read, and what L{overUnfinished} cut was counted there.
