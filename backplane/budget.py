@@ -6,7 +6,8 @@ Service-wide bounds on memory that clients make the service hold:
     which each subscriber's own C{max_pending} applies;
   - what publishers sent that is not yet a whole line (or message, or
     request): an L{UnfinishedBudget}, shared by every connection that reads
-    lines, WebSocket messages or Redis requests, inside which each port's
+    lines, WebSocket messages or Redis requests (a relay's connection
+    upstream included), inside which each port's (or relay's)
     C{max_line_length} (or C{max_request}) applies.
 """
 
@@ -158,7 +159,8 @@ class UnfinishedHolder(Protocol):
     """
     What holds bytes on an L{UnfinishedBudget}: a connection that reads
     lines (or WebSocket messages, or Redis requests) and keeps what it has
-    of the one not yet finished.
+    of the one not yet finished: a port's client, or a relay's connection
+    upstream.
     """
 
     @property
@@ -170,9 +172,9 @@ class UnfinishedHolder(Protocol):
     def overUnfinished(self) -> None:
         """
         The service holds too much unfinished input and this holder's is the
-        largest: log it, forget it (never published, counted in its port's
-        C{discarded_bytes}), disconnect, and release it from the budget
-        (L{UnfinishedBudget.update} to 0).
+        largest: log it, forget it (never published, counted in its port's,
+        or relay's, C{discarded_bytes}), disconnect, and release it from the
+        budget (L{UnfinishedBudget.update} to 0).
         """
 
 

@@ -406,7 +406,8 @@ class LimitsEntry:
     max_unfinished_total: int = _option(
         DEFAULT_MAX_UNFINISHED_TOTAL, minimum=MIN_UNFINISHED_TOTAL, maximum=MAX_UNFINISHED_TOTAL,
         doc="bytes of unfinished lines (WebSocket messages, Redis requests) that all clients "
-            "may hold together; past it, the client holding the most is disconnected first")
+            "and relays' connections upstream may hold together; past it, the connection "
+            "holding the most is disconnected first")
 
 
 @dataclass(frozen=True)
@@ -788,6 +789,12 @@ class _Parser:
         if config.monitor is not None:
             self.endpoint(config.monitor.endpoint, endpoints.serverFromString, "monitor.endpoint")
         for i, entry in enumerate(config.connect, 1):
+            if entry.max_line_length > unfinished:
+                raise self.error(
+                    f"connect[{i}].max_line_length",
+                    f"must be at most [limits] max_unfinished_total ({unfinished}), which "
+                    f"bounds every connection's unfinished input together, relays' included, "
+                    f"not {entry.max_line_length}")
             self.endpoint(entry.endpoint, endpoints.clientFromString, f"connect[{i}].endpoint")
             if entry.max_delay < entry.initial_delay:
                 raise self.error(f"connect[{i}].max_delay",

@@ -128,7 +128,7 @@ PENDING_COUNTERS = {
 UNFINISHED_GAUGES = {
     "unfinished_bytes": Stat("unfinished_bytes",
                              "Bytes of unfinished lines, WebSocket messages and Redis requests "
-                             "all clients hold together."),
+                             "all clients (and relays' connections upstream) hold together."),
     "unfinished_limit_bytes": Stat("unfinished_limit_bytes",
                                    "The bound on them ([limits] max_unfinished_total)."),
     "unfinished_connections": Stat("unfinished_connections",
@@ -170,7 +170,8 @@ _RELAY_COUNTERS = {
     "resent": Stat("resent", "Lines sent upstream again, not having been acknowledged "
                              "(acks = true)."),
     "discarded_bytes": Stat("discarded_bytes", "Bytes of half lines from upstream never "
-                                               "published."),
+                                               "published (a reset, an abort, a line too long, "
+                                               "max_unfinished_total)."),
 }
 _RELAY_GAUGES = {
     "buffered": Stat("buffered", "Lines waiting in the relay's buffer for upstream now."),
@@ -214,9 +215,10 @@ COUNTERS: dict[str, dict[str, Stat]] = {
                                                "for idle_timeout."),
         "idle_discarded": Stat("idle_discarded_bytes", "Bytes of unfinished lines discarded at "
                                                        "idle_timeout."),
-        "discarded_bytes": Stat("discarded_bytes", "Bytes of half lines never published (a "
+        "discarded_bytes": Stat("discarded_bytes", "Bytes of half lines (unfinished WebSocket "
+                                                   "messages, Redis requests) never published (a "
                                                    "reset, an abort, a close by the server, a "
-                                                   "line too long)."),
+                                                   "line too long, max_unfinished_total)."),
         "http_requests": Stat("http_requests", "Clients answered 400: their first line was an "
                                                "HTTP request."),
         "datagrams": Stat("datagrams", "Datagrams a udp: port received from allowed addresses."),

@@ -212,8 +212,10 @@ class PortStats:
         longer than C{max_line_length} or for holding the longest unfinished
         line past C{max_unfinished_total} (a half line before a clean end of
         input, a FIN, is published).  On WebSocket and Redis ports: the
-        unfinished messages and requests of clients cut for
-        C{max_unfinished_total}.
+        unfinished messages (their payload so far) and requests of clients
+        whose connection ends, or is cut for C{max_unfinished_total}, before
+        they finish them; not a message or request refused, nor what a
+        WebSocket client that only subscribes sends (it publishes nothing).
     @ivar http_requests: clients that sent an HTTP request line first,
         answered C{400 Bad Request} and disconnected.
     """

@@ -57,6 +57,7 @@ from zope.interface import implementer
 
 from backplane._types import defaultReactor
 from backplane.address import describePeer
+from backplane.budget import UnfinishedBudget
 from backplane.framing import DEFAULT_MAX_LINE_LENGTH, LineFramer
 from backplane.interfaces import ILineSink, IStatsSource
 from backplane.outbox import DEFAULT_SPOOL_BYTES as DEFAULT_SPOOL_BYTES
@@ -116,8 +117,9 @@ class RelayStats:
         acknowledged (in memory, or in the spool).
     @ivar discarded_bytes: bytes of half lines from upstream never
         published: a connection reset, aborted or cut for a line longer than
-        C{max_line_length} (a half line before a clean end, a FIN, is
-        published).
+        C{max_line_length} or for holding the longest unfinished line past
+        C{[limits] max_unfinished_total} (a half line before a clean end, a
+        FIN, is published).
     """
 
     state: RelayState = "connecting"
@@ -419,6 +421,10 @@ class Relay:
         #: With C{resume}: the id of the last line published from upstream.
         self.lastId: bytes | None = None
         self.maxDelay = max_delay
+        #: The service's bound on the unfinished input of all its
+        #: connections (C{[limits] max_unfinished_total}), on which the
+        #: connection upstream counts its half line as a port's clients do.
+        self.unfinishedBudget: UnfinishedBudget = service.unfinished
         self.stats = RelayStats()
         if self.outbox is not None:
             self.stats.buffered = self.outbox.lines
@@ -840,6 +846,12 @@ class RelayProtocol(TwistedProtocol, TimeoutMixin):
     reading (L{writable}).  Over TLS it counts as a publisher of
     C{publish_to} once the handshake is done.
 
+    Upstream's half line is held on the service's bound on unfinished input
+    (the relay's L{Relay.unfinishedBudget}), as a port's clients' are: it is
+    an L{UnfinishedHolder<backplane.budget.UnfinishedHolder>}, counting what
+    it holds after each read, and cut (L{overUnfinished}) when it holds the
+    most past the bound.
+
     @ivar framer: the L{LineFramer} of what upstream sends.
     @ivar peer: upstream's address, for log lines.
     """
@@ -856,6 +868,47 @@ class RelayProtocol(TwistedProtocol, TimeoutMixin):
         self._closing = False
         self._handshaking = False
         self._joined = False
+        self._unfinished = 0
+
+    @property
+    def unfinished(self) -> int:
+        """
+        The bytes of upstream's unfinished line the connection holds on the
+        service's bound on unfinished input, as of its last read.
+        """
+        return self._unfinished
+
+    def _countUnfinished(self) -> None:
+        """
+        Count what the connection holds of an unfinished line now on the
+        service's bound, if it changed: once a read, never a line at a time
+        (nothing once it is closing).
+        """
+        held = 0 if self._closing else len(self.framer.buffered)
+        before = self._unfinished
+        if held != before:
+            self._unfinished = held
+            self.relay.unfinishedBudget.update(self, before, held)
+
+    def overUnfinished(self) -> None:
+        """
+        All connections together hold more than C{max_unfinished_total} of
+        unfinished input, and upstream's half line is the longest: log it,
+        forget it (never published, counted in the relay's
+        C{discarded_bytes}), release it from the bound and close the
+        connection; the relay reconnects as after any loss.
+        """
+        length = len(self.framer.discard())
+        self.log.warn(
+            "Disconnecting {peer}: its unfinished line of {length} bytes is the longest, and "
+            "all connections together hold more than max_unfinished_total ({limit} bytes) of "
+            "unfinished lines; it was not published",
+            peer=self.peer, length=length, limit=self.relay.unfinishedBudget.limit,
+        )
+        self.relay.stats.discarded_bytes += length
+        self._closing = True
+        self._countUnfinished()
+        self.transport.loseConnection()
 
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
         """
@@ -892,6 +945,7 @@ class RelayProtocol(TwistedProtocol, TimeoutMixin):
         self.resetTimeout()
         if self.relay.reads and not self._closing:
             self.framer.dataReceived(data)
+            self._countUnfinished()
 
     def linesReceived(self, data: bytes) -> None:
         """
@@ -953,6 +1007,7 @@ class RelayProtocol(TwistedProtocol, TimeoutMixin):
         discarded = len(self.framer.discard())
         if discarded:
             self.relay.stats.discarded_bytes += discarded
+        self._countUnfinished()
         if self._joined:
             self._joined = False
             publishTo: Backplane | None = self.relay.publishTo

@@ -678,8 +678,9 @@ class BackplaneService(MultiService):
     @ivar budget: the bound on what waits for all the subscribers of all its
         backplanes together (a L{PendingBudget}), shared by its backplanes.
     @ivar unfinished: the bound on the unfinished lines (WebSocket messages,
-        Redis requests) that all the clients of its ports hold together (an
-        L{UnfinishedBudget}), shared by its ports' connections.
+        Redis requests) that all the clients of its ports, and its relays'
+        connections upstream, hold together (an L{UnfinishedBudget}), shared
+        by those connections.
     """
 
     log = Logger()
@@ -691,7 +692,8 @@ class BackplaneService(MultiService):
             all its backplanes together (C{[limits] max_pending_total});
             L{None}: the default bound (L{DEFAULT_MAX_PENDING_TOTAL}).
         @param unfinished: the bound on the unfinished lines all the clients
-            of its ports hold together (C{[limits] max_unfinished_total});
+            of its ports, and its relays' connections upstream, hold
+            together (C{[limits] max_unfinished_total});
             L{None}: the default bound (L{DEFAULT_MAX_UNFINISHED_TOTAL}).
         """
         super().__init__()

@@ -215,6 +215,23 @@ class WebSocketClient(WebSocketServerProtocol):
         if before:
             self.port.service.unfinished.update(self, before, 0)
 
+    def _discardMessage(self) -> None:
+        """
+        The connection is gone in the middle of a message the client
+        publishes (a fragment without FIN, a frame cut short, whatever
+        ended it: a reset, a Close frame, the server going away): count
+        the payload received of it, never published, in C{discarded_bytes}.
+
+        Not counted: a message autobahn refused (past the port's bound on
+        a message, invalid UTF-8, a protocol error), which failed the
+        connection and would never have been published; what a client
+        that does not publish sends, which is never kept; and a message
+        already counted by L{overUnfinished}, which forgot it.
+        """
+        if self._messageBytes and not self.failedByMe:
+            self.portStats.discarded_bytes += self._messageBytes
+        self._messageBytes = 0
+
     def overUnfinished(self) -> None:
         """
         All clients together hold more than C{max_unfinished_total} of
@@ -446,6 +463,7 @@ class WebSocketClient(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
+        self._discardMessage()
         self._releaseUnfinished()
         self._stopSubscribing()
         self.output.discard()  # what waited, released from the service's bound
@@ -481,8 +499,10 @@ class WebSocketClient(WebSocketServerProtocol):
             super().onMessageFrameData(payload)
 
     def onMessageEnd(self) -> None:
-        super().onMessageEnd()
+        # Whole from here on: published, never counted as discarded, even
+        # if the connection were lost while it is.
         self._messageBytes = 0
+        super().onMessageEnd()
 
     def onMessageFrameBegin(self, length: int) -> None:
         super().onMessageFrameBegin(length)

@@ -1,9 +1,10 @@
 """
 The service-wide bound on unfinished input (UnfinishedBudget, [limits]
-max_unfinished_total): line, syslog, WebSocket and Redis clients count the
-half line (message, request) they hold after each read, release it when
-they complete it or go, and past the bound the one holding the most is
-disconnected first, its half line never published.
+max_unfinished_total): line, syslog, WebSocket and Redis clients, and
+relays' connections upstream, count the half line (message, request) they
+hold after each read, release it when they complete it or go, and past the
+bound the one holding the most is disconnected first, its half line never
+published.
 """
 
 from typing import Any
@@ -22,10 +23,11 @@ from backplane.config import Config, parse_config
 from backplane.errors import ConfigError
 from backplane.protocols import Limits, PublishTo, PublishToFactory
 from backplane.redis.server import RedisClient, RedisFactory
+from backplane.relay import RelayFactory, RelayProtocol, RelayService
 from backplane.service import BackplaneService
 from tests.helpers import tempDir
 from tests.redis_helpers import encodeCommand
-from tests.test_relay import LogCapture
+from tests.test_relay import FakeEndpoint, LogCapture, connectProtocol
 from tests.test_websocket import CLOSE, clientFrame, opened, serverFrames
 
 
@@ -343,6 +345,186 @@ class RedisTests(SynchronousTestCase):
         self.assertEqual((budget.held, len(budget.holders)), (0, 0))
 
 
+class RelayTests(SynchronousTestCase):
+    """
+    A relay's connection upstream holds upstream's half line on the
+    service's bound, as a port's clients do.
+    """
+
+    def setUp(self):
+        self.service = BackplaneService(unfinished=UnfinishedBudget(100))
+        self.news = self.service.create("NEWS")
+        self.published: list[bytes] = []
+        self.news.subscribe(self.published.append)
+        self.clock = Clock()
+        self.relay = RelayFactory(self.service, "NEWS", clock=self.clock, initial_delay=1.0)
+        self.endpoint = FakeEndpoint()
+        self.connection = RelayService(self.endpoint, self.relay, random=lambda: 0.0)
+        self.connection.startService()
+        self.addCleanup(self.connection.stopService)
+        self.log = LogCapture(self)
+
+    def upstream(self) -> tuple[Any, StringTransport]:
+        """
+        Accept the relay's connection attempt: its protocol (as the
+        endpoint sees it) and transport.
+        """
+        accepted: tuple[Any, StringTransport] = self.endpoint.accept()
+        return accepted
+
+    @property
+    def connected(self) -> RelayProtocol:
+        """
+        The relay's connection upstream now.
+        """
+        protocol = self.relay.relay.protocol
+        assert protocol is not None
+        return protocol
+
+    def test_countedOncePerRead(self):
+        """
+        Upstream's half line counts after each read, the budget told only
+        when what is held changed; complete lines count nothing.
+        """
+        updates: list[tuple[int, int]] = []
+
+        class Counted(UnfinishedBudget):
+            def update(self, holder: Any, before: int, after: int) -> None:
+                updates.append((before, after))
+                super().update(holder, before, after)
+
+        budget = self.relay.relay.unfinishedBudget = Counted(100)
+        protocol, _ = self.upstream()
+        protocol.dataReceived(b"one\ntwo\nth")
+        self.assertEqual((budget.held, self.connected.unfinished, len(budget.holders)),
+                         (2, 2, 1))
+        protocol.dataReceived(b"ree\nfo")
+        protocol.dataReceived(b"ur\n")
+        self.assertEqual(self.published, [b"one", b"two", b"three", b"four"])
+        self.assertEqual(updates, [(0, 2), (2, 0)])
+        self.assertEqual((budget.held, len(budget.holders)), (0, 0))
+
+    def test_cut(self):
+        """
+        Upstream holding a half line past the bound is cut: logged once
+        (without its bytes), never published, counted in the relay's
+        discarded_bytes and the service's counters, released, and the
+        connection closed; the relay connects again.
+        """
+        budget = self.service.unfinished
+        protocol, transport = self.upstream()
+        protocol.dataReceived(b"whole\n" + b"x" * 60)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(b"x" * 41)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual((budget.held, len(budget.holders), budget.cuts, budget.discarded),
+                         (0, 0, 1, 101))
+        self.assertEqual(self.relay.stats.discarded_bytes, 101)
+        [warning] = self.log.matching("max_unfinished_total", LogLevel.warn)
+        self.assertEqual((warning["length"], warning["limit"], warning["peer"]),
+                         (101, 100, protocol.peer))
+        self.assertNotIn("xxx", repr(warning))
+        protocol.dataReceived(b"x\n")  # after the cut: ignored
+        transport.disconnecting = True
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.published, [b"whole"])
+        self.assertEqual(self.relay.stats.discarded_bytes, 101)
+        self.assertEqual((budget.held, budget.cuts), (0, 1))
+        self.assertEqual(self.relay.stats.state, "waiting")
+        self.clock.advance(1.0)
+        again, _ = self.upstream()
+        self.assertEqual(self.relay.stats.reconnects, 1)
+        again.dataReceived(b"after\n")
+        self.assertEqual(self.published, [b"whole", b"after"])
+
+    def test_releasedWhenLost(self):
+        """
+        However the connection ends, what it held is released: a reset
+        (discarded, counted), a clean end (published), an abort by the
+        relay (an idle timeout).
+        """
+        budget = self.service.unfinished
+        protocol, transport = self.upstream()
+        protocol.dataReceived(b"half")
+        self.assertEqual(budget.held, 4)
+        transport.disconnecting = True
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual((budget.held, len(budget.holders)), (0, 0))
+        self.assertEqual(self.relay.stats.discarded_bytes, 4)
+
+        self.clock.advance(1.0)
+        protocol, transport = self.upstream()
+        protocol.dataReceived(b"last")
+        self.assertEqual(budget.held, 4)
+        transport.disconnecting = True
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.published, [b"last"])
+        self.assertEqual((budget.held, len(budget.holders)), (0, 0))
+
+        self.clock.advance(1.0)
+        protocol, transport = self.upstream()
+        protocol.dataReceived(b"stuck")
+        protocol.abort()
+        self.assertTrue(transport.disconnected)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual((budget.held, len(budget.holders), budget.cuts), (0, 0, 0))
+        self.assertEqual(self.relay.stats.discarded_bytes, 9)
+
+    def test_overlongReleased(self):
+        """
+        A line past the relay's own max_line_length is cut by it, and what
+        was held of it released.
+        """
+        budget = self.service.unfinished
+        factory = RelayFactory(self.service, "NEWS", clock=self.clock, max_line_length=10)
+        protocol, transport = connectProtocol(factory)
+        protocol.dataReceived(b"x" * 8)
+        self.assertEqual(budget.held, 8)
+        protocol.dataReceived(b"x" * 8)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual((budget.held, len(budget.holders), budget.cuts), (0, 0, 0))
+
+    def test_largestCutWithALineClient(self):
+        """
+        A relay's connection and a line client share the bound: whichever
+        holds the most is cut, whichever read takes the total past it.
+        """
+        budget = self.service.unfinished
+        port = PublishToFactory(self.service, "NEWS", clock=self.clock)
+        client = port.buildProtocol(None)
+        assert isinstance(client, PublishTo)
+        clientOut = StringTransport()
+        client.makeConnection(clientOut)
+        protocol, transport = self.upstream()
+
+        # The relay holds the most; the line client's read takes the total
+        # past the bound: the relay is cut.
+        protocol.dataReceived(b"r" * 60)
+        client.dataReceived(b"c" * 41)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(clientOut.disconnecting)
+        self.assertEqual((budget.held, list(budget.holders)), (41, [client]))
+        self.assertEqual((self.relay.stats.discarded_bytes, port.stats.discarded_bytes), (60, 0))
+        transport.disconnecting = True
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+        # The line client holds the most; the relay's read takes the total
+        # past the bound: the line client is cut.
+        self.clock.advance(1.0)
+        protocol, transport = self.upstream()
+        protocol.dataReceived(b"r" * 30)
+        client.dataReceived(b"c" * 20)
+        protocol.dataReceived(b"r" * 10)
+        self.assertTrue(clientOut.disconnecting)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual((budget.held, list(budget.holders)), (40, [self.connected]))
+        self.assertEqual((self.relay.stats.discarded_bytes, port.stats.discarded_bytes), (60, 61))
+        self.assertEqual((budget.cuts, budget.discarded), (2, 121))
+        protocol.dataReceived(b"\n")
+        self.assertEqual(self.published, [b"r" * 40])
+        self.assertEqual(budget.held, 0)
+
+
 class ConfigTests(SynchronousTestCase):
     """
     [limits] max_unfinished_total: its default, its bounds, what it bounds.
@@ -391,6 +573,21 @@ class ConfigTests(SynchronousTestCase):
         parse_config({"limits": {"max_unfinished_total": 4194304},
                       "listen": [{"endpoint": "tcp:0", "protocol": "redis",
                                   "backplanes": ["NEWS"], "max_request": 1048576}]})
+
+    def test_relayLinesInside(self):
+        """
+        A relay's max_line_length must fit too: its connection upstream is
+        on the bound.
+        """
+        connect = {"endpoint": "tcp:127.0.0.1:1", "publish_to": "NEWS",
+                   "max_line_length": 4194304}
+        document: dict[str, object] = {"limits": {"max_unfinished_total": 2097152},
+                                       "backplane": {"NEWS": {}}, "connect": [connect]}
+        with self.assertRaises(ConfigError) as caught:
+            parse_config(document)
+        self.assertIn("connect[1].max_line_length: must be at most [limits] "
+                      "max_unfinished_total (2097152)", str(caught.exception))
+        parse_config({**document, "limits": {"max_unfinished_total": 4194304}})
 
     def test_checked(self):
         """

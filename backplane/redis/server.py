@@ -386,6 +386,21 @@ class RedisClient(Protocol):
         self.close()
         self._countUnfinished()
 
+    def _discardUnfinished(self) -> None:
+        """
+        The connection is gone with part of a request read (the client
+        reset or closed it, or the server closed it outside a read: the
+        C{auth} timeout, the port stopping): forget it, never handled, and
+        count its bytes in C{discarded_bytes}.  A request being handled is no longer part of
+        what is unparsed; what a read left after the server decided to
+        close (C{QUIT}, a protocol error) was forgotten at the end of that
+        read, and what L{overUnfinished} cut was counted there.
+        """
+        discarded = self._unparsed + len(self._inline or b"")
+        if discarded:
+            self.portStats.discarded_bytes += discarded
+        self._forgetUnfinished()
+
     def _forgetUnfinished(self) -> None:
         self._reader = hiredis.Reader()
         self._unparsed = 0
@@ -475,7 +490,7 @@ class RedisClient(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
-        self._forgetUnfinished()
+        self._discardUnfinished()
         self._countUnfinished()
         self._stopAuthTimer()
         if self.output is not None:
@@ -583,6 +598,11 @@ class RedisClient(Protocol):
             self._requests(data)
         finally:
             self._flush()
+        if self._closing:
+            # Closed by this read (QUIT, a protocol error, replies past
+            # max_pending): what follows is never read, and not a request
+            # cut short.
+            self._forgetUnfinished()
         self._countUnfinished()
 
     def _requests(self, data: bytes) -> None:
