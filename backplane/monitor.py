@@ -296,10 +296,11 @@ class _Busy(Protocol):
     A socket of the reactor's own (TCP, UNIX) is half-closed once the
     answer is written, and what the client sends is discarded until it
     closes its end: closing a socket with unread input resets it, and the
-    client could lose the answer (RFC 9112, section 9.6).  Any other
-    transport (TLS) is closed once the answer is written.  A client that
-    has not closed within L{REFUSAL_GRACE} seconds (or a TLS client that
-    never finishes its handshake, so never gets the answer) is aborted.
+    client could lose the answer (RFC 9112, section 9.6).  A TLS connection
+    is closed once its handshake is done and the answer sent (Twisted's TLS
+    keeps what is written until then).  A client that has not closed within
+    L{REFUSAL_GRACE} seconds (or a TLS client that never finishes its
+    handshake, so never gets the answer) is aborted.
     """
 
     def __init__(self, site: MonitorSite) -> None:

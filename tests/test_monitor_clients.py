@@ -10,6 +10,7 @@ twistd process and real HTTP clients (curl, urllib).
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -39,6 +40,7 @@ from backplane.monitor import (
     MonitorService,
     MonitorSite,
 )
+from tests.certs import Certificates
 from tests.helpers import freePort
 from tests.twistd import Twistd, monitorStats
 
@@ -367,6 +369,47 @@ def test_twistdMaxClients(tmp_path) -> None:
         tails[1].close()
         assert twistd.text().count("Refusing 127.0.0.1:") == 1, twistd.text()
         assert "the monitor holds max_clients (2) connections" in twistd.text()
+        twistd.stop()
+    finally:
+        twistd.kill()
+
+
+def test_twistdMaxClientsTLS(tmp_path) -> None:
+    """
+    On an C{ssl:} monitor, the connection past C{max_clients} gets its 503
+    over TLS (curl), and one that never starts its TLS handshake, so never
+    reads the answer, is aborted after L{REFUSAL_GRACE} seconds.
+    """
+    certs = Certificates.make(tmp_path)
+    port = freePort()
+    twistd = Twistd(tmp_path, config=CONFIG.format(port=port).replace(
+        f"tcp:{port}:interface=127.0.0.1", certs.sslEndpoint(port)).replace(
+        "max_clients = 2", "max_clients = 1")).start()
+    context = ssl.create_default_context(cafile=str(certs.ca.path))
+    try:
+        twistd.waitForPort(port)
+        time.sleep(0.5)  # the probe's connection gone
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as held:
+            held.sendall(b"GET /stats HTTP/1.1\r\n")  # unfinished: the place stays taken
+            result = subprocess.run(
+                ["curl", "-sS", "--max-time", "10", "--cacert", str(certs.ca.path),
+                 "-w", "\n%{http_code}", f"https://127.0.0.1:{port}/stats"],
+                capture_output=True, text=True, timeout=20)
+            assert result.stdout == ("the monitor has too many connections (max_clients): "
+                                     "try again later\n\n503"), result
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+                started = time.monotonic()
+                try:
+                    assert silent.recv(100) == b""
+                except ConnectionResetError:
+                    pass
+                assert REFUSAL_GRACE - 0.5 < time.monotonic() - started < REFUSAL_GRACE + 3
+            held.sendall(b"Host: localhost\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := held.recv(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
         twistd.stop()
     finally:
         twistd.kill()
