@@ -9,6 +9,7 @@ twistd process and real HTTP clients (curl, urllib).
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import subprocess
@@ -30,8 +31,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from backplane import BackplaneService
-from backplane.config import DEFAULT_MONITOR_CLIENTS, parse_config
-from backplane.errors import ConfigError
+from backplane.config import DEFAULT_MONITOR_CLIENTS
 from backplane.monitor import (
     BUSY_RESPONSE,
     DEFAULT_MAX_CLIENTS,
@@ -237,39 +237,6 @@ class MaxClientsTests(SynchronousTestCase):
         self.assertEqual(self.counters()["refused"], 6)
 
 
-class ConfigTests(SynchronousTestCase):
-    """
-    C{[monitor] max_clients}: a positive integer, 64 by default.
-    """
-
-    def monitor(self, **options: Any) -> Any:
-        return parse_config({"monitor": {"endpoint": "tcp:9100", **options}}).monitor
-
-    def test_default(self) -> None:
-        self.assertEqual(self.monitor().max_clients, 64)
-
-    def test_set(self) -> None:
-        self.assertEqual(self.monitor(max_clients=2).max_clients, 2)
-
-    def test_invalid(self) -> None:
-        for value, message in ((0, "monitor.max_clients: must be 1 or more, not 0"),
-                               (-3, "monitor.max_clients: must be 1 or more, not -3"),
-                               ("64", "monitor.max_clients: must be an integer, not a string"),
-                               (True, "monitor.max_clients: must be an integer")):
-            with self.assertRaises(ConfigError) as caught:
-                self.monitor(max_clients=value)
-            self.assertIn(message, str(caught.exception))
-
-    def test_built(self) -> None:
-        from backplane.build import build_service
-
-        config = parse_config({"backplane": {"A": {}},
-                               "monitor": {"endpoint": "tcp:0:interface=127.0.0.1",
-                                           "max_clients": 3}})
-        monitor = build_service(config).getServiceNamed("monitor")
-        self.assertEqual(monitor.factory.maxClients, 3)
-
-
 # A real twistd process.
 
 CONFIG = """\
@@ -296,13 +263,38 @@ def openTail(port: int) -> socket.socket:
     return sock
 
 
-def monitorOf(port: int) -> dict[str, Any]:
+def monitorOf(port: int, context: ssl.SSLContext | None = None) -> dict[str, Any]:
     """
-    The monitor's own section of C{/stats}.
+    The monitor's own section of C{/stats} (over HTTPS with C{context}).
     """
-    services: list[dict[str, Any]] = monitorStats(port)["services"]
+    if context is None:
+        document = monitorStats(port)
+    else:
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/stats", timeout=10,
+                                    context=context) as response:
+            document = json.loads(response.read())
+    services: list[dict[str, Any]] = document["services"]
     (monitor,) = [s for s in services if s["kind"] == "monitor"]
     return monitor
+
+
+def waitForIdle(port: int, context: ssl.SSLContext | None = None, held: int = 0) -> int:
+    """
+    Wait until the monitor holds no connection but C{held} and the one
+    asking: the probe of L{Twistd.waitForPort}, and earlier requests, gone.
+
+    @return: how many times it was refused meanwhile (503).
+    """
+    refused, deadline = 0, time.monotonic() + 20
+    while True:
+        assert time.monotonic() < deadline, "connections still counted"
+        try:
+            if monitorOf(port, context)["gauges"]["clients"] == held + 1:
+                return refused
+        except urllib.error.HTTPError as e:
+            assert e.code == 503, e
+            refused += 1
+        time.sleep(0.05)
 
 
 def curl(port: int, path: str = "/stats") -> tuple[int, str]:
@@ -327,11 +319,7 @@ def test_twistdMaxClients(tmp_path) -> None:
     twistd = Twistd(tmp_path, config=CONFIG.format(port=port)).start()
     try:
         twistd.waitForPort(port)
-        # The probe's connection, and each /stats, gone: only the one asking.
-        deadline = time.monotonic() + 20
-        while monitorOf(port)["gauges"]["clients"] != 1:
-            assert time.monotonic() < deadline, "connections still counted"
-            time.sleep(0.05)
+        refusals = waitForIdle(port)
         tails = [openTail(port), openTail(port)]
         for _ in range(3):
             started = time.monotonic()
@@ -352,15 +340,8 @@ def test_twistdMaxClients(tmp_path) -> None:
             assert raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
             raw.sendall(b"more")
         tails[0].close()
-        refusals, deadline = 4, time.monotonic() + 20
-        while True:
-            try:
-                monitor = monitorOf(port)
-                break
-            except urllib.error.HTTPError as e:  # the tail's close not yet seen
-                assert e.code == 503 and time.monotonic() < deadline
-                refusals += 1
-                time.sleep(0.05)
+        refusals += 4 + waitForIdle(port, held=1)  # the first tail's close seen
+        monitor = monitorOf(port)
         assert monitor["counters"]["refused"] == refusals
         assert monitor["gauges"] == {"clients": 2, "tails": 1}
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
@@ -383,35 +364,39 @@ def test_twistdMaxClientsTLS(tmp_path) -> None:
     certs = Certificates.make(tmp_path)
     port = freePort()
     twistd = Twistd(tmp_path, config=CONFIG.format(port=port).replace(
-        f"tcp:{port}:interface=127.0.0.1", certs.sslEndpoint(port)).replace(
-        "max_clients = 2", "max_clients = 1")).start()
+        f"tcp:{port}:interface=127.0.0.1", certs.sslEndpoint(port))).start()
     context = ssl.create_default_context(cafile=str(certs.ca.path))
+    held = []
     try:
         twistd.waitForPort(port)
-        time.sleep(0.5)  # the probe's connection gone
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-                context.wrap_socket(raw, server_hostname="localhost") as held:
-            held.sendall(b"GET /stats HTTP/1.1\r\n")  # unfinished: the place stays taken
+        waitForIdle(port, context)
+        for _ in range(2):
+            sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                       server_hostname="localhost")
+            held.append(sock)
+            sock.sendall(b"GET /stats HTTP/1.1\r\n")  # unfinished: the place stays taken
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+            started = time.monotonic()
             result = subprocess.run(
                 ["curl", "-sS", "--max-time", "10", "--cacert", str(certs.ca.path),
                  "-w", "\n%{http_code}", f"https://127.0.0.1:{port}/stats"],
                 capture_output=True, text=True, timeout=20)
             assert result.stdout == ("the monitor has too many connections (max_clients): "
                                      "try again later\n\n503"), result
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
-                started = time.monotonic()
-                try:
-                    assert silent.recv(100) == b""
-                except ConnectionResetError:
-                    pass
-                assert REFUSAL_GRACE - 0.5 < time.monotonic() - started < REFUSAL_GRACE + 3
-            held.sendall(b"Host: localhost\r\nConnection: close\r\n\r\n")
-            answer = b""
-            while chunk := held.recv(65536):
-                answer += chunk
-            assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+            try:
+                assert silent.recv(100) == b""
+            except ConnectionResetError:
+                pass
+            assert REFUSAL_GRACE - 0.5 < time.monotonic() - started < REFUSAL_GRACE + 3
+        held[0].sendall(b"Host: localhost\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := held[0].recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
         twistd.stop()
     finally:
+        for sock in held:
+            sock.close()
         twistd.kill()
 
 
