@@ -235,8 +235,8 @@ COUNTERS: dict[str, dict[str, Stat]] = {
         "requests": Stat("requests", "HTTP requests the monitor served."),
         "disallowed": Stat("disallowed", "Connections closed at once: the address is not in "
                                          "allow."),
-        "refused": Stat("refused", "Connections answered 503 and closed at once: max_clients "
-                                   "were connected."),
+        "refused": Stat("refused", "Connections refused at once, with a 503 (or, in a flood, "
+                                   "none): max_clients were connected."),
         "bad_heads": Stat("bad_heads", "Requests refused for their head: too big, too many "
                                        "headers, malformed."),
         "misdirected": Stat("misdirected", "Requests refused with 421: their Host names neither "

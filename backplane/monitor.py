@@ -438,7 +438,7 @@ class MonitorSite(Site):
         Refuse a connection past C{max_clients}: count it, log it (at most
         once every L{REFUSAL_LOG_INTERVAL} seconds), and give it a L{_Busy},
         or, with C{max_clients} refused connections still being closed,
-        L{None} (it is aborted at once).
+        L{None} (its port aborts it at once, as it does for C{allow}).
         """
         self.refused += 1
         now = self.reactor.seconds()
