@@ -72,7 +72,7 @@ def buildService(config: Config, reactor: IBackplaneReactor | None = None) -> Ba
             allow=config.monitor.allow, tail=config.monitor.tail,
             max_tails=config.monitor.max_tails, clock=reactor,
             authority=authority() if config.monitor.auth else None,
-            hosts=config.monitor.hosts)
+            hosts=config.monitor.hosts, max_clients=config.monitor.max_clients)
         monitor.setName("monitor")
         monitor.setServiceParent(service)
     for i, sink in enumerate(config.file, 1):

@@ -63,6 +63,9 @@ MAX_LINGER = 1.0
 MIN_UNFINISHED_TOTAL = 1024 * 1024
 MAX_UNFINISHED_TOTAL = 1024 ** 4
 
+#: The most connections the monitor holds at once by default, as
+#: L{backplane.monitor}'s (docs/limits.md).
+DEFAULT_MONITOR_CLIENTS = 64
 #: The defaults of a backplane's history (SPEC section 9; docs/configuration.md).
 DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
 DEFAULT_STORE_BYTES = 1024 * 1024 * 1024
@@ -388,6 +391,9 @@ class MonitorEntry:
         None, parse=_networks, doc="the networks clients may connect from (default: any)")
     tail: bool = _option(True, doc="whether /tail/NAME serves the lines of backplanes")
     max_tails: int = _option(16, minimum=1, doc="live tails open at once")
+    max_clients: int = _option(
+        DEFAULT_MONITOR_CLIENTS, minimum=1,
+        doc="connections held at once (live tails included); one more gets 503 and is closed")
     auth: bool = _option(False, doc="every request must present a token")
     hosts: tuple[str, ...] = _option(
         (), parse=_hosts, doc="the names the monitor is served under (DNS rebinding)")

@@ -237,6 +237,8 @@ COUNTERS: dict[str, dict[str, Stat]] = {
         "requests": Stat("requests", "HTTP requests the monitor served."),
         "disallowed": Stat("disallowed", "Connections closed at once: the address is not in "
                                          "allow."),
+        "refused": Stat("refused", "Connections refused at once, with a 503 (or, in a flood, "
+                                   "none): max_clients were connected."),
         "bad_heads": Stat("bad_heads", "Requests refused for their head: too big, too many "
                                        "headers, malformed."),
         "misdirected": Stat("misdirected", "Requests refused with 421: their Host names neither "
@@ -295,6 +297,7 @@ GAUGES: dict[str, dict[str, Stat]] = {
                                                              "demand that exist now."),
     },
     "monitor": {
+        "clients": Stat("clients", "Connections to the monitor now (at most max_clients)."),
         "tails": Stat("tails", "Live tails open now."),
     },
     "file": {

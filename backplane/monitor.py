@@ -15,6 +15,10 @@ own static files (C{/} and C{/assets/}) must present a token
 (C{Authorization: Bearer TOKEN} or C{?token=TOKEN}): any accepted token may
 read C{/stats}, C{/metrics} and C{/healthz}; C{/tail/NAME} needs the right
 to subscribe to C{NAME}.
+
+It holds at most C{max_clients} connections at once (C{[monitor]
+max_clients}): one more gets a short C{503} and is closed, its request never
+read (L{MonitorSite}).
 """
 
 from __future__ import annotations
@@ -33,8 +37,15 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 from twisted.application.service import IServiceCollection
 from twisted.copyright import version as twistedVersion
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IReactorTime, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import Request
@@ -59,6 +70,34 @@ from backplane.tail import DEFAULT_MAX_TAILS, TailResource, Tails
 
 # The module's logger: Site.log is the access log's method.
 _log = Logger()
+
+#: The most connections the monitor holds at once by default (C{[monitor]
+#: max_clients}): operators, a Prometheus or two, a few status pages (a
+#: browser opens up to six connections, a live tail holding one).
+DEFAULT_MAX_CLIENTS = 64
+#: Seconds a connection refused past C{max_clients} has to take its C{503}
+#: and close before it is aborted.
+REFUSAL_GRACE = 5.0
+#: The least seconds between two log lines about connections refused past
+#: C{max_clients}: a flood is one line a minute, its count in C{/stats}.
+REFUSAL_LOG_INTERVAL = 60.0
+
+
+def _busyResponse() -> bytes:
+    body = b"the monitor has too many connections (max_clients): try again later\n"
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nRetry-After: 10\r\nConnection: close\r\n\r\n%s"
+            % (len(body), body))
+
+
+#: What a connection past C{max_clients} gets, whatever it sends.
+BUSY_RESPONSE = _busyResponse()
+# The log lines of those refusals: the first, and the next after a minute.
+_REFUSING = ("Refusing {peer}: the monitor holds max_clients ({limit}) connections; "
+             "more refusals in the next {interval} s are counted, not logged")
+_REFUSING_MORE = ("Refusing {peer}: the monitor holds max_clients ({limit}) connections; "
+                  "{unlogged} more were refused since the last such line")
+
 
 def version() -> str:
     """
@@ -235,7 +274,8 @@ PUBLIC = (b"", b"assets")
 
 class _MonitorChannel(BoundedChannel):
     """
-    A connection to the monitor: its requests' heads are bounded.
+    A connection to the monitor: its requests' heads are bounded, and it
+    counts against C{max_clients} until it is closed (L{MonitorSite}).
     """
 
     site: MonitorSite
@@ -243,14 +283,70 @@ class _MonitorChannel(BoundedChannel):
     def headRefused(self) -> None:
         self.site.badHeads += 1
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.site.channels.discard(self)
+        super().connectionLost(reason)
+
+
+class _Busy(Protocol):
+    """
+    A connection past the monitor's C{max_clients}: it gets
+    L{BUSY_RESPONSE} and is closed, what it sends never parsed.
+
+    A socket of the reactor's own (TCP, UNIX) is half-closed once the
+    answer is written, and what the client sends is discarded until it
+    closes its end: closing a socket with unread input resets it, and the
+    client could lose the answer (RFC 9112, section 9.6).  A TLS connection
+    is closed once its handshake is done and the answer sent (Twisted's TLS
+    keeps what is written until then).  A client that has not closed within
+    L{REFUSAL_GRACE} seconds (or a TLS client that never finishes its
+    handshake, so never gets the answer) is aborted.
+    """
+
+    def __init__(self, site: MonitorSite) -> None:
+        self.site = site
+        self._grace: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.write(BUSY_RESPONSE)
+        self._grace = self.site.reactor.callLater(REFUSAL_GRACE, transport.abortConnection)
+        # Not an interface check: a TLS wrapper provides its socket's
+        # interfaces, and would half-close the socket under its own records.
+        if isinstance(transport, FileDescriptor):
+            transport.loseWriteConnection()
+        else:
+            transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Discard what the client sends: its request is never served.
+        """
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self.site.refusalClosed()
+
 
 class MonitorSite(Site):
     """
     The monitor's HTTP server: it closes the connection of a client not in
-    C{allow} at once, asks its gate (if it has C{auth}) whether a request
-    may be served, shows no tracebacks, and keeps no access log.
+    C{allow} at once, answers a connection past C{max_clients} with C{503}
+    and closes it, asks its gate (if it has C{auth}) whether a request may
+    be served, shows no tracebacks, and keeps no access log.
+
+    Every connection counts against C{max_clients} from the moment it is
+    accepted until it is closed, whatever it does: a keep-alive connection
+    between scrapes, a live tail.  A refused one is counted in L{refused}
+    and logged, at most one line every L{REFUSAL_LOG_INTERVAL} seconds.
+    Refused connections still being closed are bounded too: past
+    C{max_clients} of them, one more is aborted without an answer.
 
     @ivar gate: the monitor's access checks.
+    @ivar maxClients: the most connections it holds at once.
+    @ivar channels: the connections it holds now.
+    @ivar refused: connections refused past C{maxClients}.
     """
 
     noisy = False
@@ -260,8 +356,16 @@ class MonitorSite(Site):
 
     def __init__(self, resource: Resource, *, allow: Sequence[Network] | None = None,
                  reactor: Any = None, gate: Gate | None = None,
-                 hosts: Sequence[str] = ()) -> None:
+                 hosts: Sequence[str] = (), max_clients: int = DEFAULT_MAX_CLIENTS) -> None:
+        if max_clients < 1:
+            raise ValueError("max_clients must be 1 or more")
         super().__init__(resource, reactor=reactor)
+        self.maxClients = max_clients
+        self.channels: set[_MonitorChannel] = set()
+        self.refused = 0
+        self._closing = 0
+        self._lastLogged: float | None = None
+        self._unlogged = 0
         self.allow = allow
         self.disallowed = 0
         self.gate = gate if gate is not None else Gate()
@@ -323,7 +427,39 @@ class MonitorSite(Site):
             _log.warn("Refusing {peer}: its address is not in the monitor's allow",
                       peer=describePeer(addr) if addr else "?")
             return None
-        return super().buildProtocol(addr)
+        if len(self.channels) >= self.maxClients:
+            return self._refuse(addr)
+        channel = super().buildProtocol(addr)
+        self.channels.add(channel)
+        return channel
+
+    def _refuse(self, addr: IAddress | None) -> _Busy | None:
+        """
+        Refuse a connection past C{max_clients}: count it, log it (at most
+        once every L{REFUSAL_LOG_INTERVAL} seconds), and give it a L{_Busy},
+        or, with C{max_clients} refused connections still being closed,
+        L{None} (its port aborts it at once, as it does for C{allow}).
+        """
+        self.refused += 1
+        now = self.reactor.seconds()
+        if self._lastLogged is not None and now - self._lastLogged < REFUSAL_LOG_INTERVAL:
+            self._unlogged += 1
+        else:
+            self._lastLogged = now
+            unlogged, self._unlogged = self._unlogged, 0
+            _log.warn(_REFUSING if not unlogged else _REFUSING_MORE,
+                      peer=describePeer(addr) if addr else "?", limit=self.maxClients,
+                      unlogged=unlogged, interval=int(REFUSAL_LOG_INTERVAL))
+        if self._closing >= self.maxClients:
+            return None
+        self._closing += 1
+        return _Busy(self)
+
+    def refusalClosed(self) -> None:
+        """
+        A connection refused past C{max_clients} (a L{_Busy}) is closed.
+        """
+        self._closing -= 1
 
     def log(self, request: Request) -> None:
         """
@@ -351,9 +487,12 @@ class MonitorService(EndpointService):
                  allow: Sequence[Network] | None = None, tail: bool = True,
                  max_tails: int = DEFAULT_MAX_TAILS,
                  clock: IReactorTime | None = None,
-                 authority: Authority | None = None, hosts: Sequence[str] = ()) -> None:
+                 authority: Authority | None = None, hosts: Sequence[str] = (),
+                 max_clients: int = DEFAULT_MAX_CLIENTS) -> None:
         """
         @param service: the service whose statistics are reported.
+        @param max_clients: the most connections it holds at once; one more
+            gets C{503} and is closed.
         @param hosts: the names it is served under, besides C{localhost} and
             the address a client connects to (the defence against DNS
             rebinding: any other C{Host} gets 421).
@@ -380,7 +519,7 @@ class MonitorService(EndpointService):
         self.resource = MonitorResource(self)
         self.gate = Gate(authority, clock=clock)
         site = MonitorSite(self.resource, allow=allow, reactor=clock, gate=self.gate,
-                           hosts=hosts)
+                           hosts=hosts, max_clients=max_clients)
         super().__init__(endpoint, site, description=description, where=where, path=path)
 
     def startService(self) -> None:
@@ -483,7 +622,8 @@ class MonitorService(EndpointService):
     def report(self) -> dict[str, object]:
         """
         The monitor's own statistics (L{IStatsSource}): requests served,
-        connections refused by C{allow}, live tails.
+        connections refused by C{allow} and past C{max_clients}, the
+        connections it holds, live tails.
         """
         tails = self.tails
         report: dict[str, object] = {
@@ -491,13 +631,14 @@ class MonitorService(EndpointService):
             "kind": "monitor",
             "state": self.state,
             "counters": {"requests": self.requests, "disallowed": self.factory.disallowed,
+                         "refused": self.factory.refused,
                          "misdirected": self.factory.misdirected,
                          "bad_heads": self.factory.badHeads,
                          "tails_opened": tails.stats.accepted,
                          "tails_refused": tails.stats.refused,
                          "tail_dropped": tails.stats.dropped,
                          "tails_cut_off": tails.stats.slow_disconnects},
-            "gauges": {"tails": len(tails.clients)},
+            "gauges": {"clients": len(self.factory.channels), "tails": len(tails.clients)},
             "info": {"endpoint": self.description, "tail": tails.enabled},
         }
         if self.gate.checks:

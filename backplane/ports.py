@@ -15,6 +15,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
     IProtocolFactory,
+    IProtocolNegotiationFactory,
     IReactorTime,
     IStreamServerEndpoint,
 )
@@ -22,7 +23,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python import log as legacyLog
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer
 
 from backplane.address import describePeer
 from backplane.errors import CannotListen
@@ -49,12 +50,28 @@ class _ClosingRefusals(Factory):
     TLS port would instead fail with the L{None} and leave the connection
     open, so a refused client could complete its handshake and hold the
     connection past C{max_clients}.  Here it gets a protocol that aborts it.
+
+    It speaks for the wrapped factory in TLS's protocol negotiation (ALPN)
+    too: a factory that names the protocols it speaks (a web L{Site}:
+    C{http/1.1}) still names them.  Hidden, they would be none, and the TLS
+    handshake of every client that offers some (every browser, curl) would
+    fail.
     """
 
     noisy = False
 
     def __init__(self, factory: IProtocolFactory) -> None:
         self.wrappedFactory = factory
+        if IProtocolNegotiationFactory.providedBy(factory):
+            directlyProvides(self, IProtocolNegotiationFactory)
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        The protocols the wrapped factory speaks, for ALPN
+        (L{IProtocolNegotiationFactory}, which it provides when the wrapped
+        factory does).
+        """
+        return list(IProtocolNegotiationFactory(self.wrappedFactory).acceptableProtocols())
 
     def logPrefix(self) -> str:
         prefix: Any = getattr(self.wrappedFactory, "logPrefix", None)

@@ -155,7 +155,7 @@ def raiseFileLimit(config: Config) -> int:
     """
     Raise the soft limit on open files (RLIMIT_NOFILE) to the hard limit, so
     that every client a port may accept can have a descriptor, and warn when
-    the ports' C{max_clients} still cannot all fit.
+    the ports' C{max_clients} (and the monitor's) still cannot all fit.
 
     Running out anyway is not fatal: the port logs it, refuses the new
     connection and keeps serving the clients it has.
@@ -172,6 +172,9 @@ def raiseFileLimit(config: Config) -> int:
             log.warn("Could not raise the open files limit from {soft} to {target}: {error}",
                      soft=soft, target=target, error=e)
     limits = [_connections(entry) for entry in config.listen]
+    if config.monitor is not None:
+        # The connections it holds, and as many refused ones being closed.
+        limits.append(2 * config.monitor.max_clients)
     if all(limit is not None for limit in limits):
         needed = sum(limit for limit in limits if limit is not None) + FD_MARGIN
         if needed > soft:

@@ -393,6 +393,29 @@ class MonitorTableTests(ConfigTestCase):
         self.assertConfigError('[monitor]\nendpoint = "tcp:1"\nallow = ["localhost"]\n',
                                "monitor.allow: 'localhost' is not an IP address or network")
 
+    def test_maxClients(self):
+        """
+        C{max_clients}: 64 by default; the monitor is built with it.
+        """
+        text = '[monitor]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
+        monitor = read_config(self.write(text)).monitor
+        assert monitor is not None
+        self.assertEqual(monitor.max_clients, 64)
+        service = load_config(self.write(text + "max_clients = 3\n"))
+        self.assertEqual(service.getServiceNamed("monitor").factory.maxClients, 3)
+
+    def test_badMaxClients(self):
+        """
+        C{max_clients} is a positive integer.
+        """
+        for value, message in (("0", "must be 1 or more, not 0"),
+                               ("-3", "must be 1 or more, not -3"),
+                               ('"64"', "must be an integer, not a string '64'"),
+                               ("2.5", "must be an integer, not a number 2.5"),
+                               ("true", "must be an integer, not true or false True")):
+            self.assertConfigError(f'[monitor]\nendpoint = "tcp:1"\nmax_clients = {value}\n',
+                                   f"monitor.max_clients: {message}")
+
     def test_loadConfigBuildsTheMonitorFirst(self):
         from backplane.monitor import MonitorService
 

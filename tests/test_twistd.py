@@ -271,6 +271,8 @@ BAD_CONFIGS = {
                      ["listen[1]: needs publish_to, subscribe_to, or both"]),
     "endpoint": ('[backplane.A]\n[[listen]]\nendpoint = "tcp:port"\nsubscribe_to = "A"\n',
                  ["listen[1].endpoint: cannot use endpoint 'tcp:port'"]),
+    "monitor max_clients": ('[backplane.A]\n[monitor]\nendpoint = "tcp:0"\nmax_clients = 0\n',
+                            ["monitor.max_clients: must be 1 or more, not 0"]),
 }
 
 
@@ -341,6 +343,27 @@ def test_raiseFileLimit(monkeypatch):
     warnings = [e for e in events if "open files limit" in e.get("log_format", "")]
     assert len(warnings) == 1
     assert warnings[0]["needed"] == 5000 + tap.FD_MARGIN
+
+
+def test_raiseFileLimitCountsTheMonitor(monkeypatch):
+    """
+    The monitor's connections count: C{max_clients}, and as many refused
+    ones being closed.
+    """
+    import resource
+
+    from backplane.config import parse_config
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (4096, 4096))
+    config = parse_config({"backplane": {"A": {}}, "listen": [
+        {"endpoint": "tcp:0", "subscribe_to": "A", "max_clients": 4000}],
+        "monitor": {"endpoint": "tcp:0", "max_clients": 100}})
+    from twisted.logger import capturedLogs
+
+    with capturedLogs() as events:
+        tap.raiseFileLimit(config)
+    warnings = [e for e in events if "open files limit" in e.get("log_format", "")]
+    assert [e["needed"] for e in warnings] == [4000 + 200 + tap.FD_MARGIN]
 
 
 def test_makeServiceConfigError(tmp_path, capsys):
