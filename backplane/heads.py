@@ -22,6 +22,10 @@ MAX_HEADERS = 100
 MAX_BODY_BYTES = 64 * 1024
 #: The most characters of a client's value a log line or a response quotes.
 QUOTE_LENGTH = 40
+#: What a port that reads HTTP (WebSocket, Server-Sent Events, the monitor)
+#: names in TLS's protocol negotiation (ALPN): HTTP/1.1 only, never C{h2},
+#: which its channels do not speak (L{backplane.tls.negotiateProtocols}).
+HTTP_ALPN = (b"http/1.1",)
 
 
 def shortRepr(value: str | bytes, limit: int = QUOTE_LENGTH) -> str:

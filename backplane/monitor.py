@@ -60,7 +60,7 @@ from backplane.auth.authority import Authority
 from backplane.auth.gate import Gate
 from backplane.auth.identity import AccessDenied
 from backplane.auth.web import admitRequest, refusal
-from backplane.heads import BoundedChannel, BoundedRequest
+from backplane.heads import HTTP_ALPN, BoundedChannel, BoundedRequest
 from backplane.interfaces import IStatsSource
 from backplane.metrics import StatsCollector
 from backplane.ports import EndpointService
@@ -460,6 +460,14 @@ class MonitorSite(Site):
         A connection refused past C{max_clients} (a L{_Busy}) is closed.
         """
         self._closing -= 1
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        What an C{ssl:} monitor names in ALPN: C{http/1.1} (L{HTTP_ALPN}),
+        never C{h2}, which a L{Site} names where Twisted can speak it and
+        the monitor's channels do not.
+        """
+        return list(HTTP_ALPN)
 
     def log(self, request: Request) -> None:
         """

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
@@ -52,10 +53,9 @@ class _ClosingRefusals(Factory):
     connection past C{max_clients}.  Here it gets a protocol that aborts it.
 
     It speaks for the wrapped factory in TLS's protocol negotiation (ALPN)
-    too: a factory that names the protocols it speaks (a web L{Site}:
-    C{http/1.1}) still names them.  Hidden, they would be none, and the TLS
-    handshake of every client that offers some (every browser, curl) would
-    fail.
+    too: a factory that names the protocols it speaks (C{http/1.1} on the
+    ports that read HTTP) still names them, and an C{ssl:} port chooses
+    among them (L{backplane.tls.negotiateProtocols}).
     """
 
     noisy = False
@@ -163,6 +163,10 @@ class EndpointService(Service):
             else:  # an endpoint that listens asynchronously
                 self._listened(result)
 
+        if isinstance(self.endpoint, SSL4ServerEndpoint):
+            from backplane.tls import negotiateProtocols
+
+            negotiateProtocols(self.endpoint)
         self._listening = listenQuietly(self.endpoint, _ClosingRefusals(self.factory))
         self._listening.addBoth(settled)
         synchronous = False

@@ -35,7 +35,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IProtocolNegotiationFactory, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -52,7 +52,7 @@ from backplane.auth.identity import AccessDenied, Identity, quote
 from backplane.auth.web import admitRequest, checkRequestOrigin, refusal, requestPeer
 from backplane.choice import DEFAULT_MAX_BACKPLANES, ChosenBackplanes, choiceReport, pathName
 from backplane.errors import TooManyBackplanes
-from backplane.heads import BoundedChannel, BoundedRequest
+from backplane.heads import HTTP_ALPN, BoundedChannel, BoundedRequest
 from backplane.history import parseId
 from backplane.interfaces import ILineSink
 from backplane.output import BoundedWriter
@@ -367,6 +367,7 @@ class _Site(Site):
     requestFactory = BoundedRequest
 
 
+@implementer(IProtocolNegotiationFactory)
 class SSEFactory(BackplaneFactory):
     """
     A Server-Sent Events port of one backplane: a L{BackplaneFactory} (the
@@ -416,6 +417,12 @@ class SSEFactory(BackplaneFactory):
             self._heartbeat.clock = clock
             self.site.reactor = clock
         self._interval = heartbeat
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        What an C{ssl:} port names in ALPN: C{http/1.1} (L{HTTP_ALPN}).
+        """
+        return list(HTTP_ALPN)
 
     def portReport(self) -> dict[str, Any]:
         """

@@ -1,15 +1,18 @@
 """
-Mutual TLS for ports: requiring a client certificate on an C{ssl:} port,
-which Twisted's C{ssl:} endpoint description cannot ask for.
+TLS for ports: requiring a client certificate on an C{ssl:} port, which
+Twisted's C{ssl:} endpoint description cannot ask for, and settling the
+protocol a client asks for in the handshake (ALPN) as a server should.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
+from OpenSSL.SSL import NO_OVERLAPPING_PROTOCOLS, Connection
 from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IProtocolNegotiationFactory, IStreamServerEndpoint
 from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
 from twisted.python.filepath import FilePath
 
@@ -31,6 +34,56 @@ def loadCertificates(path: str) -> list[Certificate]:
     return [Certificate.loadPEM(block) for block in blocks]
 
 
+def _sslOptions(endpoint: IStreamServerEndpoint) -> CertificateOptions | None:
+    # SSL4ServerEndpoint keeps its context factory in a private attribute,
+    # the only way to it: an ssl: description has no parameter for a trust
+    # root, nor for ALPN.  The options are the endpoint's own, built by
+    # serverFromString, and build their OpenSSL context only when first asked.
+    options = getattr(endpoint, "_sslContextFactory", None)
+    if isinstance(endpoint, SSL4ServerEndpoint) and isinstance(options, CertificateOptions):
+        return options
+    return None
+
+
+def negotiateProtocols(endpoint: IStreamServerEndpoint) -> None:
+    """
+    Make an C{ssl:} server endpoint settle the application protocol a client
+    offers in its TLS handshake (ALPN, RFC 7301) the way its port can keep:
+    the first protocol its factory names (L{IProtocolNegotiationFactory}:
+    C{http/1.1} on a WebSocket or Server-Sent Events port and the monitor)
+    that the client offers, or none, the handshake going on as with a
+    server that has no ALPN.
+
+    Twisted's own choice fails the handshake (an "internal error" alert)
+    whenever the factory names none of the client's protocols, which, on a
+    factory that names none, is every client that offers any: every
+    browser and C{curl} (C{h2}, C{http/1.1}), to every port.
+
+    Call it before the endpoint listens, after L{requireClientCertificates}:
+    it builds the endpoint's OpenSSL context.  Any other endpoint is left
+    as it is.
+    """
+    options = _sslOptions(endpoint)
+    if options is not None:
+        options.getContext().set_alpn_select_callback(_selectProtocol)
+
+
+def _selectProtocol(connection: Connection, offered: list[bytes]) -> Any:
+    """
+    The protocol of the factory behind C{connection} that the client offers
+    first among those the factory names, or pyOpenSSL's
+    C{NO_OVERLAPPING_PROTOCOLS}: no protocol, the handshake goes on.
+    """
+    tls = connection.get_app_data()
+    factory = getattr(getattr(tls, "factory", None), "wrappedFactory", None)
+    negotiation = IProtocolNegotiationFactory(factory, None)
+    if negotiation is not None:
+        for protocol in negotiation.acceptableProtocols():
+            if protocol in offered:
+                return protocol
+    return NO_OVERLAPPING_PROTOCOLS
+
+
 def requireClientCertificates(endpoint: IStreamServerEndpoint,
                               authorities: Sequence[Certificate]) -> None:
     """
@@ -43,13 +96,8 @@ def requireClientCertificates(endpoint: IStreamServerEndpoint,
     @param endpoint: what C{serverFromString} made of an C{ssl:} description.
     @raise TypeError: C{endpoint} is not such an endpoint.
     """
-    # SSL4ServerEndpoint keeps its context factory in a private attribute,
-    # the only way to it: an ssl: description has no parameter for a trust
-    # root.  The options are the endpoint's own, built by serverFromString,
-    # and build their OpenSSL context only at the first connection.
-    options = getattr(endpoint, "_sslContextFactory", None)
-    if not isinstance(endpoint, SSL4ServerEndpoint) or not isinstance(options,
-                                                                       CertificateOptions):
+    options = _sslOptions(endpoint)
+    if options is None:
         raise TypeError(f"client certificates need an ssl: server endpoint, not {endpoint!r}")
     options.trustRoot = trustRootFromCertificates(list(authorities))
     options.verify = True

@@ -36,7 +36,13 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol, parseHttpHeader
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocolNegotiationFactory,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -50,7 +56,7 @@ from backplane.auth.wire import SUBPROTOCOL, subprotocolToken
 from backplane.choice import DEFAULT_MAX_BACKPLANES, ChosenBackplanes, choiceReport, pathName
 from backplane.errors import TooManyBackplanes
 from backplane.framing import LineFramer
-from backplane.heads import MAX_HEAD_BYTES, MAX_HEADERS, shortRepr
+from backplane.heads import HTTP_ALPN, MAX_HEAD_BYTES, MAX_HEADERS, shortRepr
 from backplane.history import parseId
 from backplane.interfaces import ILineSink
 from backplane.output import BoundedWriter
@@ -603,6 +609,7 @@ class WebSocketClient(WebSocketServerProtocol):
         pass
 
 
+@implementer(IProtocolNegotiationFactory)
 class WebSocketFactory(BackplaneFactory):
     """
     A server factory for WebSocket clients that publish to and/or subscribe
@@ -624,6 +631,12 @@ class WebSocketFactory(BackplaneFactory):
     """
 
     protocol = WebSocketClient
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        What an C{ssl:} port names in ALPN: C{http/1.1} (L{HTTP_ALPN}).
+        """
+        return list(HTTP_ALPN)
 
     def __init__(self, service: BackplaneService, *, publish_to: str | None = None,
                  subscribe_to: str | None = None, limits: Limits = _LIMITS,

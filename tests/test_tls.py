@@ -9,12 +9,15 @@ from twisted.internet import endpoints, reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.internet.utils import getProcessOutputAndValue
 
 from backplane import BackplaneService
 from backplane.ports import ListenService
 from backplane.protocols import BackplaneFactory
+from backplane.sse import SSEFactory
 from backplane.testing import Recorder
 from backplane.tls import loadCertificates, requireClientCertificates
+from backplane.websocket import WebSocketFactory
 from tests.certs import Certificates, Issued
 from tests.helpers import LineClient, connectClient, waitUntil
 
@@ -24,31 +27,35 @@ def certs(tmp_path_factory):
     return Certificates.make(tmp_path_factory.mktemp("certs"))
 
 
-def tlsPort(service, certs, *, clientCertificates: bool = False, **directions):
+def tlsPort(service, certs, *, clientCertificates: bool = False, factory=BackplaneFactory,
+            **directions):
     """
     Start an ssl: port on 127.0.0.1 (requiring client certificates signed
-    by the test CA, if asked) as a child of C{service}.
+    by the test CA, if asked) as a child of C{service}, with a C{factory}
+    (a line port's by default).
     """
     endpoint = endpoints.serverFromString(reactor, certs.sslEndpoint())
     if clientCertificates:
         requireClientCertificates(endpoint, loadCertificates(str(certs.ca.path)))
-    port = ListenService(endpoint, BackplaneFactory(service, **directions),
+    port = ListenService(endpoint, factory(service, **directions),
                          description="ssl:0", where="listen[1]")
     port.setServiceParent(service)
     return port
 
 
-def connectTLS(port, certs, client: Issued | None = None):
+def connectTLS(port, certs, client: Issued | None = None, alpn: list[bytes] | None = None):
     """
     Connect a L{LineClient} over TLS, trusting the test CA, presenting
-    C{client}'s certificate if given.
+    C{client}'s certificate if given, offering the protocols C{alpn} in
+    ALPN if given.
     """
     trust = Certificate.loadPEM(certs.ca.path.read_bytes())
     mine = None
     if client is not None:
         mine = PrivateCertificate.loadPEM(client.certificate.read_bytes()
                                           + client.key.read_bytes())
-    options = optionsForClientTLS("localhost", trustRoot=trust, clientCertificate=mine)
+    options = optionsForClientTLS("localhost", trustRoot=trust, clientCertificate=mine,
+                                  acceptableProtocols=alpn)
     endpoint = endpoints.wrapClientTLS(
         options, endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.port.getHost().port))
     return endpoint.connect(Factory.forProtocol(LineClient))
@@ -68,6 +75,77 @@ def test_publishAndSubscribeOverTLS(service, certs):
         assert reader.lines == [b"secret", b"", b"still secret"]
     assert publishPort.factory.stats.messages_in == 3
     assert publishPort.factory.stats.tls_failures == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_alpnOfferedToALinePort(service, certs):
+    """
+    A client that offers protocols in ALPN (as every browser and curl does:
+    C{h2}, C{http/1.1}) completes its handshake with a line port, which
+    names none, and no protocol is chosen.  (Twisted alone fails it.)
+    """
+    data = service.get("DATA")
+    publishPort = tlsPort(service, certs, publish_to="DATA")
+    subscribePort = tlsPort(service, certs, subscribe_to="DATA")
+    reader = yield connectTLS(subscribePort, certs, alpn=[b"h2", b"http/1.1"])
+    yield waitUntil(lambda: len(data) == 1, what="the TLS subscriber attached")
+    writer = yield connectTLS(publishPort, certs, alpn=[b"backplane"])
+    writer.send(b"negotiated nothing")
+    yield waitUntil(lambda: reader.lines == [b"negotiated nothing"], what="a line over TLS")
+    assert reader.transport.negotiatedProtocol is None
+    assert writer.transport.negotiatedProtocol is None
+    assert publishPort.factory.stats.tls_failures == 0
+
+
+@pytest.mark.parametrize("factory", [WebSocketFactory, SSEFactory])
+@pytest_twisted.inlineCallbacks
+def test_alpnOfWebPorts(service, certs, factory):
+    """
+    A WebSocket or Server-Sent Events port chooses C{http/1.1} in ALPN
+    when the client offers it, even after C{h2}, which it does not speak;
+    a client that offers only other protocols gets none, and its handshake
+    completes.
+    """
+    service.get("DATA")
+    port = tlsPort(service, certs, factory=factory, subscribe_to="DATA")
+    browser = yield connectTLS(port, certs, alpn=[b"h2", b"http/1.1"])
+    yield waitUntil(lambda: browser.transport.negotiatedProtocol is not None,
+                    what="the handshake")
+    assert browser.transport.negotiatedProtocol == b"http/1.1"
+    other = yield connectTLS(port, certs, alpn=[b"h2"])
+    other.transport.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    yield waitUntil(lambda: bool(other.lines), what="an answer over TLS")
+    assert other.lines[0].startswith(b"HTTP/1.1 ")
+    assert other.transport.negotiatedProtocol is None
+    browser.transport.loseConnection()
+    other.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_alpnRealClients(service, certs):
+    """
+    curl (which offers C{h2} and C{http/1.1}) gets its answer from a
+    WebSocket port over TLS, C{426} to a plain C{GET}, over HTTP/1.1; and
+    C{openssl s_client -alpn h2,http/1.1} publishes a line to a line port.
+    """
+    data = service.get("DATA")
+    web = tlsPort(service, certs, factory=WebSocketFactory, subscribe_to="DATA")
+    port = web.port.getHost().port
+    out, err, code = yield getProcessOutputAndValue(
+        "curl", ["-sS", "--max-time", "10", "--cacert", str(certs.ca.path),
+                 "--resolve", f"localhost:{port}:127.0.0.1", "-o", "/dev/null",
+                 "-w", "%{http_code} %{http_version}", f"https://localhost:{port}/"])
+    assert (code, out) == (0, b"426 1.1"), err
+    publishPort = tlsPort(service, certs, publish_to="DATA")
+    subscribePort = tlsPort(service, certs, subscribe_to="DATA")
+    reader = yield connectTLS(subscribePort, certs)
+    yield waitUntil(lambda: len(data) == 1, what="the TLS subscriber attached")
+    out, err, code = yield getProcessOutputAndValue(
+        "sh", ["-c", "printf 'from openssl\\n' | openssl s_client -quiet -no_ign_eof "
+                     f"-alpn h2,http/1.1 -CAfile {certs.ca.path} -servername localhost "
+                     f"-connect 127.0.0.1:{publishPort.port.getHost().port}"])
+    yield waitUntil(lambda: reader.lines == [b"from openssl"], what="openssl's line")
+    assert b"alert" not in err, err
 
 
 @pytest_twisted.inlineCallbacks
