@@ -44,6 +44,19 @@ def chromium(tmp_path):
     A headless Chromium under Selenium (skipped if there is none), with the
     browser's console log kept, quit after the test.
     """
+    yield from _chromium(tmp_path)
+
+
+@pytest.fixture
+def chromiumTrustingEveryCertificate(tmp_path):
+    """
+    L{chromium}, taking any server certificate (the tests' own CA is not
+    one it knows), so that a page can reach C{ssl:} ports.
+    """
+    yield from _chromium(tmp_path, ["--ignore-certificate-errors"])
+
+
+def _chromium(tmp_path, extra: list[str] | None = None):
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -55,7 +68,8 @@ def chromium(tmp_path):
             pytest.skip(f"no {path}: apt-get install {package}, or set {variable} to its path")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1300"]:
+    for flag in [*FLAGS, *(extra or ()), f"--user-data-dir={tmp_path / 'profile'}",
+                 "--window-size=1200,1300"]:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
@@ -294,6 +308,83 @@ def test_eventSourceResumes(tmp_path, chromium):
         assert all("net::ERR" in entry["message"] for entry in errors), errors
     finally:
         server.stop()
+        pages.shutdown()
+
+
+def test_secureWebSocketAndEventSource(tmp_path, chromiumTrustingEveryCertificate):
+    """
+    A page opens C{wss://} and an C{EventSource} on C{https://}: ssl: ports,
+    whose TLS handshake with the browser (which offers ALPN) completes, the
+    page publishes over its WebSocket, and both get what a line client
+    publishes.
+    """
+    import functools
+    import http.server
+    import threading
+
+    from tests.certs import Certificates
+    from tests.twistd import readLines
+
+    chromium = chromiumTrustingEveryCertificate
+    (tmp_path / "certs").mkdir()
+    certs = Certificates.make(tmp_path / "certs")
+    (tmp_path / "page.html").write_text("<!doctype html><title>tls</title>")
+    pages = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler,
+                                            directory=str(tmp_path)))
+    threading.Thread(target=pages.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{pages.server_address[1]}"
+    wssPort, ssePort, tapPort = freePort(), freePort(), freePort()
+    twistd = Twistd(tmp_path, config=f"""
+[backplane.CHAT]
+[[listen]]
+endpoint = "{certs.sslEndpoint(wssPort)}"
+protocol = "websocket"
+publish_to = "CHAT"
+subscribe_to = "CHAT"
+origins = ["{origin}"]
+[[listen]]
+endpoint = "{certs.sslEndpoint(ssePort)}"
+protocol = "sse"
+subscribe_to = "CHAT"
+origins = ["{origin}"]
+[[listen]]
+endpoint = "tcp:{tapPort}:interface=127.0.0.1"
+publish_to = "CHAT"
+subscribe_to = "CHAT"
+""").start()
+    try:
+        for port in (wssPort, ssePort, tapPort):
+            twistd.waitForPort(port)
+        with socket.create_connection(("127.0.0.1", tapPort), timeout=10) as tap:
+            time.sleep(0.2)
+            chromium.get(f"{origin}/page.html")
+            chromium.execute_script(f"""
+                window.events = []; window.ws = []; window.sse = [];
+                const source = new EventSource("https://127.0.0.1:{ssePort}/");
+                source.onopen = () => window.events.push("sse open");
+                source.onmessage = (e) => window.sse.push(e.data);
+                const socket = new WebSocket("wss://127.0.0.1:{wssPort}/");
+                socket.onopen = () => {{
+                    window.events.push("wss open");
+                    socket.send("from the page over wss");
+                }};
+                socket.onmessage = (e) => window.ws.push(e.data);
+                socket.onerror = () => window.events.push("wss error");
+            """)
+            waitFor("both to open", lambda: sorted(chromium.execute_script(
+                "return window.events")) == ["sse open", "wss open"])
+            assert readLines(tap, 1) == [b"from the page over wss"]
+            tap.sendall(b"to the page over TLS\n")
+            # The WebSocket gets what others publish, the stream everything.
+            waitFor("the line on both", lambda: chromium.execute_script(
+                "return [window.ws, window.sse]") == [
+                    ["to the page over TLS"],
+                    ["from the page over wss", "to the page over TLS"]])
+        assert "tls_failures" not in twistd.text()
+        twistd.stop()
+    finally:
+        twistd.kill()
         pages.shutdown()
 
 
