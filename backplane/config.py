@@ -37,6 +37,7 @@ from twisted.internet.testing import MemoryReactor
 from backplane.address import Network
 from backplane.budget import DEFAULT_MAX_PENDING_TOTAL, DEFAULT_MAX_UNFINISHED_TOTAL
 from backplane.errors import ConfigError
+from backplane.history.ids import ID_PREFIX_ROOM
 from backplane.protocols import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_LINE_LENGTH,
@@ -795,12 +796,15 @@ class _Parser:
         if config.monitor is not None:
             self.endpoint(config.monitor.endpoint, endpoints.serverFromString, "monitor.endpoint")
         for i, entry in enumerate(config.connect, 1):
-            if entry.max_line_length > unfinished:
+            # With resume, upstream's lines carry an id besides.
+            room = ID_PREFIX_ROOM if entry.resume else 0
+            if entry.max_line_length + room > unfinished:
                 raise self.error(
                     f"connect[{i}].max_line_length",
-                    f"must be at most [limits] max_unfinished_total ({unfinished}), which "
-                    f"bounds every connection's unfinished input together, relays' included, "
-                    f"not {entry.max_line_length}")
+                    f"must be at most [limits] max_unfinished_total ({unfinished})"
+                    + (f" less {room} bytes for an id (resume = true)" if room else "")
+                    + ", which bounds every connection's unfinished input together, relays' "
+                      f"included, not {entry.max_line_length}")
             self.endpoint(entry.endpoint, endpoints.clientFromString, f"connect[{i}].endpoint")
             if entry.max_delay < entry.initial_delay:
                 raise self.error(f"connect[{i}].max_delay",

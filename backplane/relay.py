@@ -59,6 +59,7 @@ from backplane._types import defaultReactor
 from backplane.address import describePeer
 from backplane.budget import UnfinishedBudget
 from backplane.framing import DEFAULT_MAX_LINE_LENGTH, LineFramer
+from backplane.history.ids import ID_PREFIX_ROOM
 from backplane.interfaces import ILineSink, IStatsSource
 from backplane.outbox import DEFAULT_SPOOL_BYTES as DEFAULT_SPOOL_BYTES
 from backplane.outbox import DEFAULT_SPOOL_FSYNC_INTERVAL as DEFAULT_SPOOL_FSYNC_INTERVAL
@@ -81,7 +82,7 @@ ACK_WARNING = 10.0
 # An id at the start of a line (SPEC section 9: EPOCH:SEQ), and the room one
 # takes beyond max_line_length.
 _ID_PREFIX = re.compile(rb"^[0-9a-z]{1,32}:[1-9][0-9]{0,19} ", re.MULTILINE)
-_ID_ROOM = 54
+_ID_ROOM = ID_PREFIX_ROOM
 
 
 @dataclass

@@ -21,6 +21,7 @@ from backplane.budget import DEFAULT_MAX_UNFINISHED_TOTAL, UnfinishedBudget
 from backplane.build import buildService
 from backplane.config import Config, parse_config
 from backplane.errors import ConfigError
+from backplane.history.ids import ID_PREFIX_ROOM
 from backplane.protocols import Limits, PublishTo, PublishToFactory
 from backplane.redis.server import RedisClient, RedisFactory
 from backplane.relay import RelayFactory, RelayProtocol, RelayService
@@ -588,6 +589,23 @@ class ConfigTests(SynchronousTestCase):
         self.assertIn("connect[1].max_line_length: must be at most [limits] "
                       "max_unfinished_total (2097152)", str(caught.exception))
         parse_config({**document, "limits": {"max_unfinished_total": 4194304}})
+
+    def test_resumingRelayLinesInside(self):
+        """
+        With C{resume}, upstream's lines carry an id besides: the relay's
+        max_line_length and the room of an id must fit.
+        """
+        connect = {"endpoint": "tcp:127.0.0.1:1", "publish_to": "NEWS",
+                   "max_line_length": 4194304, "resume": True}
+        document: dict[str, object] = {"limits": {"max_unfinished_total": 4194304},
+                                       "backplane": {"NEWS": {}}, "connect": [connect]}
+        with self.assertRaises(ConfigError) as caught:
+            parse_config(document)
+        self.assertIn("connect[1].max_line_length: must be at most [limits] "
+                      f"max_unfinished_total (4194304) less {ID_PREFIX_ROOM} bytes for an id "
+                      "(resume = true)", str(caught.exception))
+        parse_config({**document, "connect": [
+            {**connect, "max_line_length": 4194304 - ID_PREFIX_ROOM}]})
 
     def test_checked(self):
         """

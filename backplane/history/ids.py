@@ -21,6 +21,10 @@ MAX_EPOCH_LENGTH = 32
 MAX_SEQ_DIGITS = 18
 #: The longest id L{parseId} reads; anything longer is refused unread.
 MAX_ID_LENGTH = MAX_EPOCH_LENGTH + 1 + MAX_SEQ_DIGITS
+#: The most bytes an id and the space after it add to a line a relay with
+#: C{resume} reads from upstream (its pattern takes up to 20 digits), beyond
+#: its C{max_line_length}.
+ID_PREFIX_ROOM = MAX_EPOCH_LENGTH + 1 + 20 + 1
 #: The characters of an epoch made by L{newEpoch}, and how many.
 EPOCH_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 EPOCH_LENGTH = 10
