@@ -11,7 +11,7 @@ import time
 import unittest
 from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -20,6 +20,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
 from twisted.web.iweb import IResponse
 
 
@@ -168,3 +169,18 @@ def tempDir(case: unittest.TestCase) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="backplane-test-"))
     case.addCleanup(shutil.rmtree, folder, True)
     return folder
+
+
+P = TypeVar("P", bound=Protocol)
+
+
+def connectedOn(factory: Any, kind: type[P]) -> tuple[P, StringTransport]:
+    """
+    A client of C{factory} (which must build a C{kind}) connected to a
+    L{StringTransport}, and the transport.
+    """
+    protocol = factory.buildProtocol(None)
+    assert isinstance(protocol, kind), protocol
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport

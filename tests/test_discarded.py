@@ -19,6 +19,7 @@ from backplane.protocols import Limits
 from backplane.redis.server import RedisClient, RedisFactory
 from backplane.service import BackplaneService
 from backplane.websocket import WebSocketFactory
+from tests.helpers import connectedOn
 from tests.redis_helpers import encodeCommand
 from tests.test_relay import LogCapture
 from tests.test_websocket import BINARY, CLOSE, clientFrame, closeCode, opened, serverFrames
@@ -178,11 +179,7 @@ class RedisTests(SynchronousTestCase):
         self.service.create("NEWS").subscribe(self.published.append)
 
     def connect(self) -> tuple[RedisClient, StringTransport]:
-        client = self.factory.buildProtocol(None)
-        assert isinstance(client, RedisClient)
-        transport = StringTransport()
-        client.makeConnection(transport)
-        return client, transport
+        return connectedOn(self.factory, RedisClient)
 
     def assertDiscarded(self, count: int) -> None:
         self.assertEqual(self.factory.stats.discarded_bytes, count)
@@ -291,10 +288,7 @@ class RedisTests(SynchronousTestCase):
         """
         factory = RedisFactory(self.service, backplanes=("NEWS",), clock=self.clock,
                                max_request=60)
-        client = factory.buildProtocol(None)
-        assert isinstance(client, RedisClient)
-        transport = StringTransport()
-        client.makeConnection(transport)
+        client, transport = connectedOn(factory, RedisClient)
         client.dataReceived(encodeCommand(b"PUBLISH", b"NEWS", b"m" * 90)[:80])
         self.assertEqual(factory.redisStats.protocol_errors, 1)
         lost(client, transport, ConnectionDone())

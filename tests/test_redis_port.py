@@ -25,6 +25,7 @@ from backplane.protocols import Limits
 from backplane.redis import resp
 from backplane.redis.server import RedisClient, RedisFactory
 from backplane.service import BackplaneService
+from tests.helpers import connectedOn
 from tests.redis_helpers import encodeCommand
 
 if sys.version_info >= (3, 11):
@@ -53,11 +54,7 @@ class Harness:
                                     max_request=max_request, clock=clock)
 
     def connect(self) -> tuple[RedisClient, StringTransport]:
-        client = self.factory.buildProtocol(None)
-        assert isinstance(client, RedisClient)
-        transport = StringTransport()
-        client.makeConnection(transport)
-        return client, transport
+        return connectedOn(self.factory, RedisClient)
 
 
 def take(transport: StringTransport) -> bytes:

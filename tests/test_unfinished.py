@@ -26,7 +26,7 @@ from backplane.protocols import Limits, PublishTo, PublishToFactory
 from backplane.redis.server import RedisClient, RedisFactory
 from backplane.relay import RelayFactory, RelayProtocol, RelayService
 from backplane.service import BackplaneService
-from tests.helpers import tempDir
+from tests.helpers import connectedOn, tempDir
 from tests.redis_helpers import encodeCommand
 from tests.test_relay import FakeEndpoint, LogCapture, connectProtocol
 from tests.test_websocket import CLOSE, clientFrame, opened, serverFrames
@@ -148,11 +148,7 @@ class LinePortTests(SynchronousTestCase):
         self.log = LogCapture(self)
 
     def connect(self, factory: Any = None) -> tuple[PublishTo, StringTransport]:
-        protocol = (factory or self.factory).buildProtocol(None)
-        assert isinstance(protocol, PublishTo)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        return protocol, transport
+        return connectedOn(factory or self.factory, PublishTo)
 
     def test_countedAndReleased(self):
         """
@@ -311,11 +307,7 @@ class RedisTests(SynchronousTestCase):
         self.service.create("NEWS").subscribe(self.published.append)
 
     def connect(self) -> tuple[RedisClient, StringTransport]:
-        client = self.factory.buildProtocol(None)
-        assert isinstance(client, RedisClient)
-        transport = StringTransport()
-        client.makeConnection(transport)
-        return client, transport
+        return connectedOn(self.factory, RedisClient)
 
     def test_requestCountedAndCut(self):
         """
@@ -492,10 +484,7 @@ class RelayTests(SynchronousTestCase):
         """
         budget = self.service.unfinished
         port = PublishToFactory(self.service, "NEWS", clock=self.clock)
-        client = port.buildProtocol(None)
-        assert isinstance(client, PublishTo)
-        clientOut = StringTransport()
-        client.makeConnection(clientOut)
+        client, clientOut = connectedOn(port, PublishTo)
         protocol, transport = self.upstream()
 
         # The relay holds the most; the line client's read takes the total
