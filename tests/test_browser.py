@@ -78,6 +78,35 @@ def _chromium(tmp_path, extra: list[str] | None = None):
     driver.quit()
 
 
+@pytest.fixture
+def pageOrigin(tmp_path):
+    """
+    A maker of web servers on 127.0.0.1 of one page, C{/page.html}, each a
+    web origin of its own (its port): it starts one and returns its origin,
+    C{http://127.0.0.1:PORT}.  They are shut down after the test.
+    """
+    import functools
+    import http.server
+    import threading
+
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    (folder / "page.html").write_text("<!doctype html><title>page</title>")
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def serve() -> str:
+        pages = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler,
+                                                directory=str(folder)))
+        threading.Thread(target=pages.serve_forever, daemon=True).start()
+        servers.append(pages)
+        return f"http://127.0.0.1:{pages.server_address[1]}"
+
+    yield serve
+    for pages in servers:
+        pages.shutdown()
+
+
 def waitFor(what: str, check: Callable[[], Any], timeout: float = 20) -> Any:
     """
     Poll C{check} until it returns something true, and return that.
@@ -255,30 +284,21 @@ tail = false
         twistd.kill()
 
 
-def test_eventSourceResumes(tmp_path, chromium):
+def test_eventSourceResumes(tmp_path, chromium, pageOrigin):
     """
     A browser's own EventSource, reading an SSE port of a backplane with a
     store: when the server is killed (kill -9) and started again, it
     reconnects by itself with Last-Event-ID, and gets every line published
     while it was away, once, in order.
     """
-    import functools
-    import http.server
-    import threading
-
     from tests.test_resume_twistd import Server
 
-    (tmp_path / "page.html").write_text("<!doctype html><title>sse</title>")
-    pages = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler,
-                                            directory=str(tmp_path)))
-    threading.Thread(target=pages.serve_forever, daemon=True).start()
+    origin = pageOrigin()
     # The page's origin may read the stream (SPEC section 11).
-    server = Server(tmp_path, 'store = "store"',
-                    sseOrigins=[f"http://127.0.0.1:{pages.server_address[1]}"]).start()
+    server = Server(tmp_path, 'store = "store"', sseOrigins=[origin]).start()
     try:
         # A page of another origin (another port) than the stream's.
-        chromium.get(f"http://127.0.0.1:{pages.server_address[1]}/page.html")
+        chromium.get(f"{origin}/page.html")
         chromium.execute_script(f"""
             window.got = []; window.opened = 0;
             const source = new EventSource("http://127.0.0.1:{server.sse}/");
@@ -308,32 +328,22 @@ def test_eventSourceResumes(tmp_path, chromium):
         assert all("net::ERR" in entry["message"] for entry in errors), errors
     finally:
         server.stop()
-        pages.shutdown()
 
 
-def test_secureWebSocketAndEventSource(tmp_path, chromiumTrustingEveryCertificate):
+def test_secureWebSocketAndEventSource(tmp_path, chromiumTrustingEveryCertificate, pageOrigin):
     """
     A page opens C{wss://} and an C{EventSource} on C{https://}: ssl: ports,
     whose TLS handshake with the browser (which offers ALPN) completes, the
     page publishes over its WebSocket, and both get what a line client
     publishes.
     """
-    import functools
-    import http.server
-    import threading
-
     from tests.certs import Certificates
     from tests.twistd import readLines
 
     chromium = chromiumTrustingEveryCertificate
     (tmp_path / "certs").mkdir()
     certs = Certificates.make(tmp_path / "certs")
-    (tmp_path / "page.html").write_text("<!doctype html><title>tls</title>")
-    pages = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler,
-                                            directory=str(tmp_path)))
-    threading.Thread(target=pages.serve_forever, daemon=True).start()
-    origin = f"http://127.0.0.1:{pages.server_address[1]}"
+    origin = pageOrigin()
     wssPort, ssePort, tapPort = freePort(), freePort(), freePort()
     twistd = Twistd(tmp_path, config=f"""
 [backplane.CHAT]
@@ -385,10 +395,9 @@ subscribe_to = "CHAT"
         twistd.stop()
     finally:
         twistd.kill()
-        pages.shutdown()
 
 
-def test_webSocketOrigins(tmp_path, chromium):
+def test_webSocketOrigins(tmp_path, chromium, pageOrigin):
     """
     A WebSocket port with origins = [the page's origin] and auth: the page
     of that origin connects with its token beside the subprotocol
@@ -396,23 +405,12 @@ def test_webSocketOrigins(tmp_path, chromium):
     (another port), token and all, is refused before the upgrade, as is the
     right page without a token; neither publishes anything.
     """
-    import functools
     import hashlib
-    import http.server
-    import threading
 
     from tests.twistd import readLines
 
     token = "page-token-0123456789abcdef0123456789abcdef"
-    (tmp_path / "page.html").write_text("<!doctype html><title>ws</title>")
-    servers = []
-    for _ in range(2):
-        pages = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler,
-                                                directory=str(tmp_path)))
-        threading.Thread(target=pages.serve_forever, daemon=True).start()
-        servers.append(pages)
-    right, other = (f"http://127.0.0.1:{pages.server_address[1]}" for pages in servers)
+    right, other = pageOrigin(), pageOrigin()
     wsPort, tapPort = freePort(), freePort()
     twistd = Twistd(tmp_path, config=f"""
 [backplane.CHAT]
@@ -483,8 +481,6 @@ subscribe = ["CHAT"]
         twistd.stop()
     finally:
         twistd.kill()
-        for pages in servers:
-            pages.shutdown()
 
 
 def test_statusPageWithAuth(tmp_path, chromium):
