@@ -24,7 +24,8 @@ MAX_BODY_BYTES = 64 * 1024
 QUOTE_LENGTH = 40
 #: What a port that reads HTTP (WebSocket, Server-Sent Events, the monitor)
 #: names in TLS's protocol negotiation (ALPN): HTTP/1.1 only, never C{h2},
-#: which its channels do not speak (L{backplane.tls.negotiateProtocols}).
+#: which its channels do not speak: the C{alpn} of their factories
+#: (L{backplane.tls.negotiateProtocols}).
 HTTP_ALPN = (b"http/1.1",)
 
 

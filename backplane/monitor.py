@@ -352,6 +352,10 @@ class MonitorSite(Site):
     noisy = False
     displayTracebacks = False
     protocol = _MonitorChannel  # type: ignore[assignment]
+    #: What an C{ssl:} monitor chooses in ALPN: C{http/1.1}, never C{h2},
+    #: which a L{Site} names where Twisted can speak it and the monitor's
+    #: channels do not (L{backplane.tls.negotiateProtocols}).
+    alpn = HTTP_ALPN
     requestFactory = BoundedRequest
 
     def __init__(self, resource: Resource, *, allow: Sequence[Network] | None = None,
@@ -460,14 +464,6 @@ class MonitorSite(Site):
         A connection refused past C{max_clients} (a L{_Busy}) is closed.
         """
         self._closing -= 1
-
-    def acceptableProtocols(self) -> list[bytes]:
-        """
-        What an C{ssl:} monitor names in ALPN: C{http/1.1} (L{HTTP_ALPN}),
-        never C{h2}, which a L{Site} names where Twisted can speak it and
-        the monitor's channels do not.
-        """
-        return list(HTTP_ALPN)
 
     def log(self, request: Request) -> None:
         """

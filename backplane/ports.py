@@ -16,7 +16,6 @@ from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
     IProtocolFactory,
-    IProtocolNegotiationFactory,
     IReactorTime,
     IStreamServerEndpoint,
 )
@@ -24,7 +23,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python import log as legacyLog
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, implementer
+from zope.interface import implementer
 
 from backplane.address import describePeer
 from backplane.errors import CannotListen
@@ -52,26 +51,15 @@ class _ClosingRefusals(Factory):
     open, so a refused client could complete its handshake and hold the
     connection past C{max_clients}.  Here it gets a protocol that aborts it.
 
-    It speaks for the wrapped factory in TLS's protocol negotiation (ALPN)
-    too: a factory that names the protocols it speaks (C{http/1.1} on the
-    ports that read HTTP) still names them, and an C{ssl:} port chooses
-    among them (L{backplane.tls.negotiateProtocols}).
+    It hides from Twisted's TLS the protocols a wrapped web L{Site} names
+    for ALPN: an C{ssl:} port chooses them itself, from the factory's
+    C{alpn} (L{backplane.tls.negotiateProtocols}).
     """
 
     noisy = False
 
     def __init__(self, factory: IProtocolFactory) -> None:
         self.wrappedFactory = factory
-        if IProtocolNegotiationFactory.providedBy(factory):
-            directlyProvides(self, IProtocolNegotiationFactory)
-
-    def acceptableProtocols(self) -> list[bytes]:
-        """
-        The protocols the wrapped factory speaks, for ALPN
-        (L{IProtocolNegotiationFactory}, which it provides when the wrapped
-        factory does).
-        """
-        return list(IProtocolNegotiationFactory(self.wrappedFactory).acceptableProtocols())
 
     def logPrefix(self) -> str:
         prefix: Any = getattr(self.wrappedFactory, "logPrefix", None)
@@ -166,7 +154,8 @@ class EndpointService(Service):
         if isinstance(self.endpoint, SSL4ServerEndpoint):
             from backplane.tls import negotiateProtocols
 
-            negotiateProtocols(self.endpoint)
+            # A factory's alpn: the protocols it speaks, for TLS's ALPN.
+            negotiateProtocols(self.endpoint, getattr(self.factory, "alpn", ()))
         self._listening = listenQuietly(self.endpoint, _ClosingRefusals(self.factory))
         self._listening.addBoth(settled)
         synchronous = False

@@ -875,6 +875,9 @@ class BackplaneFactory(Factory):
     log = Logger()
     protocol: type[Protocol] = BackplaneProtocol
     noisy = False
+    #: The protocols its clients speak, for an C{ssl:} port's ALPN
+    #: (L{backplane.tls.negotiateProtocols}): none on a line port.
+    alpn: tuple[bytes, ...] = ()
     #: Whether a port must name its backplane (C{publish_to} or
     #: C{subscribe_to}); a port whose clients choose theirs says L{False}.
     needsBackplane = True

@@ -35,7 +35,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, IProtocolNegotiationFactory, IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -367,7 +367,6 @@ class _Site(Site):
     requestFactory = BoundedRequest
 
 
-@implementer(IProtocolNegotiationFactory)
 class SSEFactory(BackplaneFactory):
     """
     A Server-Sent Events port of one backplane: a L{BackplaneFactory} (the
@@ -377,6 +376,8 @@ class SSEFactory(BackplaneFactory):
     @ivar site: the Twisted web site that parses the clients' requests.
     @ivar streams: the streams open now.
     """
+
+    alpn = HTTP_ALPN
 
     def __init__(self, service: BackplaneService, *, publish_to: str | None = None,
                  subscribe_to: str | None = None, limits: Limits = Limits(),
@@ -417,12 +418,6 @@ class SSEFactory(BackplaneFactory):
             self._heartbeat.clock = clock
             self.site.reactor = clock
         self._interval = heartbeat
-
-    def acceptableProtocols(self) -> list[bytes]:
-        """
-        What an C{ssl:} port names in ALPN: C{http/1.1} (L{HTTP_ALPN}).
-        """
-        return list(HTTP_ALPN)
 
     def portReport(self) -> dict[str, Any]:
         """

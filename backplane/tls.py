@@ -12,7 +12,7 @@ from typing import Any
 
 from OpenSSL.SSL import NO_OVERLAPPING_PROTOCOLS, Connection
 from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.interfaces import IProtocolNegotiationFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
 from twisted.python.filepath import FilePath
 
@@ -45,43 +45,39 @@ def _sslOptions(endpoint: IStreamServerEndpoint) -> CertificateOptions | None:
     return None
 
 
-def negotiateProtocols(endpoint: IStreamServerEndpoint) -> None:
+def negotiateProtocols(endpoint: IStreamServerEndpoint, protocols: Sequence[bytes] = ()) -> None:
     """
     Make an C{ssl:} server endpoint settle the application protocol a client
     offers in its TLS handshake (ALPN, RFC 7301) the way its port can keep:
-    the first protocol its factory names (L{IProtocolNegotiationFactory}:
-    C{http/1.1} on a WebSocket or Server-Sent Events port and the monitor)
-    that the client offers, or none, the handshake going on as with a
-    server that has no ALPN.
+    the first of C{protocols} (a port's C{alpn}: C{http/1.1} on a WebSocket
+    or Server-Sent Events port and the monitor) that the client offers, or
+    none, the handshake going on as with a server that has no ALPN.
 
-    Twisted's own choice fails the handshake (an "internal error" alert)
-    whenever the factory names none of the client's protocols, which, on a
-    factory that names none, is every client that offers any: every
-    browser and C{curl} (C{h2}, C{http/1.1}), to every port.
+    Left to Twisted, the handshake of a client that offers protocols fails
+    (an "internal error" alert) whenever the port's factory names none of
+    them: with Twisted 26, on a factory that names none, every browser and
+    C{curl} (C{h2}, C{http/1.1}) to every port.  A factory that names some
+    (a web L{Site}) is no better with older Twisted and a recent pyOpenSSL,
+    which refuses Twisted's per-connection change of the shared context.
+    So no port's factory names its protocols to Twisted (a L{Site} hidden
+    behind the port's wrapper); each port's context chooses them here.
 
     Call it before the endpoint listens, after L{requireClientCertificates}:
     it builds the endpoint's OpenSSL context.  Any other endpoint is left
     as it is.
     """
     options = _sslOptions(endpoint)
-    if options is not None:
-        options.getContext().set_alpn_select_callback(_selectProtocol)
+    if options is None:
+        return
+    ours = tuple(protocols)
 
-
-def _selectProtocol(connection: Connection, offered: list[bytes]) -> Any:
-    """
-    The protocol of the factory behind C{connection} that the client offers
-    first among those the factory names, or pyOpenSSL's
-    C{NO_OVERLAPPING_PROTOCOLS}: no protocol, the handshake goes on.
-    """
-    tls = connection.get_app_data()
-    factory = getattr(getattr(tls, "factory", None), "wrappedFactory", None)
-    negotiation = IProtocolNegotiationFactory(factory, None)
-    if negotiation is not None:
-        for protocol in negotiation.acceptableProtocols():
+    def select(connection: Connection, offered: list[bytes]) -> Any:
+        for protocol in ours:
             if protocol in offered:
                 return protocol
-    return NO_OVERLAPPING_PROTOCOLS
+        return NO_OVERLAPPING_PROTOCOLS
+
+    options.getContext().set_alpn_select_callback(select)
 
 
 def requireClientCertificates(endpoint: IStreamServerEndpoint,

@@ -38,7 +38,6 @@ from autobahn.websocket.protocol import WebSocketProtocol, parseHttpHeader
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import (
     IAddress,
-    IProtocolNegotiationFactory,
     IPushProducer,
     IReactorTime,
     ISSLTransport,
@@ -609,7 +608,6 @@ class WebSocketClient(WebSocketServerProtocol):
         pass
 
 
-@implementer(IProtocolNegotiationFactory)
 class WebSocketFactory(BackplaneFactory):
     """
     A server factory for WebSocket clients that publish to and/or subscribe
@@ -631,12 +629,7 @@ class WebSocketFactory(BackplaneFactory):
     """
 
     protocol = WebSocketClient
-
-    def acceptableProtocols(self) -> list[bytes]:
-        """
-        What an C{ssl:} port names in ALPN: C{http/1.1} (L{HTTP_ALPN}).
-        """
-        return list(HTTP_ALPN)
+    alpn = HTTP_ALPN
 
     def __init__(self, service: BackplaneService, *, publish_to: str | None = None,
                  subscribe_to: str | None = None, limits: Limits = _LIMITS,

@@ -414,12 +414,3 @@ def test_checkRejects(tmp_path) -> None:
         assert "Traceback" not in output
         assert len(output.strip().splitlines()) == 1, output
 
-
-def test_monitorNamesOnlyHTTP11InALPN():
-    """
-    An ssl: monitor chooses C{http/1.1} in ALPN, never C{h2}: its channels
-    speak HTTP/1.1 only, even where Twisted's L{Site} could speak C{h2}.
-    """
-    from twisted.web.resource import Resource
-
-    assert MonitorSite(Resource()).acceptableProtocols() == [b"http/1.1"]

@@ -12,6 +12,7 @@ from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClie
 from twisted.internet.utils import getProcessOutputAndValue
 
 from backplane import BackplaneService
+from backplane.monitor import MonitorService
 from backplane.ports import ListenService
 from backplane.protocols import BackplaneFactory
 from backplane.sse import SSEFactory
@@ -119,6 +120,24 @@ def test_alpnOfWebPorts(service, certs, factory):
     assert other.transport.negotiatedProtocol is None
     browser.transport.loseConnection()
     other.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_alpnOfTheMonitor(service, certs):
+    """
+    An ssl: monitor chooses C{http/1.1} in ALPN, even after C{h2}: its
+    channels speak HTTP/1.1 only, even where Twisted's L{Site} could speak
+    C{h2}.
+    """
+    endpoint = endpoints.serverFromString(reactor, certs.sslEndpoint())
+    monitor = MonitorService(service, endpoint, description="ssl:0")
+    monitor.setServiceParent(service)
+    browser = yield connectTLS(monitor, certs, alpn=[b"h2", b"http/1.1"])
+    browser.transport.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    yield waitUntil(lambda: bool(browser.lines), what="an answer over TLS")
+    assert browser.lines[0].startswith(b"HTTP/1.1 200")
+    assert browser.transport.negotiatedProtocol == b"http/1.1"
+    browser.transport.loseConnection()
 
 
 @pytest_twisted.inlineCallbacks
