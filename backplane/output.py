@@ -83,6 +83,21 @@ class OutputOwner(Protocol):
         """
 
 
+def sendAtOnce(transport: object) -> None:
+    """
+    Have a subscriber's transport send each chunk as soon as it is written,
+    as Redis does: Nagle's algorithm would hold it back for the peer's ACK
+    (C{TCP_NODELAY}).  Nothing on a transport without TCP: a UNIX socket
+    (whose C{setTcpNoDelay} fails with older Twisted), a test's.
+    """
+    setNoDelay = getattr(transport, "setTcpNoDelay", None)
+    if setNoDelay is not None:
+        try:
+            setNoDelay(True)
+        except OSError:
+            pass  # not TCP
+
+
 def _directSocket(transport: object) -> socket.socket | None:
     """
     The socket of a plain TCP or UNIX connection, or L{None} for any other

@@ -36,7 +36,7 @@ from backplane.framing import DEFAULT_MAX_LINE_LENGTH as DEFAULT_MAX_LINE_LENGTH
 from backplane.framing import LineFramer
 from backplane.framing import firstOverlong as firstOverlong
 from backplane.interfaces import ILineSink
-from backplane.output import LINGER_READ_BYTES, BoundedWriter, Linger, LingerGroup
+from backplane.output import LINGER_READ_BYTES, BoundedWriter, Linger, LingerGroup, sendAtOnce
 from backplane.prefix import Prefix, hostPort, makePrefix
 from backplane.service import Backplane, BackplaneService, Subscription
 
@@ -451,11 +451,7 @@ class BackplaneProtocol(Protocol):
             self.publishTo.stats.publishers += 1
         backplane = self.subscribeTo
         if backplane is not None:
-            # Each chunk is sent as soon as it is written, as Redis does:
-            # Nagle's algorithm would hold it back for the peer's ACK.
-            setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
-            if setNoDelay is not None:
-                setNoDelay(True)
+            sendAtOnce(self.transport)
             # Under linger, a plain subscriber's chunks are held back once
             # for all such subscribers of the port (its LingerGroup), not by
             # its own writer.

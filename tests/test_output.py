@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from backplane.interfaces import ILineSink
-from backplane.output import BoundedWriter
+from backplane.output import BoundedWriter, sendAtOnce
 from backplane.protocols import Limits, PortStats
 from backplane.service import BackplaneStats
 from tests.test_relay import LogCapture
@@ -276,3 +276,38 @@ class DirectSocketTests(SynchronousTestCase):
             except BlockingIOError:
                 pass
         self.assertEqual(bytes(received), big + b"last\n")
+
+
+class SendAtOnceTests(SynchronousTestCase):
+    """
+    L{sendAtOnce}: C{TCP_NODELAY} on a TCP transport, nothing on another.
+    """
+
+    def test_tcp(self):
+        class TCP(StringTransport):
+            noDelay: bool | None = None
+
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                self.noDelay = enabled
+
+        transport = TCP()
+        sendAtOnce(transport)
+        self.assertIs(transport.noDelay, True)
+
+    def test_notTCP(self):
+        """
+        A transport that cannot (a UNIX socket's, with Twisted 23.8: its
+        C{setTcpNoDelay} raises C{EOPNOTSUPP}) or has no such method is
+        left as it is, without an error.
+        """
+        class Unix(StringTransport):
+            tried = False
+
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                self.tried = True
+                raise OSError(95, "Operation not supported")
+
+        transport = Unix()
+        sendAtOnce(transport)
+        self.assertTrue(transport.tried)
+        sendAtOnce(StringTransport())

@@ -51,7 +51,7 @@ from backplane.choice import DEFAULT_MAX_BACKPLANES, ChosenBackplanes
 from backplane.errors import TooManyBackplanes
 from backplane.framing import firstOverlong
 from backplane.interfaces import ILineSink
-from backplane.output import BoundedWriter
+from backplane.output import BoundedWriter, sendAtOnce
 from backplane.protocols import BackplaneFactory, Limits
 from backplane.redis import resp
 from backplane.redis.resp import Pushes, bulk, error, integer, payloads, push
@@ -425,9 +425,7 @@ class RedisClient(Protocol):
 
     def connectionMade(self) -> None:
         self.peer = describePeer(self.transport.getPeer())
-        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
-        if setNoDelay is not None:
-            setNoDelay(True)
+        sendAtOnce(self.transport)
         self.output = BoundedWriter(self, self.transport, self.limits, name="redis",
                                     counters=(self.portStats,), budget=self.service.budget)
         self.transport.registerProducer(self, True)
